@@ -62,9 +62,9 @@ def file_fingerprint(path: str | os.PathLike) -> str:
     return fingerprint([Path(path).name, st.st_size, st.st_mtime_ns])
 
 
-def read_manifest(folder: str | os.PathLike) -> dict | None:
-    """The stage manifest in `folder`, or None when the stage has not finished there."""
-    p = Path(folder) / MANIFEST
+def read_manifest(folder: str | os.PathLike, name: str = MANIFEST) -> dict | None:
+    """The stage manifest `name` in `folder`, or None when the stage has not finished there."""
+    p = Path(folder) / name
     if not p.exists():
         return None
     try:
@@ -73,7 +73,8 @@ def read_manifest(folder: str | os.PathLike) -> dict | None:
         raise StageError(f"{p}: unreadable manifest ({e}); delete the folder or rerun the stage with --rebuild") from e
 
 
-def write_manifest(folder: str | os.PathLike, stage: str, params: dict, **fields: Any) -> dict:
+def write_manifest(folder: str | os.PathLike, stage: str, params: dict, *, name: str = MANIFEST,
+                   **fields: Any) -> dict:
     """Write the stage manifest last, once every artifact of the stage is in place."""
     from .. import __version__
 
@@ -85,13 +86,13 @@ def write_manifest(folder: str | os.PathLike, stage: str, params: dict, **fields
         "written_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         **fields,
     }
-    write_json_atomic(Path(folder) / MANIFEST, manifest)
+    write_json_atomic(Path(folder) / name, manifest)
     return manifest
 
 
-def is_up_to_date(folder: str | os.PathLike, stage: str, params: dict) -> bool:
+def is_up_to_date(folder: str | os.PathLike, stage: str, params: dict, name: str = MANIFEST) -> bool:
     """True when `folder` holds a finished `stage` built with exactly `params`."""
-    m = read_manifest(folder)
+    m = read_manifest(folder, name)
     return m is not None and m.get("stage") == stage and m.get("fingerprint") == fingerprint(
         {"stage": stage, "params": params}
     )

@@ -1,0 +1,437 @@
+"""`resail guidance bake`: retrieve every segment of a split, compose its guidance images, cache them.
+
+Outputs in `WORK/guidance/`:
+- `{split}_matches.parquet`: the long matches table (DESIGN.md contract: segment_id, rank,
+  match_id, score), one row per (query, rank); a query with no candidate has no rows;
+- `{split}.h5`: `guidance` (N×H×W×3 uint8, one chunk per image) and `image_id` (N strings), at the
+  dataset preset's training size;
+- `{split}_preview/*.png`: rows of colourised label | guidance | photo;
+- `{split}_manifest.json`, written last.
+
+The work is split into parts of `PART_IMAGES` images, each written atomically to
+`{split}.parts/`; an interrupted bake resumes from the parts already there, `--shard i/n`
+composes only its share of the parts, and the merge checks that every part is present.
+
+`GuidanceComposer` is the per-image composition, shared with `resail synthesize`'s local editing:
+`compose(row, overrides)` recomposes one image with another choice for some segments while every
+other segment keeps its baked choice.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+import errno
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import h5py
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from joblib import Parallel, delayed
+from tqdm import tqdm
+
+from ..errors import InputError, StageError
+from ..index.build import RetrievalIndex
+from ..index.search import QueryBatch, SearchConfig, search
+from .artifacts import atomic_path, fingerprint, read_manifest, write_bytes_atomic, write_manifest
+from .classes import ClassTable
+from .compose import MODES, Piece, compose, stretch_crop
+from .store import SegmentStore
+
+log = logging.getLogger(__name__)
+
+STAGE = "guidance"
+PART_IMAGES = 64
+SEARCH_BATCH = 8192
+CHOICES = ("top1", "sample")
+# Training size (W, H) of each dataset preset (reference §5.4); the toy data uses the ADE20K reader.
+PRESET_SIZE = {"ade20k": (256, 256), "ade20k-outdoor": (256, 256), "cityscapes": (512, 256),
+               "cocostuff": (256, 256), "folder": (256, 256)}
+MATCHES_SCHEMA = pa.schema([("segment_id", pa.int64()), ("rank", pa.int16()),
+                            ("match_id", pa.int64()), ("score", pa.float32())])
+
+
+@dataclass(frozen=True)
+class BakeConfig:
+    work: Path
+    split: str
+    k: int = 10
+    choose: str = "top1"
+    seed: int = 0
+    compose_mode: str = "clean"
+    size: tuple[int, int] | None = None  # (W, H); None = the dataset preset's training size
+    k_prefilter: int = 256
+    max_score: float | None = None
+    exclude_same_image: bool = False
+    jobs: int = 1
+    shard: tuple[int, int] | None = None  # (i, n): compose only parts i::n, then stop before merging
+    n_preview: int = 6
+    rebuild: bool = False
+
+    def __post_init__(self):
+        if self.split not in ("train", "val"):
+            raise InputError(f"--split {self.split!r}: choose train or val")
+        if not 1 <= self.k <= self.k_prefilter:
+            raise InputError(f"--k {self.k}: must be between 1 and the prefilter size {self.k_prefilter}")
+        if self.choose not in CHOICES:
+            raise InputError(f"--choose {self.choose!r}: choose one of {', '.join(CHOICES)}")
+        if self.compose_mode not in MODES:
+            raise InputError(f"--compose {self.compose_mode!r}: choose one of {', '.join(MODES)}")
+        if self.shard is not None and not 0 <= self.shard[0] < self.shard[1]:
+            raise InputError(f"--shard {self.shard[0]}/{self.shard[1]}: need 0 ≤ i < n")
+
+    def search_params(self) -> dict:
+        return {"k": self.k, "k_prefilter": self.k_prefilter, "max_score": self.max_score,
+                "exclude_same_image": self.exclude_same_image}
+
+    def compose_params(self, size: tuple[int, int]) -> dict:
+        return {"choose": self.choose, "seed": self.seed, "compose_mode": self.compose_mode,
+                "size": list(size)}
+
+
+# ---------------------------------------------------------------- retrieval
+
+
+def _inputs_key(work: Path) -> dict:
+    seg = read_manifest(work / "segments")
+    idx = read_manifest(work / "index")
+    if seg is None:
+        raise StageError(f"{work / 'segments'}: no segment store; run `resail index build` first")
+    if idx is None:
+        raise StageError(f"{work / 'index'}: no retrieval index; run `resail index build` first")
+    return {"segments": seg.get("fingerprint"), "index": idx.get("fingerprint"),
+            "dataset": seg.get("params", {}).get("dataset")}
+
+
+def retrieve_split(work: Path, split: str, cfg: BakeConfig, progress: bool = False) -> pa.Table:
+    """Top-k training matches of every segment of `split`, as the long matches table."""
+    index = RetrievalIndex(work)
+    search_cfg = SearchConfig(k=cfg.k, k_prefilter=cfg.k_prefilter, max_score=cfg.max_score,
+                              exclude_same_image=cfg.exclude_same_image)
+    with SegmentStore(work, split) as store:
+        t = store.table
+        class_id = t["class_id"].to_numpy()
+        bbox_area = t["bbox_area"].to_numpy()
+        segment_id = t["segment_id"].to_numpy()
+        image_id = np.asarray(t["image_id"].to_pylist(), dtype=object)
+        canonical, prefilter = store.canonical_packed(), store.prefilter_packed()
+        out = {"segment_id": [], "rank": [], "match_id": [], "score": []}
+        bar = tqdm(total=len(t), desc=f"retrieve {split}", unit="seg", disable=not progress)
+        for a in range(0, len(t), SEARCH_BATCH):
+            b = min(a + SEARCH_BATCH, len(t))
+            q = QueryBatch(class_id[a:b], np.asarray(canonical[a:b]), np.asarray(prefilter[a:b]),
+                           bbox_area[a:b], segment_id[a:b], image_id[a:b])
+            res = search(index, q, search_cfg)
+            qi, rank = np.nonzero(res.segment_id >= 0)
+            out["segment_id"].append(segment_id[a:b][qi])
+            out["rank"].append(rank.astype(np.int16))
+            out["match_id"].append(res.segment_id[qi, rank])
+            out["score"].append(res.score[qi, rank].astype(np.float32))
+            bar.update(b - a)
+        bar.close()
+    cols = {k: (np.concatenate(v) if v else np.zeros(0)) for k, v in out.items()}
+    return pa.Table.from_arrays([pa.array(cols[f.name], f.type) for f in MATCHES_SCHEMA], schema=MATCHES_SCHEMA)
+
+
+def dense_matches(matches: pa.Table, segment_id: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The long matches table as Q×k arrays (match id −1 / score nan = none), rows = `segment_id` order."""
+    ids = np.full((len(segment_id), k), -1, np.int64)
+    scores = np.full((len(segment_id), k), np.nan, np.float32)
+    q = np.searchsorted(segment_id, matches["segment_id"].to_numpy())
+    rank = matches["rank"].to_numpy().astype(np.int64)
+    ids[q, rank] = matches["match_id"].to_numpy()
+    scores[q, rank] = matches["score"].to_numpy()
+    return ids, scores
+
+
+def _uniform(seed: int, keys: np.ndarray) -> np.ndarray:
+    """A reproducible U[0, 1) per key (splitmix64 of seed and key): independent of order and sharding."""
+    with np.errstate(over="ignore"):
+        z = (np.asarray(keys, np.uint64) + np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15)
+             + np.uint64(0x9E3779B97F4A7C15))
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+    return (z >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+
+
+def choose_ranks(ids: np.ndarray, segment_id: np.ndarray, choose: str, seed: int) -> np.ndarray:
+    """The rank used for each query: 0 (`top1`) or uniform among its available matches (`sample`); −1 = none."""
+    available = (ids >= 0).sum(axis=1)
+    if choose == "top1":
+        return np.where(available > 0, 0, -1)
+    u = _uniform(seed, segment_id)
+    return np.where(available > 0, np.minimum((u * available).astype(np.int64), available - 1), -1)
+
+
+# ---------------------------------------------------------------- composition
+
+
+@dataclass
+class GuidanceComposer:
+    """Composes the guidance of any image of a split from the stores and a matches table."""
+
+    work: Path
+    split: str
+    size: tuple[int, int]  # (W, H)
+    mode: str = "clean"
+    ids: np.ndarray = field(default=None, repr=False)     # Q×k match ids, rows = split table rows
+    chosen: np.ndarray = field(default=None, repr=False)  # Q chosen rank (−1 = none)
+
+    def __post_init__(self):
+        self.store = SegmentStore(self.work, self.split)
+        self.train = self.store if self.split == "train" else SegmentStore(self.work, "train")
+        t = self.store.table
+        self.segment_id = t["segment_id"].to_numpy()
+        self.class_id = t["class_id"].to_numpy()
+        self.is_thing = t["is_thing"].to_numpy(zero_copy_only=False)
+        self.bbox = np.stack([t[c].to_numpy() for c in ("bbox_y0", "bbox_x0", "bbox_h", "bbox_w")], 1)
+        self.area = t["area"].to_numpy()
+        im = self.store.images
+        self.image_id = im["image_id"].to_pylist()
+        self.image_hw = np.stack([im["height"].to_numpy(), im["width"].to_numpy()], 1)
+        self.first_row = im["first_segment_row"].to_numpy()
+        self.n_segments = im["n_segments"].to_numpy()
+        self.status = im["status"].to_pylist()
+        self.image_path = im["image_path"].to_pylist()
+        self.train_segment_id = self.train.table["segment_id"].to_numpy()
+
+    def close(self) -> None:
+        self.store.close()
+        if self.train is not self.store:
+            self.train.close()
+
+    def ok_images(self) -> np.ndarray:
+        return np.flatnonzero(np.asarray(self.status) == "ok")
+
+    def segment_map(self, image_row: int) -> tuple[np.ndarray, np.ndarray, list[tuple[int, int, int, int]]]:
+        """Query segments of an image at the target size: (H×W map of local index, rows, boxes)."""
+        W, H = self.size
+        a = int(self.first_row[image_row])
+        rows = np.arange(a, a + int(self.n_segments[image_row]))
+        ih, iw = self.image_hw[image_row]
+        sy, sx = H / ih, W / iw
+        seg_map = np.full((H, W), -1, np.int32)
+        boxes = []
+        for y0, x0, h, w in self.bbox[rows]:
+            ty0, tx0 = int(round(y0 * sy)), int(round(x0 * sx))
+            ty1, tx1 = max(ty0 + 1, int(round((y0 + h) * sy))), max(tx0 + 1, int(round((x0 + w) * sx)))
+            boxes.append((min(ty0, H - 1), min(tx0, W - 1), min(ty1, H), min(tx1, W)))
+        # Stuff first, then things, larger before smaller: small things win the shared boundary pixels.
+        order = sorted(range(len(rows)), key=lambda i: (bool(self.is_thing[rows[i]]), -int(self.area[rows[i]])))
+        for i in order:
+            y0, x0, y1, x1 = boxes[i]
+            _, mask = self.store.crop(int(rows[i]))
+            m = cv2.resize(mask.astype(np.uint8), (x1 - x0, y1 - y0), interpolation=cv2.INTER_NEAREST) > 0
+            seg_map[y0:y1, x0:x1][m] = i
+        return seg_map, rows, boxes
+
+    def compose(self, image_row: int, overrides: dict[int, int] | None = None) -> np.ndarray:
+        """Guidance of one image (H×W×3 uint8). `overrides` maps segment ids to the train segment
+        id to paste there instead of the baked choice (−1: leave it black)."""
+        seg_map, rows, boxes = self.segment_map(image_row)
+        overrides = overrides or {}
+        pieces = []
+        for i, row in enumerate(rows):
+            sid = int(self.segment_id[row])
+            if sid in overrides:
+                match = int(overrides[sid])
+            else:
+                rank = int(self.chosen[row])
+                match = int(self.ids[row, rank]) if rank >= 0 else -1
+            if match < 0:
+                continue
+            train_row = int(np.searchsorted(self.train_segment_id, match))
+            if train_row >= len(self.train_segment_id) or self.train_segment_id[train_row] != match:
+                raise InputError(f"segment {match} is not a training segment of {self.work}")
+            y0, x0, y1, x1 = boxes[i]
+            rgb, mask = self.train.crop(train_row)
+            rgb_s, mask_s = stretch_crop(np.dstack([rgb, mask.astype(np.uint8) * 255]), y1 - y0, x1 - x0)
+            pieces.append(Piece(i, y0, x0, rgb_s, mask_s))
+        return compose(seg_map, self.is_thing[rows], pieces, self.mode)
+
+    def label_preview(self, image_row: int, table: ClassTable) -> np.ndarray:
+        seg_map, rows, _ = self.segment_map(image_row)
+        lut = table.palette(65536)
+        classes = np.append(self.class_id[rows], 0)  # index −1 → void colour
+        return lut[classes[seg_map]]
+
+
+def _open_composer(cfg: BakeConfig, size: tuple[int, int]) -> GuidanceComposer:
+    matches = pq.read_table(cfg.work / "guidance" / f"{cfg.split}_matches.parquet")
+    comp = GuidanceComposer(cfg.work, cfg.split, size, cfg.compose_mode)
+    comp.ids, _ = dense_matches(matches, comp.segment_id, cfg.k)
+    comp.chosen = choose_ranks(comp.ids, comp.segment_id, cfg.choose, cfg.seed)
+    return comp
+
+
+def _bake_part(cfg: BakeConfig, size: tuple[int, int], image_rows: np.ndarray, path: Path, key: str) -> int:
+    comp = _open_composer(cfg, size)
+    try:
+        W, H = size
+        images = np.zeros((len(image_rows), H, W, 3), np.uint8)
+        for j, row in enumerate(image_rows):
+            images[j] = comp.compose(int(row))
+        with atomic_path(path) as tmp:
+            with h5py.File(tmp, "w") as f:
+                f.create_dataset("guidance", data=images)
+                f.create_dataset("image_row", data=np.asarray(image_rows, np.int64))
+                f.attrs["key"] = key
+        return len(image_rows)
+    finally:
+        comp.close()
+
+
+# ---------------------------------------------------------------- the stage
+
+
+def bake(cfg: BakeConfig, *, progress: bool = False) -> dict:
+    """Run the bake stage for one split; returns its manifest (or the existing one when up to date)."""
+    work = Path(cfg.work)
+    inputs = _inputs_key(work)
+    SegmentStore(work, cfg.split).close()  # a clear error when the split is absent
+    size = cfg.size or PRESET_SIZE.get(inputs["dataset"] or "", (256, 256))
+    out_dir = work / "guidance"
+    manifest_name = f"{cfg.split}_manifest.json"
+    params = {"split": cfg.split, **cfg.search_params(), **cfg.compose_params(size), "inputs": inputs}
+    done = read_manifest(out_dir, manifest_name)
+    if done is not None and done.get("fingerprint") == fingerprint({"stage": STAGE, "params": params}) \
+            and not cfg.rebuild:
+        log.info("guidance %s is up to date: %s", cfg.split, out_dir)
+        return done
+    out_dir.mkdir(parents=True, exist_ok=True)
+    timings = {}
+
+    t0 = time.perf_counter()
+    matches_path = out_dir / f"{cfg.split}_matches.parquet"
+    search_key = fingerprint({"search": cfg.search_params(), "inputs": inputs})
+    if cfg.rebuild or not _matches_current(matches_path, search_key):
+        table = retrieve_split(work, cfg.split, cfg, progress)
+        table = table.replace_schema_metadata({"resail_key": search_key})
+        with atomic_path(matches_path) as tmp:
+            pq.write_table(table, tmp)
+    timings["retrieve_s"] = round(time.perf_counter() - t0, 3)
+
+    t0 = time.perf_counter()
+    key = fingerprint(params)
+    parts_dir = out_dir / f"{cfg.split}.parts"
+    if cfg.rebuild and parts_dir.exists():
+        shutil.rmtree(parts_dir)
+    parts_dir.mkdir(exist_ok=True)
+    with SegmentStore(work, cfg.split) as store:
+        status = np.asarray(store.images["status"].to_pylist())
+    ok_rows = np.flatnonzero(status == "ok")
+    parts = [(a, min(a + PART_IMAGES, len(ok_rows))) for a in range(0, len(ok_rows), PART_IMAGES)]
+    mine = parts if cfg.shard is None else parts[cfg.shard[0]::cfg.shard[1]]
+    todo = [(a, b) for a, b in mine if not _part_current(_part_path(parts_dir, a, b), key)]
+    if todo:
+        bar = tqdm(total=sum(b - a for a, b in todo), desc=f"compose {cfg.split}", unit="img",
+                   disable=not progress)
+        runner = Parallel(n_jobs=cfg.jobs, return_as="generator_unordered") if cfg.jobs != 1 else None
+        calls = [delayed(_bake_part)(cfg, size, ok_rows[a:b], _part_path(parts_dir, a, b), key) for a, b in todo]
+        for n in (runner(calls) if runner else (c[0](*c[1], **c[2]) for c in calls)):
+            bar.update(n)
+        bar.close()
+    timings["compose_s"] = round(time.perf_counter() - t0, 3)
+    if cfg.shard is not None:
+        return {"stage": STAGE, "shard": list(cfg.shard), "parts": len(mine), "complete": False}
+
+    missing = [p for p in parts if not _part_current(_part_path(parts_dir, *p), key)]
+    if missing:
+        raise StageError(f"{parts_dir}: {len(missing)} of {len(parts)} parts are missing; run the missing "
+                         "--shard jobs (or bake without --shard) before merging")
+    t0 = time.perf_counter()
+    try:
+        _merge(parts_dir, parts, out_dir / f"{cfg.split}.h5", size, ok_rows, cfg)
+    except OSError as e:
+        if e.errno != errno.ENOSPC:
+            raise
+        raise StageError(f"{out_dir / (cfg.split + '.h5')}: disk full while writing the guidance cache; free "
+                         "space and rerun (the previous cache, if any, is intact)") from e
+    timings["merge_s"] = round(time.perf_counter() - t0, 3)
+    previews = write_previews(cfg, size, ok_rows[:cfg.n_preview], inputs["dataset"])
+    shutil.rmtree(parts_dir)
+    counts = _match_counts(matches_path)
+    return write_manifest(out_dir, STAGE, params, name=manifest_name, images=int(len(ok_rows)),
+                          previews=len(previews), timings=timings, **counts)
+
+
+def _matches_current(path: Path, key: str) -> bool:
+    if not path.exists():
+        return False
+    meta = pq.read_schema(path).metadata or {}
+    return meta.get(b"resail_key", b"").decode() == key
+
+
+def _part_path(parts_dir: Path, a: int, b: int) -> Path:
+    return parts_dir / f"part-{a:08d}-{b:08d}.h5"
+
+
+def _part_current(path: Path, key: str) -> bool:
+    if not path.exists():
+        return False
+    try:
+        with h5py.File(path, "r") as f:
+            return f.attrs.get("key") == key
+    except OSError:
+        return False
+
+
+def _merge(parts_dir: Path, parts, out: Path, size, ok_rows, cfg: BakeConfig) -> None:
+    W, H = size
+    with SegmentStore(cfg.work, cfg.split) as store:
+        all_ids = store.images["image_id"].to_pylist()
+    with atomic_path(out) as tmp, h5py.File(tmp, "w") as f:
+        ds = f.create_dataset("guidance", shape=(len(ok_rows), H, W, 3), dtype=np.uint8,
+                              chunks=(1, H, W, 3) if len(ok_rows) else None)
+        f.create_dataset("image_id", data=np.asarray([all_ids[r] for r in ok_rows], dtype=object),
+                         dtype=h5py.string_dtype())
+        for a, b in parts:
+            with h5py.File(_part_path(parts_dir, a, b), "r") as p:
+                ds[a:b] = p["guidance"][...]
+        f.attrs.update({"width": W, "height": H, "compose_mode": cfg.compose_mode, "choose": cfg.choose,
+                        "seed": cfg.seed, "k": cfg.k, "split": cfg.split})
+
+
+def _match_counts(path: Path) -> dict:
+    t = pq.read_table(path, columns=["segment_id", "rank"])
+    return {"matched_segments": int((t["rank"].to_numpy() == 0).sum()), "match_rows": t.num_rows}
+
+
+def write_previews(cfg: BakeConfig, size, image_rows, dataset: str | None) -> list[Path]:
+    """A few PNG rows (colourised label | guidance | real photo) for a person to judge at a glance."""
+    from .classes import class_table
+    from .datasets import read_rgb
+
+    if not len(image_rows):
+        return []
+    table = class_table(dataset if dataset in ("ade20k", "ade20k-outdoor", "cityscapes", "cocostuff") else "ade20k")
+    out_dir = cfg.work / "guidance" / f"{cfg.split}_preview"
+    out_dir.mkdir(exist_ok=True)
+    comp = _open_composer(cfg, size)
+    written = []
+    try:
+        W, H = size
+        for row in image_rows:
+            photo = cv2.resize(read_rgb(comp.image_path[row]), (W, H), interpolation=cv2.INTER_AREA)
+            strip = np.concatenate([comp.label_preview(int(row), table), comp.compose(int(row)), photo], axis=1)
+            path = out_dir / f"{comp.image_id[row]}.png"
+            ok, png = cv2.imencode(".png", cv2.cvtColor(strip, cv2.COLOR_RGB2BGR))
+            write_bytes_atomic(path, png.tobytes())
+            written.append(path)
+    finally:
+        comp.close()
+    return written
+
+
+def open_guidance(work: Path, split: str) -> h5py.File:
+    """The baked guidance cache of a split (read-only), or a clear error naming the missing stage."""
+    path = Path(work) / "guidance" / f"{split}.h5"
+    if read_manifest(path.parent, f"{split}_manifest.json") is None or not path.exists():
+        raise StageError(f"{path}: no baked guidance for split {split!r}; run `resail guidance bake {work} --split {split}`")
+    return h5py.File(path, "r")
+

@@ -1,0 +1,157 @@
+"""The bake stage end to end on a tiny toy work dir: matches table, cache, previews, choice, editing, errors."""
+
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from resail.errors import InputError, StageError
+from resail.index.build import build_index
+from resail.pipeline import bake as bake_mod
+from resail.pipeline.bake import BakeConfig, GuidanceComposer, bake, choose_ranks, dense_matches
+from resail.pipeline.segments_stage import SegmentsConfig, build_segments
+from resail.pipeline.toy import ToyConfig, make_toy_dataset
+
+SIZE = (96, 96)
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    base = tmp_path_factory.mktemp("bake")
+    root = make_toy_dataset(base / "toy", ToyConfig(fmt="ade20k", n_train=10, n_val=4, width=96, height=96, seed=3),
+                            progress=False)
+    work = base / "work"
+    build_segments(SegmentsConfig(dataset="ade20k", root=root, work=work))
+    build_index(work, progress=False)
+    return work
+
+
+def test_bake_val_writes_contract_tables_cache_and_previews(work):
+    m = bake(BakeConfig(work, "val", k=5, size=SIZE, n_preview=2))
+    g = work / "guidance"
+    matches = pq.read_table(g / "val_matches.parquet")
+    assert matches.schema.names == ["segment_id", "rank", "match_id", "score"]
+    assert str(matches.schema.field("rank").type) == "int16" and str(matches.schema.field("score").type) == "float"
+    val = pq.read_table(work / "segments" / "val.parquet")
+    train = pq.read_table(work / "segments" / "train.parquet")
+    assert set(matches["segment_id"].to_pylist()) <= set(val["segment_id"].to_pylist())
+    assert set(matches["match_id"].to_pylist()) <= set(train["segment_id"].to_pylist())
+    # ranks are contiguous from 0 and scores ascend within a query
+    for sid in set(matches["segment_id"].to_pylist()[:20]):
+        rows = matches.filter(pq.ParquetFile(g / "val_matches.parquet").read().column("segment_id").to_numpy() == sid)
+        assert rows["rank"].to_pylist() == list(range(rows.num_rows))
+        assert rows["score"].to_pylist() == sorted(rows["score"].to_pylist())
+    with h5py.File(g / "val.h5") as f:
+        assert f["guidance"].shape == (4, SIZE[1], SIZE[0], 3) and f["guidance"].dtype == np.uint8
+        assert f["guidance"][...].max() > 0
+        assert [s.decode() for s in f["image_id"][...]] == pq.read_table(
+            work / "segments" / "val_images.parquet")["image_id"].to_pylist()
+    assert len(list((g / "val_preview").glob("*.png"))) == 2
+    assert m["images"] == 4 and (g / "val_manifest.json").exists()
+    assert not (g / "val.parts").exists()
+
+
+def test_train_queries_never_retrieve_themselves(work):
+    bake(BakeConfig(work, "train", k=3, size=SIZE, n_preview=0))
+    t = pq.read_table(work / "guidance" / "train_matches.parquet")
+    assert t.num_rows > 0
+    assert not np.any(t["segment_id"].to_numpy() == t["match_id"].to_numpy())
+
+
+def test_unchanged_bake_is_skipped_and_changed_parameter_rebakes(work):
+    cfg = BakeConfig(work, "val", k=5, size=SIZE, n_preview=2)
+    first = bake(cfg)
+    assert bake(cfg)["written_at"] == first["written_at"]
+    other = bake(BakeConfig(work, "val", k=5, size=SIZE, n_preview=2, compose_mode="official"))
+    assert other["params"]["compose_mode"] == "official"
+
+
+def test_sample_choice_is_reproducible_and_varies_with_seed():
+    ids = np.arange(60).reshape(20, 3)
+    ids[0] = -1
+    ids[1, 1:] = -1
+    sid = np.arange(100, 120)
+    a = choose_ranks(ids, sid, "sample", seed=1)
+    assert np.array_equal(a, choose_ranks(ids, sid, "sample", seed=1))
+    assert not np.array_equal(a, choose_ranks(ids, sid, "sample", seed=2))
+    assert a[0] == -1 and a[1] == 0 and ((a[2:] >= 0) & (a[2:] < 3)).all()
+    assert (choose_ranks(ids, sid, "top1", seed=0)[1:] == 0).all()
+    # per-segment draws: the same segment gets the same rank whatever batch it is in
+    assert np.array_equal(choose_ranks(ids[5:], sid[5:], "sample", 1), a[5:])
+
+
+def test_local_edit_changes_only_the_chosen_segment(work):
+    bake(BakeConfig(work, "val", k=5, size=SIZE, n_preview=0))
+    comp = GuidanceComposer(work, "val", SIZE)
+    try:
+        matches = pq.read_table(work / "guidance" / "val_matches.parquet")
+        comp.ids, _ = dense_matches(matches, comp.segment_id, 5)
+        comp.chosen = choose_ranks(comp.ids, comp.segment_id, "top1", 0)
+        row = int(comp.ok_images()[0])
+        base = comp.compose(row)
+        with h5py.File(work / "guidance" / "val.h5") as f:
+            assert np.array_equal(base, f["guidance"][0])
+        seg_map, rows, _ = comp.segment_map(row)
+        # pick a stuff segment with at least two candidates and swap in its second match
+        cand = [i for i, r in enumerate(rows) if not comp.is_thing[r] and comp.ids[r, 1] >= 0]
+        i = max(cand, key=lambda i: (seg_map == i).sum())
+        r = rows[i]
+        edited = comp.compose(row, {int(comp.segment_id[r]): int(comp.ids[r, 1])})
+        changed = np.any(edited != base, axis=2)
+        assert changed.any()
+        assert not changed[seg_map != i].any()  # every other segment keeps its guidance
+        black = comp.compose(row, {int(comp.segment_id[r]): -1})
+        assert (black[seg_map == i] == 0).all()
+    finally:
+        comp.close()
+
+
+def test_interrupted_bake_resumes_to_the_same_cache(work, monkeypatch):
+    cfg = BakeConfig(work, "train", k=3, size=SIZE, n_preview=0, rebuild=True)
+    monkeypatch.setattr(bake_mod, "PART_IMAGES", 4)
+    real = bake_mod._bake_part
+    calls = []
+
+    def crash_on_second(*args):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("injected crash")
+        return real(*args)
+
+    monkeypatch.setattr(bake_mod, "_bake_part", crash_on_second)
+    with pytest.raises(RuntimeError, match="injected"):
+        bake(cfg)
+    parts = list((work / "guidance" / "train.parts").glob("part-*.h5"))
+    assert len(parts) == 1
+    monkeypatch.setattr(bake_mod, "_bake_part", real)
+    bake(BakeConfig(work, "train", k=3, size=SIZE, n_preview=0))
+    with h5py.File(work / "guidance" / "train.h5") as f:
+        resumed = f["guidance"][...]
+    bake(BakeConfig(work, "train", k=3, size=SIZE, n_preview=0, rebuild=True))
+    with h5py.File(work / "guidance" / "train.h5") as f:
+        assert np.array_equal(resumed, f["guidance"][...])
+
+
+def test_bad_input(work, tmp_path):
+    with pytest.raises(InputError, match="--k"):
+        BakeConfig(work, "val", k=0)
+    with pytest.raises(InputError, match="--k"):
+        BakeConfig(work, "val", k=300)
+    with pytest.raises(StageError, match="resail index build"):
+        bake(BakeConfig(tmp_path, "val"))
+    only_segments = tmp_path / "w"
+    (only_segments / "segments").mkdir(parents=True)
+    for f in (work / "segments").iterdir():
+        (only_segments / "segments" / f.name).symlink_to(f)
+    with pytest.raises(StageError, match="index"):
+        bake(BakeConfig(only_segments, "val"))
+    no_val = tmp_path / "noval"
+    (no_val / "segments").mkdir(parents=True)
+    for f in (work / "segments").iterdir():
+        if not f.name.startswith("val"):
+            (no_val / "segments" / f.name).symlink_to(f)
+    (no_val / "index").symlink_to(work / "index")
+    with pytest.raises(StageError, match="split 'val'"):
+        bake(BakeConfig(no_val, "val"))
