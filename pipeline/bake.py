@@ -254,6 +254,60 @@ class GuidanceComposer:
             pieces.append(Piece(i, y0, x0, rgb_s, mask_s))
         return compose(seg_map, self.is_thing[rows], pieces, self.mode)
 
+    def photo(self, image_row: int) -> np.ndarray:
+        """The real image at the target size (H×W×3 uint8)."""
+        from .datasets import read_rgb
+
+        W, H = self.size
+        return cv2.resize(read_rgb(self.image_path[image_row]), (W, H), interpolation=cv2.INTER_AREA)
+
+    def color_reference(self, row: int, rng: np.random.Generator, color_ref: str) -> tuple[np.ndarray, np.ndarray] | None:
+        """(rgb, mask) crop of the colour reference of segment `row`: a random entry among its top-k
+        matches (`topk`, the official behaviour) or among all training segments of its class (`class`)."""
+        if color_ref == "topk":
+            cands = self.ids[row][self.ids[row] >= 0]
+            if not len(cands):
+                return None
+            train_row = int(np.searchsorted(self.train_segment_id, cands[rng.integers(len(cands))]))
+        else:
+            rows = self._train_rows_of_class(int(self.class_id[row]))
+            if not len(rows):
+                return None
+            train_row = int(rows[rng.integers(len(rows))])
+        return self.train.crop(train_row)
+
+    def _train_rows_of_class(self, class_id: int) -> np.ndarray:
+        if not hasattr(self, "_class_rows"):
+            cls = self.train.table["class_id"].to_numpy()
+            order = np.argsort(cls, kind="stable")
+            bounds = np.searchsorted(cls[order], np.unique(cls), side="left").tolist() + [len(cls)]
+            self._class_rows = {int(c): order[a:b] for c, a, b in zip(np.unique(cls), bounds[:-1], bounds[1:])}
+        return self._class_rows.get(class_id, np.zeros(0, np.int64))
+
+    def distorted_gt(self, image_row: int, rng: np.random.Generator, distort_cfg=None,
+                     color_ref: str = "topk", photo: np.ndarray | None = None) -> np.ndarray:
+        """Distorted ground truth of one image (H×W×3 uint8): its own segments after colour,
+        resolution and shape distortion (method §4), composed with the same rules as the guidance.
+        Segments without a colour reference are still distorted in resolution and shape."""
+        from .distort import DistortConfig, distort_segment
+
+        distort_cfg = distort_cfg or DistortConfig()
+        photo = self.photo(image_row) if photo is None else photo
+        seg_map, rows, _ = self.segment_map(image_row)
+        pieces = []
+        for i, row in enumerate(rows):
+            mask = seg_map == i
+            if not mask.any():
+                continue
+            ref = self.color_reference(int(row), rng, color_ref)
+            content, warped = distort_segment(photo, mask, ref, rng, distort_cfg)
+            ys, xs = np.nonzero(warped | content.any(axis=2))
+            if not len(ys):
+                continue
+            y0, x0, y1, x1 = ys.min(), xs.min(), ys.max() + 1, xs.max() + 1
+            pieces.append(Piece(i, int(y0), int(x0), content[y0:y1, x0:x1], warped[y0:y1, x0:x1]))
+        return compose(seg_map, self.is_thing[rows], pieces, self.mode)
+
     def label_preview(self, image_row: int, table: ClassTable) -> np.ndarray:
         seg_map, rows, _ = self.segment_map(image_row)
         lut = table.palette(65536)
@@ -267,6 +321,41 @@ def _open_composer(cfg: BakeConfig, size: tuple[int, int]) -> GuidanceComposer:
     comp.ids, _ = dense_matches(matches, comp.segment_id, cfg.k)
     comp.chosen = choose_ranks(comp.ids, comp.segment_id, cfg.choose, cfg.seed)
     return comp
+
+
+def load_composer(work: Path, split: str, *, size: tuple[int, int] | None = None,
+                  choose: str | None = None, seed: int | None = None) -> GuidanceComposer:
+    """A composer over a baked split, with the bake's matches, choice rule, mode and size
+    (each overridable). Needs `resail guidance bake WORK --split SPLIT` to have run."""
+    work = Path(work)
+    m = read_manifest(work / "guidance", f"{split}_manifest.json")
+    if m is None:
+        raise StageError(f"{work / 'guidance'}: split {split!r} is not baked; run `resail guidance bake {work} "
+                         f"--split {split}` first")
+    p = m["params"]
+    cfg = BakeConfig(work, split, k=p["k"], k_prefilter=p["k_prefilter"], choose=choose or p["choose"],
+                     seed=p["seed"] if seed is None else seed, compose_mode=p["compose_mode"])
+    return _open_composer(cfg, tuple(size or p["size"]))
+
+
+def preview_distort(work: Path, out: Path, *, n: int = 8, seed: int = 0, color_ref: str = "topk",
+                    size: tuple[int, int] | None = None) -> Path:
+    """A PNG grid, one row per training image: real | distorted ground truth | retrieval guidance."""
+    comp = load_composer(work, "train", size=size)
+    try:
+        rng = np.random.default_rng(seed)
+        rows = []
+        for image_row in comp.ok_images()[:n]:
+            photo = comp.photo(int(image_row))
+            rows.append(np.concatenate([photo, comp.distorted_gt(int(image_row), rng, color_ref=color_ref, photo=photo),
+                                        comp.compose(int(image_row))], axis=1))
+    finally:
+        comp.close()
+    if not rows:
+        raise StageError(f"{work}: the train split has no image to preview")
+    ok, png = cv2.imencode(".png", cv2.cvtColor(np.concatenate(rows, axis=0), cv2.COLOR_RGB2BGR))
+    write_bytes_atomic(out, png.tobytes())
+    return Path(out)
 
 
 def _bake_part(cfg: BakeConfig, size: tuple[int, int], image_rows: np.ndarray, path: Path, key: str) -> int:

@@ -155,3 +155,27 @@ def test_bad_input(work, tmp_path):
     (no_val / "index").symlink_to(work / "index")
     with pytest.raises(StageError, match="split 'val'"):
         bake(BakeConfig(no_val, "val"))
+
+
+def test_distorted_gt_is_seeded_and_composed_like_guidance(work, tmp_path):
+    from resail.pipeline.bake import load_composer, preview_distort
+
+    bake(BakeConfig(work, "train", k=3, size=SIZE, n_preview=0))
+    comp = load_composer(work, "train")
+    try:
+        row = int(comp.ok_images()[0])
+        a = comp.distorted_gt(row, np.random.default_rng(5))
+        b = comp.distorted_gt(row, np.random.default_rng(5))
+        c = comp.distorted_gt(row, np.random.default_rng(6))
+        assert a.shape == (SIZE[1], SIZE[0], 3) and np.array_equal(a, b) and not np.array_equal(a, c)
+        seg_map, _, _ = comp.segment_map(row)
+        assert (a[seg_map < 0] == 0).all() or comp.is_thing.any()  # only thing spill may leave the segments
+        assert a.any()
+        cls = comp.distorted_gt(row, np.random.default_rng(5), color_ref="class")
+        assert cls.shape == a.shape
+    finally:
+        comp.close()
+    out = preview_distort(work, tmp_path / "grid.png", n=2)
+    import cv2
+    grid = cv2.imread(str(out))
+    assert grid.shape == (2 * SIZE[1], 3 * SIZE[0], 3)
