@@ -1,0 +1,354 @@
+"""Distorted ground truth: colour transfer, resolution, TPS shape warp, determinism."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from resail.pipeline import distort as D
+from resail.pipeline.distort import (
+    DistortConfig,
+    color_transfer,
+    contour_points,
+    degenerate_targets,
+    distort_segments,
+    fit_tps,
+    lab_stats,
+    lab_to_rgb,
+    resample_resolution,
+    rgb_to_lab,
+    shape_distort,
+    tps_source_map,
+    tps_warp,
+)
+
+H = W = 96
+
+
+def ellipse(cy=48, cx=44, ay=20, ax=28, shape=(H, W)) -> np.ndarray:
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    return ((yy - cy) / ay) ** 2 + ((xx - cx) / ax) ** 2 < 1
+
+
+def textured(rng: np.random.Generator, base, spread=15, shape=(H, W)) -> np.ndarray:
+    """Mid-range colours with texture: no channel near 0 or 255, so nothing saturates."""
+    image = np.asarray(base, float) + rng.normal(0, spread, (*shape, 3))
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+# --- numpy references of the numba kernels ------------------------------------------------------
+
+
+def tps_flow_reference(tps: D.ThinPlateSpline, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
+    """F(q) in float64 numpy, q = (xs, ys): ...×2."""
+    q = np.stack([xs, ys], axis=-1).astype(np.float64)
+    d2 = ((q[..., None, :] - tps.centres) ** 2).sum(axis=-1)  # ...×K
+    phi = np.where(d2 > 0, 0.5 * d2 * np.log(np.where(d2 > 0, d2, 1.0)), 0.0)
+    return phi @ tps.weights + np.concatenate([q, np.ones((*q.shape[:-1], 1))], axis=-1) @ tps.affine
+
+
+def color_transfer_reference(src, src_mask, ref, ref_mask):
+    src_lab = rgb_to_lab(src[src_mask])
+    ref_lab = rgb_to_lab(ref[ref_mask])
+    gain = np.maximum(ref_lab.std(0), 1e-10) / np.maximum(src_lab.std(0), 1e-10)
+    out = src.copy()
+    lab = (src_lab - src_lab.mean(0)) * gain + ref_lab.mean(0)
+    out[src_mask] = np.clip(lab_to_rgb(lab), 0, 255).astype(np.uint8)
+    return out
+
+
+def random_warp(rng, mask, cfg=DistortConfig()):
+    src = contour_points(mask, cfg.n_points)
+    dst = src.copy()
+    for k in rng.integers(0, cfg.n_points, cfg.n_moved):
+        dst[k] += rng.uniform(-cfg.shift_range, cfg.shift_range, 2) * cfg.shift_scale * np.sqrt(mask.sum())
+    return src, dst
+
+
+# --- colour ---------------------------------------------------------------------------------------
+
+
+def test_lab_round_trip_is_close():
+    rgb = np.random.default_rng(0).uniform(10, 245, (500, 3))
+    # The published LMS→RGB matrix is a rounded inverse of RGB→LMS: close, not exact (the
+    # blue channel is off by up to 2 levels, green by 0.25, red by 0.15).
+    error = np.abs(lab_to_rgb(rgb_to_lab(rgb)) - rgb).max(axis=0)
+    assert np.all(error < [0.15, 0.25, 2.0])
+
+
+def test_color_transfer_matches_reference_stats():
+    rng = np.random.default_rng(1)
+    src = textured(rng, (90, 140, 110))
+    src_mask = ellipse()
+    ref = textured(rng, (170, 110, 80), spread=8, shape=(40, 70))  # other size
+    ref_mask = ellipse(20, 35, 15, 30, shape=(40, 70))
+    out = color_transfer(src, src_mask, ref, ref_mask)
+    mean, std = lab_stats(out, src_mask)
+    ref_mean, ref_std = lab_stats(ref, ref_mask)
+    assert np.abs(mean - ref_mean).max() < 0.01
+    assert np.allclose(std, ref_std, rtol=0.05, atol=2e-3)
+    assert np.array_equal(out[~src_mask], src[~src_mask])  # only masked pixels written
+    assert out.dtype == np.uint8 and out.shape == src.shape
+
+
+def test_color_transfer_kernel_matches_numpy_reference():
+    rng = np.random.default_rng(2)
+    src = rng.integers(0, 256, (H, W, 3), dtype=np.uint8)  # saturating too: clip + truncate
+    ref = rng.integers(0, 256, (30, 50, 3), dtype=np.uint8)
+    src_mask, ref_mask = rng.random((H, W)) < 0.6, rng.random((30, 50)) < 0.5
+    fast = color_transfer(src, src_mask, ref, ref_mask).astype(int)
+    slow = color_transfer_reference(src, src_mask, ref, ref_mask).astype(int)
+    assert np.abs(fast - slow).max() <= 1  # float rounding may flip a truncation
+    assert (fast != slow).mean() < 1e-3
+
+
+def test_color_transfer_empty_masks():
+    rng = np.random.default_rng(3)
+    src = textured(rng, (100, 100, 100))
+    same = color_transfer(src, np.zeros((H, W), bool), src, ellipse())
+    assert np.array_equal(same, src)
+    with pytest.raises(ValueError, match="reference mask is empty"):
+        color_transfer(src, ellipse(), src, np.zeros((H, W), bool))
+
+
+# --- resolution -----------------------------------------------------------------------------------
+
+
+def test_resolution_keeps_shape_dtype_and_black():
+    rng = np.random.default_rng(4)
+    canvas = textured(rng, (120, 120, 120)) * ellipse()[..., None]
+    for r in (0.5, 0.73, 1.0):
+        out = resample_resolution(canvas, r)
+        assert out.shape == canvas.shape and out.dtype == canvas.dtype
+    assert np.array_equal(resample_resolution(canvas, 1.0), canvas)
+    black = np.zeros((H, W, 3), np.uint8)
+    assert not resample_resolution(black, 0.6).any()
+    assert not resample_resolution(black, 0.6, (10, 10, 40, 50)).any()
+    with pytest.raises(ValueError):
+        resample_resolution(canvas, 0.0)
+
+
+def test_resolution_box_matches_whole_canvas_up_to_grid_phase():
+    rng = np.random.default_rng(5)
+    mask = ellipse()
+    canvas = textured(rng, (120, 150, 90), spread=5) * mask[..., None]
+    y0, x0, y1, x1 = D._bbox(mask)
+    m = D.RESOLUTION_MARGIN
+    box = (y0 - m, x0 - m, y1 - y0 + 2 * m, x1 - x0 + 2 * m)
+    boxed = resample_resolution(canvas, 0.6, box)
+    whole = resample_resolution(canvas, 0.6)
+    outside = np.ones((H, W), bool)
+    outside[box[0] : box[0] + box[2], box[1] : box[1] + box[3]] = False
+    assert not boxed[outside].any() and not whole[outside].any()  # the margin holds the blur
+    inner = cv2.erode(mask.astype(np.uint8), np.ones((9, 9))) > 0
+    assert np.abs(boxed[inner].astype(int) - whole[inner]).mean() < 6
+
+
+# --- shape ------------------------------------------------------------------------------------------
+
+
+def test_identity_tps_is_bit_exact():
+    rng = np.random.default_rng(6)
+    mask = ellipse()
+    canvas = textured(rng, (100, 150, 200)) * mask[..., None]
+    src = contour_points(mask)
+    content, warped_mask = tps_warp(canvas, mask, src, src.copy())
+    assert np.array_equal(content, canvas) and np.array_equal(warped_mask, mask)
+    result = shape_distort(canvas, mask, np.array([1, 4, 7]), np.zeros((3, 2)))
+    assert result.warped
+    assert np.array_equal(result.content, canvas) and np.array_equal(result.mask, mask)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.integers(20, 70), st.integers(20, 70))
+def test_identity_warp_is_exact_for_any_mask_and_canvas_size(seed, height, width):
+    rng = np.random.default_rng(seed)
+    mask = cv2.GaussianBlur(rng.random((height, width)), (0, 0), 3) > 0.5  # blobs, holes, edges
+    canvas = rng.integers(0, 256, (height, width, 3), dtype=np.uint8) * mask[..., None]
+    result = shape_distort(canvas, mask, np.arange(3), np.zeros((3, 2)))
+    assert np.array_equal(result.content, canvas) and np.array_equal(result.mask, mask)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_moved_control_points_land_where_sent(seed):
+    rng = np.random.default_rng(seed)
+    mask = ellipse(48 + seed, 44 - seed, 18 + 2 * seed, 26)
+    src = contour_points(mask)
+    moved = rng.choice(10, 3, replace=False)
+    dst = src.copy()
+    dst[moved] += rng.uniform(-0.4, 0.4, (3, 2)) * 0.22 * np.sqrt(mask.sum())
+    if degenerate_targets(dst):
+        pytest.skip("degenerate draw")
+    yy, xx = np.mgrid[:H, :W]
+    for k in range(10):  # every control point, moved or not
+        x, y = src[k]
+        dot = np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / 2).astype(np.float32)  # σ = 1 px
+        out, _ = tps_warp(dot, mask, src, dst, support=np.ones((H, W), bool))
+        nearest = np.round(dst[k]).astype(int)
+        assert out[nearest[1], nearest[0]] > 0.5, (k, src[k], dst[k])
+        # Points 0 and 9 are neighbouring pixels of the closed contour (official sampling), so
+        # moving one of them stretches the dot into a streak: its peak may lie anywhere on it.
+        if 0 < k < 9:
+            found = np.unravel_index(np.argmax(out), out.shape)
+            assert np.hypot(found[1] - dst[k, 0], found[0] - dst[k, 1]) <= 1.0, (k, found, dst[k])
+
+
+def test_fast_region_warp_equals_full_canvas_warp():
+    rng = np.random.default_rng(7)
+    for trial in range(12):
+        ay, ax = rng.uniform(4, 40, 2)
+        mask = ellipse(*rng.uniform(30, 66, 2), ay, ax)
+        canvas = textured(rng, (130, 100, 90)) * mask[..., None]
+        src, dst = random_warp(rng, mask)
+        if degenerate_targets(dst):
+            continue
+        content, warped_mask = tps_warp(canvas, mask, src, dst)
+        map_x, map_y = tps_source_map(fit_tps(src, dst), (0, 0, H, W))
+        full = cv2.remap(canvas, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+        full_mask = cv2.remap(mask.astype(np.uint8), map_x, map_y, cv2.INTER_NEAREST) > 0
+        assert np.array_equal(content, full), trial
+        assert np.array_equal(warped_mask, full_mask), trial
+
+
+def test_blurred_segment_warp_with_mask_support_equals_full_canvas_warp():
+    """distort_segment's path: support = the mask, grown by the resolution step's margin."""
+    rng = np.random.default_rng(12)
+    for trial in range(8):
+        mask = ellipse(*rng.uniform(25, 70, 2), *rng.uniform(3, 30, 2))
+        canvas = textured(rng, (200, 180, 160)) * mask[..., None]
+        canvas = resample_resolution(canvas, rng.uniform(0.5, 1.0))  # spreads content past the mask
+        moved, unit = rng.integers(0, 10, 3), rng.uniform(-0.4, 0.4, (3, 2))
+        fast = shape_distort(canvas, mask, moved, unit, support=mask, support_margin=D.RESOLUTION_MARGIN)
+        exact = shape_distort(canvas, mask, moved, unit)  # support from the non-zero content
+        if not fast.warped:
+            continue
+        assert np.array_equal(fast.content, exact.content), trial
+        assert np.array_equal(fast.mask, exact.mask), trial
+
+
+def test_source_map_kernel_matches_numpy_reference():
+    rng = np.random.default_rng(8)
+    mask = ellipse()
+    for _ in range(5):
+        src, dst = random_warp(rng, mask)
+        tps = fit_tps(src, dst)
+        map_x, map_y = tps_source_map(tps, (3, 5, 80, 70), dtype=np.float64)
+        ys, xs = np.mgrid[3:83, 5:75]
+        flow = tps_flow_reference(tps, ys, xs)
+        assert np.abs(map_x - (xs - flow[..., 0])).max() < 1e-3
+        assert np.abs(map_y - (ys - flow[..., 1])).max() < 1e-3
+        # At the destination points the flow is exactly the requested displacement.
+        assert np.allclose(tps_flow_reference(tps, dst[:, 1], dst[:, 0]), dst - src, atol=1e-6)
+
+
+def test_tiny_and_empty_masks_are_not_warped():
+    canvas = np.zeros((H, W, 3), np.uint8)
+    tiny = np.zeros((H, W), bool)
+    tiny[10:12, 10:12] = True  # 4 contour points < 11
+    canvas[tiny] = 200
+    result = shape_distort(canvas, tiny, np.array([0, 1, 2]), np.full((3, 2), 0.3))
+    assert not result.warped and result.reason == "short_contour"
+    assert np.array_equal(result.content, canvas) and np.array_equal(result.mask, tiny)
+    empty = shape_distort(canvas, np.zeros((H, W), bool), np.array([0]), np.zeros((1, 2)))
+    assert not empty.warped and empty.reason == "no_contour"
+    assert contour_points(tiny) is None
+
+
+def test_degenerate_targets():
+    line = np.c_[np.linspace(0, 50, 10), np.full(10, 7.0)]
+    assert degenerate_targets(line) == "collinear"
+    tilted = np.c_[np.linspace(0, 50, 10), np.linspace(3, 30, 10)]
+    assert degenerate_targets(tilted) == "collinear"
+    spread = np.random.default_rng(9).uniform(0, 90, (10, 2))
+    assert degenerate_targets(spread) is None
+    close = spread.copy()
+    close[4] = close[2] + 0.4
+    assert degenerate_targets(close) == "duplicate"
+    with pytest.raises(ValueError, match="collinear"):
+        fit_tps(line, line)
+
+
+def test_thin_line_and_shift_onto_neighbour_fall_back():
+    canvas = np.zeros((H, W, 3), np.uint8)
+    line = np.zeros((H, W), bool)
+    line[40, 10:80] = True  # contour runs there and back along one row
+    canvas[line] = 150
+    result = shape_distort(canvas, line, np.array([0]), np.zeros((1, 2)))
+    assert not result.warped and result.reason in ("collinear", "duplicate")
+    assert np.array_equal(result.content, canvas)
+
+    mask = ellipse()
+    src = contour_points(mask)
+    unit = (src[5] - src[3]) / (0.22 * np.sqrt(mask.sum()))  # sends point 3 onto point 5
+    result = shape_distort(canvas, mask, np.array([3]), unit[None])
+    assert not result.warped and result.reason == "duplicate"
+
+
+def test_repeated_moved_index_keeps_last_shift():
+    mask = ellipse()
+    canvas = textured(np.random.default_rng(10), (100, 120, 140)) * mask[..., None]
+    twice = shape_distort(canvas, mask, np.array([2, 2]), np.array([[0.3, 0.0], [-0.2, 0.1]]))
+    last = shape_distort(canvas, mask, np.array([2]), np.array([[-0.2, 0.1]]))
+    assert twice.warped and np.array_equal(twice.content, last.content)
+
+
+# --- the whole image --------------------------------------------------------------------------------
+
+
+def scene(seed: int = 11):
+    rng = np.random.default_rng(seed)
+    image = textured(rng, (110, 130, 120), spread=25)
+    a = ellipse(30, 30, 14, 18)
+    b = ellipse(65, 60, 20, 25) & ~a
+    c = ~(a | b)
+    refs = [(textured(rng, (180, 90, 60), shape=(20, 30)), np.ones((20, 30), bool)),
+            None,
+            (textured(rng, (60, 90, 180), shape=(50, 40)), ellipse(25, 20, 20, 15, (50, 40)))]
+    return image, [a, b, c], refs
+
+
+def test_same_seed_same_output_other_seed_differs():
+    image, masks, refs = scene()
+    first = distort_segments(image, masks, refs, np.random.default_rng(42))
+    again = distort_segments(image, masks, refs, np.random.default_rng(42))
+    other = distort_segments(image, masks, refs, np.random.default_rng(43))
+    assert len(first) == 3
+    for (c1, m1), (c2, m2) in zip(first, again):
+        assert np.array_equal(c1, c2) and np.array_equal(m1, m2)
+    assert any(not np.array_equal(c1, c3) for (c1, _), (c3, _) in zip(first, other))
+    for content, mask in first:
+        assert content.shape == image.shape and content.dtype == np.uint8
+        assert mask.shape == image.shape[:2] and mask.dtype == bool
+
+
+def test_all_probabilities_zero_gives_segment_canvases():
+    image, masks, refs = scene()
+    cfg = DistortConfig(p_color=0, p_resolution=0, p_shape=0)
+    for (content, mask), query in zip(distort_segments(image, masks, refs, np.random.default_rng(0), cfg), masks):
+        assert np.array_equal(content, image * query[..., None])
+        assert np.array_equal(mask, query)
+
+
+def test_each_distortion_alone_changes_the_segment():
+    image, masks, refs = scene()
+    for cfg in (DistortConfig(p_resolution=0, p_shape=0), DistortConfig(p_color=0, p_shape=0),
+                DistortConfig(p_color=0, p_resolution=0)):
+        content, _ = distort_segments(image, masks[:1], refs[:1], np.random.default_rng(1), cfg)[0]
+        assert not np.array_equal(content, image * masks[0][..., None]), cfg
+
+
+def test_bad_inputs_and_config():
+    image, masks, refs = scene()
+    with pytest.raises(ValueError, match="colour references"):
+        distort_segments(image, masks, refs[:2], np.random.default_rng(0))
+    with pytest.raises(ValueError, match="uint8"):
+        distort_segments(image.astype(np.float32), masks, refs, np.random.default_rng(0))
+    with pytest.raises(ValueError, match="mask 0"):
+        distort_segments(image, [masks[0][:10]], [None], np.random.default_rng(0))
+    with pytest.raises(ValueError, match="p_shape"):
+        DistortConfig(p_shape=1.5)
+    with pytest.raises(ValueError, match="res_range"):
+        DistortConfig(res_range=(0.0, 1.0))
