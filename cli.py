@@ -42,9 +42,29 @@ class Size(click.ParamType):
         return w, h
 
 
+class ShardSpec(click.ParamType):
+    """I/N: run only shard I of N (0-based)."""
+
+    name = "I/N"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        try:
+            i, n = (int(v) for v in str(value).split("/"))
+            if not 0 <= i < n:
+                raise ValueError
+        except ValueError:
+            self.fail(f"{value!r} is not I/N with 0 <= I < N", param, ctx)
+        return i, n
+
+
 def _setup_logging(quiet: bool, debug: bool) -> None:
     level = logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO
-    logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr, force=True)
+    # Third-party loggers (faiss announces its SIMD build at INFO) stay at WARNING unless --debug.
+    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(message)s",
+                        stream=sys.stderr, force=True)
+    logging.getLogger("resail").setLevel(level)
 
 
 def common(fn):
@@ -138,28 +158,96 @@ def index():
               help="Dataset root folder.")
 @click.option("--work", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Work directory for all artifacts of this dataset.")
+@click.option("--splits", default="train,val", help="Comma-separated splits to decompose.")
+@click.option("--jobs", type=click.IntRange(1, 1024), default=1, help="Parallel worker processes.")
+@click.option("--shard", default=None, metavar="I/N",
+              help="Run only shard I of N: images K*I//N .. K*(I+1)//N of each split of K images; then --merge.")
+@click.option("--merge", is_flag=True, help="Merge finished shards (alone: only merge, checking all are present).")
+@click.option("--preserved-ratio", type=click.FloatRange(0, 1, min_open=True), default=0.9,
+              help="Per class and image, keep the largest segments covering this share of the class area.")
+@click.option("--max-side", type=click.IntRange(1), default=None,
+              help="Downscale images whose longest side exceeds this (area for RGB, nearest for labels).")
+@click.option("--crop-max-side", type=click.IntRange(1), default=256, help="Longest side of stored RGBA crops.")
+@click.option("--image-list", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Text file of image basenames to keep (required for ade20k-outdoor).")
+@click.option("--uncovered-things", type=click.Choice(("official", "components")), default="official",
+              help="Thing pixels without an instance: the official per-dataset rule, or always components.")
+@click.option("--on-error", type=click.Choice(("fail", "skip")), default="fail",
+              help="Bad image: stop with an error, or record it as skipped and go on.")
+@click.option("--device", type=click.Choice(("cpu", "cuda")), default="cpu",
+              help="Where to build the FAISS shards (cuda needs faiss-gpu).")
+@click.option("--rebuild", is_flag=True, help="Discard an existing or unfinished store and index and build again.")
 @common
-def index_build(dataset, root, work):
+def index_build(dataset, root, work, splits, jobs, shard, merge, preserved_ratio, max_side, crop_max_side,
+                image_list, uncovered_things, on_error, device, rebuild):
     """Decompose train and val into segments, then build the FAISS shards per class."""
-    not_built("index build", 3)
+    from .index.build import build_index
+    from .pipeline.segments_stage import SegmentsConfig, build_segments
+
+    cfg = SegmentsConfig(dataset=dataset, root=root, work=work, splits=tuple(s.strip() for s in splits.split(",")),
+                         jobs=jobs, shard=shard, merge=merge, preserved_ratio=preserved_ratio, max_side=max_side,
+                         crop_max_side=crop_max_side, image_list=image_list, on_error=on_error, rebuild=rebuild,
+                         uncovered_things=uncovered_things)
+    log.info("index build, stage 1 (segments): %s", ", ".join(f"{k}={v}" for k, v in cfg.__dict__.items()))
+    manifest = build_segments(cfg, progress=progress_enabled())
+    if manifest is None:  # a shard-only run: the index waits for --merge
+        return
+    click.echo("segments: " + ", ".join(f"{s} {c['segments']} segments / {c['images_ok']} images"
+                                        f" ({c['images_skipped']} skipped)"
+                                        for s, c in manifest["counts"].items()) + f" -> {work / 'segments'}")
+    if "train" not in manifest["counts"]:
+        click.echo("index: skipped (the shards index the train split, which this work dir does not have)")
+        return
+    im = build_index(work, device=device, rebuild=rebuild, progress=progress_enabled())
+    kinds = sorted({s["kind"] for s in im["shards"].values()})
+    click.echo(f"index: {len(im['shards'])} class shards ({', '.join(kinds)}) over "
+               f"{sum(s['n'] for s in im['shards'].values())} train segments -> {work / 'index'}")
 
 
 @index.command("query", context_settings=CONTEXT)
 @click.argument("work", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--label", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True,
               help="Label map PNG of class ids.")
+@click.option("--instance", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Instance PNG: one id per thing instance, 0 = none (class = majority label under it).")
+@click.option("--k", type=click.IntRange(1, 1000), default=10, help="Matches per segment.")
+@click.option("--k-prefilter", type=click.IntRange(1, 100_000), default=256,
+              help="FAISS candidates reranked exactly (K'); must be at least --k.")
+@click.option("--max-score", type=float, default=None, help="Matches scoring above this count as none.")
+@click.option("--exact", is_flag=True, help="Scan every training segment of the class (no prefilter).")
+@click.option("--device", type=click.Choice(("cpu", "cuda")), default="cpu",
+              help="Where flat FAISS shards search (cuda needs faiss-gpu).")
+@click.option("--preview", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write a PNG mosaic: query mask | crops of the best matches, one row per segment.")
 @common
-def index_query(work, label):
+def index_query(work, label, instance, k, k_prefilter, max_score, exact, device, preview):
     """Print the best training matches for every segment of a label map."""
-    not_built("index query", 4)
+    from .index.build import RetrievalIndex
+    from .index.query import format_matches, query_label_map, write_preview
+    from .index.search import SearchConfig
+
+    if k_prefilter < k:
+        raise click.BadParameter(f"--k-prefilter {k_prefilter} must be at least --k {k}", param_hint="--k-prefilter")
+    cfg = SearchConfig(k=k, k_prefilter=k_prefilter, max_score=max_score, exact=exact)
+    index = RetrievalIndex(work, device=device)
+    matches = query_label_map(index, label, instance, cfg)
+    click.echo(format_matches(matches))
+    if preview is not None:
+        click.echo(f"preview -> {write_preview(index, matches, preview)}")
 
 
 @index.command("stats", context_settings=CONTEXT)
 @click.argument("work", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the statistics as one JSON object.")
 @common
-def index_stats(work):
+def index_stats(work, as_json):
     """Segments per class and split, skipped images and reasons."""
-    not_built("index stats", 3)
+    import json
+
+    from .pipeline.segments_stage import format_stats, segment_stats
+
+    st = segment_stats(work)
+    click.echo(json.dumps(st) if as_json else format_stats(st))
 
 
 # ---------------------------------------------------------------- guidance
@@ -173,10 +261,53 @@ def guidance():
 @guidance.command("bake", context_settings=CONTEXT)
 @click.argument("work", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--split", type=click.Choice(("train", "val")), required=True, help="Split to bake.")
+@click.option("--k", type=int, default=10, help="Matches kept per segment (top-k).")
+@click.option("--choose", type=click.Choice(("top1", "sample")), default="top1",
+              help="Match pasted per segment: the best, or one drawn among the top-k (diversity).")
+@click.option("--seed", type=int, default=0, help="Seed of --choose sample (reproducible per segment).")
+@click.option("--compose", "compose_mode", type=click.Choice(("clean", "official")), default="clean",
+              help="Composition rules: clean (clipped, no sums) or the official summed formula.")
+@click.option("--size", type=Size(), default=None,
+              help="Guidance size WxH [default: the dataset preset's training size, e.g. 256x256].")
+@click.option("--k-prefilter", type=click.IntRange(1), default=256, help="FAISS candidates reranked exactly (K').")
+@click.option("--max-score", type=float, default=None, help="Matches scoring above this stay black.")
+@click.option("--exclude-same-image", is_flag=True, help="Never paste a segment of the query's own image.")
+@click.option("--jobs", type=click.IntRange(1, 1024), default=1, help="Parallel worker processes.")
+@click.option("--shard", type=ShardSpec(), default=None, help="Compose only shard I of N; rerun without it to merge.")
+@click.option("--previews", "n_preview", type=click.IntRange(0), default=6, help="Preview rows to write.")
+@click.option("--rebuild", is_flag=True, help="Discard existing matches and guidance and bake again.")
 @common
-def guidance_bake(work, split):
-    """Retrieve every segment of a split and store its guidance images."""
-    not_built("guidance bake", 5)
+def guidance_bake(work, split, k, choose, seed, compose_mode, size, k_prefilter, max_score, exclude_same_image,
+                  jobs, shard, n_preview, rebuild):
+    """Retrieve every segment of a split and store its guidance images in WORK/guidance/."""
+    from .pipeline.bake import BakeConfig, bake
+
+    cfg = BakeConfig(work=work, split=split, k=k, choose=choose, seed=seed, compose_mode=compose_mode, size=size,
+                     k_prefilter=k_prefilter, max_score=max_score, exclude_same_image=exclude_same_image,
+                     jobs=jobs, shard=shard, n_preview=n_preview, rebuild=rebuild)
+    m = bake(cfg, progress=progress_enabled())
+    if m.get("complete") is False:
+        click.echo(f"guidance {split}: shard {shard[0]}/{shard[1]} done ({m['parts']} parts); "
+                   f"rerun without --shard to merge")
+        return
+    click.echo(f"guidance {split}: {m['images']} images, {m['matched_segments']} matched segments -> "
+               f"{work / 'guidance' / (split + '.h5')} (previews in {work / 'guidance' / (split + '_preview')})")
+
+
+@guidance.command("preview-distort", context_settings=CONTEXT)
+@click.argument("work", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Output PNG grid.")
+@click.option("--n", type=click.IntRange(1, 1000), default=8, help="Training images (rows) to show.")
+@click.option("--seed", type=int, default=0, help="Seed of the distortions.")
+@click.option("--color-ref", type=click.Choice(("topk", "class")), default="topk",
+              help="Colour reference: a random top-k match (official) or any training segment of the class.")
+@click.option("--size", type=Size(), default=None, help="Image size WxH [default: the baked guidance size].")
+@common
+def guidance_preview_distort(work, out, n, seed, color_ref, size):
+    """Write rows of real | distorted ground truth | retrieval guidance for training images."""
+    from .pipeline.bake import preview_distort
+
+    click.echo(f"distortion preview -> {preview_distort(work, out, n=n, seed=seed, color_ref=color_ref, size=size)}")
 
 
 # ---------------------------------------------------------------- train / eval / synthesize
@@ -221,12 +352,14 @@ def synthesize(work, label, out):
 @click.option("--n-train", type=click.IntRange(1, 100_000), default=200, help="Toy training images.")
 @click.option("--n-val", type=click.IntRange(1, 100_000), default=40, help="Toy validation images.")
 @click.option("--seed", type=int, default=0, help="Random seed.")
+@click.option("--jobs", type=click.IntRange(1, 1024), default=2, help="Parallel worker processes.")
 @common
-def demo(out, n_train, n_val, seed):
+def demo(out, n_train, n_val, seed, jobs):
     """Run every built stage end to end on the built-in toy dataset (ADE20K format)."""
     from .pipeline.demo import run_demo
 
-    for stage, where in run_demo(out, n_train=n_train, n_val=n_val, seed=seed, progress=progress_enabled()):
+    for stage, where in run_demo(out, n_train=n_train, n_val=n_val, seed=seed, jobs=jobs,
+                                 progress=progress_enabled()):
         click.echo(f"[demo] {stage}: {where}")
 
 
