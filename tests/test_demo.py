@@ -12,7 +12,7 @@ def test_demo_runs_all_built_stages(tmp_path):
                                    "--jobs", "1", "-q"])
     assert res.exit_code == 0, res.output
     lines = [ln for ln in res.output.splitlines() if ln.startswith("[demo]")]
-    built = {ln.split(": ")[0]: ln.split(": ", 1)[1] for ln in lines if "not built yet" not in ln}
+    built = dict(ln.rsplit(": ", 1) for ln in lines if "not built yet" not in ln)
     for where in built.values():
         assert Path(where).exists(), where
     assert (tmp_path / "work" / "guidance" / "val_manifest.json").exists()
