@@ -289,23 +289,27 @@ class GuidanceComposer:
         """Distorted ground truth of one image (H×W×3 uint8): its own segments after colour,
         resolution and shape distortion (method §4), composed with the same rules as the guidance.
         Segments without a colour reference are still distorted in resolution and shape."""
-        from .distort import DistortConfig, distort_segment
+        from .distort import RESOLUTION_MARGIN, DistortConfig, distort_segment
 
         distort_cfg = distort_cfg or DistortConfig()
         photo = self.photo(image_row) if photo is None else photo
-        seg_map, rows, _ = self.segment_map(image_row)
+        seg_map, rows, boxes = self.segment_map(image_row)
+        H, W = seg_map.shape
         pieces = []
         for i, row in enumerate(rows):
-            mask = seg_map == i
+            # Distort inside a window around the query box, not the whole canvas: the cost then
+            # follows the segment's size. The margin holds the resolution blur and twice the
+            # largest control-point shift, so content lost past it is negligible.
+            y0, x0, y1, x1 = boxes[i]
+            shift = distort_cfg.shift_range * distort_cfg.shift_scale * np.sqrt((y1 - y0) * (x1 - x0))
+            pad = RESOLUTION_MARGIN + int(np.ceil(2 * shift)) + 2
+            wy0, wx0, wy1, wx1 = max(0, y0 - pad), max(0, x0 - pad), min(H, y1 + pad), min(W, x1 + pad)
+            mask = seg_map[wy0:wy1, wx0:wx1] == i
             if not mask.any():
                 continue
             ref = self.color_reference(int(row), rng, color_ref)
-            content, warped = distort_segment(photo, mask, ref, rng, distort_cfg)
-            ys, xs = np.nonzero(warped | content.any(axis=2))
-            if not len(ys):
-                continue
-            y0, x0, y1, x1 = ys.min(), xs.min(), ys.max() + 1, xs.max() + 1
-            pieces.append(Piece(i, int(y0), int(x0), content[y0:y1, x0:x1], warped[y0:y1, x0:x1]))
+            content, warped = distort_segment(photo[wy0:wy1, wx0:wx1], mask, ref, rng, distort_cfg)
+            pieces.append(Piece(i, wy0, wx0, content, warped))
         return compose(seg_map, self.is_thing[rows], pieces, self.mode)
 
     def label_preview(self, image_row: int, table: ClassTable) -> np.ndarray:
