@@ -343,6 +343,77 @@ def synthesize(work, label, out):
     not_built("synthesize", 9)
 
 
+# ---------------------------------------------------------------- model / segnet
+
+NET_PRESETS = ("ade20k", "ade20k-outdoor", "cityscapes", "cocostuff", "toy")
+
+
+@cli.group(context_settings=CONTEXT)
+def model():
+    """Network presets: sizes of G, D and the segmentation network."""
+
+
+@model.command("summary", context_settings=CONTEXT)
+@click.option("--preset", type=click.Choice(NET_PRESETS), required=True, help="Network preset.")
+@click.option("--json", "as_json", is_flag=True, help="Print the parameter counts as one JSON object.")
+@common
+def model_summary(preset, as_json):
+    """Parameter counts of G, D and the segmentation network (built on the meta device)."""
+    import json
+
+    from .synth.networks import model_summary as summarize
+    from .synth.presets import get_preset
+
+    counts = summarize(preset)
+    if as_json:
+        click.echo(json.dumps(counts))
+        return
+    p = get_preset(preset)
+    click.echo(f"preset {preset}: {p.semantic_nc} label channels, {p.width}x{p.height}, {p.upsampling} upsampling, "
+               f"norm {p.norm}, ngf {p.ngf}, ndf {p.ndf}")
+    for net, label in (("G", "generator"), ("D", "discriminator"), ("segnet", "segmentation net")):
+        click.echo(f"  {label:<17} {counts[net]:>13,} parameters")
+
+
+@cli.group(context_settings=CONTEXT)
+def segnet():
+    """Segmentation network behind the seg loss and the mIoU metric."""
+
+
+@segnet.command("train", context_settings=CONTEXT)
+@click.argument("work", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--preset", type=click.Choice(NET_PRESETS), default=None,
+              help="Network preset [default: the work directory's dataset].")
+@click.option("--steps", type=click.IntRange(1), default=20_000, help="Total optimisation steps (resumes below it).")
+@click.option("--batch-size", type=click.IntRange(1), default=8, help="Images per step.")
+@click.option("--lr", type=click.FloatRange(0, min_open=True), default=4e-4, help="Adam learning rate.")
+@click.option("--no-balance", is_flag=True, help="Plain CE instead of per-batch class-balanced CE.")
+@click.option("--checkpoint-every", type=click.IntRange(1), default=1_000, help="Steps between checkpoints.")
+@click.option("--workers", type=click.IntRange(0), default=2, help="Data-loading worker processes.")
+@click.option("--device", default="auto", help="torch device: auto (cuda when available), cpu, cuda, cuda:1 ...")
+@common
+def segnet_train(work, preset, steps, batch_size, lr, no_balance, checkpoint_every, workers, device):
+    """Train the segmentation network on WORK's real training images; report val mIoU.
+
+    Writes WORK/segnet/PRESET.pt (rerun to resume) and WORK/segnet/PRESET_metrics.json."""
+    import torch
+
+    from .synth.segnet import SegnetTrainConfig
+    from .synth.segnet_data import SegnetRunConfig, preset_for_work, train_segnet_on_work
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    preset = preset or preset_for_work(work)
+    cfg = SegnetRunConfig(preset=preset, batch_size=batch_size, workers=workers, device=device,
+                          train=SegnetTrainConfig(steps=steps, lr=lr, class_balance=not no_balance,
+                                                  checkpoint_every=checkpoint_every))
+    log.info("segnet train: %s", cfg)
+    report = train_segnet_on_work(work, cfg, progress=progress_enabled())
+    val = report.get("val", {})
+    click.echo(f"segnet {preset}: {report['steps']} steps, val mIoU {val.get('miou', float('nan')):.4f}, "
+               f"pixel accuracy {val.get('pixel_acc', float('nan')):.4f} -> {report['checkpoint']}")
+
+
 # ---------------------------------------------------------------- demo
 
 

@@ -1,0 +1,380 @@
+"""Stage 2 of `resail index build`: FAISS shards per class, and the loader that searches use.
+
+Reads `WORK/segments/train.parquet` + `train.h5` (docs/segment-store.md) and writes
+`WORK/index/c{class:04d}.faiss` + `manifest.json` (written last). The stage is skipped when the
+manifest matches the store's fingerprint and the build parameters.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pyarrow.parquet as pq
+from tqdm import tqdm
+
+from ..errors import StageError
+from ..pipeline.artifacts import MANIFEST, file_fingerprint, read_manifest, write_manifest
+from .score import as_words, popcounts
+from .shards import (
+    IVF_THRESHOLD,
+    ShardParams,
+    build_shard,
+    choose_params,
+    gpu_available,
+    read_shard,
+    shard_path,
+    size_windows,
+    to_gpu,
+    write_shard,
+)
+
+log = logging.getLogger(__name__)
+
+STAGE = "index"
+REBUILD_HINT = "rerun `resail index build` with --rebuild"
+_COLUMNS = ["segment_id", "image_id", "class_id", "bbox_area", "canon_area"]
+_READ_BLOCK = 65_536
+
+
+# ------------------------------------------------------------------ segment store access
+
+
+@dataclass
+class StoreTable:
+    """The columns of one split's segment table that retrieval needs, row order = h5 row order."""
+
+    h5_path: Path
+    segment_id: np.ndarray  # int64
+    image_code: np.ndarray  # int64, index into image_names
+    image_names: np.ndarray  # str, one per distinct image
+    class_id: np.ndarray  # int64
+    bbox_area: np.ndarray  # int64
+    canon_area: np.ndarray | None  # int64, or None when the store lacks the column
+    R: int
+    r: int
+    _image_lookup: dict = field(default=None, repr=False)
+
+    def image_code_of(self, image_id: str) -> int:
+        if self._image_lookup is None:
+            self._image_lookup = {name: i for i, name in enumerate(self.image_names.tolist())}
+        return self._image_lookup.get(image_id, -1)
+
+
+def store_paths(work: Path, split: str = "train") -> tuple[Path, Path]:
+    folder = Path(work) / "segments"
+    return folder / f"{split}.parquet", folder / f"{split}.h5"
+
+
+def read_store_table(work: Path, split: str = "train") -> StoreTable:
+    """The retrieval columns of a split, read straight from the store's parquet + h5 files."""
+    pq_path, h5_path = store_paths(work, split)
+    for p in (pq_path, h5_path):
+        if not p.exists():
+            raise StageError(f"{p} is missing: run stage 1 of `resail index build` (decomposition) first")
+    schema = pq.read_schema(pq_path)
+    columns = [c for c in _COLUMNS if c in schema.names]
+    table = pq.read_table(pq_path, columns=columns)
+    if "bbox_area" not in schema.names:
+        raise StageError(f"{pq_path} has no bbox_area column; rebuild the segment store")
+    images = table.column("image_id").combine_chunks().dictionary_encode()
+    with h5py.File(h5_path, "r") as f:
+        R, r = int(f.attrs.get("R", 128)), int(f.attrs.get("r", 32))
+        n_h5 = f["canonical"].shape[0]
+    if n_h5 != table.num_rows:
+        raise StageError(f"{h5_path} holds {n_h5} masks but {pq_path} {table.num_rows} rows; rebuild the segment store")
+    return StoreTable(
+        h5_path=h5_path,
+        segment_id=table.column("segment_id").to_numpy().astype(np.int64),
+        image_code=images.indices.to_numpy(zero_copy_only=False).astype(np.int64),
+        image_names=np.asarray(images.dictionary.to_pylist(), dtype=object),
+        class_id=table.column("class_id").to_numpy().astype(np.int64),
+        bbox_area=table.column("bbox_area").to_numpy().astype(np.int64),
+        canon_area=table.column("canon_area").to_numpy().astype(np.int64) if "canon_area" in columns else None,
+        R=R,
+        r=r,
+    )
+
+
+def read_h5_rows(h5_path: Path, dataset: str, rows: np.ndarray) -> np.ndarray:
+    """Rows (any order, no repeats) of a 2-D h5 dataset.
+
+    Dense runs are read as slices (one contiguous read of ≤ 65,536 rows); sparse ones (a class
+    whose rows are scattered over the store) as point selections, so a class never costs a read
+    of the whole file.
+    """
+    rows = np.asarray(rows, dtype=np.int64)
+    with h5py.File(h5_path, "r") as f:
+        ds = f[dataset]
+        out = np.empty((rows.size, ds.shape[1]), dtype=ds.dtype)
+        order = np.argsort(rows, kind="stable")
+        sorted_rows = rows[order]
+        start = 0
+        while start < sorted_rows.size:
+            lo = sorted_rows[start]
+            stop = int(np.searchsorted(sorted_rows, lo + _READ_BLOCK, side="left"))
+            span = int(sorted_rows[stop - 1] - lo + 1)
+            if (stop - start) * 8 >= span:
+                out[order[start:stop]] = ds[lo : lo + span][sorted_rows[start:stop] - lo]
+            else:
+                out[order[start:stop]] = ds[sorted_rows[start:stop]]
+            start = stop
+    return out
+
+
+def size_order(bbox_area: np.ndarray, segment_id: np.ndarray) -> np.ndarray:
+    """Row order of a shard: by bbox area, then segment id."""
+    return np.lexsort((segment_id, bbox_area))
+
+
+def order_hash(segment_ids: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(segment_ids, dtype=np.int64).tobytes()).hexdigest()[:16]
+
+
+def store_fingerprint(work: Path) -> dict:
+    """What the index depends on: the segments stage's manifest and the train files themselves."""
+    pq_path, h5_path = store_paths(work)
+    seg_manifest = read_manifest(Path(work) / "segments") or {}
+    return {
+        "segments_manifest": seg_manifest.get("fingerprint"),
+        "train_parquet": file_fingerprint(pq_path),
+        "train_h5": file_fingerprint(h5_path),
+    }
+
+
+# ------------------------------------------------------------------ build
+
+
+def build_index(
+    work: Path,
+    *,
+    device: str = "cpu",
+    rebuild: bool = False,
+    progress: bool = True,
+    ivf_threshold: int = IVF_THRESHOLD,
+    seed: int = 0,
+) -> dict:
+    """Build (or skip, when up to date) one FAISS shard per class; returns the manifest.
+
+    `device` only matters for searching (see `RetrievalIndex`); shards are always built and
+    stored as CPU indexes so they load anywhere.
+    """
+    work = Path(work)
+    out = work / "index"
+    table = read_store_table(work)
+    params = {"R": table.R, "r": table.r, "ivf_threshold": int(ivf_threshold), "seed": int(seed),
+              "store": store_fingerprint(work)}
+    if not rebuild:
+        existing = _read_index_manifest(out)
+        if existing is not None and existing.get("stage") == STAGE and existing.get("params") == params:
+            log.info("index: up to date (%s); skipped", out / MANIFEST)
+            return existing
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MANIFEST).unlink(missing_ok=True)  # a half-rebuilt folder must not look finished
+
+    classes = np.unique(table.class_id)
+    with h5py.File(table.h5_path, "r") as f:
+        prefilter = f["prefilter"][:]  # N×128 bytes: the whole split at once, sliced per class
+    shards: dict[str, dict] = {}
+    written: set[Path] = set()
+    t_start = time.perf_counter()
+    for class_id in tqdm(classes.tolist(), desc="index shards", unit="class", disable=not progress):
+        rows = np.flatnonzero(table.class_id == class_id)
+        order = size_order(table.bbox_area[rows], table.segment_id[rows])
+        rows = rows[order]
+        codes = prefilter[rows]
+        t0 = time.perf_counter()
+        entry = _build_class(out, class_id, codes, choose_params(rows.size, ivf_threshold), seed, written)
+        entry["windows"] = {}
+        if entry["kind"] == "ivf":
+            for j, (start, stop) in size_windows(table.bbox_area[rows]).items():
+                window = _build_class(out, class_id, codes[start:stop], choose_params(stop - start, ivf_threshold),
+                                      seed, written, window=j)
+                entry["windows"][str(j)] = {"start": start, "stop": stop, **window}
+        entry.update(build_s=round(time.perf_counter() - t0, 4), order_hash=order_hash(table.segment_id[rows]))
+        shards[str(class_id)] = entry
+    for stale in set(out.glob("c*.faiss")) - written:
+        stale.unlink()
+    manifest = write_manifest(
+        out,
+        STAGE,
+        params,
+        device=device,
+        counts={"classes": len(shards), "segments": int(table.segment_id.size)},
+        bytes=int(sum(s["bytes"] + sum(w["bytes"] for w in s["windows"].values()) for s in shards.values())),
+        build_s=round(time.perf_counter() - t_start, 3),
+        shards=shards,
+    )
+    log.info("index: %d shards, %d segments -> %s", len(shards), table.segment_id.size, out)
+    return manifest
+
+
+def _build_class(out: Path, class_id: int, codes: np.ndarray, params: ShardParams, seed: int, written: set,
+                 window: int | None = None) -> dict:
+    path = shard_path(out, class_id, window)
+    n_bytes = write_shard(path, build_shard(codes, params, seed=seed))
+    written.add(path)
+    return {"n": int(codes.shape[0]), "bytes": n_bytes, **params.to_json()}
+
+
+def _read_index_manifest(folder: Path) -> dict | None:
+    try:
+        return read_manifest(folder)
+    except StageError:
+        return None
+
+
+# ------------------------------------------------------------------ loading
+
+
+@dataclass
+class Window:
+    """A size-window sub-shard: FAISS labels are rows start.. of the class shard."""
+
+    start: int
+    stop: int
+    index: object
+    params: ShardParams
+
+
+@dataclass
+class Shard:
+    """One class's training segments in size order, with its FAISS index and rerank arrays."""
+
+    class_id: int
+    index: object  # faiss.IndexBinary (CPU or GPU)
+    params: ShardParams
+    segment_id: np.ndarray  # N int64, size order
+    image_code: np.ndarray  # N int64
+    bbox_area: np.ndarray  # N int64, ascending
+    canon_area: np.ndarray  # N int64
+    canonical: np.ndarray  # N×W uint64 packed canonical masks
+    codes: np.ndarray | None = None  # N×(r·r/8) uint8 prefilter rows of a flat shard (for band slices)
+    windows: dict[int, Window] = field(default_factory=dict)  # size windows of an IVF shard, by octave
+    on_gpu: bool = False
+    _id_sort: np.ndarray | None = field(default=None, repr=False)
+    _image_sort: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def n(self) -> int:
+        return int(self.segment_id.size)
+
+    def rows_of_segments(self, segment_ids: np.ndarray) -> np.ndarray:
+        """Shard row of each segment id, -1 where the segment is not in this shard."""
+        segment_ids = np.asarray(segment_ids, dtype=np.int64)
+        if self._id_sort is None:
+            self._id_sort = np.argsort(self.segment_id, kind="stable")
+        sorted_ids = self.segment_id[self._id_sort]
+        pos = np.searchsorted(sorted_ids, segment_ids).clip(0, self.n - 1)
+        return np.where(sorted_ids[pos] == segment_ids, self._id_sort[pos], -1)
+
+    def rows_of_image(self, image_code: int) -> np.ndarray:
+        """Shard rows whose segment comes from the given image."""
+        if image_code < 0:
+            return np.empty(0, np.int64)
+        if self._image_sort is None:
+            self._image_sort = np.argsort(self.image_code, kind="stable")
+        codes = self.image_code[self._image_sort]
+        lo, hi = np.searchsorted(codes, image_code, "left"), np.searchsorted(codes, image_code, "right")
+        return self._image_sort[lo:hi]
+
+    def band(self, bbox_area: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Row range [lo, hi) of the size band of each query: 2·b_t > b_s and 2·b_s > b_t."""
+        b = np.asarray(bbox_area, dtype=np.int64)
+        lo = np.searchsorted(self.bbox_area, b // 2, side="right")  # b_t > b_s / 2
+        hi = np.searchsorted(self.bbox_area, 2 * b, side="left")  # b_t < 2·b_s
+        return lo.astype(np.int64), hi.astype(np.int64)
+
+
+class RetrievalIndex:
+    """The built index of a work directory. Shards load lazily, one class at a time, and each is
+    checked against the manifest (row count, kind, bits, size-order hash) as it loads."""
+
+    def __init__(self, work: Path, *, device: str = "cpu", check_store: bool = True):
+        self.work = Path(work)
+        self.folder = self.work / "index"
+        manifest = read_manifest(self.folder)
+        if manifest is None or manifest.get("stage") != STAGE:
+            raise StageError(f"{self.folder}: no finished index; run `resail index build` first")
+        self.manifest = manifest
+        self.R = int(manifest["params"]["R"])
+        self.r = int(manifest["params"]["r"])
+        if check_store and manifest["params"].get("store") != store_fingerprint(self.work):
+            raise StageError(f"{self.folder}: the index was built from another segment store; {REBUILD_HINT}")
+        self.table = read_store_table(self.work)
+        if (self.table.R, self.table.r) != (self.R, self.r):
+            raise StageError(f"{self.folder}: index built at R={self.R}, r={self.r} but the store has "
+                             f"R={self.table.R}, r={self.table.r}; {REBUILD_HINT}")
+        self.device = device
+        self._gpu = None
+        if device == "cuda":
+            if not gpu_available():
+                raise StageError("--device cuda needs faiss-gpu and a visible GPU; install faiss-gpu or use --device cpu")
+            import faiss
+
+            self._gpu = faiss.StandardGpuResources()
+        self._shards: dict[int, Shard] = {}
+
+    @property
+    def classes(self) -> list[int]:
+        return sorted(int(c) for c in self.manifest["shards"])
+
+    def has_class(self, class_id: int) -> bool:
+        return str(int(class_id)) in self.manifest["shards"]
+
+    def shard(self, class_id: int) -> Shard:
+        class_id = int(class_id)
+        if class_id not in self._shards:
+            self._shards[class_id] = self._load(class_id)
+        return self._shards[class_id]
+
+    def _load(self, class_id: int) -> Shard:
+        entry = self.manifest["shards"].get(str(class_id))
+        if entry is None:
+            raise KeyError(class_id)
+        path = shard_path(self.folder, class_id)
+        if not path.exists():
+            raise StageError(f"{path}: shard listed in the manifest is missing; {REBUILD_HINT}")
+        index = read_shard(path, n_expected=entry["n"], d_expected=self.r * self.r, kind=entry["kind"])
+        t = self.table
+        rows = np.flatnonzero(t.class_id == class_id)
+        rows = rows[size_order(t.bbox_area[rows], t.segment_id[rows])]
+        if rows.size != entry["n"] or order_hash(t.segment_id[rows]) != entry["order_hash"]:
+            raise StageError(f"{path}: shard does not match the segment store's class {class_id} rows; {REBUILD_HINT}")
+        canonical = as_words(read_h5_rows(t.h5_path, "canonical", rows))
+        canon_area = t.canon_area[rows] if t.canon_area is not None else popcounts(canonical)
+        windows = {
+            int(j): Window(w["start"], w["stop"],
+                           read_shard(shard_path(self.folder, class_id, int(j)), n_expected=w["n"],
+                                      d_expected=self.r * self.r, kind=w["kind"]),
+                           ShardParams(w["kind"], w.get("nlist", 0), w.get("nprobe", 0)))
+            for j, w in entry.get("windows", {}).items()
+        }
+        codes = _flat_codes(index) if entry["kind"] == "flat" else None
+        on_gpu = False
+        if self._gpu is not None and entry["kind"] == "flat":
+            index, on_gpu = to_gpu(index, self._gpu), True
+        return Shard(
+            class_id=class_id,
+            index=index,
+            params=ShardParams(entry["kind"], entry.get("nlist", 0), entry.get("nprobe", 0)),
+            segment_id=t.segment_id[rows],
+            image_code=t.image_code[rows],
+            bbox_area=t.bbox_area[rows],
+            canon_area=np.ascontiguousarray(canon_area, dtype=np.int64),
+            canonical=canonical,
+            codes=codes,
+            windows=windows,
+            on_gpu=on_gpu,
+        )
+
+
+def _flat_codes(index) -> np.ndarray:
+    import faiss
+
+    return faiss.vector_to_array(index.xb).reshape(index.ntotal, index.code_size)

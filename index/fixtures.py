@@ -1,0 +1,87 @@
+"""A minimal segment-store writer for tests and benchmarks (docs/segment-store.md format).
+
+The real store is written by stage 1 (`pipeline/store.py`) from decomposed images. Retrieval
+tests and `benchmarks/retrieval.py` need stores with chosen masks and sizes, so this writes the
+same two files straight from arrays: `segments/train.parquet` and `segments/train.h5`, plus a
+`segments/manifest.json`. Crops are small grey RGBA renderings of the canonical masks.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ..pipeline.artifacts import atomic_path, write_manifest
+from .descriptors import pack_masks, resize_mask_nearest, unpack_masks
+from .score import as_words, popcounts
+
+
+def write_fake_store(
+    work: Path,
+    *,
+    masks: np.ndarray,
+    class_id: np.ndarray,
+    bbox_area: np.ndarray,
+    prefilter: np.ndarray | None = None,
+    image_id: list[str] | None = None,
+    segment_id: np.ndarray | None = None,
+    split: str = "train",
+    R: int = 128,
+    r: int = 32,
+    crop_side: int = 8,
+    chunk: int = 4096,
+) -> Path:
+    """Write a store of N segments from N×R×R canonical masks (bool) or N×(R·R/8) packed rows.
+
+    The prefilter rows are derived from the canonical masks unless given (packed).
+    """
+    masks = np.asarray(masks)
+    canonical = masks if masks.dtype == np.uint8 and masks.ndim == 2 else pack_masks(masks)
+    n = canonical.shape[0]
+    if prefilter is None:
+        prefilter = np.zeros((n, r * r // 8), np.uint8)
+        for s in range(0, n, chunk):
+            full = unpack_masks(canonical[s : s + chunk], R)
+            prefilter[s : s + chunk] = pack_masks(np.stack([resize_mask_nearest(m, r) for m in full]))
+    crop_bytes = np.zeros(n * crop_side * crop_side * 4, np.uint8)
+    for s in range(0, n, chunk):
+        small = np.stack([resize_mask_nearest(m, crop_side) for m in unpack_masks(canonical[s : s + chunk], R)])
+        crops = np.repeat(small[..., None], 4, axis=3).astype(np.uint8) * 200  # grey RGB, A = 200 inside
+        crop_bytes[s * crop_side * crop_side * 4 : (s + len(small)) * crop_side * crop_side * 4] = crops.ravel()
+    segment_id = np.arange(n, dtype=np.int64) if segment_id is None else np.asarray(segment_id, np.int64)
+    image_id = [f"img{i:06d}" for i in range(n)] if image_id is None else list(image_id)
+    bbox_area = np.asarray(bbox_area, np.int64)
+    side = np.maximum(1, np.sqrt(bbox_area)).astype(np.int32)
+    folder = Path(work) / "segments"
+    folder.mkdir(parents=True, exist_ok=True)
+    table = pa.table({
+        "segment_id": segment_id,
+        "image_id": pa.array(image_id, pa.string()),
+        "split": pa.array([split] * n, pa.string()),
+        "class_id": np.asarray(class_id, np.int32),
+        "is_thing": np.zeros(n, bool),
+        "bbox_y0": np.zeros(n, np.int32),
+        "bbox_x0": np.zeros(n, np.int32),
+        "bbox_h": side,
+        "bbox_w": np.maximum(1, bbox_area // side).astype(np.int32),
+        "area": bbox_area // 2,
+        "bbox_area": bbox_area,
+        "canon_area": popcounts(as_words(canonical)).astype(np.int32),
+        "crop_offset": np.arange(n, dtype=np.int64) * crop_side * crop_side * 4,
+        "crop_h": np.full(n, crop_side, np.int32),
+        "crop_w": np.full(n, crop_side, np.int32),
+    })
+    with atomic_path(folder / f"{split}.parquet") as tmp:
+        pq.write_table(table, tmp)
+    with atomic_path(folder / f"{split}.h5") as tmp:
+        with h5py.File(tmp, "w") as f:
+            f.create_dataset("canonical", data=canonical)
+            f.create_dataset("prefilter", data=prefilter)
+            f.create_dataset("crops", data=crop_bytes)
+            f.attrs.update(R=R, r=r, crop_max_side=crop_side, dataset="fake", split=split)
+    write_manifest(folder, "segments", {"fake": True, "n": int(n)}, counts={split: int(n)})
+    return folder

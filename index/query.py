@@ -1,0 +1,104 @@
+"""`resail index query`: retrieve training matches for every segment of a user's label map."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from ..errors import StageError
+from ..pipeline.artifacts import atomic_path, read_manifest
+from .build import RetrievalIndex
+from .descriptors import descriptors
+from .search import QueryBatch, SearchConfig, SearchResult, search
+
+CELL = 96  # preview cell side in pixels
+
+
+@dataclass
+class LabelMapMatches:
+    segments: list  # pipeline.decompose.Segment, in decomposition order
+    result: SearchResult
+
+
+def query_label_map(index: RetrievalIndex, label_path: Path, instance_path: Path | None = None,
+                    cfg: SearchConfig = SearchConfig(), preserved_ratio: float = 0.9) -> LabelMapMatches:
+    """Decompose a class-id label map (and optional single-channel instance-id map, 0 = none)
+    with the store's class table and retrieve the top-k training segments of each segment."""
+    from ..pipeline.datasets import read_index_png
+    from ..pipeline.decompose import decompose, thing_lut
+
+    seg_manifest = read_manifest(index.work / "segments")
+    if seg_manifest is None or "classes" not in seg_manifest:
+        raise StageError(f"{index.work / 'segments'}: no finished segment store; run `resail index build` first")
+    classes = seg_manifest["classes"]
+    lut = thing_lut([c for c, t in zip(classes["ids"], classes["is_thing"]) if t])
+    label_map = read_index_png(label_path)
+    instance_map = read_index_png(instance_path) if instance_path is not None else None
+    segments = decompose(label_map, instance_map, None, lut, preserved_ratio, where=str(label_path))
+    n = len(segments)
+    canon = np.zeros((n, index.R * index.R // 8), np.uint8)
+    pre = np.zeros((n, index.r * index.r // 8), np.uint8)
+    for i, seg in enumerate(segments):
+        canon[i], pre[i] = descriptors(seg.mask, index.R, index.r)
+    batch = QueryBatch(
+        class_id=np.array([s.class_id for s in segments], np.int64),
+        canonical=canon,
+        prefilter=pre,
+        bbox_area=np.array([s.h * s.w for s in segments], np.int64),
+    )
+    return LabelMapMatches(segments, search(index, batch, cfg))
+
+
+def format_matches(m: LabelMapMatches, class_names: dict[int, str] | None = None) -> str:
+    """One block per segment: its class and bbox, then `segment_id:score` of its matches."""
+    names = class_names or {}
+    lines = []
+    for i, seg in enumerate(m.segments):
+        head = (f"segment {i}: class {seg.class_id} {names.get(seg.class_id, '')} "
+                f"bbox y={seg.y0} x={seg.x0} h={seg.h} w={seg.w} area={seg.area}")
+        found = m.result.matches(i)
+        body = "  ".join(f"{sid}:{s:.4f}" for sid, s in found) if found else f"none ({m.result.reason[i]})"
+        lines.append(f"{head}\n  {body}")
+    return "\n".join(lines)
+
+
+def write_preview(index: RetrievalIndex, m: LabelMapMatches, out: Path, n_matches: int = 5) -> Path:
+    """A mosaic: per segment one row, its query mask then the crops of its best matches."""
+    from ..pipeline.store import SegmentStore
+
+    n_cols = 1 + n_matches
+    rows = max(1, len(m.segments))
+    canvas = np.zeros((rows * CELL, n_cols * CELL, 3), np.uint8)
+    row_of = _rows_of_segment_ids(index)
+    with SegmentStore(index.work, "train") as store:
+        for i, seg in enumerate(m.segments):
+            canvas[i * CELL:(i + 1) * CELL, :CELL] = _fit(np.repeat(seg.mask[..., None] * np.uint8(255), 3, 2))
+            for j, sid in enumerate(m.result.segment_id[i][:n_matches].tolist()):
+                if sid < 0:
+                    continue
+                rgb, _ = store.crop(row_of[sid])
+                canvas[i * CELL:(i + 1) * CELL, (j + 1) * CELL:(j + 2) * CELL] = _fit(rgb)
+    out = Path(out)
+    with atomic_path(out) as tmp:
+        Image.fromarray(canvas).save(tmp, format="PNG")
+    return out
+
+
+def _rows_of_segment_ids(index: RetrievalIndex) -> dict[int, int]:
+    return {int(s): r for r, s in enumerate(index.table.segment_id.tolist())}
+
+
+def _fit(img: np.ndarray) -> np.ndarray:
+    """Letterbox an H×W×3 image into a CELL×CELL cell, keeping its aspect ratio."""
+    h, w = img.shape[:2]
+    s = CELL / max(h, w)
+    nh, nw = max(1, round(h * s)), max(1, round(w * s))
+    small = cv2.resize(np.ascontiguousarray(img), (nw, nh), interpolation=cv2.INTER_NEAREST)
+    cell = np.zeros((CELL, CELL, 3), np.uint8)
+    y, x = (CELL - nh) // 2, (CELL - nw) // 2
+    cell[y:y + nh, x:x + nw] = small
+    return cell
