@@ -24,21 +24,22 @@ class LabelMapMatches:
     result: SearchResult
 
 
-def query_label_map(index: RetrievalIndex, label_path: Path, instance_path: Path | None = None,
-                    cfg: SearchConfig = SearchConfig(), preserved_ratio: float = 0.9) -> LabelMapMatches:
-    """Decompose a class-id label map (and optional single-channel instance-id map, 0 = none)
-    with the store's class table and retrieve the top-k training segments of each segment."""
-    from ..pipeline.datasets import read_index_png
+def decompose_label_map(work: Path, label_map: np.ndarray, instance_map: np.ndarray | None = None,
+                        preserved_ratio: float = 0.9, where: str = "label map") -> list:
+    """Segments of a native-id label map (and optional instance-id map, 0 = none), decomposed with
+    the work dir's class table and the same rules as the store."""
     from ..pipeline.decompose import decompose, thing_lut
 
-    seg_manifest = read_manifest(index.work / "segments")
+    seg_manifest = read_manifest(Path(work) / "segments")
     if seg_manifest is None or "classes" not in seg_manifest:
-        raise StageError(f"{index.work / 'segments'}: no finished segment store; run `resail index build` first")
+        raise StageError(f"{Path(work) / 'segments'}: no finished segment store; run `resail index build` first")
     classes = seg_manifest["classes"]
     lut = thing_lut([c for c, t in zip(classes["ids"], classes["is_thing"]) if t])
-    label_map = read_index_png(label_path)
-    instance_map = read_index_png(instance_path) if instance_path is not None else None
-    segments = decompose(label_map, instance_map, None, lut, preserved_ratio, where=str(label_path))
+    return decompose(label_map, instance_map, None, lut, preserved_ratio, where=where)
+
+
+def query_segments(index: RetrievalIndex, segments: list, cfg: SearchConfig = SearchConfig()) -> SearchResult:
+    """Top-k training matches of segments that are not in the store (bbox-cropped masks)."""
     n = len(segments)
     canon = np.zeros((n, index.R * index.R // 8), np.uint8)
     pre = np.zeros((n, index.r * index.r // 8), np.uint8)
@@ -50,7 +51,19 @@ def query_label_map(index: RetrievalIndex, label_path: Path, instance_path: Path
         prefilter=pre,
         bbox_area=np.array([s.h * s.w for s in segments], np.int64),
     )
-    return LabelMapMatches(segments, search(index, batch, cfg))
+    return search(index, batch, cfg)
+
+
+def query_label_map(index: RetrievalIndex, label_path: Path, instance_path: Path | None = None,
+                    cfg: SearchConfig = SearchConfig(), preserved_ratio: float = 0.9) -> LabelMapMatches:
+    """Decompose a class-id label map (and optional single-channel instance-id map, 0 = none)
+    with the store's class table and retrieve the top-k training segments of each segment."""
+    from ..pipeline.datasets import read_index_png
+
+    label_map = read_index_png(label_path)
+    instance_map = read_index_png(instance_path) if instance_path is not None else None
+    segments = decompose_label_map(index.work, label_map, instance_map, preserved_ratio, where=str(label_path))
+    return LabelMapMatches(segments, query_segments(index, segments, cfg))
 
 
 def format_matches(m: LabelMapMatches, class_names: dict[int, str] | None = None) -> str:

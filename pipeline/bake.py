@@ -171,6 +171,47 @@ def choose_ranks(ids: np.ndarray, segment_id: np.ndarray, choose: str, seed: int
 # ---------------------------------------------------------------- composition
 
 
+def retrieved_pieces(train: SegmentStore, train_segment_id: np.ndarray, boxes, matches) -> list[Piece]:
+    """One piece per query with a match (train segment id ≥ 0): its crop stretched to the query box."""
+    pieces = []
+    for i, match in enumerate(matches):
+        if match < 0:
+            continue
+        train_row = int(np.searchsorted(train_segment_id, match))
+        if train_row >= len(train_segment_id) or train_segment_id[train_row] != match:
+            raise InputError(f"segment {match} is not a training segment of {train.folder.parent}")
+        y0, x0, y1, x1 = boxes[i]
+        rgb, mask = train.crop(train_row)
+        rgb_s, mask_s = stretch_crop(np.dstack([rgb, mask.astype(np.uint8) * 255]), y1 - y0, x1 - x0)
+        pieces.append(Piece(i, y0, x0, rgb_s, mask_s))
+    return pieces
+
+
+def target_boxes(bbox: np.ndarray, image_hw: tuple[int, int], size: tuple[int, int]) -> list[tuple[int, int, int, int]]:
+    """Source-pixel boxes (y0, x0, h, w) → (y0, x0, y1, x1) at the target size (W, H), at least 1 px."""
+    W, H = size
+    sy, sx = H / image_hw[0], W / image_hw[1]
+    boxes = []
+    for y0, x0, h, w in bbox:
+        ty0, tx0 = int(round(y0 * sy)), int(round(x0 * sx))
+        ty1, tx1 = max(ty0 + 1, int(round((y0 + h) * sy))), max(tx0 + 1, int(round((x0 + w) * sx)))
+        boxes.append((min(ty0, H - 1), min(tx0, W - 1), min(ty1, H), min(tx1, W)))
+    return boxes
+
+
+def paint_segment_map(size: tuple[int, int], boxes, masks, is_thing, area) -> np.ndarray:
+    """H×W map of segment index (−1 none) from bbox-cropped masks resized (nearest) into their
+    target boxes. Stuff first, then things, larger before smaller: small things win shared pixels."""
+    W, H = size
+    seg_map = np.full((H, W), -1, np.int32)
+    order = sorted(range(len(boxes)), key=lambda i: (bool(is_thing[i]), -int(area[i])))
+    for i in order:
+        y0, x0, y1, x1 = boxes[i]
+        m = cv2.resize(masks(i).astype(np.uint8), (x1 - x0, y1 - y0), interpolation=cv2.INTER_NEAREST) > 0
+        seg_map[y0:y1, x0:x1][m] = i
+    return seg_map
+
+
 @dataclass
 class GuidanceComposer:
     """Composes the guidance of any image of a split from the stores and a matches table."""
@@ -210,24 +251,11 @@ class GuidanceComposer:
 
     def segment_map(self, image_row: int) -> tuple[np.ndarray, np.ndarray, list[tuple[int, int, int, int]]]:
         """Query segments of an image at the target size: (H×W map of local index, rows, boxes)."""
-        W, H = self.size
         a = int(self.first_row[image_row])
         rows = np.arange(a, a + int(self.n_segments[image_row]))
-        ih, iw = self.image_hw[image_row]
-        sy, sx = H / ih, W / iw
-        seg_map = np.full((H, W), -1, np.int32)
-        boxes = []
-        for y0, x0, h, w in self.bbox[rows]:
-            ty0, tx0 = int(round(y0 * sy)), int(round(x0 * sx))
-            ty1, tx1 = max(ty0 + 1, int(round((y0 + h) * sy))), max(tx0 + 1, int(round((x0 + w) * sx)))
-            boxes.append((min(ty0, H - 1), min(tx0, W - 1), min(ty1, H), min(tx1, W)))
-        # Stuff first, then things, larger before smaller: small things win the shared boundary pixels.
-        order = sorted(range(len(rows)), key=lambda i: (bool(self.is_thing[rows[i]]), -int(self.area[rows[i]])))
-        for i in order:
-            y0, x0, y1, x1 = boxes[i]
-            _, mask = self.store.crop(int(rows[i]))
-            m = cv2.resize(mask.astype(np.uint8), (x1 - x0, y1 - y0), interpolation=cv2.INTER_NEAREST) > 0
-            seg_map[y0:y1, x0:x1][m] = i
+        boxes = target_boxes(self.bbox[rows], tuple(self.image_hw[image_row]), self.size)
+        seg_map = paint_segment_map(self.size, boxes, lambda i: self.store.crop(int(rows[i]))[1],
+                                    self.is_thing[rows], self.area[rows])
         return seg_map, rows, boxes
 
     def compose(self, image_row: int, overrides: dict[int, int] | None = None) -> np.ndarray:
@@ -235,23 +263,12 @@ class GuidanceComposer:
         id to paste there instead of the baked choice (−1: leave it black)."""
         seg_map, rows, boxes = self.segment_map(image_row)
         overrides = overrides or {}
-        pieces = []
-        for i, row in enumerate(rows):
+        matches = []
+        for row in rows:
             sid = int(self.segment_id[row])
-            if sid in overrides:
-                match = int(overrides[sid])
-            else:
-                rank = int(self.chosen[row])
-                match = int(self.ids[row, rank]) if rank >= 0 else -1
-            if match < 0:
-                continue
-            train_row = int(np.searchsorted(self.train_segment_id, match))
-            if train_row >= len(self.train_segment_id) or self.train_segment_id[train_row] != match:
-                raise InputError(f"segment {match} is not a training segment of {self.work}")
-            y0, x0, y1, x1 = boxes[i]
-            rgb, mask = self.train.crop(train_row)
-            rgb_s, mask_s = stretch_crop(np.dstack([rgb, mask.astype(np.uint8) * 255]), y1 - y0, x1 - x0)
-            pieces.append(Piece(i, y0, x0, rgb_s, mask_s))
+            rank = int(self.chosen[row])
+            matches.append(int(overrides[sid]) if sid in overrides else int(self.ids[row, rank]) if rank >= 0 else -1)
+        pieces = retrieved_pieces(self.train, self.train_segment_id, boxes, matches)
         return compose(seg_map, self.is_thing[rows], pieces, self.mode)
 
     def photo(self, image_row: int) -> np.ndarray:
@@ -317,6 +334,57 @@ class GuidanceComposer:
         lut = table.palette(65536)
         classes = np.append(self.class_id[rows], 0)  # index −1 → void colour
         return lut[classes[seg_map]]
+
+
+class LabelMapGuidance:
+    """Retrieval guidance for a label map that is not in the store (a user's own), with per-segment
+    choice: `compose()` pastes each segment's chosen match; `resample(ids, seed)` draws other
+    matches for some segments only, every other segment keeping its choice (local editing)."""
+
+    def __init__(self, work: Path, label_map: np.ndarray, instance_map: np.ndarray | None = None, *,
+                 size: tuple[int, int], k: int = 10, k_prefilter: int = 256, max_score: float | None = None,
+                 mode: str = "clean", preserved_ratio: float = 0.9, where: str = "label map"):
+        from ..index.query import decompose_label_map, query_segments
+
+        self.work, self.size, self.mode = Path(work), tuple(size), mode
+        index = RetrievalIndex(self.work)
+        self.segments = decompose_label_map(self.work, label_map, instance_map, preserved_ratio, where)
+        if not self.segments:
+            raise InputError(f"{where}: no segment to synthesise (only void pixels?)")
+        res = query_segments(index, self.segments, SearchConfig(k=k, k_prefilter=k_prefilter, max_score=max_score))
+        self.ids, self.scores, self.reason = res.segment_id, res.score, res.reason
+        self.chosen = np.where((self.ids >= 0).any(axis=1), 0, -1)
+        self.train = SegmentStore(self.work, "train")
+        self.train_segment_id = self.train.table["segment_id"].to_numpy()
+        segs = self.segments
+        self.is_thing = np.array([s.is_thing for s in segs], bool)
+        self.class_id = np.array([s.class_id for s in segs], np.int64)
+        self.boxes = target_boxes(np.array([[s.y0, s.x0, s.h, s.w] for s in segs]), label_map.shape, self.size)
+        self.segment_map = paint_segment_map(self.size, self.boxes, lambda i: segs[i].mask, self.is_thing,
+                                             [s.area for s in segs])
+
+    def close(self) -> None:
+        self.train.close()
+
+    def resample(self, segments: list[int] | np.ndarray, seed: int) -> None:
+        """Draw a new match, uniformly among the top-k, for the given segment indices only."""
+        segments = np.asarray(segments, np.int64)
+        if segments.size and (segments.min() < 0 or segments.max() >= len(self.segments)):
+            raise InputError(f"segment index out of range 0..{len(self.segments) - 1}: {segments.tolist()}")
+        drawn = choose_ranks(self.ids[segments], segments, "sample", seed)
+        self.chosen[segments] = drawn
+
+    def matches(self) -> list[int]:
+        return [int(self.ids[i, r]) if r >= 0 else -1 for i, r in enumerate(self.chosen)]
+
+    def compose(self) -> np.ndarray:
+        """The guidance image (H×W×3 uint8) with the current choice of every segment."""
+        pieces = retrieved_pieces(self.train, self.train_segment_id, self.boxes, self.matches())
+        return compose(self.segment_map, self.is_thing, pieces, self.mode)
+
+    def label_map_at_size(self) -> np.ndarray:
+        """The label map at the target size (native ids, void 0), consistent with the guidance."""
+        return np.append(self.class_id, 0)[self.segment_map]
 
 
 def _open_composer(cfg: BakeConfig, size: tuple[int, int]) -> GuidanceComposer:

@@ -179,3 +179,35 @@ def test_distorted_gt_is_seeded_and_composed_like_guidance(work, tmp_path):
     import cv2
     grid = cv2.imread(str(out))
     assert grid.shape == (2 * SIZE[1], 3 * SIZE[0], 3)
+
+
+def test_label_map_guidance_and_local_resample(work):
+    from resail.pipeline.bake import LabelMapGuidance
+    from resail.pipeline.datasets import make_reader
+
+    seg = bake_mod.read_manifest(work / "segments")
+    reader = make_reader("ade20k", seg["params"]["root"])
+    sample = reader.load(reader.records("val")[0])
+    g = LabelMapGuidance(work, sample.label_map, size=SIZE, k=5)
+    try:
+        first = g.compose()
+        assert first.shape == (SIZE[1], SIZE[0], 3) and first.any()
+        assert np.array_equal(first, g.compose())
+        lm = g.label_map_at_size()
+        assert lm.shape == (SIZE[1], SIZE[0]) and set(np.unique(lm)) <= set(np.unique(sample.label_map)) | {0}
+        # resample the largest segment that has several candidates: only its pixels may change
+        multi = [i for i in range(len(g.segments)) if (g.ids[i] >= 0).sum() > 1]
+        i = max(multi, key=lambda i: (g.segment_map == i).sum())
+        for seed in range(20):
+            before = g.chosen.copy()
+            g.resample([i], seed)
+            if g.chosen[i] != before[i]:
+                break
+        assert g.chosen[i] != before[i]
+        assert np.array_equal(np.delete(g.chosen, i), np.delete(before, i))
+        after = g.compose()
+        changed = np.any(after != first, axis=2)
+        if not g.is_thing[i]:
+            assert not changed[g.segment_map != i].any()
+    finally:
+        g.close()
