@@ -160,7 +160,7 @@ def index():
               help="Work directory for all artifacts of this dataset.")
 @click.option("--splits", default="train,val", help="Comma-separated splits to decompose.")
 @click.option("--jobs", type=click.IntRange(1, 1024), default=1, help="Parallel worker processes.")
-@click.option("--shard", default=None, metavar="I/N",
+@click.option("--shard", type=ShardSpec(), default=None,
               help="Run only shard I of N: images K*I//N .. K*(I+1)//N of each split of K images; then --merge.")
 @click.option("--merge", is_flag=True, help="Merge finished shards (alone: only merge, checking all are present).")
 @click.option("--preserved-ratio", type=click.FloatRange(0, 1, min_open=True), default=0.9,
