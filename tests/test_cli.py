@@ -47,10 +47,27 @@ def test_usage_errors_exit_2(argv, capsys):
     assert "Error" in err
 
 
-def test_unbuilt_command_is_one_line_and_exits_1(tmp_path, capsys):
-    rc = main(["eval", str(tmp_path), "--run", "x"])
+def test_unbuilt_command_is_one_line_and_exits_1(capsys):
+    from resail.cli import not_built
+
+    @cli.command("not-yet")
+    def not_yet():
+        not_built("not-yet", 99)
+
+    try:
+        rc = main(["not-yet"])
+    finally:
+        cli.commands.pop("not-yet")
     err = capsys.readouterr().err.strip().splitlines()
-    if rc == 0:  # eval has been built since: nothing to check here
-        pytest.skip("eval is built")
     assert rc == 1
-    assert len(err) == 1 and err[0].startswith("error:") and "not built" in err[0]
+    assert len(err) == 1 and err[0].startswith("error:") and "not built" in err[0] and "#99" in err[0]
+
+
+def test_unexpected_failure_is_one_line_and_debug_shows_traceback(tmp_path, capsys):
+    bad = tmp_path / "work"
+    bad.mkdir()
+    rc = main(["guidance", "bake", str(bad), "--split", "val"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 1 and len(err) == 1 and "resail index build" in err[0]
+    with pytest.raises(Exception):
+        main(["guidance", "bake", str(bad), "--split", "val", "--debug"])

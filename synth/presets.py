@@ -1,0 +1,127 @@
+"""Network presets: the sizes of G, D and the segmentation network per dataset.
+
+The full presets reproduce the official configurations (reference §5.4, §6): ngf = ndf = 64,
+two discriminator scales of four layers, RESAIL modules with 128 hidden channels, and the
+OASIS U-Net widths for the segmentation network. `toy` shrinks every width so that one G+D
+training step runs well under a second on a CPU.
+
+Channel convention of the one-hot label map: channel = the dataset's native class id, channel 0
+= void / don't-care (ADE20K "other", Cityscapes "unlabeled", COCO-Stuff 255 mapped to 0 by the
+readers). Hence ADE20K 150 classes → 151 channels, COCO-Stuff 182 → 183, and Cityscapes keeps
+SPADE's 35 channels (labelIds 0..33 need 34). The seg loss ignores channel 0 where the trainer
+says so.
+
+`NetworkPreset` is a frozen dataclass; the trainer extends it (subclass or a wrapping config)
+with its training fields. `dataclasses.replace(preset, ngf=16)` makes a variant.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from ..errors import InputError
+
+UPSAMPLING = {"normal": 5, "more": 6}
+NORMS = ("resail", "spade")
+
+
+@dataclass(frozen=True)
+class NetworkPreset:
+    name: str
+    label_nc: int                 # native class ids 0..label_nc-1 (0 = void)
+    dontcare: bool = False        # one extra channel for "don't care" (COCO-Stuff's 255 in SPADE)
+    width: int = 256              # W of the generated image
+    height: int = 256             # H of the generated image
+    upsampling: str = "normal"    # 'normal' (5 ×2 ups) or 'more' (6: an extra up between the middle blocks)
+    ngf: int = 64                 # G widths: 16·ngf at the bottom down to ngf before the RGB conv
+    norm: str = "resail"          # 'resail' (§6.1) or 'spade' (the baseline / ablation)
+    norm_hidden: int = 128        # hidden width of the RESAIL/SPADE branches (AdaIN vectors are 2×)
+    ndf: int = 64
+    n_layers_D: int = 4
+    num_D: int = 2
+    segnet_channels: tuple[int, ...] = (128, 128, 256, 256, 512, 512)  # U-Net encoder widths
+
+    def __post_init__(self) -> None:
+        if self.upsampling not in UPSAMPLING:
+            raise InputError(f"preset {self.name!r}: upsampling {self.upsampling!r} is not one of {sorted(UPSAMPLING)}")
+        if self.norm not in NORMS:
+            raise InputError(f"preset {self.name!r}: norm {self.norm!r} is not one of {NORMS}")
+        n_up = UPSAMPLING[self.upsampling]
+        if self.width % 2**n_up:
+            raise InputError(f"preset {self.name!r}: width {self.width} is not a multiple of 2^{n_up} "
+                             f"({self.upsampling!r} upsampling)")
+        sh, sw = self.start_size
+        if sh * 2**n_up != self.height:
+            raise InputError(f"preset {self.name!r}: height {self.height} is not reachable from a "
+                             f"{sh}×{sw} start with {n_up} ×2 ups; use a height that is a multiple of 2^{n_up}")
+        if self.norm == "resail" and min(sh, sw) < 3:
+            raise InputError(f"preset {self.name!r}: {self.width}x{self.height} starts G at {sh}×{sw}, but the "
+                             "RESAIL AdaIN branch needs at least 3×3; use a larger size or 'normal' upsampling")
+        depth = len(self.segnet_channels)
+        if self.width % 2**depth or self.height % 2**depth:
+            raise InputError(f"preset {self.name!r}: {self.width}x{self.height} is not divisible by 2^{depth} "
+                             f"(segmentation U-Net of {depth} levels)")
+        if self.ngf < 1 or self.ndf < 1 or self.norm_hidden < 1 or self.num_D < 1 or self.n_layers_D < 2:
+            raise InputError(f"preset {self.name!r}: widths and layer counts must be positive (n_layers_D ≥ 2)")
+
+    @property
+    def semantic_nc(self) -> int:
+        """Channels of the one-hot label map fed to G, D and out of the segmentation network."""
+        return self.label_nc + int(self.dontcare)
+
+    @property
+    def n_up(self) -> int:
+        return UPSAMPLING[self.upsampling]
+
+    @property
+    def start_size(self) -> tuple[int, int]:
+        """(sh, sw): the label map's size at G's input conv; sw = W/2^n_up, sh = round(sw·H/W)."""
+        sw = self.width // 2**self.n_up
+        return round(sw * self.height / self.width), sw
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["segnet_channels"] = list(self.segnet_channels)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "NetworkPreset":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise InputError(f"network config has unknown fields {sorted(unknown)}")
+        d = dict(d)
+        if "segnet_channels" in d:
+            d["segnet_channels"] = tuple(d["segnet_channels"])
+        return cls(**d)
+
+
+PRESETS: dict[str, NetworkPreset] = {
+    p.name: p
+    for p in (
+        NetworkPreset("ade20k", label_nc=151),
+        NetworkPreset("ade20k-outdoor", label_nc=151),
+        NetworkPreset("cityscapes", label_nc=35, width=512, height=256, upsampling="more"),
+        NetworkPreset("cocostuff", label_nc=183),
+        # The toy dataset is written in ADE20K format by default (native ids 1..150), hence 151.
+        NetworkPreset("toy", label_nc=151, width=128, height=128, ngf=16, norm_hidden=16, ndf=16,
+                      segnet_channels=(16, 16, 32, 32, 64, 64)),
+    )
+}
+
+
+def get_preset(name: str, **overrides) -> NetworkPreset:
+    """The named preset, with any fields replaced (e.g. `get_preset('toy', norm='spade')`)."""
+    try:
+        preset = PRESETS[name]
+    except KeyError:
+        raise InputError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}") from None
+    return dataclasses.replace(preset, **overrides) if overrides else preset
+
+
+def tiny(preset: NetworkPreset, **overrides) -> NetworkPreset:
+    """A preset at the same label count, size and upsampling but with minimal widths (for tests)."""
+    small = dict(ngf=2, norm_hidden=4, ndf=4, segnet_channels=(4,) * len(preset.segnet_channels))
+    small.update(overrides)
+    return dataclasses.replace(preset, **small)

@@ -1,0 +1,286 @@
+"""The segmentation network behind L_seg and the mIoU metric (reference §6.5), and its training.
+
+An OASIS-discriminator-style U-Net without the extra "fake" class: an encoder of residual blocks
+that halve the resolution (widths 3 → 128, 128, 256, 256, 512, 512 at full size), a decoder of
+residual blocks that double it and take the mirrored encoder output as a skip connection, and a
+1×1 head to one logit per label-map channel. Every conv carries spectral norm.
+
+The official weights and recipe are not published, so `train_segnet` trains it here as a plain
+segmenter on real training images; checkpoints hold a state dict and a JSON-able config and load
+with `torch.load(weights_only=True)`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.parametrizations import spectral_norm
+from tqdm.auto import tqdm
+
+from ..errors import InputError
+from ..pipeline.artifacts import atomic_path
+from .init import init_weights
+from .losses import balanced_cross_entropy
+from .presets import NetworkPreset
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = "resail-segnet/1"
+
+
+def _sn_conv(cin: int, cout: int, k: int) -> nn.Conv2d:
+    return spectral_norm(nn.Conv2d(cin, cout, k, padding=k // 2))
+
+
+class SegResBlock(nn.Module):
+    """main: [LReLU (not in the first block), (up), conv3×3] → [LReLU, conv3×3] → (pool);
+    shortcut: (up) → 1×1 conv when the width changes → (pool); the first block pools first."""
+
+    def __init__(self, fin: int, fout: int, mode: str, first: bool = False):
+        super().__init__()
+        if mode not in ("down", "up"):
+            raise ValueError(mode)
+        self.mode, self.first = mode, first
+        self.conv1 = _sn_conv(fin, fout, 3)
+        self.conv2 = _sn_conv(fout, fout, 3)
+        self.conv_s = _sn_conv(fin, fout, 1) if fin != fout else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        up = self.mode == "up"
+        h = x if self.first else F.leaky_relu(x, 0.2)
+        if up:
+            h = _up(h)
+        h = self.conv2(F.leaky_relu(self.conv1(h), 0.2))
+        s = _up(x) if up else x
+        if self.first:
+            s = F.avg_pool2d(s, 2)
+        if self.conv_s is not None:
+            s = self.conv_s(s)
+        if self.mode == "down":
+            h = F.avg_pool2d(h, 2)
+            if not self.first:
+                s = F.avg_pool2d(s, 2)
+        return h + s
+
+
+def _up(x: torch.Tensor) -> torch.Tensor:
+    return F.interpolate(x, scale_factor=2, mode="nearest")
+
+
+class SegNet(nn.Module):
+    """U-Net segmenter: B×3×H×W image in [−1, 1] → B×num_classes×H×W logits (H, W divisible by 2^depth)."""
+
+    def __init__(self, num_classes: int, channels: tuple[int, ...] = (128, 128, 256, 256, 512, 512)):
+        super().__init__()
+        self.num_classes, self.channels = num_classes, tuple(channels)
+        enc_in = (3,) + self.channels[:-1]
+        self.encoder = nn.ModuleList(
+            SegResBlock(cin, cout, "down", first=i == 0) for i, (cin, cout) in enumerate(zip(enc_in, self.channels))
+        )
+        rev = self.channels[::-1]
+        dec_out = rev[1:] + (self.channels[0] // 2,)
+        dec_in = (rev[0],) + tuple(o + s for o, s in zip(dec_out[:-1], rev[1:]))
+        self.decoder = nn.ModuleList(SegResBlock(cin, cout, "up") for cin, cout in zip(dec_in, dec_out))
+        self.head = _sn_conv(dec_out[-1], num_classes, 1)
+
+    @property
+    def depth(self) -> int:
+        return len(self.channels)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        k = 2**self.depth
+        if image.shape[-2] % k or image.shape[-1] % k:
+            raise ValueError(f"SegNet input {tuple(image.shape[-2:])} is not divisible by {k}")
+        skips = []
+        h = image
+        for blk in self.encoder:
+            h = blk(h)
+            skips.append(h)
+        h = self.decoder[0](skips[-1])
+        for blk, skip in zip(self.decoder[1:], reversed(skips[:-1])):
+            h = blk(torch.cat([h, skip], dim=1))
+        return self.head(F.leaky_relu(h, 0.2))  # B×K×H×W
+
+    def config(self) -> dict:
+        return {"num_classes": self.num_classes, "channels": list(self.channels)}
+
+
+def build_segnet(preset: NetworkPreset, device: torch.device | str | None = None) -> SegNet:
+    with torch.device(device) if device is not None else contextlib.nullcontext():
+        net = SegNet(preset.semantic_nc, preset.segnet_channels)
+    return init_weights(net)
+
+
+# ---------------------------------------------------------------- evaluation
+
+
+def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int,
+                     ignore_index: int | None = None) -> torch.Tensor:
+    """K×K counts, rows = ground truth, columns = prediction; ignored pixels are left out."""
+    valid = (target >= 0) & (target < num_classes)
+    if ignore_index is not None:
+        valid &= target != ignore_index
+    idx = target[valid] * num_classes + pred[valid]
+    return torch.bincount(idx, minlength=num_classes**2).reshape(num_classes, num_classes)
+
+
+def scores_from_confusion(conf: torch.Tensor) -> dict:
+    """mIoU over the classes that occur in the ground truth or the prediction, and pixel accuracy."""
+    conf = conf.double()
+    tp = conf.diag()
+    union = conf.sum(0) + conf.sum(1) - tp
+    present = union > 0
+    iou = tp[present] / union[present]
+    total = conf.sum()
+    return {
+        "miou": float(iou.mean()) if present.any() else 0.0,
+        "pixel_acc": float(tp.sum() / total) if total > 0 else 0.0,
+        "n_classes": int(present.sum()),
+        "n_pixels": int(total),
+    }
+
+
+@torch.no_grad()
+def evaluate_segnet(segnet: nn.Module, batches: Iterable, num_classes: int, ignore_index: int | None = None,
+                    device: torch.device | str = "cpu") -> dict:
+    """mIoU and pixel accuracy of `segnet` over (image B×3×H×W, label B×H×W) batches."""
+    was_training = segnet.training
+    segnet.eval()
+    conf = torch.zeros(num_classes, num_classes, dtype=torch.long, device=device)
+    for image, label in batches:
+        logits = segnet(image.to(device))
+        conf += confusion_matrix(logits.argmax(1), label.to(device), num_classes, ignore_index)
+    segnet.train(was_training)
+    return scores_from_confusion(conf.cpu())
+
+
+# ---------------------------------------------------------------- training
+
+
+@dataclass(frozen=True)
+class SegnetTrainConfig:
+    steps: int = 20_000
+    lr: float = 4e-4
+    beta1: float = 0.5
+    beta2: float = 0.999
+    class_balance: bool = True      # per-batch w_c = N/(n_c·K) as in L_seg
+    ignore_index: int | None = 0    # void / don't-care channel
+    checkpoint_every: int = 1_000
+    log_every: int = 100
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _cycle(batches: Iterable) -> Iterator:
+    while True:
+        n = 0
+        for b in batches:
+            n += 1
+            yield b
+        if n == 0:
+            raise InputError("segnet training: the batch source yielded no batches")
+
+
+def save_checkpoint(path: str | Path, segnet: SegNet, optimizer: torch.optim.Optimizer | None, step: int,
+                    train_config: SegnetTrainConfig, metrics: dict | None = None) -> None:
+    """Atomic: written to a temp file beside `path`, then moved into place."""
+    ckpt = {
+        "format": CHECKPOINT_FORMAT,
+        "config": segnet.config(),
+        "train_config": train_config.to_dict(),
+        "step": step,
+        "metrics": metrics or {},
+        "state_dict": segnet.state_dict(),
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+    }
+    with atomic_path(path) as tmp:
+        torch.save(ckpt, tmp)
+
+
+def _read_checkpoint(path: str | Path, map_location) -> dict:
+    path = Path(path)
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise InputError(f"{path}: no segmentation-network checkpoint here; train one with `resail segnet train`") from None
+    except Exception as e:
+        raise InputError(f"{path}: not a readable segmentation-network checkpoint ({e})") from e
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise InputError(f"{path}: not a resail segmentation-network checkpoint (expected format {CHECKPOINT_FORMAT})")
+    return ckpt
+
+
+def load_segnet(path: str | Path, map_location: torch.device | str = "cpu") -> SegNet:
+    """A trained SegNet from a checkpoint, in eval mode."""
+    ckpt = _read_checkpoint(path, map_location)
+    cfg = ckpt["config"]
+    with torch.device(map_location):
+        net = SegNet(int(cfg["num_classes"]), tuple(cfg["channels"]))
+    net.load_state_dict(ckpt["state_dict"])
+    return net.eval()
+
+
+def train_segnet(segnet: SegNet, batches: Iterable, config: SegnetTrainConfig = SegnetTrainConfig(), *,
+                 checkpoint: str | Path | None = None, val_batches: Iterable | None = None,
+                 device: torch.device | str = "cpu", progress: bool = True) -> dict:
+    """Train `segnet` for `config.steps` steps over (image B×3×H×W in [−1, 1], label B×H×W long)
+    batches; the source is re-iterated when it runs out. With `checkpoint`, resume from it when
+    it exists and write it every `checkpoint_every` steps and at the end. Returns the last loss,
+    the step count, the time taken and, with `val_batches`, the val mIoU / pixel accuracy."""
+    segnet.to(device).train()
+    opt = torch.optim.Adam(segnet.parameters(), lr=config.lr, betas=(config.beta1, config.beta2))
+    step = 0
+    if checkpoint is not None and Path(checkpoint).exists():
+        ckpt = _read_checkpoint(checkpoint, device)
+        if ckpt["config"] != segnet.config():
+            raise InputError(f"{checkpoint}: checkpoint of a different network {ckpt['config']} (want "
+                             f"{segnet.config()}); delete it or choose another path")
+        segnet.load_state_dict(ckpt["state_dict"])
+        if ckpt.get("optimizer"):
+            opt.load_state_dict(ckpt["optimizer"])
+        step = int(ckpt["step"])
+        log.info("segnet: resumed from %s at step %d", checkpoint, step)
+
+    ignore = config.ignore_index
+    source = _cycle(batches)
+    loss_value = float("nan")
+    t0 = time.perf_counter()
+    bar = tqdm(total=config.steps, initial=step, desc="segnet", unit="step", disable=not progress)
+    while step < config.steps:
+        image, label = next(source)
+        image, label = image.to(device, non_blocking=True), label.to(device, non_blocking=True)
+        logits = segnet(image)  # B×K×H×W
+        if config.class_balance:
+            loss = balanced_cross_entropy(logits, label, ignore_index=ignore)
+        else:
+            loss = F.cross_entropy(logits, label, ignore_index=-100 if ignore is None else ignore)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        step += 1
+        bar.update(1)
+        if step % config.log_every == 0 or step == config.steps:
+            loss_value = float(loss.detach())
+            bar.set_postfix(loss=f"{loss_value:.4f}")
+        if checkpoint is not None and step % config.checkpoint_every == 0 and step < config.steps:
+            save_checkpoint(checkpoint, segnet, opt, step, config)
+    bar.close()
+
+    result = {"steps": step, "loss": loss_value, "seconds": time.perf_counter() - t0}
+    if val_batches is not None:
+        result["val"] = evaluate_segnet(segnet, val_batches, segnet.num_classes, ignore, device)
+        log.info("segnet: val mIoU %.4f, pixel accuracy %.4f over %d pixels",
+                 result["val"]["miou"], result["val"]["pixel_acc"], result["val"]["n_pixels"])
+    if checkpoint is not None:
+        save_checkpoint(checkpoint, segnet, opt, step, config, metrics=result.get("val"))
+    return result

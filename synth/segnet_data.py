@@ -1,0 +1,125 @@
+"""Train the segmentation network on a work directory's real images (`resail segnet train`).
+
+The images are the ones the segment store lists (`segments/{split}_images.parquet`, status ok),
+read through the dataset's reader, so labels follow the same conventions as everywhere else
+(native ids, void 0). Photos are area-resized and labels nearest-resized to the preset's size;
+training adds a horizontal flip. Artifacts go to WORK/segnet/: `{preset}.pt` (checkpoint, also
+the resume point) and `{preset}_metrics.json` (val mIoU and pixel accuracy), written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from ..errors import InputError, StageError
+from ..pipeline.artifacts import write_json_atomic
+from ..pipeline.datasets import list_split, make_reader
+from .presets import NetworkPreset, get_preset
+from .segnet import SegnetTrainConfig, build_segnet, train_segnet
+
+log = logging.getLogger(__name__)
+
+# work-dir dataset → network preset of the same label channels
+DATASET_PRESET = {"ade20k": "ade20k", "ade20k-outdoor": "ade20k-outdoor", "cityscapes": "cityscapes",
+                  "cocostuff": "cocostuff"}
+
+
+def store_params(work: Path) -> dict:
+    path = work / "segments" / "manifest.json"
+    if not path.exists():
+        raise StageError(f"{path.parent}: no segment store; run `resail index build --work {work}` first")
+    return json.loads(path.read_text())["params"]
+
+
+class SegnetImages(Dataset):
+    """(image 3×H×W in [−1, 1], label H×W int64) pairs of one split at the preset's size."""
+
+    def __init__(self, work: str | Path, split: str, preset: NetworkPreset, flip: bool = False):
+        self.work, self.split, self.flip = Path(work), split, flip
+        self.size = (preset.width, preset.height)
+        params = store_params(self.work)
+        self.dataset = params["dataset"]
+        table = pq.read_table(self.work / "segments" / f"{split}_images.parquet", columns=["image_id", "status"])
+        ids = [i for i, s in zip(table["image_id"].to_pylist(), table["status"].to_pylist()) if s == "ok"]
+        if not ids:
+            raise InputError(f"{self.work}: the segment store lists no usable {split} images")
+        self.reader = make_reader(self.dataset, params["root"], params.get("image_list"))
+        records = {r.image_id: r for r in list_split(self.reader, split)}
+        missing = [i for i in ids if i not in records]
+        if missing:
+            raise InputError(f"{params['root']}: {len(missing)} {split} images of the segment store are gone "
+                             f"(e.g. {missing[0]!r}); rebuild the work directory")
+        self.records = [records[i] for i in ids]
+        self.max_id = preset.semantic_nc - 1
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        sample = self.reader.load(self.records[index])
+        w, h = self.size
+        photo = cv2.resize(sample.image, (w, h), interpolation=cv2.INTER_AREA)  # H×W×3 uint8
+        src = sample.label_map
+        ys = np.minimum(np.arange(h) * src.shape[0] // h, src.shape[0] - 1)
+        xs = np.minimum(np.arange(w) * src.shape[1] // w, src.shape[1] - 1)
+        label = src[ys[:, None], xs[None, :]].astype(np.int64)  # H×W nearest
+        if label.max(initial=0) > self.max_id:
+            raise InputError(f"{self.records[index].label_path}: class id {int(label.max())} does not fit the "
+                             f"{self.max_id + 1} label channels of the preset; choose the dataset's preset")
+        if self.flip and torch.rand(()) < 0.5:
+            photo, label = photo[:, ::-1], label[:, ::-1]
+        image = torch.from_numpy(np.ascontiguousarray(photo)).permute(2, 0, 1).float().div_(127.5).sub_(1.0)
+        return image, torch.from_numpy(np.ascontiguousarray(label))
+
+
+@dataclass(frozen=True)
+class SegnetRunConfig:
+    preset: str
+    batch_size: int = 8
+    workers: int = 2
+    device: str = "cpu"
+    train: SegnetTrainConfig = SegnetTrainConfig()
+
+
+def preset_for_work(work: str | Path) -> str:
+    dataset = store_params(Path(work))["dataset"]
+    if dataset not in DATASET_PRESET:
+        raise InputError(f"{work}: no network preset for dataset {dataset!r}; pass --preset")
+    return DATASET_PRESET[dataset]
+
+
+def segnet_paths(work: str | Path, preset: str) -> tuple[Path, Path]:
+    folder = Path(work) / "segnet"
+    return folder / f"{preset}.pt", folder / f"{preset}_metrics.json"
+
+
+def train_segnet_on_work(work: str | Path, cfg: SegnetRunConfig, progress: bool = True) -> dict:
+    """Train (or resume) the preset's SegNet on WORK's train images; report mIoU on its val images."""
+    work = Path(work)
+    preset = get_preset(cfg.preset)
+    train_set = SegnetImages(work, "train", preset, flip=True)
+    val_set = SegnetImages(work, "val", preset)
+    pin = cfg.device.startswith("cuda")
+    loader = DataLoader(train_set, batch_size=min(cfg.batch_size, len(train_set)), shuffle=True, drop_last=True,
+                        num_workers=cfg.workers, pin_memory=pin, persistent_workers=cfg.workers > 0)
+    val_loader = DataLoader(val_set, batch_size=cfg.batch_size, num_workers=cfg.workers, pin_memory=pin)
+    ckpt, metrics_path = segnet_paths(work, preset.name)
+    torch.manual_seed(0)
+    segnet = build_segnet(preset)
+    log.info("segnet: %s on %d train / %d val images of %s, %d steps of batch %d -> %s",
+             preset.name, len(train_set), len(val_set), work, cfg.train.steps, cfg.batch_size, ckpt)
+    result = train_segnet(segnet, loader, cfg.train, checkpoint=ckpt, val_batches=val_loader,
+                          device=cfg.device, progress=progress)
+    report = {"preset": preset.name, "checkpoint": str(ckpt), "n_train": len(train_set), "n_val": len(val_set),
+              "batch_size": cfg.batch_size, **result}
+    write_json_atomic(metrics_path, report)
+    return report
