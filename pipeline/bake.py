@@ -367,12 +367,18 @@ class LabelMapGuidance:
         self.train.close()
 
     def resample(self, segments: list[int] | np.ndarray, seed: int) -> None:
-        """Draw a new match, uniformly among the top-k, for the given segment indices only."""
+        """Draw another match, uniformly among the rest of the top-k, for the given segment indices
+        only (a segment with a single candidate keeps it)."""
         segments = np.asarray(segments, np.int64)
         if segments.size and (segments.min() < 0 or segments.max() >= len(self.segments)):
             raise InputError(f"segment index out of range 0..{len(self.segments) - 1}: {segments.tolist()}")
-        drawn = choose_ranks(self.ids[segments], segments, "sample", seed)
-        self.chosen[segments] = drawn
+        # A new match whenever the segment has another one: draw among the other candidates.
+        available = (self.ids[segments] >= 0).sum(axis=1)
+        current = self.chosen[segments]
+        others = np.maximum(available - 1, 1)
+        r = np.minimum((_uniform(seed, segments) * others).astype(np.int64), others - 1)
+        r = np.where((available > 1) & (r >= current), r + 1, r)
+        self.chosen[segments] = np.where(available > 0, r, -1)
 
     def matches(self) -> list[int]:
         return [int(self.ids[i, r]) if r >= 0 else -1 for i, r in enumerate(self.chosen)]

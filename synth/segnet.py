@@ -133,12 +133,16 @@ def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int,
     return torch.bincount(idx, minlength=num_classes**2).reshape(num_classes, num_classes)
 
 
-def scores_from_confusion(conf: torch.Tensor) -> dict:
-    """mIoU over the classes that occur in the ground truth or the prediction, and pixel accuracy."""
+def scores_from_confusion(conf: torch.Tensor, ignore_index: int | None = None) -> dict:
+    """mIoU over the classes that occur in the ground truth or the prediction, and pixel accuracy.
+    The ignored (void) class is never averaged: a prediction of it on a labelled pixel only counts
+    as a miss of the true class."""
     conf = conf.double()
     tp = conf.diag()
     union = conf.sum(0) + conf.sum(1) - tp
     present = union > 0
+    if ignore_index is not None:
+        present[ignore_index] = False
     iou = tp[present] / union[present]
     total = conf.sum()
     return {
@@ -160,7 +164,7 @@ def evaluate_segnet(segnet: nn.Module, batches: Iterable, num_classes: int, igno
         logits = segnet(image.to(device))
         conf += confusion_matrix(logits.argmax(1), label.to(device), num_classes, ignore_index)
     segnet.train(was_training)
-    return scores_from_confusion(conf.cpu())
+    return scores_from_confusion(conf.cpu(), ignore_index)
 
 
 # ---------------------------------------------------------------- training

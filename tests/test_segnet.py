@@ -58,6 +58,15 @@ def test_confusion_and_miou_by_hand():
     assert s["pixel_acc"] == pytest.approx(4 / 6) and s["n_classes"] == 3 and s["n_pixels"] == 6
 
 
+def test_void_predictions_count_as_misses_not_as_a_class():
+    target = torch.tensor([1, 1, 2, 2, 0])  # pixel 4 is void (ignored)
+    pred = torch.tensor([0, 1, 2, 2, 1])    # pixel 0: void predicted on a labelled pixel
+    conf = confusion_matrix(pred, target, 3, ignore_index=0)
+    s = scores_from_confusion(conf, ignore_index=0)
+    # class 1: tp 1, union 2 (its row) + 1 (its column) − 1 = 2 → 0.5; class 2: 1.0; class 0 not averaged
+    assert s["miou"] == pytest.approx(0.75) and s["n_classes"] == 2 and s["pixel_acc"] == pytest.approx(3 / 4)
+
+
 def test_train_segnet_overfits_toy_set_and_checkpoints(tmp_path):
     torch.manual_seed(0)
     images, labels = toy_set()

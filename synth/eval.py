@@ -1,0 +1,494 @@
+"""`resail eval`: FID, KID, mIoU and pixel accuracy of a trained run, with a documented protocol.
+
+Protocol (written into `metrics.json` with every result):
+
+* Generation: G_ema of the run's snapshot (latest, or `checkpoint`) in eval mode, so BatchNorm
+  uses its running statistics; label map = the split's label map nearest-resized to the model
+  size (as the trainer does), guidance = the baked retrieval guidance `WORK/guidance/{split}.h5`
+  (reference §7: test time uses I_r only). The output is clamped to [−1, 1], mapped to
+  round((x + 1)·127.5) as uint8 and saved losslessly as PNG: the metrics see exactly the saved
+  8-bit images (the official in-training FID truncates instead of rounding; ≤ 1/255 per pixel).
+* Real images: the split's photos resized to the model size with the trainer's resize
+  (cv2 INTER_AREA from the original), uint8.
+* FID, pytorch-fid convention: TF-ported Inception (`pt_inception-2015-12-05-6726825d.pth`),
+  [0, 255] → [0, 1], bilinear resize to 299×299 (align_corners=False), [−1, 1], pool3 (2048-d);
+  μ and Σ from `np.cov` (ddof 1); d² = |μ₁ − μ₂|² + tr Σ₁ + tr Σ₂ − 2 tr √(Σ₁Σ₂) with
+  `scipy.linalg.sqrtm`, retried with 1e−6 on both diagonals when the root is not finite; a
+  residual imaginary part is dropped (logged when above 1e−3). Real statistics are cached in
+  `WORK/eval/fid_stats/`, keyed by split, image ids, size and the weight file's SHA-256.
+  With fewer than 2048 images Σ is rank-deficient and FID is biased upward: compare only
+  numbers computed on the same number of images.
+* KID: unbiased MMD² with the cubic polynomial kernel (x·y/2048 + 1)³ on the same features,
+  mean and std over 100 random subsets of min(1000, N) images per side (seed 0).
+* Segmentation: a segmentation network (the work dir's `resail segnet train` checkpoint by
+  default) on the generated and on the real images at the model size; per pixel the argmax over
+  the dataset's classes only (void and unused channels excluded); label-map void pixels
+  ignored. One confusion matrix over the split; IoU_c = TP/(TP + FP + FN), mIoU = mean over
+  classes whose union is non-empty; pixel accuracy = correct / non-void pixels. The real-image
+  numbers are the upper bound the segmenter allows.
+
+Outputs in `WORK/eval/NAME/`: `images/{image_id}.png`, `grid.png` (label | guidance |
+generated | real), `per_class_iou.csv`, `report.md`, and `metrics.json`, written last.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import re
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import scipy.linalg
+import torch
+from torch.utils.data import DataLoader, Subset
+from tqdm.auto import tqdm
+
+from ..errors import InputError, StageError
+from ..pipeline.artifacts import atomic_path, fingerprint, read_manifest, write_bytes_atomic, write_json_atomic
+from .data import SynthDataset, label_palette, one_hot, segments_params, to_uint8
+from .inception import FEATURE_DIM, find_weights, inception_features, load_inception, sha256_of
+from .segnet import SegNet, confusion_matrix, load_segnet
+from .train import latest_snapshot, load_snapshot
+
+log = logging.getLogger(__name__)
+
+PROTOCOL_VERSION = 1
+# work-dir dataset → the segnet preset `resail segnet train` picks by default
+DATASET_SEGNET = {"ade20k": "ade20k", "ade20k-outdoor": "ade20k-outdoor", "cityscapes": "cityscapes",
+                  "cocostuff": "cocostuff"}
+
+
+# ---------------------------------------------------------------- metrics (pure functions)
+
+
+def feature_stats(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """μ (D) and Σ (D×D, ddof 1) of N×D features."""
+    features = np.asarray(features, np.float64)
+    if len(features) < 2:
+        raise InputError(f"FID needs at least 2 images per side, got {len(features)}")
+    return features.mean(axis=0), np.cov(features, rowvar=False)
+
+
+def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray,
+                     eps: float = 1e-6) -> float:
+    """Fréchet distance between N(μ₁, Σ₁) and N(μ₂, Σ₂) (pytorch-fid's numerics, see the module doc)."""
+    mu1, mu2 = np.atleast_1d(mu1).astype(np.float64), np.atleast_1d(mu2).astype(np.float64)
+    sigma1, sigma2 = np.atleast_2d(sigma1).astype(np.float64), np.atleast_2d(sigma2).astype(np.float64)
+    if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape or sigma1.shape != (len(mu1), len(mu1)):
+        raise ValueError(f"mismatched statistics: μ {mu1.shape} / {mu2.shape}, Σ {sigma1.shape} / {sigma2.shape}")
+    root = scipy.linalg.sqrtm(sigma1 @ sigma2)
+    if not np.isfinite(root).all():
+        log.warning("FID: √(Σ₁Σ₂) is not finite (singular product); adding %g to the diagonals", eps)
+        offset = np.eye(len(mu1)) * eps
+        root = scipy.linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset))
+    if np.iscomplexobj(root):
+        imag = float(np.abs(np.diagonal(root).imag).max())
+        if imag > 1e-3:
+            log.warning("FID: √(Σ₁Σ₂) has an imaginary part up to %.3g on its diagonal (too few images for a "
+                        "%d-d covariance?); using the real part", imag, len(mu1))
+        root = root.real
+    diff = mu1 - mu2
+    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * np.trace(root))
+
+
+def kernel_inception_distance(real: np.ndarray, fake: np.ndarray, n_subsets: int = 100,
+                              subset_size: int = 1000, seed: int = 0) -> dict:
+    """KID: unbiased MMD² with k(x, y) = (x·y/D + 1)³, mean and std over random subsets."""
+    real, fake = np.asarray(real, np.float64), np.asarray(fake, np.float64)
+    m = min(subset_size, len(real), len(fake))
+    if m < 2:
+        raise InputError(f"KID needs at least 2 images per side, got {len(real)} real / {len(fake)} generated")
+    d = real.shape[1]
+    rng = np.random.default_rng(seed)
+    values = np.empty(n_subsets)
+    for s in range(n_subsets):
+        x = real[rng.choice(len(real), m, replace=False)]
+        y = fake[rng.choice(len(fake), m, replace=False)]
+        kxx, kyy, kxy = ((a @ b.T / d + 1.0) ** 3 for a, b in ((x, x), (y, y), (x, y)))
+        within = (kxx.sum() - np.trace(kxx) + kyy.sum() - np.trace(kyy)) / (m * (m - 1))
+        values[s] = within - 2.0 * kxy.mean()
+    return {"mean": float(values.mean()), "std": float(values.std()), "subsets": n_subsets, "subset_size": m}
+
+
+def segmentation_scores(conf: np.ndarray, class_ids) -> dict:
+    """Scores of a K×K confusion matrix (rows = label, columns = prediction, void rows already
+    left out) over the evaluated classes `class_ids`. IoU is NaN for a class with an empty union
+    (absent from both label and prediction) and such classes stay out of the means."""
+    conf = np.asarray(conf, np.float64)
+    ids = np.asarray(list(class_ids), np.int64)
+    tp = np.diagonal(conf)[ids]
+    label_px = conf.sum(axis=1)[ids]
+    pred_px = conf.sum(axis=0)[ids]
+    union = label_px + pred_px - tp
+    with np.errstate(invalid="ignore", divide="ignore"):
+        iou = np.where(union > 0, tp / union, np.nan)
+        acc = np.where(label_px > 0, tp / label_px, np.nan)
+    total = conf.sum()
+    present = ~np.isnan(iou)
+    return {
+        "miou": float(np.nanmean(iou)) if present.any() else float("nan"),
+        "pixel_acc": float(np.diagonal(conf).sum() / total) if total > 0 else float("nan"),
+        "mean_acc": float(np.nanmean(acc)) if (label_px > 0).any() else float("nan"),
+        "n_classes": int(present.sum()),
+        "n_pixels": int(total),
+        "iou": {int(c): float(v) for c, v, p in zip(ids, iou, present) if p},
+    }
+
+
+# ---------------------------------------------------------------- the stage
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    work: Path
+    run: str
+    split: str = "val"
+    checkpoint: Path | None = None        # default: the run's latest snapshot
+    fid: bool = True
+    kid: bool = True
+    inception_weights: Path | None = None  # default: torch hub cache
+    seg: bool = True
+    segnet: Path | None = None            # default: WORK/segnet/{preset}.pt when it exists
+    batch_size: int = 8
+    device: str = "cpu"
+    limit: int | None = None
+    n_grid: int = 8
+    workers: int = 0
+
+    def __post_init__(self):
+        if self.split not in ("train", "val"):
+            raise InputError(f"--split {self.split!r}: choose train or val")
+        if self.batch_size < 1:
+            raise InputError(f"--batch-size {self.batch_size}: must be at least 1")
+        if self.limit is not None and self.limit < 1:
+            raise InputError(f"--limit {self.limit}: must be at least 1")
+        if self.kid and not self.fid:
+            object.__setattr__(self, "kid", False)  # KID reuses the Inception features
+
+    def to_dict(self) -> dict:
+        return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
+
+
+def find_snapshot(work: Path, run: str, checkpoint: Path | None = None) -> Path:
+    """The snapshot to evaluate: `checkpoint`, else the run's latest (clear errors when absent)."""
+    if checkpoint is not None:
+        return Path(checkpoint)
+    run_dir = Path(work) / "runs" / run
+    if not run_dir.is_dir():
+        runs = sorted(p.name for p in (Path(work) / "runs").glob("*") if p.is_dir())
+        raise InputError(f"{run_dir}: no such run" + (f"; runs here: {', '.join(runs)}" if runs else
+                                                      "; train one with `resail train`"))
+    return latest_snapshot(run_dir)
+
+
+def find_segnet(work: Path, preset: str, path: Path | None) -> Path | None:
+    """`path`, else the work dir's `resail segnet train` checkpoint for the run's preset or the
+    dataset's preset; None when there is none."""
+    if path is not None:
+        if not Path(path).is_file():
+            raise InputError(f"--segnet {path}: no such file")
+        return Path(path)
+    from .segnet_data import segnet_paths
+
+    dataset = segments_params(work)["params"]["dataset"]
+    for name in dict.fromkeys([preset, DATASET_SEGNET.get(dataset)]):
+        if name is not None and segnet_paths(work, name)[0].is_file():
+            return segnet_paths(work, name)[0]
+    return None
+
+
+class _Segmenter:
+    """A SegNet restricted to the evaluated classes; accumulates one confusion matrix per source."""
+
+    def __init__(self, segnet: SegNet, class_ids: list[int], device):
+        self.net, self.device = segnet, device
+        self.class_ids = class_ids
+        self.K = segnet.num_classes
+        self.allowed = torch.full((self.K,), float("-inf"), device=device)
+        self.allowed[torch.as_tensor(class_ids, device=device)] = 0.0
+        self.conf = {"generated": torch.zeros(self.K, self.K, dtype=torch.long, device=device),
+                     "real": torch.zeros(self.K, self.K, dtype=torch.long, device=device)}
+
+    @torch.no_grad()
+    def add(self, source: str, images_u8: np.ndarray, label: torch.Tensor) -> None:
+        x = torch.from_numpy(images_u8).to(self.device).permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
+        logits = self.net(x) + self.allowed[None, :, None, None]   # B×K×H×W, other channels −inf
+        self.conf[source] += confusion_matrix(logits.argmax(1), label.to(self.device), self.K, ignore_index=0)
+
+    def scores(self) -> dict[str, dict]:
+        return {k: segmentation_scores(c.cpu().numpy(), self.class_ids) for k, c in self.conf.items()}
+
+
+def _write_png(path: Path, rgb: np.ndarray) -> None:
+    ok, png = cv2.imencode(".png", cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise StageError(f"{path}: PNG encoding failed")
+    write_bytes_atomic(path, png.tobytes())
+
+
+def _load_real_features(path: Path) -> np.ndarray | None:
+    if not path.exists():
+        return None
+    with np.load(path) as f:
+        return f["features"]
+
+
+def _save_real_features(path: Path, features: np.ndarray) -> None:
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, features=features)
+
+
+@dataclass
+class _Scorers:
+    """What scores the images: the Inception (with its weight file) and the segmenter, or None."""
+
+    inception: torch.nn.Module | None = None
+    weights: Path | None = None
+    weights_sha: str | None = None
+    segmenter: _Segmenter | None = None
+    segnet_path: Path | None = None
+
+
+def _load_scorers(cfg: EvalConfig, work: Path, preset: str, size: tuple[int, int], class_ids: list[int],
+                  dataset: str, device: torch.device) -> _Scorers:
+    """Inception and segmenter, checked, before any image is generated (missing files fail fast)."""
+    sc = _Scorers()
+    if cfg.fid:
+        sc.weights = find_weights(cfg.inception_weights)
+        sc.weights_sha = sha256_of(sc.weights)
+        sc.inception = load_inception(sc.weights, device)
+    if not cfg.seg:
+        return sc
+    sc.segnet_path = find_segnet(work, preset, cfg.segnet)
+    if sc.segnet_path is None:
+        log.warning("eval: no segmentation network in %s (train one with `resail segnet train %s`, or pass "
+                    "--segnet PATH); skipping mIoU and pixel accuracy", work / "segnet", work)
+        return sc
+    segnet = load_segnet(sc.segnet_path, device)
+    if max(class_ids) >= segnet.num_classes:
+        raise InputError(f"--segnet {sc.segnet_path}: {segnet.num_classes} output classes, but {dataset} class ids "
+                         f"go up to {max(class_ids)}; use a segmentation network of this dataset")
+    k = 2 ** segnet.depth
+    if size[0] % k or size[1] % k:
+        raise InputError(f"--segnet {sc.segnet_path}: needs image sides divisible by {k}, the model makes "
+                         f"{size[0]}x{size[1]}; pass a segmentation network of fewer levels or --no-seg")
+    sc.segmenter = _Segmenter(segnet, class_ids, device)
+    return sc
+
+
+def _generate_and_score(cfg: EvalConfig, G, semantic_nc: int, data: SynthDataset, n: int, img_dir: Path,
+                        sc: _Scorers, need_real: bool, palette: np.ndarray, device, progress: bool) -> dict:
+    """One pass over the first n images: generate, save PNGs, Inception features, confusion
+    matrices, grid rows. Returns the feature arrays, grid rows and per-phase timings."""
+    out = {"fake": [], "real": [], "grid": [],
+           "timings": {"generate_s": 0.0, "write_s": 0.0, "inception_s": 0.0, "segment_s": 0.0}}
+    tm = out["timings"]
+    loader = DataLoader(Subset(data, range(n)), batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.workers)
+    bar = tqdm(total=n, desc=f"eval {cfg.run}", unit="img", disable=not progress)
+    try:
+        for batch in loader:
+            t = time.perf_counter()
+            with torch.no_grad():
+                label_map = one_hot(batch["label"].to(device), semantic_nc)            # B×L×H×W
+                fake = to_uint8(G(label_map, batch["guidance"].to(device)))            # B×H×W×3
+            real = to_uint8(batch["image"])                                            # B×H×W×3
+            tm["generate_s"] += time.perf_counter() - t
+            t = time.perf_counter()
+            for i, rgb in zip(batch["index"].tolist(), fake):
+                _write_png(img_dir / f"{data.image_ids[i]}.png", rgb)
+            tm["write_s"] += time.perf_counter() - t
+            t = time.perf_counter()
+            if sc.inception is not None:
+                out["fake"].append(inception_features(sc.inception, fake, cfg.batch_size, device))
+                if need_real:
+                    out["real"].append(inception_features(sc.inception, real, cfg.batch_size, device))
+            tm["inception_s"] += time.perf_counter() - t
+            t = time.perf_counter()
+            if sc.segmenter is not None:
+                sc.segmenter.add("generated", fake, batch["label"])
+                sc.segmenter.add("real", real, batch["label"])
+            tm["segment_s"] += time.perf_counter() - t
+            for j in range(min(len(fake), cfg.n_grid - len(out["grid"]))):
+                lab = palette[np.clip(batch["label"][j].numpy(), 0, len(palette) - 1)]
+                out["grid"].append(np.concatenate([lab, to_uint8(batch["guidance"][j:j + 1])[0], fake[j], real[j]], 1))
+            bar.update(len(fake))
+    finally:
+        bar.close()
+    return out
+
+
+def run_eval(cfg: EvalConfig, *, progress: bool = False) -> dict:
+    """Generate the split with the run's G_ema, score it, write WORK/eval/NAME/; returns the metrics."""
+    t_start = time.perf_counter()
+    work, device = Path(cfg.work), torch.device(cfg.device)
+    snapshot = find_snapshot(work, cfg.run, cfg.checkpoint)
+    G, tcfg = load_snapshot(snapshot, device)
+    step = int(m.group(1)) if (m := re.search(r"snapshot-(\d+)\.pt$", snapshot.name)) else None
+    W, H = tcfg.net.width, tcfg.net.height
+    seg_manifest = segments_params(work)
+    dataset = seg_manifest["params"]["dataset"]
+    class_ids = [int(c) for c in seg_manifest["classes"]["ids"]]
+    class_names = dict(zip(class_ids, seg_manifest["classes"].get("names", [str(c) for c in class_ids])))
+    sc = _load_scorers(cfg, work, tcfg.preset, (W, H), class_ids, dataset, device)
+
+    data = SynthDataset(work, cfg.split, tcfg, train=False, with_distorted=False)
+    try:
+        n = len(data) if cfg.limit is None else min(cfg.limit, len(data))
+        if n == 0 or (cfg.fid and n < 2):
+            raise InputError(f"{work}: the {cfg.split} split has {n} usable image(s); "
+                             + ("FID needs at least 2" if n else "nothing to evaluate"))
+        ids = data.image_ids[:n]
+        out_dir = work / "eval" / cfg.run
+        img_dir = out_dir / "images"
+        img_dir.mkdir(parents=True, exist_ok=True)
+        # An earlier eval's results stop being "done" now; its images may be of another checkpoint.
+        (out_dir / "metrics.json").unlink(missing_ok=True)
+        for stale in img_dir.glob("*.png"):
+            stale.unlink()
+        real_cache = real_feats = None
+        if cfg.fid:
+            key = fingerprint({"v": PROTOCOL_VERSION, "split": cfg.split, "ids": ids, "size": [W, H],
+                               "resize": "cv2.INTER_AREA", "weights": sc.weights_sha})
+            real_cache = work / "eval" / "fid_stats" / f"{cfg.split}_{W}x{H}_{key}.npz"
+            real_feats = _load_real_features(real_cache)
+        need_real = cfg.fid and real_feats is None
+        res = _generate_and_score(cfg, G, tcfg.net.semantic_nc, data, n, img_dir, sc, need_real,
+                                  label_palette(dataset), device, progress)
+    finally:
+        data.close()
+
+    timings = res["timings"]
+    t = time.perf_counter()
+    metrics: dict = {"run": cfg.run, "checkpoint": str(snapshot), "step": step, "split": cfg.split, "n_images": n,
+                     "resolution": [W, H], "dataset": dataset, "fid": None, "kid": None, "segmentation": None}
+    if cfg.fid:
+        if need_real:
+            real_feats = np.concatenate(res["real"])
+            _save_real_features(real_cache, real_feats)
+        fake_feats = np.concatenate(res["fake"])
+        metrics["fid"] = frechet_distance(*feature_stats(real_feats), *feature_stats(fake_feats))
+        if cfg.kid:
+            metrics["kid"] = kernel_inception_distance(real_feats, fake_feats)
+    timings["fid_s"] = time.perf_counter() - t
+    metrics["per_class_iou"] = []
+    if sc.segmenter is not None:
+        scores = sc.segmenter.scores()
+        metrics["segmentation"] = {"segnet": str(sc.segnet_path),
+                                   **{k: {m: v for m, v in s.items() if m != "iou"} for k, s in scores.items()}}
+        metrics["per_class_iou"] = _per_class(scores, class_ids, class_names)
+    timings["total_s"] = time.perf_counter() - t_start
+    metrics["timings"] = {k: round(v, 3) for k, v in timings.items()}
+    metrics["images_per_s"] = round(n / timings["total_s"], 3)
+    metrics["protocol"] = _protocol(cfg, work, sc.weights, sc.weights_sha, real_cache, need_real, n)
+    metrics["config"] = cfg.to_dict()
+    metrics["written_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+    if res["grid"]:
+        _write_png(out_dir / "grid.png", np.concatenate(res["grid"], 0))
+    _write_per_class(out_dir / "per_class_iou.csv", metrics["per_class_iou"])
+    write_bytes_atomic(out_dir / "report.md", format_report(metrics).encode())
+    write_json_atomic(out_dir / "metrics.json", metrics)
+    return metrics
+
+
+def _per_class(scores: dict, class_ids: list[int], names: dict[int, str]) -> list[dict]:
+    rows = []
+    for c in class_ids:
+        g, r = scores["generated"]["iou"].get(c), scores["real"]["iou"].get(c)
+        if g is not None or r is not None:
+            rows.append({"id": c, "name": names.get(c, str(c)), "iou_generated": g, "iou_real": r})
+    return rows
+
+
+def _protocol(cfg: EvalConfig, work: Path, weights, weights_sha, real_cache, recomputed: bool, n: int) -> dict:
+    bake = (read_manifest(work / "guidance", f"{cfg.split}_manifest.json") or {}).get("params", {})
+    p = {
+        "version": PROTOCOL_VERSION,
+        "generator": "G_ema in eval mode (BatchNorm running statistics), no gradient, float32",
+        "guidance": {"cache": str(work / "guidance" / f"{cfg.split}.h5"),
+                     **{k: bake.get(k) for k in ("compose_mode", "choose", "k", "seed", "size", "max_score")}},
+        "label_map": "native ids, nearest-resized to the model size; one-hot input to G",
+        "generated_images": "clamp to [-1, 1], round((x+1)*127.5) to uint8, saved as PNG; metrics use these bytes",
+        "real_images": "split photos resized to the model size with cv2.INTER_AREA (the trainer's resize), uint8",
+    }
+    if cfg.fid:
+        p["fid"] = {"features": "TF-ported FID Inception pool3, 2048-d; bilinear resize to 299 (align_corners="
+                                "False), [0,1] -> [-1,1]",
+                    "frechet": "np.cov (ddof 1); scipy.linalg.sqrtm; +1e-6 on the diagonals if not finite",
+                    "inception_weights": str(weights), "inception_sha256": weights_sha,
+                    "real_stats_cache": str(real_cache), "real_stats_recomputed": recomputed,
+                    "kid": "unbiased MMD^2, kernel (x.y/2048+1)^3, 100 subsets of min(1000, N), seed 0"
+                    if cfg.kid else None}
+        if n < FEATURE_DIM:
+            p["fid"]["note"] = (f"{n} images < {FEATURE_DIM} feature dimensions: the covariances are rank-deficient "
+                                "and FID is biased upward; compare only at equal N")
+    if cfg.seg:
+        p["segmentation"] = ("argmax over the dataset's classes (void excluded); void label pixels ignored; one "
+                             "confusion matrix per split; IoU = TP/(TP+FP+FN), mIoU over classes with a non-empty "
+                             "union; pixel accuracy over non-void pixels; real images give the upper bound")
+    return p
+
+
+def _write_per_class(path: Path, rows: list[dict]) -> None:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=["id", "name", "iou_generated", "iou_real"], lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    write_bytes_atomic(path, buf.getvalue().encode())
+
+
+def _fmt(v, digits: int = 4) -> str:
+    return "n/a" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.{digits}f}"
+
+
+def format_report(m: dict) -> str:
+    """A short Markdown report: headline metrics, per-class IoU, the grid."""
+    seg = m.get("segmentation") or {}
+    gen, real = seg.get("generated", {}), seg.get("real", {})
+    kid = m.get("kid") or {}
+    kid_mean, kid_std = (kid["mean"] * 1000, kid["std"] * 1000) if kid else (None, None)
+    lines = [
+        f"# resail eval: run `{m['run']}` (step {m['step'] if m['step'] is not None else '?'})",
+        "",
+        f"{m['n_images']} {m['split']} images at {m['resolution'][0]}x{m['resolution'][1]}, checkpoint "
+        f"`{m['checkpoint']}`.",
+        "",
+        "| metric | generated | real (upper bound) |",
+        "|---|---|---|",
+        f"| FID | {_fmt(m.get('fid'), 2)} | |",
+        f"| KID ×1000 | {_fmt(kid_mean, 2)} ± {_fmt(kid_std, 2)} | |",
+        f"| mIoU | {_fmt(gen.get('miou'))} | {_fmt(real.get('miou'))} |",
+        f"| pixel accuracy | {_fmt(gen.get('pixel_acc'))} | {_fmt(real.get('pixel_acc'))} |",
+        "",
+    ]
+    note = ((m.get("protocol") or {}).get("fid") or {}).get("note")
+    if note:
+        lines += [f"Note: {note}.", ""]
+    if m.get("per_class_iou"):
+        lines += ["| class | IoU generated | IoU real |", "|---|---|---|"]
+        lines += [f"| {r['id']} {r['name']} | {_fmt(r['iou_generated'])} | {_fmt(r['iou_real'])} |"
+                  for r in m["per_class_iou"]]
+        lines.append("")
+    lines += ["![label | guidance | generated | real](grid.png)", "",
+              "Protocol: see `metrics.json` → `protocol`.", ""]
+    return "\n".join(lines)
+
+
+def format_metrics(m: dict) -> str:
+    """One line for the CLI."""
+    parts = [f"{m['n_images']} {m['split']} images at {m['resolution'][0]}x{m['resolution'][1]}"]
+    if m.get("fid") is not None:
+        parts.append(f"FID {m['fid']:.2f}")
+    if m.get("kid"):
+        parts.append(f"KID {m['kid']['mean']:.4f}±{m['kid']['std']:.4f}")
+    seg = m.get("segmentation")
+    if seg:
+        parts.append(f"mIoU {seg['generated']['miou']:.4f} (real {seg['real']['miou']:.4f}), pixel acc "
+                     f"{seg['generated']['pixel_acc']:.4f} (real {seg['real']['pixel_acc']:.4f})")
+    return ", ".join(parts) + f" in {m['timings']['total_s']:.1f}s"
+

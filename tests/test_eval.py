@@ -1,0 +1,261 @@
+"""Eval: the FID Inception against pytorch-fid, Fréchet distance and KID against independent
+computations, segmentation scores against a hand-counted confusion matrix, and the eval stage
+end to end on a tiny run (random G, random segmenter, random-weight Inception)."""
+
+import json
+from pathlib import Path
+from unittest import mock
+
+import cv2
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import scipy.linalg
+import torch
+
+from resail.cli import main
+from resail.errors import InputError
+from resail.index.build import build_index
+from resail.pipeline.bake import BakeConfig, bake
+from resail.pipeline.segments_stage import SegmentsConfig, build_segments
+from resail.pipeline.toy import ToyConfig, make_toy_dataset
+from resail.synth import eval as eval_mod
+from resail.synth import inception as inception_mod
+from resail.synth.config import TrainConfig
+from resail.synth.eval import (EvalConfig, feature_stats, frechet_distance, kernel_inception_distance, run_eval,
+                               segmentation_scores)
+from resail.synth.generator import build_generator
+from resail.synth.inception import FIDInception, inception_features, load_inception, randomize_
+from resail.synth.init import init_weights
+from resail.synth.presets import get_preset, tiny
+from resail.synth.segnet import SegnetTrainConfig, build_segnet, confusion_matrix, save_checkpoint
+from resail.synth.train import SNAPSHOT_FORMAT
+
+SIZE = 96
+
+
+def make_tiny_run(base: Path, n_train: int = 10, n_val: int = 4) -> Path:
+    """toy → segments → index → val bake at 96×96, plus a random tiny G snapshot (run `tiny`, step 7),
+    a random segmenter in WORK/segnet/toy.pt and random Inception weights in base/inception.pth."""
+    root = make_toy_dataset(base / "toy", ToyConfig(fmt="ade20k", n_train=n_train, n_val=n_val, width=SIZE,
+                                                    height=SIZE, seed=3), progress=False)
+    work = base / "work"
+    build_segments(SegmentsConfig(dataset="ade20k", root=root, work=work))
+    build_index(work, progress=False)
+    bake(BakeConfig(work, "val", k=5, size=(SIZE, SIZE), n_preview=0))
+    net = tiny(get_preset("toy"), width=SIZE, height=SIZE, segnet_channels=(4,) * 5)
+    cfg = TrainConfig(net=net, preset="toy", name="tiny", batch_size=2, load_size=(SIZE, SIZE), n_train=n_train)
+    torch.manual_seed(0)
+    G = init_weights(build_generator(net), gain=1.0)  # a strong init: the output visibly follows the guidance
+    snap = work / "runs" / "tiny" / "checkpoints" / "snapshot-00000007.pt"
+    snap.parent.mkdir(parents=True)
+    torch.save({"format": SNAPSHOT_FORMAT, "config": cfg.to_dict(), "step": 7, "G_ema": G.state_dict()}, snap)
+    save_checkpoint(work / "segnet" / "toy.pt", build_segnet(net), None, 0, SegnetTrainConfig())
+    torch.save(randomize_(FIDInception(), seed=1).state_dict(), base / "inception.pth")
+    return work
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    base = tmp_path_factory.mktemp("eval")
+    return make_tiny_run(base), base / "inception.pth"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Small convs on a shared CPU run faster on one thread than on contended OpenMP threads."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+# ---------------------------------------------------------------- Inception
+
+
+def test_inception_gives_pytorch_fid_features_with_the_same_weights(tmp_path):
+    pfi = pytest.importorskip("pytorch_fid.inception")
+    ours = randomize_(FIDInception(), seed=5).eval()
+    state = ours.state_dict()
+    # pytorch-fid builds its network, then loads the published file: hand it our weights instead.
+    with mock.patch.object(pfi, "load_state_dict_from_url", lambda *a, **k: state):
+        ref = pfi.InceptionV3([pfi.InceptionV3.BLOCK_INDEX_BY_DIM[2048]]).eval()
+    # 8-bit images, not square and not 299: the resize is part of the contract
+    u8 = np.random.default_rng(0).integers(0, 256, (2, 70, 90, 3), dtype=np.uint8)
+    x = torch.from_numpy(u8).permute(0, 3, 1, 2).float() / 255
+    with torch.no_grad():
+        want = ref(x)[0].flatten(1)
+        got = ours(x)
+    assert got.shape == (2, 2048) and want.abs().mean() > 1e-3
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    # the same weights through a file, strictly loaded, and the uint8 feature path
+    torch.save(state, tmp_path / "w.pth")
+    feats = inception_features(load_inception(tmp_path / "w.pth"), u8, batch_size=2)
+    np.testing.assert_allclose(feats, want.double().numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_missing_or_wrong_inception_weights_say_how_to_get_them(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    with pytest.raises(InputError, match="pt_inception-2015-12-05-6726825d.pth.*--inception-weights.*--no-fid"):
+        inception_mod.find_weights(None)
+    with pytest.raises(InputError, match="no such file"):
+        inception_mod.find_weights(tmp_path / "nope.pth")
+    (tmp_path / "bad.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(InputError, match="not a readable weight file"):
+        load_inception(tmp_path / "bad.pth")
+    torch.save({"fc.weight": torch.zeros(3)}, tmp_path / "other.pth")
+    with pytest.raises(InputError, match="not the FID Inception weights"):
+        load_inception(tmp_path / "other.pth")
+    # the hub cache location is found without a flag
+    (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "hub" / "checkpoints" / inception_mod.WEIGHTS_NAME).write_bytes(b"x")
+    assert inception_mod.find_weights(None) == tmp_path / "hub" / "checkpoints" / inception_mod.WEIGHTS_NAME
+
+
+# ---------------------------------------------------------------- FID / KID
+
+
+def _independent_fid(a: np.ndarray, b: np.ndarray) -> float:
+    """tr √(Σ₁Σ₂) = Σ √λ(√Σ₁ Σ₂ √Σ₁), a symmetric PSD eigenproblem: no sqrtm of a non-symmetric product."""
+    mu1, mu2 = a.mean(0), b.mean(0)
+    s1, s2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    w, v = scipy.linalg.eigh(s1)
+    root1 = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+    lam = scipy.linalg.eigvalsh(root1 @ s2 @ root1)
+    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * np.sqrt(np.clip(lam, 0, None)).sum())
+
+
+@pytest.mark.filterwarnings("ignore:The `disp` argument is deprecated:DeprecationWarning")  # pytorch-fid's call
+def test_frechet_distance_matches_independent_scipy_computation():
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(300, 16))
+    b = rng.normal(size=(250, 16)) @ rng.normal(size=(16, 16)) * 0.5 + 0.3
+    got = frechet_distance(*feature_stats(a), *feature_stats(b))
+    assert got == pytest.approx(_independent_fid(a, b), rel=1e-8)
+    assert frechet_distance(*feature_stats(a), *feature_stats(a)) == pytest.approx(0.0, abs=1e-8)
+    fid_score = pytest.importorskip("pytorch_fid.fid_score")
+    assert got == pytest.approx(fid_score.calculate_frechet_distance(*feature_stats(a), *feature_stats(b)), rel=1e-10)
+    # fewer samples than dimensions: singular covariances still give a finite, non-negative number
+    small = frechet_distance(*feature_stats(a[:5]), *feature_stats(b[:6]))
+    assert np.isfinite(small) and small > 0
+    with pytest.raises(InputError):
+        feature_stats(a[:1])
+
+
+def test_kid_is_near_zero_for_one_distribution_and_positive_for_another():
+    rng = np.random.default_rng(1)
+    a, b = rng.normal(size=(200, 32)), rng.normal(size=(200, 32))
+    same = kernel_inception_distance(a, b, n_subsets=20, subset_size=100)
+    other = kernel_inception_distance(a, b + 1.0, n_subsets=20, subset_size=100)
+    assert abs(same["mean"]) < 5 * same["std"] + 1e-3 and other["mean"] > 10 * abs(same["mean"])
+    assert other["subset_size"] == 100
+
+
+# ---------------------------------------------------------------- segmentation scores
+
+
+def test_segmentation_scores_match_a_hand_counted_confusion_matrix():
+    # classes 1, 2, 3 evaluated; 0 = void; 4 an unused channel of the segmenter
+    label = torch.tensor([[1, 1, 1, 2], [2, 2, 0, 0], [3, 3, 1, 0]])
+    pred = torch.tensor([[1, 1, 2, 2], [2, 1, 1, 3], [3, 2, 1, 0]])
+    conf = confusion_matrix(pred.flatten(), label.flatten(), 5, ignore_index=0).numpy()
+    expected = np.zeros((5, 5), np.int64)
+    for gt, p, n in [(1, 1, 3), (1, 2, 1), (2, 2, 2), (2, 1, 1), (3, 3, 1), (3, 2, 1)]:
+        expected[gt, p] = n
+    np.testing.assert_array_equal(conf, expected)
+    s = segmentation_scores(conf, [1, 2, 3])
+    # IoU: c1 tp 3 / (4 + 4 − 3); c2 tp 2 / (3 + 4 − 2); c3 tp 1 / (2 + 1 − 1)
+    iou = {1: 3 / 5, 2: 2 / 5, 3: 1 / 2}
+    assert s["iou"] == pytest.approx(iou)
+    assert s["miou"] == pytest.approx(np.mean(list(iou.values())))
+    assert s["pixel_acc"] == pytest.approx(6 / 9)
+    assert s["mean_acc"] == pytest.approx(np.mean([3 / 4, 2 / 3, 1 / 2]))
+    assert s["n_pixels"] == 9 and s["n_classes"] == 3
+    # a class absent from label and prediction stays out of the mean; one only predicted counts 0
+    assert segmentation_scores(conf, [1, 2, 3, 4])["miou"] == pytest.approx(s["miou"])
+    conf2 = conf.copy()
+    conf2[1, 4] += 1
+    assert segmentation_scores(conf2, [1, 2, 3, 4])["iou"][4] == 0.0
+
+
+# ---------------------------------------------------------------- the stage
+
+
+class Spy:
+    """Records the uint8 batches given to the Inception and the statistics given to the Fréchet
+    distance. The 2048-d sqrtm costs 25-45 s on a shared CPU, so the spy returns a cheap stand-in
+    (|μ₁ − μ₂|²); `frechet_distance` itself is checked against scipy above."""
+
+    def __init__(self, monkeypatch):
+        self.images, self.stats = [], []
+        real_features = eval_mod.inception_features
+
+        def features(model, images, *args, **kwargs):
+            self.images.append(images.copy())
+            return real_features(model, images, *args, **kwargs)
+
+        def frechet(mu1, s1, mu2, s2):
+            self.stats.append((mu1, s1, mu2, s2))
+            return float(((mu1 - mu2) ** 2).sum())
+
+        monkeypatch.setattr(eval_mod, "inception_features", features)
+        monkeypatch.setattr(eval_mod, "frechet_distance", frechet)
+
+
+def test_eval_end_to_end_writes_images_metrics_grid_and_caches_real_stats(tiny_run, monkeypatch):
+    work, weights = tiny_run
+    spy = Spy(monkeypatch)
+    cfg = EvalConfig(work, "tiny", inception_weights=weights, batch_size=4)
+    m = run_eval(cfg)
+    out = work / "eval" / "tiny"
+    val_ids = pq.read_table(work / "segments" / "val_images.parquet")["image_id"].to_pylist()
+    assert sorted(p.stem for p in (out / "images").glob("*.png")) == sorted(val_ids)
+    assert m["n_images"] == len(val_ids) == 4
+    assert m["resolution"] == [SIZE, SIZE] and m["step"] == 7
+    assert np.isfinite(m["fid"]) and m["fid"] > 0 and np.isfinite(m["kid"]["mean"])
+    # the Inception saw exactly the saved PNGs (generated) and the real photos at the model size
+    fake, real = spy.images
+    saved = np.stack([cv2.cvtColor(cv2.imread(str(out / "images" / f"{i}.png")), cv2.COLOR_BGR2RGB) for i in val_ids])
+    np.testing.assert_array_equal(fake, saved)
+    assert real.shape == fake.shape and not np.array_equal(real, fake)
+    seg = m["segmentation"]
+    assert seg["segnet"].endswith("toy.pt")
+    for side in ("generated", "real"):
+        assert 0 <= seg[side]["miou"] <= 1 and 0 <= seg[side]["pixel_acc"] <= 1 and seg[side]["n_pixels"] > 0
+    assert m["protocol"]["fid"]["inception_sha256"] and m["protocol"]["fid"]["real_stats_recomputed"]
+    assert "rank-deficient" in m["protocol"]["fid"]["note"]
+    assert json.loads((out / "metrics.json").read_text())["fid"] == m["fid"]
+    assert cv2.imread(str(out / "grid.png")).shape == (4 * SIZE, 4 * SIZE, 3)
+    assert (out / "report.md").read_text().startswith("# resail eval") and (out / "per_class_iou.csv").exists()
+    # a second eval reads the real statistics from the cache and generates the same images
+    again = run_eval(EvalConfig(work, "tiny", inception_weights=weights, batch_size=4, seg=False, kid=False))
+    assert not again["protocol"]["fid"]["real_stats_recomputed"] and len(spy.images) == 3
+    np.testing.assert_array_equal(spy.images[2], fake)
+    for first, second in zip(spy.stats[0], spy.stats[1]):
+        np.testing.assert_array_equal(first, second)
+    assert again["fid"] == m["fid"]
+
+
+def test_eval_cli_without_fid_and_bad_input(tiny_run, tmp_path, capsys, monkeypatch):
+    work, _ = tiny_run
+    assert main(["eval", str(work), "--run", "tiny", "--no-fid", "--limit", "2", "--quiet", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "2 val images" in out and "mIoU" in out
+    m = json.loads((work / "eval" / "tiny" / "metrics.json").read_text())
+    assert m["fid"] is None and m["n_images"] == 2 and len(list((work / "eval" / "tiny" / "images").glob("*"))) == 2
+
+    # missing Inception weights: one line, before any image is generated
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    assert main(["eval", str(work), "--run", "tiny", "--quiet"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--inception-weights" in err[0] and "--no-fid" in err[0]
+    # unknown run: the runs that exist are named
+    assert main(["eval", str(work), "--run", "nope", "--no-fid", "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "no such run" in err and "tiny" in err
+    # a run folder without a snapshot
+    (work / "runs" / "empty").mkdir()
+    with pytest.raises(InputError, match="no generator snapshot"):
+        run_eval(EvalConfig(work, "empty", fid=False))
+    with pytest.raises(InputError, match="--segnet"):
+        run_eval(EvalConfig(work, "tiny", fid=False, segnet=tmp_path / "missing.pt"))
