@@ -1,0 +1,255 @@
+"""Training configuration: a dataset preset, then a TOML file, then command-line flags, resolved once.
+
+`resolve_config` returns one frozen `TrainConfig` holding the network (`NetworkPreset`) and every
+training setting, with the schedule already turned into step counts for the work directory's
+number of training images. The trainer reads nothing else; `config.json` in the run folder is
+`TrainConfig.to_dict()`, and `--resume` refuses a run whose saved config differs in a field that
+changes the result (`RESUME_FREE` lists the ones that may change between sessions).
+
+Per-dataset training settings follow the official code (reference §5.4): batch is the global
+batch over all processes; epochs are `niter` at constant lr then `niter_decay` of linear decay.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import InputError
+from .presets import NORMS, NetworkPreset, get_preset
+
+PREPROCESS = ("resize_crop", "fixed")
+AMP = ("auto", "off", "bf16", "fp16")
+COLOR_REFS = ("topk", "class")
+
+# Training fields of each preset; the network side lives in synth/presets.py.
+TRAIN_PRESETS: dict[str, dict] = {
+    "ade20k": dict(batch_size=8, load_size=(286, 286), seg_loss=False),
+    "ade20k-outdoor": dict(batch_size=2, load_size=(286, 286), seg_loss=True),
+    "cityscapes": dict(batch_size=3, preprocess="fixed", load_size=(512, 256), seg_loss=True),
+    "cocostuff": dict(batch_size=3, load_size=(286, 286), seg_loss=True),
+    # Learns visibly on the toy data within minutes on a CPU: no VGG (weights need a download),
+    # no seg loss (needs a trained SegNet), few epochs, frequent samples.
+    "toy": dict(batch_size=4, load_size=(144, 144), seg_loss=False, vgg=False, niter=4, niter_decay=4,
+                log_every=10, sample_every=100, checkpoint_every=200),
+}
+
+# Fields that may change on --resume without changing the math of the run.
+RESUME_FREE = frozenset({"workers", "device", "log_every", "sample_every", "checkpoint_every", "keep_checkpoints",
+                         "tensorboard", "steps", "vgg_weights", "segnet", "n_sample"})
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    net: NetworkPreset
+    preset: str = "toy"
+    name: str = "run"
+    # data
+    batch_size: int = 4                     # global batch (all processes together)
+    preprocess: str = "resize_crop"         # resize to load_size, random crop to net size; or 'fixed' resize
+    load_size: tuple[int, int] = (286, 286)  # (W, H) before the random crop
+    flip: bool = True
+    color_ref: str = "topk"                 # colour reference of the distorted GT (reference §4.1)
+    p_color: float = 1.0
+    p_resolution: float = 1.0
+    p_shape: float = 1.0
+    instance_edges: bool = False            # also load an instance edge map (the official code never uses it)
+    workers: int = 2
+    # schedule
+    niter: int = 100                        # epochs at constant lr
+    niter_decay: int = 100                  # epochs of linear decay to 0
+    steps: int | None = None                # total steps instead of epochs (decay over the same share)
+    n_train: int = 0                        # training images the schedule was resolved for
+    total_steps: int = 0
+    decay_start: int = 0
+    lr_G: float = 1e-4
+    lr_D: float = 4e-4
+    beta1: float = 0.0
+    beta2: float = 0.9
+    # losses
+    retrieval_loss: bool = True
+    lambda_feat: float = 10.0
+    lambda_vgg: float = 10.0
+    lambda_seg: float = 5.0
+    vgg: bool = True
+    vgg_weights: str | None = None
+    seg_loss: bool = False
+    segnet: str | None = None
+    # model averaging, precision, devices
+    ema: bool = True
+    ema_decay: float = 0.999
+    amp: str = "auto"                       # bf16 autocast on GPUs, off on CPUs
+    device: str = "auto"
+    seed: int = 0
+    # logging and checkpoints
+    log_every: int = 50
+    sample_every: int = 1000
+    n_sample: int = 4
+    checkpoint_every: int = 2000
+    keep_checkpoints: int = 3
+    tensorboard: bool = True
+    notes: tuple[str, ...] = field(default=(), compare=False)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return max(1, self.n_train // self.batch_size)
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["net"] = self.net.to_dict()
+        d["load_size"] = list(self.load_size)
+        d["notes"] = list(self.notes)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        d = dict(d)
+        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise InputError(f"training config has unknown fields {sorted(unknown)}")
+        d["net"] = NetworkPreset.from_dict(d["net"])
+        d["load_size"] = tuple(d["load_size"])
+        d["notes"] = tuple(d.get("notes", ()))
+        return cls(**d)
+
+    def resume_key(self) -> dict:
+        """The fields a resumed run must share with the run it continues."""
+        return {k: v for k, v in self.to_dict().items() if k not in RESUME_FREE and k != "notes"}
+
+
+_TRAIN_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)} - {"net", "notes", "n_train", "total_steps",
+                                                                     "decay_start"} | {"epochs"}
+_NET_FIELDS = {f.name for f in dataclasses.fields(NetworkPreset)} - {"name"}
+
+
+def read_toml(path: str | Path) -> dict:
+    """A training TOML file: training fields at the top level, network fields under [network]."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise InputError(f"--config {path}: no such file") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise InputError(f"--config {path}: not valid TOML ({e})") from e
+    net = data.pop("network", {})
+    bad = sorted(set(data) - _TRAIN_FIELDS) + [f"network.{k}" for k in sorted(set(net) - _NET_FIELDS)]
+    if bad:
+        raise InputError(f"--config {path}: unknown keys {bad}; training keys are {sorted(_TRAIN_FIELDS)}, "
+                         f"[network] keys are {sorted(_NET_FIELDS)}")
+    return {**data, "network": net}
+
+
+def resolve_config(preset: str, *, n_train: int, toml: str | Path | None = None, overrides: dict | None = None,
+                   network: dict | None = None) -> TrainConfig:
+    """preset ← TOML file ← flags (`overrides`, None values ignored; `network` for NetworkPreset
+    fields), with the schedule resolved for `n_train` training images."""
+    fields = dict(TRAIN_PRESETS.get(preset, {}))
+    if preset not in TRAIN_PRESETS:
+        get_preset(preset)  # raises the unknown-preset error
+    net_fields: dict = {}
+    explicit: dict = {}
+    if toml is not None:
+        data = read_toml(toml)
+        net_fields.update(data.pop("network"))
+        explicit.update(data)
+    for k, v in (overrides or {}).items():
+        if v is not None:
+            (net_fields if k in _NET_FIELDS else explicit)[k] = v
+    fields.update(explicit)
+    notes = []
+    if "seg_loss" not in explicit:  # the preset's choice bends to what is available
+        if explicit.get("segnet") is not None:
+            fields["seg_loss"] = True
+        elif fields.get("seg_loss"):
+            fields["seg_loss"] = False
+            notes.append("segmentation loss off: no --segnet given (train one with `resail segnet train`)")
+    net_fields.update({k: v for k, v in (network or {}).items() if v is not None})
+    if "segnet_channels" in net_fields:
+        net_fields["segnet_channels"] = tuple(net_fields["segnet_channels"])
+    net = get_preset(preset, **net_fields)
+    fields["load_size"] = tuple(fields.get("load_size", (net.width, net.height)))
+    epochs = fields.pop("epochs", None)
+    if epochs is not None:  # --epochs N keeps the preset's constant/decay proportion
+        if fields.get("steps") is not None:
+            raise InputError("--steps and --epochs: choose one")
+        if epochs < 1:
+            raise InputError(f"--epochs {epochs}: must be at least 1")
+        fields["niter"], fields["niter_decay"] = split_epochs(
+            epochs, fields.get("niter", TrainConfig.niter), fields.get("niter_decay", TrainConfig.niter_decay))
+    cfg = TrainConfig(net=net, preset=preset, **fields)
+    cfg = _check_and_finish(cfg, n_train, notes)
+    return cfg
+
+
+def split_epochs(epochs: int, niter: int, niter_decay: int) -> tuple[int, int]:
+    """`--epochs N` as (constant, decay) epochs in the preset's proportion."""
+    const = round(epochs * niter / max(1, niter + niter_decay))
+    return const, epochs - const
+
+
+def _check_and_finish(cfg: TrainConfig, n_train: int, notes: list[str]) -> TrainConfig:
+    net = cfg.net
+    if cfg.batch_size < 1:
+        raise InputError(f"--batch-size {cfg.batch_size}: must be at least 1")
+    if cfg.preprocess not in PREPROCESS:
+        raise InputError(f"preprocess {cfg.preprocess!r}: choose one of {PREPROCESS}")
+    if cfg.amp not in AMP:
+        raise InputError(f"amp {cfg.amp!r}: choose one of {AMP}")
+    if cfg.color_ref not in COLOR_REFS:
+        raise InputError(f"color_ref {cfg.color_ref!r}: choose one of {COLOR_REFS}")
+    if net.norm not in NORMS:
+        raise InputError(f"--norm {net.norm!r}: choose one of {NORMS}")
+    lw, lh = cfg.load_size
+    if cfg.preprocess == "resize_crop" and (lw < net.width or lh < net.height):
+        raise InputError(f"load_size {lw}x{lh} is smaller than the crop {net.width}x{net.height}")
+    if cfg.preprocess == "fixed" and (lw, lh) != (net.width, net.height):
+        cfg = dataclasses.replace(cfg, load_size=(net.width, net.height))
+    if n_train < cfg.batch_size:
+        raise InputError(f"{n_train} training images are fewer than the batch size {cfg.batch_size}; "
+                         "lower --batch-size")
+    if cfg.vgg_weights is not None and not cfg.vgg:
+        raise InputError("--vgg-weights with --no-vgg: choose one")
+    if not cfg.vgg:
+        notes.append("VGG perceptual loss off" + (" (toy preset default)" if cfg.preset == "toy" else ""))
+    if cfg.seg_loss and cfg.segnet is None:
+        raise InputError("the segmentation loss needs a trained segmentation network: pass --segnet PATH "
+                         "(from `resail segnet train`) or --no-seg-loss")
+    if not cfg.seg_loss and cfg.segnet is not None:
+        notes.append("--segnet given but the segmentation loss is off (pass --seg-loss to use it)")
+    steps_per_epoch = max(1, n_train // cfg.batch_size)
+    if cfg.steps is not None:
+        if cfg.steps < 1:
+            raise InputError(f"--steps {cfg.steps}: must be at least 1")
+        total = cfg.steps
+        decay_start = round(total * cfg.niter / max(1, cfg.niter + cfg.niter_decay))
+    else:
+        total = (cfg.niter + cfg.niter_decay) * steps_per_epoch
+        decay_start = cfg.niter * steps_per_epoch
+    if total < 1:
+        raise InputError("the schedule has no steps: raise --epochs or pass --steps")
+    return dataclasses.replace(cfg, n_train=n_train, total_steps=total, decay_start=decay_start,
+                               notes=tuple(cfg.notes) + tuple(notes))
+
+
+def format_config(cfg: TrainConfig) -> str:
+    """The resolved config in one short block."""
+    n = cfg.net
+    lines = [
+        f"run {cfg.name!r}: preset {cfg.preset}, {n.width}x{n.height}, norm {n.norm}, ngf {n.ngf}, ndf {n.ndf}, "
+        f"{n.semantic_nc} label channels",
+        f"  data: {cfg.n_train} images, batch {cfg.batch_size}, {cfg.preprocess} (load {cfg.load_size[0]}x"
+        f"{cfg.load_size[1]}), flip {cfg.flip}, colour ref {cfg.color_ref}, workers {cfg.workers}",
+        f"  schedule: {cfg.total_steps} steps ({cfg.steps_per_epoch}/epoch), lr G {cfg.lr_G:g} D {cfg.lr_D:g} "
+        f"Adam({cfg.beta1:g}, {cfg.beta2:g}), linear decay from step {cfg.decay_start}",
+        f"  losses: GAN + FM x{cfg.lambda_feat:g}"
+        + (f" + VGG x{cfg.lambda_vgg:g}" if cfg.vgg else "")
+        + (f" + seg x{cfg.lambda_seg:g} ({cfg.segnet})" if cfg.seg_loss else "")
+        + ("; retrieval path GAN" + (" + seg" if cfg.seg_loss else "") if cfg.retrieval_loss
+           else "; no retrieval loss"),
+        f"  EMA {cfg.ema_decay if cfg.ema else 'off'}, amp {cfg.amp}, device {cfg.device}, seed {cfg.seed}; "
+        f"log/sample/checkpoint every {cfg.log_every}/{cfg.sample_every}/{cfg.checkpoint_every} steps",
+    ]
+    lines += [f"  note: {s}" for s in cfg.notes]
+    return "\n".join(lines)

@@ -1,0 +1,245 @@
+"""Training and evaluation batches from a work directory's caches.
+
+One item of `SynthDataset` is one image of a split, as tensors at the network size:
+  image      3×H×W float in [−1, 1]   the real photo (reader → area resize)
+  label      H×W int64                native class ids, 0 = void (reader → nearest resize)
+  guidance   3×H×W float in [−1, 1]   retrieval guidance from `guidance/{split}.h5` (bilinear
+                                      resize when the cache was baked at another size)
+  distorted  3×H×W float in [−1, 1]   distorted ground truth, built here (`with_distorted`)
+  edges      1×H×W float {0, 1}       instance boundaries (`instance_edges`; zeros without instances)
+  index      int                      row in the split (= row of the guidance cache)
+
+Training items are resized to the load size, then cropped and flipped identically (reference
+§4.4: the distortion runs at the load size, before the crop). Every random number of an item
+comes from `default_rng([seed, epoch, index])`, so an item never depends on the worker count,
+on the worker that builds it, or on what was drawn before: keys are `(epoch, index)` pairs
+handed out by `StepBatchSampler`, a pure function of the step counter. The label goes out as
+class ids; `one_hot` builds the B×L×H×W map on the device (channel = native id, 0 = void), which
+saves moving 151-channel floats through the loader.
+
+Readers, the composer and the h5 cache open lazily in each worker (h5 handles do not survive a fork).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Iterator
+
+import cv2
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from ..errors import InputError, StageError
+from ..pipeline.bake import load_composer, open_guidance
+from ..pipeline.datasets import list_split, make_reader
+from ..pipeline.distort import DistortConfig
+from .config import TrainConfig
+
+
+def count_images(work: str | Path, split: str = "train") -> int:
+    """Images in the baked guidance cache of a split (a clear error when it is not baked)."""
+    with open_guidance(Path(work), split) as f:
+        return int(f["image_id"].shape[0])
+
+
+def segments_params(work: Path) -> dict:
+    path = Path(work) / "segments" / "manifest.json"
+    if not path.exists():
+        raise StageError(f"{path.parent}: no segment store; run `resail index build` first")
+    return json.loads(path.read_text())
+
+
+def one_hot(label: torch.Tensor, num_channels: int) -> torch.Tensor:
+    """B×H×W class ids → B×L×H×W one-hot float (channel = native id)."""
+    out = torch.zeros(label.shape[0], num_channels, *label.shape[1:], device=label.device)
+    return out.scatter_(1, label.unsqueeze(1), 1.0)
+
+
+def to_tensor(rgb: np.ndarray) -> torch.Tensor:
+    """H×W×3 uint8 → 3×H×W float in [−1, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).float().div_(127.5).sub_(1.0)
+
+
+def to_uint8(x: torch.Tensor) -> np.ndarray:
+    """B×3×H×W in [−1, 1] → B×H×W×3 uint8."""
+    return ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+
+
+def resize_nearest(a: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Nearest resize of an integer map by index (no dtype limits, exact for any id)."""
+    h, w = a.shape[:2]
+    if (h, w) == (height, width):
+        return a
+    ys = np.minimum((np.arange(height) * h) // height, h - 1)
+    xs = np.minimum((np.arange(width) * w) // width, w - 1)
+    return a[ys[:, None], xs[None, :]]
+
+
+def instance_edges(instance_map: np.ndarray | None, shape: tuple[int, int]) -> np.ndarray:
+    """H×W float32: 1 where a pixel's instance id differs from a 4-neighbour's."""
+    edge = np.zeros(shape, np.float32)
+    if instance_map is None:
+        return edge
+    m = instance_map
+    dx = m[:, 1:] != m[:, :-1]
+    dy = m[1:, :] != m[:-1, :]
+    edge[:, 1:][dx] = 1
+    edge[:, :-1][dx] = 1
+    edge[1:, :][dy] = 1
+    edge[:-1, :][dy] = 1
+    return edge
+
+
+class SynthDataset(Dataset):
+    """Items of one split for training (`train=True`: load size, crop, flip, distorted GT) or for
+    evaluation and sample grids (`train=False`: resized to the network size, no augmentation)."""
+
+    def __init__(self, work: str | Path, split: str, cfg: TrainConfig, *, train: bool = True,
+                 with_distorted: bool | None = None):
+        self.work, self.split, self.train = Path(work), split, train
+        self.seed = cfg.seed
+        self.net_size = (cfg.net.width, cfg.net.height)
+        self.size = tuple(cfg.load_size) if train and cfg.preprocess == "resize_crop" else self.net_size
+        self.flip = train and cfg.flip
+        self.with_distorted = train if with_distorted is None else with_distorted
+        self.with_edges = cfg.instance_edges
+        self.color_ref = cfg.color_ref
+        self.distort_cfg = DistortConfig(p_color=cfg.p_color, p_resolution=cfg.p_resolution, p_shape=cfg.p_shape)
+
+        seg = segments_params(self.work)
+        params = seg["params"]
+        self.dataset = params["dataset"]
+        max_id = max(seg.get("classes", {}).get("ids", [0]) or [0])
+        if max_id >= cfg.net.semantic_nc:
+            raise InputError(f"{self.work}: the {self.dataset} data has class ids up to {max_id}, but preset "
+                             f"{cfg.preset!r} has {cfg.net.semantic_nc} label channels (ids 0..{cfg.net.semantic_nc - 1}); "
+                             "choose the preset of this dataset")
+        images = pq.read_table(self.work / "segments" / f"{split}_images.parquet", columns=["image_id", "status"])
+        status = np.asarray(images["status"].to_pylist())
+        self.rows = np.flatnonzero(status == "ok")  # composer rows, in cache order
+        ids = [images["image_id"][int(r)].as_py() for r in self.rows]
+        with open_guidance(self.work, split) as f:
+            cached = [s.decode() if isinstance(s, bytes) else s for s in f["image_id"][...]]
+        if cached != ids:
+            raise StageError(f"{self.work / 'guidance' / (split + '.h5')}: the guidance cache does not match the "
+                             f"segment store; run `resail guidance bake {self.work} --split {split} --rebuild`")
+        self.image_ids = ids
+        self.reader = make_reader(self.dataset, params["root"], params.get("image_list"))
+        records = {r.image_id: r for r in list_split(self.reader, split)}
+        missing = [i for i in ids if i not in records]
+        if missing:
+            raise InputError(f"{params['root']}: image {missing[0]!r} of the segment store is no longer in the "
+                             f"{self.dataset} data ({len(missing)} missing); rebuild the work directory")
+        self.records = [records[i] for i in ids]
+        self._composer = None
+        self._cache = None
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_composer"] = state["_cache"] = None  # opened again in each worker
+        return state
+
+    def close(self) -> None:
+        if self._composer is not None:
+            self._composer.close()
+        if self._cache is not None:
+            self._cache.close()
+        self._composer = self._cache = None
+
+    def _open(self):
+        if self._cache is None:
+            self._cache = open_guidance(self.work, self.split)
+        if self._composer is None and self.with_distorted:
+            self._composer = load_composer(self.work, self.split, size=self.size)
+
+    def __getitem__(self, key) -> dict:
+        epoch, index = key if isinstance(key, tuple) else (0, key)
+        index = int(index)
+        self._open()
+        rng = np.random.default_rng([self.seed, int(epoch), index])
+        W, H = self.size
+        w, h = self.net_size
+        # geometry first, always the same number of draws
+        oy, ox = int(rng.integers(0, H - h + 1)), int(rng.integers(0, W - w + 1))
+        flip = bool(rng.random() < 0.5) and self.flip
+
+        sample = self.reader.load(self.records[index])
+        photo = cv2.resize(sample.image, (W, H), interpolation=cv2.INTER_AREA)
+        label = resize_nearest(sample.label_map, W, H).astype(np.int64)
+        guidance = self._cache["guidance"][index]
+        if guidance.shape[:2] != (H, W):
+            guidance = cv2.resize(guidance, (W, H), interpolation=cv2.INTER_LINEAR)
+        planes = {"image": photo, "label": label, "guidance": guidance}
+        if self.with_distorted:
+            planes["distorted"] = self._composer.distorted_gt(int(self.rows[index]), rng, self.distort_cfg,
+                                                              color_ref=self.color_ref, photo=photo)
+        if self.with_edges:
+            inst = None if sample.instance_map is None else resize_nearest(sample.instance_map, W, H)
+            planes["edges"] = instance_edges(inst, (H, W))
+
+        item = {"index": index}
+        for name, a in planes.items():
+            a = a[oy:oy + h, ox:ox + w]
+            if flip:
+                a = a[:, ::-1]
+            if name == "label":
+                item[name] = torch.from_numpy(np.ascontiguousarray(a))
+            elif name == "edges":
+                item[name] = torch.from_numpy(np.ascontiguousarray(a))[None]
+            else:
+                item[name] = to_tensor(a)
+        return item
+
+
+class StepBatchSampler(Sampler):
+    """Per-rank batches of `(epoch, index)` keys for steps `start_step` … `total_steps − 1`.
+
+    Step s belongs to epoch s // steps_per_epoch; each epoch is one permutation of the images drawn
+    from (seed, epoch), cut into global batches (the last partial batch dropped); rank r of n takes
+    the slice [B·r/n, B·(r+1)/n) of each global batch. The union over ranks of a step's batches is
+    the global batch a single process would see, and resuming at any step needs only the counter
+    (torch's DistributedSampler can neither skip into an epoch nor promise that union)."""
+
+    def __init__(self, n_items: int, batch_size: int, *, seed: int, total_steps: int, start_step: int = 0,
+                 rank: int = 0, world_size: int = 1):
+        if batch_size % world_size:
+            raise InputError(f"--batch-size {batch_size} is not divisible by the {world_size} processes")
+        if n_items < batch_size:
+            raise InputError(f"{n_items} images are fewer than the batch size {batch_size}")
+        self.n, self.batch, self.seed = n_items, batch_size, seed
+        self.start, self.total = start_step, total_steps
+        self.rank, self.world = rank, world_size
+        self.steps_per_epoch = n_items // batch_size
+
+    def __len__(self) -> int:
+        return max(0, self.total - self.start)
+
+    def permutation(self, epoch: int) -> np.ndarray:
+        return np.random.default_rng([self.seed, epoch, 0xDA7A]).permutation(self.n)
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        perm, perm_epoch = None, -1
+        a, b = self.batch * self.rank // self.world, self.batch * (self.rank + 1) // self.world
+        for step in range(self.start, self.total):
+            epoch, k = divmod(step, self.steps_per_epoch)
+            if epoch != perm_epoch:
+                perm, perm_epoch = self.permutation(epoch), epoch
+            batch = perm[k * self.batch:(k + 1) * self.batch][a:b]
+            yield [(epoch, int(i)) for i in batch]
+
+
+def label_palette(dataset: str) -> np.ndarray:
+    """id → RGB lookup table for colourised label maps (any dataset; the folder reader falls back)."""
+    from ..pipeline.classes import class_table
+
+    try:
+        table = class_table(dataset)
+    except InputError:
+        table = class_table("ade20k")
+    return table.palette(65536)
