@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from resail.index.build import RetrievalIndex, build_index
-from resail.index.descriptors import pack_masks, resize_mask_nearest
+from resail.index.descriptors import resize_mask_nearest
 from resail.index.fixtures import write_fake_store
 from resail.index.search import QueryBatch, SearchConfig, search
 

@@ -510,3 +510,15 @@ def list_split(reader: Reader, split: str) -> list[ImageRecord]:
         raise InputError(f"{reader.root}: image id {dup[0]!r} appears twice in split {split}; image ids must be unique")
     return recs
 
+
+
+def records_for_ids(params: dict, split: str, ids: list[str]) -> tuple[Reader, list[ImageRecord]]:
+    """The reader of a work dir's dataset (its segments-stage `params`) and the records of `ids`,
+    in that order; a clear error when the dataset no longer holds one of them."""
+    reader = make_reader(params["dataset"], params["root"], params.get("image_list"))
+    records = {r.image_id: r for r in list_split(reader, split)}
+    missing = [i for i in ids if i not in records]
+    if missing:
+        raise InputError(f"{params['root']}: {len(missing)} {split} images of the segment store are gone "
+                         f"(e.g. {missing[0]!r}); rebuild the work directory with `resail index build --rebuild`")
+    return reader, [records[i] for i in ids]

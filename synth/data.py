@@ -34,7 +34,7 @@ from torch.utils.data import Dataset, Sampler
 
 from ..errors import InputError, StageError
 from ..pipeline.bake import load_composer, open_guidance
-from ..pipeline.datasets import list_split, make_reader
+from ..pipeline.datasets import records_for_ids
 from ..pipeline.distort import DistortConfig
 from .config import TrainConfig
 
@@ -127,13 +127,7 @@ class SynthDataset(Dataset):
             raise StageError(f"{self.work / 'guidance' / (split + '.h5')}: the guidance cache does not match the "
                              f"segment store; run `resail guidance bake {self.work} --split {split} --rebuild`")
         self.image_ids = ids
-        self.reader = make_reader(self.dataset, params["root"], params.get("image_list"))
-        records = {r.image_id: r for r in list_split(self.reader, split)}
-        missing = [i for i in ids if i not in records]
-        if missing:
-            raise InputError(f"{params['root']}: image {missing[0]!r} of the segment store is no longer in the "
-                             f"{self.dataset} data ({len(missing)} missing); rebuild the work directory")
-        self.records = [records[i] for i in ids]
+        self.reader, self.records = records_for_ids(params, split, ids)
         self._composer = None
         self._cache = None
 

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..errors import InputError, StageError
 from ..pipeline.artifacts import write_json_atomic
-from ..pipeline.datasets import list_split, make_reader
+from ..pipeline.datasets import records_for_ids
 from .presets import NetworkPreset, get_preset
 from .segnet import SegnetTrainConfig, build_segnet, train_segnet
 
@@ -52,13 +52,7 @@ class SegnetImages(Dataset):
         ids = [i for i, s in zip(table["image_id"].to_pylist(), table["status"].to_pylist()) if s == "ok"]
         if not ids:
             raise InputError(f"{self.work}: the segment store lists no usable {split} images")
-        self.reader = make_reader(self.dataset, params["root"], params.get("image_list"))
-        records = {r.image_id: r for r in list_split(self.reader, split)}
-        missing = [i for i in ids if i not in records]
-        if missing:
-            raise InputError(f"{params['root']}: {len(missing)} {split} images of the segment store are gone "
-                             f"(e.g. {missing[0]!r}); rebuild the work directory")
-        self.records = [records[i] for i in ids]
+        self.reader, self.records = records_for_ids(params, split, ids)
         self.max_id = preset.semantic_nc - 1
 
     def __len__(self) -> int:

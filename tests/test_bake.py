@@ -1,6 +1,5 @@
 """The bake stage end to end on a tiny toy work dir: matches table, cache, previews, choice, editing, errors."""
 
-from pathlib import Path
 
 import h5py
 import numpy as np
