@@ -151,6 +151,14 @@ class Reader:
     def load(self, record: ImageRecord) -> Sample:
         raise NotImplementedError
 
+    def _image_and_label(self, record: ImageRecord) -> tuple[np.ndarray, np.ndarray]:
+        """The photo and its native-id label map, checked for size and class ids."""
+        image = read_rgb(record.image_path)
+        label = read_index_png(record.label_path)
+        _check_same_size(image, label, record.image_path, record.label_path)
+        check_label_ids(label, self.table, record.label_path)
+        return image, label
+
     def _need_dir(self, path: Path, what: str) -> Path:
         if not path.is_dir():
             raise InputError(f"{path}: {what} folder is missing; check --root and the dataset layout "
@@ -196,10 +204,7 @@ class ADE20KReader(Reader):
         return out
 
     def load(self, record: ImageRecord) -> Sample:
-        image = read_rgb(record.image_path)
-        label = read_index_png(record.label_path)
-        _check_same_size(image, label, record.image_path, record.label_path)
-        check_label_ids(label, self.table, record.label_path)
+        image, label = self._image_and_label(record)
         if not record.instance_path:
             return Sample(record.image_id, image, label, None, None, record)
         raw = read_index_png(record.instance_path, channels=3)
@@ -264,10 +269,7 @@ class CityscapesReader(Reader):
         return out
 
     def load(self, record: ImageRecord) -> Sample:
-        image = read_rgb(record.image_path)
-        label = read_index_png(record.label_path)
-        _check_same_size(image, label, record.image_path, record.label_path)
-        check_label_ids(label, self.table, record.label_path)
+        image, label = self._image_and_label(record)
         raw = read_index_png(record.instance_path)
         _check_same_size(image, raw, record.image_path, record.instance_path)
         # value >= 1000: instance k of class value // 1000; below: a plain class id (stuff, groups).
@@ -447,10 +449,7 @@ class FolderReader(Reader):
                 for p in _files(images, IMAGE_EXTS)]
 
     def load(self, record: ImageRecord) -> Sample:
-        image = read_rgb(record.image_path)
-        label = read_index_png(record.label_path)
-        _check_same_size(image, label, record.image_path, record.label_path)
-        check_label_ids(label, self.table, record.label_path)
+        image, label = self._image_and_label(record)
         if not record.instance_path:
             return Sample(record.image_id, image, label, None, None, record)
         raw = read_index_png(record.instance_path)
