@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from ..errors import InputError
 from ..pipeline.artifacts import atomic_path
+from .checkpoint import read_checkpoint
 from .init import init_weights
 from .losses import balanced_cross_entropy
 from .presets import NetworkPreset
@@ -212,16 +213,9 @@ def save_checkpoint(path: str | Path, segnet: SegNet, optimizer: torch.optim.Opt
 
 
 def _read_checkpoint(path: str | Path, map_location) -> dict:
-    path = Path(path)
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except FileNotFoundError:
-        raise InputError(f"{path}: no segmentation-network checkpoint here; train one with `resail segnet train`") from None
-    except Exception as e:
-        raise InputError(f"{path}: not a readable segmentation-network checkpoint ({e})") from e
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise InputError(f"{path}: not a resail segmentation-network checkpoint (expected format {CHECKPOINT_FORMAT})")
-    return ckpt
+    return read_checkpoint(path, CHECKPOINT_FORMAT, map_location, what="segmentation-network",
+                           missing_fix="train one with `resail segnet train`",
+                           corrupt_fix="delete it and train again with `resail segnet train`")
 
 
 def load_segnet(path: str | Path, map_location: torch.device | str = "cpu") -> SegNet:

@@ -46,6 +46,7 @@ from tqdm.auto import tqdm
 
 from ..errors import InputError, StageError
 from ..pipeline.artifacts import atomic_path, write_bytes_atomic, write_json_atomic
+from .checkpoint import read_checkpoint as _read
 from .config import TrainConfig
 from .data import StepBatchSampler, SynthDataset, label_palette, one_hot, to_uint8
 from .discriminator import build_discriminator
@@ -380,17 +381,8 @@ def save_checkpoint(run_dir: Path, trainer: ResailTrainer, step: int, keep: int)
 
 
 def read_checkpoint(path: str | Path, fmt: str, map_location="cpu") -> dict:
-    path = Path(path)
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such checkpoint") from None
-    except Exception as e:
-        raise InputError(f"{path}: unreadable or corrupt checkpoint ({type(e).__name__}: {e}); delete it to "
-                         "resume from the one before, or start a new run with another --name") from e
-    if not isinstance(ckpt, dict) or ckpt.get("format") != fmt:
-        raise InputError(f"{path}: not a resail {fmt.split('/')[0]} checkpoint (expected format {fmt!r})")
-    return ckpt
+    return _read(path, fmt, map_location, corrupt_fix="delete it to resume from the one before, or start a "
+                 "new run with another --name")
 
 
 def load_state(path: Path, trainer: ResailTrainer) -> int:
