@@ -317,30 +317,147 @@ def guidance_preview_distort(work, out, n, seed, color_ref, size):
 @click.argument("work", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--preset", type=click.Choice(("ade20k", "ade20k-outdoor", "cityscapes", "cocostuff", "toy")),
               required=True, help="Dataset preset (network size, resolution, schedule).")
+@click.option("--name", default=None, help="Run name: the run lives in WORK/runs/NAME/ [default: the preset].")
+@click.option("--steps", type=click.IntRange(1), default=None, help="Total training steps (instead of epochs).")
+@click.option("--epochs", type=click.IntRange(1), default=None,
+              help="Total epochs, split constant/decay as the preset does [default: the preset's].")
+@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="TOML file of training fields (and a [network] table) applied over the preset.")
+@click.option("--resume", is_flag=True, help="Continue the run from its latest full checkpoint.")
+@click.option("--dry-run", is_flag=True, help="Print and save the resolved config, then stop.")
+@click.option("--batch-size", type=click.IntRange(1), default=None, help="Global batch over all processes.")
+@click.option("--workers", type=click.IntRange(0), default=None, help="Data loader worker processes per rank.")
+@click.option("--norm", type=click.Choice(("resail", "spade")), default=None,
+              help="Generator normalisation; spade = the paper's baseline ablation.")
+@click.option("--no-retrieval-loss", is_flag=True, help="Drop the retrieval-guidance path (the paper's ablation).")
+@click.option("--no-vgg", is_flag=True, help="Train without the VGG19 perceptual loss.")
+@click.option("--vgg-weights", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="torchvision VGG19 ImageNet weights file [default: the torch hub cache].")
+@click.option("--seg-loss/--no-seg-loss", default=None,
+              help="Segmentation loss (needs --segnet) [default: the preset's, off without --segnet].")
+@click.option("--segnet", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Segmentation network checkpoint from `resail segnet train`.")
+@click.option("--amp", type=click.Choice(("auto", "off", "bf16", "fp16")), default=None,
+              help="Mixed precision [default: auto = bf16 on GPUs, off on CPUs].")
+@click.option("--seed", type=int, default=None, help="Random seed [default: 0].")
+@click.option("--device", default=None, help="cpu, cuda, cuda:N [default: auto].")
 @common
-def train(work, preset):
-    """Train a RESAIL generator on a work directory's caches."""
-    not_built("train", 8)
+def train(work, preset, name, steps, epochs, config_file, resume, dry_run, batch_size, workers, norm,
+          no_retrieval_loss, no_vgg, vgg_weights, seg_loss, segnet, amp, seed, device):
+    """Train a RESAIL generator on a work directory's caches (torchrun for several processes)."""
+    import os
+
+    from .synth.config import format_config, resolve_config
+    from .synth.data import count_images
+    from .synth.train import dry_run as write_dry_run
+    from .synth.train import train as run_training
+
+    if steps is not None and epochs is not None:
+        raise click.BadParameter("give --steps or --epochs, not both", param_hint="--steps/--epochs")
+    if no_vgg and vgg_weights is not None:
+        raise click.BadParameter("--vgg-weights with --no-vgg: choose one", param_hint="--vgg-weights")
+    rank0 = int(os.environ.get("RANK", "0")) == 0
+    overrides = dict(name=name or preset, steps=steps, epochs=epochs, batch_size=batch_size, workers=workers,
+                     norm=norm, amp=amp, seed=seed, device=device,
+                     segnet=str(segnet) if segnet else None, vgg_weights=str(vgg_weights) if vgg_weights else None)
+    if no_retrieval_loss:
+        overrides["retrieval_loss"] = False
+    if no_vgg:
+        overrides["vgg"] = False
+    elif vgg_weights is not None:
+        overrides["vgg"] = True
+    overrides["seg_loss"] = seg_loss
+    cfg = resolve_config(preset, n_train=count_images(work, "train"), toml=config_file, overrides=overrides)
+    if rank0:
+        click.echo(format_config(cfg))
+    if dry_run:
+        if rank0:
+            click.echo(f"dry run: config -> {write_dry_run(cfg, work)}")
+        return
+    summary = run_training(cfg, work, resume=resume, progress=progress_enabled())
+    if rank0:
+        last = summary["last"]
+        click.echo(f"trained {summary['steps']} steps ({summary['samples_per_s']:.2f} samples/s; last G "
+                   f"{last.get('G', float('nan')):.4f}, D {last.get('D', float('nan')):.4f}) -> {summary['run_dir']} "
+                   "(samples/, checkpoints/, stats.jsonl)")
 
 
 @cli.command("eval", context_settings=CONTEXT)
 @click.argument("work", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--run", "run_name", required=True, help="Run name under WORK/runs/.")
+@click.option("--checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Generator snapshot to evaluate [default: the run's latest].")
+@click.option("--split", type=click.Choice(("val", "train")), default="val", help="Split to generate and score.")
+@click.option("--fid/--no-fid", default=True, help="FID (and KID) with the TF-ported Inception; needs its weights.")
+@click.option("--kid/--no-kid", default=True, help="KID from the same Inception features (off with --no-fid).")
+@click.option("--inception-weights", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="pt_inception-2015-12-05-6726825d.pth [default: the torch hub cache, TORCH_HOME/hub/checkpoints/].")
+@click.option("--seg/--no-seg", default=True, help="mIoU and pixel accuracy with a segmentation network.")
+@click.option("--segnet", "segnet_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Segmentation network checkpoint [default: WORK/segnet/PRESET.pt from `resail segnet train`].")
+@click.option("--batch-size", type=click.IntRange(1), default=8, help="Images per batch.")
+@click.option("--limit", type=click.IntRange(1), default=None, help="Evaluate only the first N images.")
+@click.option("--grid", "n_grid", type=click.IntRange(0), default=8, help="Rows of the image grid.")
+@click.option("--workers", type=click.IntRange(0), default=0, help="Data-loading worker processes.")
+@click.option("--device", default="auto", help="torch device: auto (cuda when available), cpu, cuda, cuda:1 ...")
 @common
-def eval_(work, run_name):
-    """FID, mIoU and pixel accuracy of a trained run on the val split."""
-    not_built("eval", 9)
+def eval_(work, run_name, checkpoint, split, fid, kid, inception_weights, seg, segnet_path, batch_size, limit,
+          n_grid, workers, device):
+    """FID, KID, mIoU and pixel accuracy of a trained run; images, grid and report in WORK/eval/NAME/."""
+    import torch
+
+    from .synth.eval import EvalConfig, format_metrics, run_eval
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    cfg = EvalConfig(work=work, run=run_name, split=split, checkpoint=checkpoint, fid=fid, kid=kid,
+                     inception_weights=inception_weights, seg=seg, segnet=segnet_path, batch_size=batch_size,
+                     device=device, limit=limit, n_grid=n_grid, workers=workers)
+    log.info("eval: %s", ", ".join(f"{k}={v}" for k, v in cfg.to_dict().items()))
+    m = run_eval(cfg, progress=progress_enabled())
+    click.echo(f"eval {run_name}: {format_metrics(m)} -> {work / 'eval' / run_name / 'metrics.json'}")
 
 
 @cli.command(context_settings=CONTEXT)
 @click.argument("work", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--run", "run_name", required=True, help="Run name under WORK/runs/.")
 @click.option("--label", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True,
-              help="Label map PNG of class ids.")
+              help="Label map PNG in the dataset's label format (native class ids; COCO-Stuff stuffthingmap values).")
+@click.option("--instance", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Instance PNG: one id per thing instance, 0 = none (class = majority label under it).")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Output PNG.")
+@click.option("--checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Generator snapshot [default: the run's latest].")
+@click.option("--seed", type=int, default=None,
+              help="Draw each segment's match among its top-k with this seed [default: the best match].")
+@click.option("--k", type=click.IntRange(1, 1000), default=10, help="Matches retrieved per segment.")
+@click.option("--resample", default=None, metavar="I,J,...",
+              help="Segment indices (as printed) whose match is drawn again; every other segment keeps its match.")
+@click.option("--resample-seed", type=int, default=None, help="Seed of --resample [default: --seed + 1].")
+@click.option("--guidance-out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the composed guidance image here.")
+@click.option("--device", default="auto", help="torch device: auto (cuda when available), cpu, cuda, cuda:1 ...")
 @common
-def synthesize(work, label, out):
-    """Synthesize a photo from a new label map with a trained run."""
-    not_built("synthesize", 9)
+def synthesize(work, run_name, label, instance, out, checkpoint, seed, k, resample, resample_seed, guidance_out,
+               device):
+    """Synthesize a photo from a new label map with a trained run; prints the segments and their matches."""
+    import torch
+
+    from .synth.synthesize import SynthesizeConfig, format_segments, synthesize as run_synthesis
+
+    try:
+        indices = tuple(int(v) for v in resample.split(",") if v.strip()) if resample else ()
+    except ValueError:
+        raise click.BadParameter(f"{resample!r} is not a comma-separated list of segment indices",
+                                 param_hint="--resample") from None
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    cfg = SynthesizeConfig(work=work, run=run_name, label=label, out=out, instance=instance, checkpoint=checkpoint,
+                           seed=seed, k=k, resample=indices, resample_seed=resample_seed, guidance_out=guidance_out,
+                           device=device)
+    result = run_synthesis(cfg)
+    click.echo(format_segments(result))
+    click.echo(f"image -> {result.out}" + (f", guidance -> {result.guidance_out}" if result.guidance_out else ""))
 
 
 # ---------------------------------------------------------------- model / segnet
@@ -414,6 +531,36 @@ def segnet_train(work, preset, steps, batch_size, lr, no_balance, checkpoint_eve
                f"pixel accuracy {val.get('pixel_acc', float('nan')):.4f} -> {report['checkpoint']}")
 
 
+# ---------------------------------------------------------------- serve
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("work", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--run", "run_name", required=True, help="Run name under WORK/runs/.")
+@click.option("--checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Generator snapshot [default: the run's latest].")
+@click.option("--host", default="127.0.0.1", help="Address to bind; anything but localhost exposes the page.")
+@click.option("--port", type=click.IntRange(1, 65535), default=8000, help="TCP port.")
+@click.option("--k", type=click.IntRange(1, 1000), default=10, help="Matches retrieved per region.")
+@click.option("--max-sessions", type=click.IntRange(1), default=16, help="Label maps kept for region edits.")
+@click.option("--device", default="auto", help="torch device: auto (cuda when available), cpu, cuda, cuda:1 ...")
+@common
+def serve(work, run_name, checkpoint, host, port, k, max_sessions, device):
+    """Open a local web page: paint a label map, synthesise it, resample one region at a time."""
+    import torch
+
+    from .synth.serve import ServeConfig, serve as run_server
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("serve: binding %s makes the page reachable from other machines; it has no authentication", host)
+    cfg = ServeConfig(work=work, run=run_name, checkpoint=checkpoint, host=host, port=port, k=k,
+                      max_sessions=max_sessions, device=device)
+    click.echo(f"resail serve: loading run {run_name} ...")
+    run_server(cfg, ready=lambda: click.echo(f"resail serve: open http://{host}:{port}/ (Ctrl+C to stop)"))
+
+
 # ---------------------------------------------------------------- demo
 
 
@@ -424,13 +571,15 @@ def segnet_train(work, preset, steps, batch_size, lr, no_balance, checkpoint_eve
 @click.option("--n-val", type=click.IntRange(1, 100_000), default=40, help="Toy validation images.")
 @click.option("--seed", type=int, default=0, help="Random seed.")
 @click.option("--jobs", type=click.IntRange(1, 1024), default=2, help="Parallel worker processes.")
+@click.option("--train-steps", type=click.IntRange(1), default=120, help="Generator training steps (toy preset).")
+@click.option("--segnet-steps", type=click.IntRange(1), default=150, help="Segmentation network training steps.")
 @common
-def demo(out, n_train, n_val, seed, jobs):
+def demo(out, n_train, n_val, seed, jobs, train_steps, segnet_steps):
     """Run every built stage end to end on the built-in toy dataset (ADE20K format)."""
     from .pipeline.demo import run_demo
 
-    for stage, where in run_demo(out, n_train=n_train, n_val=n_val, seed=seed, jobs=jobs,
-                                 progress=progress_enabled()):
+    for stage, where in run_demo(out, n_train=n_train, n_val=n_val, seed=seed, jobs=jobs, train_steps=train_steps,
+                                 segnet_steps=segnet_steps, progress=progress_enabled()):
         click.echo(f"[demo] {stage}: {where}")
 
 

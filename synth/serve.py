@@ -1,0 +1,536 @@
+"""`resail serve`: a local web page to paint a label map, synthesise it and edit one region at a time.
+
+`Synthesizer` loads the run's snapshot and the work dir's class table once; each "Generate" opens a
+`LabelMapGuidance` (decompose + retrieve) for the painted map and keeps it in a `Session`, so that
+"resample" or "choose another match" for one region recomposes the guidance with every other
+region's match unchanged (paper Fig. 5) and runs G again. Sessions live in a small LRU dict keyed
+by the id that /api/generate returns; an evicted session answers 404 and the page generates anew.
+
+The label maps going in are PNGs in the dataset's own label-file format, exactly what
+`resail synthesize --label` reads (`read_user_label_map`): the page encodes its canvas that way.
+Uploads are checked before decoding (PNG signature, byte size, header size) so that a bad file
+gets a 4xx and a message for the page, never a server error.
+
+Every model or store access runs under one lock: the app serves one person on localhost, and
+h5py handles and G are not meant to be shared between threads.
+"""
+
+from __future__ import annotations
+
+import base64
+import collections
+import io
+import logging
+import struct
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..errors import InputError, ResailError, StageError
+from ..pipeline.bake import LabelMapGuidance
+from ..pipeline.classes import class_table
+from ..pipeline.store import SegmentStore
+from .data import one_hot, resize_nearest, segments_params, to_tensor, to_uint8
+from .eval import find_snapshot
+from .synthesize import _choices, _search_params, read_user_label_map
+from .train import load_snapshot
+
+log = logging.getLogger(__name__)
+
+WEB = Path(__file__).parent / "web"
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+THUMB_SIDE = 96
+
+
+class UploadError(InputError):
+    """A label-map upload the server refuses; `status` is the HTTP code to answer with."""
+
+    def __init__(self, message: str, status: int = 422):
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    work: Path
+    run: str
+    checkpoint: Path | None = None     # default: the run's latest snapshot
+    host: str = "127.0.0.1"
+    port: int = 8000
+    k: int = 10                        # matches retrieved per segment
+    device: str = "cpu"
+    max_sessions: int = 16             # label maps kept for region edits (LRU)
+    max_upload_bytes: int = 8 << 20
+    max_side: int = 4096               # label maps larger than this on a side are refused
+    max_variants: int = 8
+
+    def __post_init__(self):
+        if self.k < 1:
+            raise InputError(f"--k {self.k}: must be at least 1")
+        if not 1 <= self.port <= 65535:
+            raise InputError(f"--port {self.port}: choose 1..65535")
+        if self.max_sessions < 1:
+            raise InputError(f"--max-sessions {self.max_sessions}: must be at least 1")
+
+
+@dataclass
+class Session:
+    """One generated label map: its guidance object (current match of every segment) and outputs."""
+
+    id: str
+    guidance_state: LabelMapGuidance
+    label_png: bytes                  # the label map as received (dataset label-file format)
+    label_map: np.ndarray             # H×W native ids at the model size (G's input)
+    seed: int | None
+    k: int
+    guidance: np.ndarray | None = None   # H×W×3 uint8
+    image: np.ndarray | None = None      # H×W×3 uint8
+    version: int = 0
+    draws: int = 0                    # resample calls so far: the next draw's seed
+    resampled: set[int] = field(default_factory=set)
+    before: list[int] = field(default_factory=list)
+    timings: dict = field(default_factory=dict)
+    variants: list[np.ndarray] = field(default_factory=list)   # chosen ranks of the last variants
+
+
+def png_bytes(a: np.ndarray) -> bytes:
+    """H×W×3 uint8 RGB or H×W uint8/uint16 grey → PNG bytes."""
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(a)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def png_size(data: bytes) -> tuple[int, int]:
+    """(width, height) from a PNG's header, without decoding it; UploadError when it is not a PNG."""
+    if not data.startswith(PNG_SIGNATURE) or len(data) < 24 or data[12:16] != b"IHDR":
+        raise UploadError("not a PNG file: upload a single-channel PNG of class ids", status=415)
+    return struct.unpack(">II", data[16:24])
+
+
+def _palette(dataset: str, ids: list[int]) -> dict[int, tuple[int, int, int]]:
+    try:
+        lut = class_table(dataset).palette(max(ids, default=0) + 1)
+        return {c: tuple(int(v) for v in lut[c]) for c in ids}
+    except InputError:  # a folder dataset has no shipped table: spread colours, stable per id
+        rng = np.random.default_rng(0)
+        return {c: tuple(int(v) for v in rng.integers(30, 256, 3)) for c in ids}
+
+
+class Synthesizer:
+    """The run's G_ema and the work dir's class table, loaded once; generate and edit label maps."""
+
+    def __init__(self, cfg: ServeConfig):
+        self.cfg = cfg
+        self.work = Path(cfg.work)
+        self.device = torch.device(cfg.device)
+        self.snapshot = find_snapshot(self.work, cfg.run, cfg.checkpoint)
+        self.G, self.tcfg = load_snapshot(self.snapshot, self.device)
+        self.size = (self.tcfg.net.width, self.tcfg.net.height)   # (W, H)
+        seg = segments_params(self.work)
+        self.dataset = seg["params"]["dataset"]
+        classes = seg["classes"]
+        self.class_ids = [int(c) for c in classes["ids"]]
+        self.names = dict(zip(self.class_ids, classes.get("names", [])))
+        self.is_thing = dict(zip(self.class_ids, (bool(t) for t in classes.get("is_thing", []))))
+        self.colors = _palette(self.dataset, self.class_ids)
+        self.search = _search_params(self.work)
+        self.train = SegmentStore(self.work, "train")
+        self.train_segment_id = self.train.table["segment_id"].to_numpy()
+        self.val = self._val_label_paths()
+        self.sessions: collections.OrderedDict[str, Session] = collections.OrderedDict()
+        self.lock = threading.RLock()
+
+    def _val_label_paths(self) -> list[tuple[str, str]]:
+        try:
+            with SegmentStore(self.work, "val") as store:
+                im = store.images
+        except StageError:
+            return []
+        return [(i, p) for i, p, s in zip(im["image_id"].to_pylist(), im["label_path"].to_pylist(),
+                                          im["status"].to_pylist()) if s == "ok" and p]
+
+    def close(self) -> None:
+        with self.lock:
+            for s in self.sessions.values():
+                s.guidance_state.close()
+            self.sessions.clear()
+            self.train.close()
+
+    def info(self) -> dict:
+        W, H = self.size
+        return {"run": self.cfg.run, "snapshot": self.snapshot.name, "dataset": self.dataset, "width": W, "height": H,
+                "k": self.cfg.k, "label_format": "cocostuff" if self.dataset == "cocostuff" else "native",
+                "max_upload_bytes": self.cfg.max_upload_bytes, "max_variants": self.cfg.max_variants,
+                "classes": [{"id": c, "name": self.names.get(c, str(c)), "is_thing": self.is_thing.get(c, False),
+                             "color": list(self.colors[c])} for c in self.class_ids],
+                "val": [i for i, _ in self.val]}
+
+    # ---------------------------------------------------------------- label maps in
+
+    def read_label_png(self, data: bytes) -> np.ndarray:
+        """Uploaded PNG bytes → H×W native ids, checked: PNG, size, aspect ratio, class ids."""
+        if len(data) > self.cfg.max_upload_bytes:
+            raise UploadError(f"upload of {len(data):,} bytes is over the {self.cfg.max_upload_bytes:,}-byte limit",
+                              status=413)
+        w, h = png_size(data)
+        W, H = self.size
+        if w > self.cfg.max_side or h > self.cfg.max_side:
+            raise UploadError(f"label map is {w}x{h}; the limit is {self.cfg.max_side} px a side", status=413)
+        if min(w, h) < 8 or abs(w / h - W / H) > 0.02 * W / H:
+            raise UploadError(f"label map is {w}x{h}; this run synthesises {W}x{H}: upload a label map of that "
+                              "aspect ratio (resized with nearest neighbour)")
+        with tempfile.TemporaryDirectory(prefix="resail-serve-") as tmp:
+            path = Path(tmp) / "upload.png"
+            path.write_bytes(data)
+            try:
+                label_map = read_user_label_map(self.work, path)
+            except InputError as e:  # name the upload, not the temp file
+                raise UploadError(str(e).replace(str(path), "uploaded label map")) from None
+        if label_map.max() >= self.tcfg.net.semantic_nc:
+            raise UploadError(f"class id {int(label_map.max())} does not fit the {self.tcfg.net.semantic_nc} "
+                              f"label channels of run {self.cfg.run!r}")
+        return label_map
+
+    def editor_label_map(self, label_map: np.ndarray) -> dict:
+        """A label map for the page's editor: native ids at the model size, base64 little-endian uint16."""
+        W, H = self.size
+        small = resize_nearest(label_map, W, H).astype("<u2")
+        return {"width": W, "height": H, "ids": base64.b64encode(small.tobytes()).decode()}
+
+    def val_label_map(self, i: int) -> np.ndarray:
+        if not 0 <= i < len(self.val):
+            raise UploadError(f"val label map {i} does not exist (0..{len(self.val) - 1})", status=404)
+        return read_user_label_map(self.work, Path(self.val[i][1]))
+
+    # ---------------------------------------------------------------- synthesis
+
+    @torch.no_grad()
+    def _run_G(self, label_map: np.ndarray, guidance: np.ndarray) -> np.ndarray:
+        """B×H×W native ids + B×H×W×3 guidance → B×H×W×3 uint8, as `synthesize` feeds G."""
+        m = one_hot(torch.from_numpy(label_map.astype(np.int64)).to(self.device), self.tcfg.net.semantic_nc)
+        g = torch.stack([to_tensor(x) for x in guidance]).to(self.device)  # B×3×H×W
+        return to_uint8(self.G(m, g))
+
+    def _render(self, s: Session) -> None:
+        t0 = time.perf_counter()
+        s.guidance = s.guidance_state.compose()                                  # H×W×3
+        t1 = time.perf_counter()
+        s.image = self._run_G(s.label_map[None], s.guidance[None])[0]           # H×W×3
+        s.timings.update(compose_ms=round(1000 * (t1 - t0), 1),
+                         generate_ms=round(1000 * (time.perf_counter() - t1), 1))
+        s.version += 1
+
+    def generate(self, data: bytes, seed: int | None = None, k: int | None = None) -> Session:
+        """Decompose, retrieve, compose and run G on an uploaded label PNG; a new session."""
+        k = self.cfg.k if k is None else k
+        if not 1 <= k <= 1000:
+            raise UploadError(f"k={k}: choose 1..1000")
+        with self.lock:
+            t0 = time.perf_counter()
+            label_map = self.read_label_png(data)
+            W, H = self.size
+            g = LabelMapGuidance(self.work, label_map, None, size=self.size, k=k, where="uploaded label map",
+                                 **self.search)
+            if seed is not None:
+                g.resample(np.arange(len(g.segments)), seed)
+            s = Session(uuid.uuid4().hex[:16], g, data, resize_nearest(label_map, W, H).astype(np.int64), seed, k)
+            s.before = g.matches()
+            s.timings["retrieve_ms"] = round(1000 * (time.perf_counter() - t0), 1)
+            self._render(s)
+            self.sessions[s.id] = s
+            while len(self.sessions) > self.cfg.max_sessions:
+                _, old = self.sessions.popitem(last=False)
+                old.guidance_state.close()
+            return s
+
+    def session(self, sid: str) -> Session:
+        with self.lock:
+            s = self.sessions.get(sid)
+            if s is None:
+                raise UploadError(f"session {sid!r} is unknown or expired; press Generate again", status=404)
+            self.sessions.move_to_end(sid)
+            return s
+
+    def _segment_index(self, s: Session, i: int) -> int:
+        n = len(s.guidance_state.segments)
+        if not 0 <= i < n:
+            raise UploadError(f"segment {i} is out of range 0..{n - 1}", status=404)
+        return i
+
+    def resample(self, sid: str, segment: int, seed: int | None = None) -> Session:
+        """Draw another match for one segment; every other segment keeps its match."""
+        with self.lock:
+            s = self.session(sid)
+            i = self._segment_index(s, segment)
+            s.before = s.guidance_state.matches()
+            s.draws += 1
+            s.guidance_state.resample([i], (s.seed or 0) + s.draws if seed is None else seed)
+            s.resampled = {i}
+            s.timings = {}
+            self._render(s)
+            return s
+
+    def choose(self, sid: str, segment: int, rank: int) -> Session:
+        """Paste the match of rank `rank` into one segment; every other segment keeps its match."""
+        with self.lock:
+            s = self.session(sid)
+            i = self._segment_index(s, segment)
+            g = s.guidance_state
+            if not 0 <= rank < g.ids.shape[1] or g.ids[i, rank] < 0:
+                raise UploadError(f"segment {i} has no match of rank {rank} ({int((g.ids[i] >= 0).sum())} found)")
+            s.before = g.matches()
+            g.chosen[i] = rank
+            s.resampled = {i}
+            s.timings = {}
+            self._render(s)
+            return s
+
+    def variants(self, sid: str, n: int) -> tuple[list[tuple[np.ndarray, np.ndarray]], float]:
+        """N outputs, each with every segment's match drawn afresh; the session keeps its own."""
+        if not 1 <= n <= self.cfg.max_variants:
+            raise UploadError(f"n={n}: choose 1..{self.cfg.max_variants} variants")
+        with self.lock:
+            s = self.session(sid)
+            g = s.guidance_state
+            t0 = time.perf_counter()
+            keep = g.chosen.copy()
+            guidance, chosen = [], []
+            try:
+                for v in range(n):
+                    s.draws += 1
+                    g.resample(np.arange(len(g.segments)), 1_000_003 * s.draws + (s.seed or 0))
+                    guidance.append(g.compose())
+                    chosen.append(g.chosen.copy())
+            finally:
+                g.chosen[:] = keep
+            images = self._run_G(np.repeat(s.label_map[None], n, 0), np.stack(guidance))
+            s.variants = chosen
+            return list(zip(guidance, images)), round(1000 * (time.perf_counter() - t0), 1)
+
+    def adopt_variant(self, sid: str, j: int) -> Session:
+        """Make variant `j` of the last "Variants" the session's current choice."""
+        with self.lock:
+            s = self.session(sid)
+            if not 0 <= j < len(s.variants):
+                raise UploadError(f"variant {j} does not exist; press Variants first", status=404)
+            s.before = s.guidance_state.matches()
+            s.guidance_state.chosen[:] = s.variants[j]
+            s.resampled = set(np.flatnonzero(np.array(s.before) != np.array(s.guidance_state.matches())).tolist())
+            s.timings = {}
+            self._render(s)
+            return s
+
+    # ---------------------------------------------------------------- answers
+
+    def state(self, s: Session) -> dict:
+        """What the page needs after a (re)generation: segments, segment map, image URLs, timings."""
+        with self.lock:
+            return self._state(s)
+
+    def _state(self, s: Session) -> dict:
+        g = s.guidance_state
+        segments = []
+        for c in _choices(g, self.names, s.resampled, s.before):
+            d = asdict(c)
+            d["score"] = None if np.isnan(c.score) else round(c.score, 6)
+            segments.append(d)
+        H, W = g.segment_map.shape
+        base = f"/api/session/{s.id}"
+        return {"session": s.id, "version": s.version, "seed": s.seed, "k": s.k, "width": W, "height": H,
+                "timings": s.timings, "segments": segments,
+                "segment_map": base64.b64encode(g.segment_map.astype("<i2").tobytes()).decode(),
+                "images": {name: f"{base}/{name}.png?v={s.version}" for name in ("guidance", "output", "label")}}
+
+    def segment_info(self, sid: str, segment: int) -> dict:
+        with self.lock:
+            s = self.session(sid)
+            i = self._segment_index(s, segment)
+            g = s.guidance_state
+            c = _choices(g, self.names, s.resampled, s.before)[i]
+            candidates = [{"rank": r, "match_id": int(m), "score": round(float(g.scores[i, r]), 6),
+                           "thumb": f"/api/thumb/{int(m)}.png"} for r, m in enumerate(g.ids[i]) if m >= 0]
+            return {"index": i, "class_id": c.class_id, "class_name": c.class_name, "is_thing": c.is_thing,
+                    "area": c.area, "rank": c.rank, "match_id": c.match_id, "reason": c.reason,
+                    "candidates": candidates}
+
+    def image_png(self, sid: str, name: str) -> bytes:
+        with self.lock:
+            s = self.session(sid)
+            if name == "label":
+                return s.label_png
+            if name == "label_color":
+                lut = np.zeros((max(self.class_ids, default=0) + 1, 3), np.uint8)
+                for c, col in self.colors.items():
+                    lut[c] = col
+                return png_bytes(lut[np.clip(s.label_map, 0, len(lut) - 1)])
+            return png_bytes({"guidance": s.guidance, "output": s.image}[name])
+
+    def thumbnail(self, match_id: int) -> bytes:
+        """A training segment's crop, the pixels outside its mask dimmed, at most THUMB_SIDE a side."""
+        with self.lock:
+            row = int(np.searchsorted(self.train_segment_id, match_id))
+            if row >= len(self.train_segment_id) or self.train_segment_id[row] != match_id:
+                raise UploadError(f"segment {match_id} is not a training segment", status=404)
+            rgb, mask = self.train.crop(row)
+        out = np.where(mask[..., None], rgb, (rgb.astype(np.float32) * 0.25).astype(np.uint8))
+        im = Image.fromarray(np.ascontiguousarray(out))
+        im.thumbnail((THUMB_SIDE, THUMB_SIDE), Image.NEAREST if max(im.size) < THUMB_SIDE else Image.BILINEAR)
+        buf = io.BytesIO()
+        im.save(buf, format="PNG")
+        return buf.getvalue()
+
+
+# ---------------------------------------------------------------- the web app
+
+
+def create_app(synth: Synthesizer):
+    """The Starlette app over a loaded `Synthesizer` (the tests drive it with its test client)."""
+    from starlette.applications import Starlette
+    from starlette.concurrency import run_in_threadpool
+    from starlette.requests import Request
+    from starlette.responses import FileResponse, JSONResponse, Response
+    from starlette.routing import Mount, Route
+    from starlette.staticfiles import StaticFiles
+
+    limit = synth.cfg.max_upload_bytes
+
+    async def body_png(request: Request) -> bytes:
+        """The request body, refused early (413) when it announces or reaches more than the limit."""
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise UploadError(f"upload of {int(declared):,} bytes is over the {limit:,}-byte limit", status=413)
+        chunks, n = [], 0
+        async for chunk in request.stream():
+            n += len(chunk)
+            if n > limit:
+                raise UploadError(f"upload is over the {limit:,}-byte limit", status=413)
+            chunks.append(chunk)
+        data = b"".join(chunks)
+        if not data:
+            raise UploadError("empty upload: send the label map PNG as the request body", status=400)
+        return data
+
+    def int_param(request: Request, name: str, default=None):
+        v = request.query_params.get(name, "")
+        if v == "":
+            return default
+        try:
+            return int(v)
+        except ValueError:
+            raise UploadError(f"{name}={v!r} is not an integer", status=400) from None
+
+    async def index(request):
+        return FileResponse(WEB / "index.html")
+
+    async def info(request):
+        return JSONResponse(synth.info())
+
+    async def label(request):
+        data = await body_png(request)
+        lm = await run_in_threadpool(synth.read_label_png, data)
+        return JSONResponse(synth.editor_label_map(lm))
+
+    async def val(request):
+        lm = await run_in_threadpool(synth.val_label_map, request.path_params["i"])
+        return JSONResponse({"image_id": synth.val[request.path_params["i"]][0], **synth.editor_label_map(lm)})
+
+    async def generate(request):
+        data = await body_png(request)
+        seed, k = int_param(request, "seed"), int_param(request, "k")
+        return JSONResponse(await run_in_threadpool(lambda: synth.state(synth.generate(data, seed, k))))
+
+    async def state(request):
+        sid = request.path_params["sid"]
+        return JSONResponse(await run_in_threadpool(lambda: synth.state(synth.session(sid))))
+
+    async def segment(request):
+        p = request.path_params
+        return JSONResponse(await run_in_threadpool(synth.segment_info, p["sid"], p["i"]))
+
+    async def resample(request):
+        p = request.path_params
+        seed = int_param(request, "seed")
+        return JSONResponse(await run_in_threadpool(lambda: synth.state(synth.resample(p["sid"], p["i"], seed))))
+
+    async def choose(request):
+        p = request.path_params
+        rank = int_param(request, "rank")
+        if rank is None:
+            raise UploadError("choose needs ?rank=R", status=400)
+        return JSONResponse(await run_in_threadpool(lambda: synth.state(synth.choose(p["sid"], p["i"], rank))))
+
+    async def variants(request):
+        sid = request.path_params["sid"]
+        out, ms = await run_in_threadpool(synth.variants, sid, int_param(request, "n", 4))
+        url = "data:image/png;base64,"
+        return JSONResponse({"session": sid, "variants_ms": ms, "variants": [
+            {"index": j, "guidance": url + base64.b64encode(png_bytes(g)).decode(),
+             "output": url + base64.b64encode(png_bytes(o)).decode()} for j, (g, o) in enumerate(out)]})
+
+    async def adopt(request):
+        p = request.path_params
+        return JSONResponse(await run_in_threadpool(lambda: synth.state(synth.adopt_variant(p["sid"], p["j"]))))
+
+    async def image(request):
+        p = request.path_params
+        if p["name"] not in ("label", "label_color", "guidance", "output"):
+            raise UploadError(f"no image named {p['name']!r}: label, label_color, guidance or output", status=404)
+        data = await run_in_threadpool(synth.image_png, p["sid"], p["name"])
+        headers = {"Content-Disposition": f'inline; filename="resail_{p["sid"][:8]}_{p["name"]}.png"',
+                   "Cache-Control": "no-store"}
+        return Response(data, media_type="image/png", headers=headers)
+
+    async def thumb(request):
+        data = await run_in_threadpool(synth.thumbnail, request.path_params["m"])
+        return Response(data, media_type="image/png", headers={"Cache-Control": "max-age=3600"})
+
+    async def upload_error(request, exc: UploadError):
+        return JSONResponse({"error": str(exc)}, status_code=exc.status)
+
+    async def resail_error(request, exc: ResailError):
+        return JSONResponse({"error": str(exc)}, status_code=422 if isinstance(exc, InputError) else 500)
+
+    async def server_error(request, exc: Exception):
+        log.exception("serve: %s %s failed", request.method, request.url.path)
+        return JSONResponse({"error": f"server error: {type(exc).__name__}: {exc}"}, status_code=500)
+
+    sess = "/api/session/{sid:str}"
+    routes = [
+        Route("/", index),
+        Route("/api/info", info),
+        Route("/api/label", label, methods=["POST"]),
+        Route("/api/val/{i:int}", val),
+        Route("/api/generate", generate, methods=["POST"]),
+        Route(sess, state),
+        Route(sess + "/segment/{i:int}", segment),
+        Route(sess + "/segment/{i:int}/resample", resample, methods=["POST"]),
+        Route(sess + "/segment/{i:int}/choose", choose, methods=["POST"]),
+        Route(sess + "/variants", variants, methods=["POST"]),
+        Route(sess + "/variants/{j:int}/adopt", adopt, methods=["POST"]),
+        Route(sess + "/{name:str}.png", image),
+        Route("/api/thumb/{m:int}.png", thumb),
+        Mount("/static", StaticFiles(directory=WEB), name="static"),
+    ]
+    return Starlette(routes=routes, exception_handlers={UploadError: upload_error, ResailError: resail_error,
+                                                         Exception: server_error})
+
+
+def serve(cfg: ServeConfig, *, ready=None, log_level: str = "warning") -> None:
+    """Load the run once, call `ready()`, then serve the page until interrupted."""
+    import uvicorn
+
+    synth = Synthesizer(cfg)
+    try:
+        log.info("serve: run %s (%s, %dx%d)", cfg.run, synth.snapshot.name, *synth.size)
+        if ready is not None:
+            ready()
+        uvicorn.run(create_app(synth), host=cfg.host, port=cfg.port, log_level=log_level)
+    finally:
+        synth.close()
