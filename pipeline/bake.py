@@ -343,11 +343,12 @@ class LabelMapGuidance:
 
     def __init__(self, work: Path, label_map: np.ndarray, instance_map: np.ndarray | None = None, *,
                  size: tuple[int, int], k: int = 10, k_prefilter: int = 256, max_score: float | None = None,
-                 mode: str = "clean", preserved_ratio: float = 0.9, where: str = "label map"):
+                 mode: str = "clean", preserved_ratio: float = 0.9, where: str = "label map",
+                 index: RetrievalIndex | None = None):
         from ..index.query import decompose_label_map, query_segments
 
         self.work, self.size, self.mode = Path(work), tuple(size), mode
-        index = RetrievalIndex(self.work)
+        index = index or RetrievalIndex(self.work)  # a server passes its own, loaded once
         self.segments = decompose_label_map(self.work, label_map, instance_map, preserved_ratio, where)
         if not self.segments:
             raise InputError(f"{where}: no segment to synthesise (only void pixels?)")

@@ -34,6 +34,7 @@ import torch
 from PIL import Image
 
 from ..errors import InputError, ResailError, StageError
+from ..index.build import RetrievalIndex
 from ..pipeline.bake import LabelMapGuidance
 from ..pipeline.classes import class_table
 from ..pipeline.store import SegmentStore
@@ -141,6 +142,7 @@ class Synthesizer:
         self.is_thing = dict(zip(self.class_ids, (bool(t) for t in classes.get("is_thing", []))))
         self.colors = _palette(self.dataset, self.class_ids)
         self.search = _search_params(self.work)
+        self.index = RetrievalIndex(self.work)  # shards load lazily and stay loaded across requests
         self.train = SegmentStore(self.work, "train")
         self.train_segment_id = self.train.table["segment_id"].to_numpy()
         self.val = self._val_label_paths()
@@ -237,7 +239,7 @@ class Synthesizer:
             label_map = self.read_label_png(data)
             W, H = self.size
             g = LabelMapGuidance(self.work, label_map, None, size=self.size, k=k, where="uploaded label map",
-                                 **self.search)
+                                 index=self.index, **self.search)
             if seed is not None:
                 g.resample(np.arange(len(g.segments)), seed)
             s = Session(uuid.uuid4().hex[:16], g, data, resize_nearest(label_map, W, H).astype(np.int64), seed, k)
