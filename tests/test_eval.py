@@ -61,13 +61,7 @@ def tiny_run(tmp_path_factory):
     return make_tiny_run(base), base / "inception.pth"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small convs on a shared CPU run faster on one thread than on contended OpenMP threads."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ---------------------------------------------------------------- Inception

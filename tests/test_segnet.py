@@ -14,13 +14,7 @@ CHANNELS = (8, 16, 16)
 COLOURS = torch.tensor([[-0.8, -0.8, -0.8], [0.9, -0.6, -0.6], [-0.6, 0.9, -0.6], [-0.6, -0.6, 0.9]])
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small convs on a shared CPU run faster on one thread than on contended OpenMP threads."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def toy_set(n: int = 4, seed: int = 0):

@@ -35,14 +35,7 @@ def work(tmp_path_factory):
     return work
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # On a shared 2-core machine two intra-op threads spin at every barrier while the other is
-    # descheduled; one thread is both faster and steadier for these tiny networks.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_config(name, **overrides):
