@@ -1,9 +1,8 @@
-"""Guidance bake throughput and distorted-GT throughput on the toy ADE20K set at 256×256.
+"""Guidance bake throughput on the toy ADE20K set at 256×256.
 
-(a) `resail guidance bake --split val`, retrieval included, with 1 and 2 jobs (images/s of the
-whole stage, from a fresh guidance folder each time);
-(b) distorted ground truth (colour + resolution + TPS on every segment, composed) as the
-trainer's data-loader workers build it, with 1 and 2 worker processes.
+`resail guidance bake --split val`, retrieval included, with 1 and 2 jobs (images/s of the
+whole stage, from a fresh guidance folder each time). The distorted ground truth the trainer
+builds on the fly is timed by benchmarks/distort.py.
 
     python benchmarks/bake.py [--n-train 200] [--n-val 200]
 
@@ -19,43 +18,15 @@ import shutil
 import sys
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-import numpy as np
 
 from resail.index.build import build_index
-from resail.pipeline.bake import BakeConfig, bake, load_composer
+from resail.pipeline.bake import BakeConfig, bake
 from resail.pipeline.segments_stage import SegmentsConfig, build_segments
 from resail.pipeline.toy import ToyConfig, make_toy_dataset
 
 SIZE = (256, 256)
-
-
-def _distort_rows(args) -> int:
-    work, rows, seed = args
-    comp = load_composer(Path(work), "train", size=SIZE)
-    try:
-        for row in rows:
-            comp.distorted_gt(int(row), np.random.default_rng([seed, int(row)]))
-    finally:
-        comp.close()
-    return len(rows)
-
-
-def distorted_rate(work: Path, workers: int, n: int) -> float:
-    comp = load_composer(work, "train", size=SIZE)
-    rows = comp.ok_images()[:n]
-    comp.close()
-    _distort_rows((str(work), rows[:2], 0))  # numba caches and imports warm in this process
-    chunks = [(str(work), rows[i::workers], 1) for i in range(workers)]
-    t0 = time.perf_counter()
-    if workers == 1:
-        done = _distort_rows(chunks[0])
-    else:
-        with ProcessPoolExecutor(workers) as pool:
-            done = sum(pool.map(_distort_rows, chunks))
-    return done / (time.perf_counter() - t0)
 
 
 def main() -> None:
@@ -84,10 +55,6 @@ def main() -> None:
         print(f"bake val, {jobs} job(s): {m['images']} images in {dt:.2f}s "
               f"(retrieval {m['timings']['retrieve_s']}s, compose {m['timings']['compose_s']}s)", file=sys.stderr)
     result["bake_speedup_2jobs"] = round(result["bake_images_per_s_2job"] / result["bake_images_per_s_1job"], 2)
-    for workers in (1, 2):
-        rate = distorted_rate(work, workers, min(args.n_train, 100))
-        result[f"distorted_gt_images_per_s_{workers}w"] = round(rate, 1)
-        print(f"distorted GT, {workers} worker(s): {rate:.1f} images/s", file=sys.stderr)
     result["load_avg_1min_after"] = round(os.getloadavg()[0], 2)
     if args.keep is None:
         shutil.rmtree(base)

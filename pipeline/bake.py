@@ -278,20 +278,42 @@ class GuidanceComposer:
         W, H = self.size
         return cv2.resize(read_rgb(self.image_path[image_row]), (W, H), interpolation=cv2.INTER_AREA)
 
-    def color_reference(self, row: int, rng: np.random.Generator, color_ref: str) -> tuple[np.ndarray, np.ndarray] | None:
+    def color_reference(self, row: int, rng: np.random.Generator | float, color_ref: str) -> tuple[np.ndarray, np.ndarray] | None:
         """(rgb, mask) crop of the colour reference of segment `row`: a random entry among its top-k
-        matches (`topk`, the official behaviour) or among all training segments of its class (`class`)."""
+        matches (`topk`, the official behaviour) or among all training segments of its class
+        (`class`). `rng` may be a generator or one uniform draw in [0, 1)."""
+        train_row = self._reference_row(row, rng, color_ref)
+        return None if train_row < 0 else self.train.crop(train_row)
+
+    def color_reference_stats(self, row: int, u: float, color_ref: str):
+        """LabStats of the reference `color_reference(row, u, color_ref)` returns, or None; cached
+        per training segment (the same references come back again and again over epochs) in a
+        zero-initialised table whose pages the OS commits only as they are touched."""
+        from .distort import LabStats, lab_stats
+
+        train_row = self._reference_row(row, u, color_ref)
+        if train_row < 0:
+            return None
+        if not hasattr(self, "_ref_stats"):
+            self._ref_stats = np.zeros((len(self.train_segment_id), 6))
+            self._ref_known = np.zeros(len(self.train_segment_id), bool)
+        stats = self._ref_stats[train_row]
+        if not self._ref_known[train_row]:
+            stats[:3], stats[3:] = lab_stats(*self.train.crop(train_row))
+            self._ref_known[train_row] = True
+        return LabStats(stats[:3], stats[3:])
+
+    def _reference_row(self, row: int, rng: np.random.Generator | float, color_ref: str) -> int:
+        """Training-store row of the colour reference of segment `row`, −1 when it has none."""
         if color_ref == "topk":
             cands = self.ids[row][self.ids[row] >= 0]
-            if not len(cands):
-                return None
-            train_row = int(np.searchsorted(self.train_segment_id, cands[rng.integers(len(cands))]))
         else:
-            rows = self._train_rows_of_class(int(self.class_id[row]))
-            if not len(rows):
-                return None
-            train_row = int(rows[rng.integers(len(rows))])
-        return self.train.crop(train_row)
+            cands = self._train_rows_of_class(int(self.class_id[row]))
+        if not len(cands):
+            return -1
+        u = rng.random() if isinstance(rng, np.random.Generator) else float(rng)
+        pick = int(cands[min(int(u * len(cands)), len(cands) - 1)])
+        return int(np.searchsorted(self.train_segment_id, pick)) if color_ref == "topk" else pick
 
     def _train_rows_of_class(self, class_id: int) -> np.ndarray:
         if not hasattr(self, "_class_rows"):
@@ -305,27 +327,29 @@ class GuidanceComposer:
                      color_ref: str = "topk", photo: np.ndarray | None = None) -> np.ndarray:
         """Distorted ground truth of one image (H×W×3 uint8): its own segments after colour,
         resolution and shape distortion (method §4), composed with the same rules as the guidance.
-        Segments without a colour reference are still distorted in resolution and shape."""
-        from .distort import RESOLUTION_MARGIN, DistortConfig, distort_segment
+        Segments without a colour reference are still distorted in resolution and shape.
+        Deterministic for the state of `rng`: all segments' distortion draws, then one draw per
+        segment for its colour reference."""
+        from .distort import RESOLUTION_MARGIN, DistortConfig, distort_segment, draw_segments
 
         distort_cfg = distort_cfg or DistortConfig()
         photo = self.photo(image_row) if photo is None else photo
         seg_map, rows, boxes = self.segment_map(image_row)
         H, W = seg_map.shape
+        draws = draw_segments(rng, distort_cfg, len(rows))
+        u_ref = rng.random(len(rows)).tolist()
+        reach = distort_cfg.shift_range * distort_cfg.shift_scale
         pieces = []
-        for i, row in enumerate(rows):
+        for i, row in enumerate(rows.tolist()):
             # Distort inside a window around the query box, not the whole canvas: the cost then
             # follows the segment's size. The margin holds the resolution blur and twice the
             # largest control-point shift, so content lost past it is negligible.
             y0, x0, y1, x1 = boxes[i]
-            shift = distort_cfg.shift_range * distort_cfg.shift_scale * np.sqrt((y1 - y0) * (x1 - x0))
-            pad = RESOLUTION_MARGIN + int(np.ceil(2 * shift)) + 2
+            pad = RESOLUTION_MARGIN + int(np.ceil(2 * reach * np.sqrt((y1 - y0) * (x1 - x0)))) + 2
             wy0, wx0, wy1, wx1 = max(0, y0 - pad), max(0, x0 - pad), min(H, y1 + pad), min(W, x1 + pad)
             mask = seg_map[wy0:wy1, wx0:wx1] == i
-            if not mask.any():
-                continue
-            ref = self.color_reference(int(row), rng, color_ref)
-            content, warped = distort_segment(photo[wy0:wy1, wx0:wx1], mask, ref, rng, distort_cfg)
+            ref = self.color_reference_stats(row, u_ref[i], color_ref) if draws[i].color else None
+            content, warped = distort_segment(photo[wy0:wy1, wx0:wx1], mask, ref, None, distort_cfg, draws=draws[i])
             pieces.append(Piece(i, wy0, wx0, content, warped))
         return compose(seg_map, self.is_thing[rows], pieces, self.mode)
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import cv2
+import numba
 import numpy as np
 
 MODES = ("clean", "official")
@@ -83,20 +84,29 @@ def _compose_clean(segment_map, is_thing, pieces):
     owner_blocks_things = is_thing | ~matched[:-1]
     # Stuff first, then things on top, each in the order given.
     for p in sorted(pieces, key=lambda p: bool(is_thing[p.query])):
-        win = _window(p, (H, W))
-        if win is None:
-            continue
-        cwin, lwin = win
-        owner = segment_map[cwin]
-        if is_thing[p.query]:
-            blocked = np.zeros(owner.shape, bool)
-            inside = owner >= 0
-            blocked[inside] = owner_blocks_things[owner[inside]] & (owner[inside] != p.query)
-            paint = p.mask[lwin] & ~blocked
-        else:
-            paint = p.mask[lwin] & (owner == p.query)
-        out[cwin][paint] = p.rgb[lwin][paint]
+        _paint_clean(out, segment_map, p.y0, p.x0, p.rgb, p.mask, p.query, bool(is_thing[p.query]),
+                     owner_blocks_things)
     return out
+
+
+@numba.njit(cache=True)
+def _paint_clean(out, segment_map, y0, x0, rgb, mask, query, thing, owner_blocks_things):  # pragma: no cover
+    """Paint one piece: stuff where its mask meets its own query; a thing where its mask lands,
+    except on the query of another thing or of an unmatched segment. Clipped to the canvas."""
+    H, W = segment_map.shape
+    h, w = mask.shape
+    for i in range(max(0, -y0), min(h, H - y0)):
+        for j in range(max(0, -x0), min(w, W - x0)):
+            if not mask[i, j]:
+                continue
+            owner = segment_map[y0 + i, x0 + j]
+            if thing:
+                if owner >= 0 and owner != query and owner_blocks_things[owner]:
+                    continue
+            elif owner != query:
+                continue
+            for c in range(3):
+                out[y0 + i, x0 + j, c] = rgb[i, j, c]
 
 
 def _compose_official(segment_map, is_thing, pieces):

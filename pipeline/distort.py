@@ -40,6 +40,13 @@ Design choices (and what they cost):
   bit against the full-canvas evaluation. Cost ≈ (segment area + one cell of border) × 10
   kernel terms per segment instead of H·W × 10. Interpolating the map from a coarse grid was
   measured and rejected: bilinear from every 4th pixel errs by up to 0.65 px, every 2nd 0.25 px.
+* **Per-segment cost**: a toy image has ~45 segments, most of them small, so the fixed cost per
+  segment matters as much as the pixel work. Each step is one compiled call (segment on black,
+  colour transfer, bounding box, degeneracy test, the (K+3)² TPS solve by Gaussian elimination,
+  coarse grid + live cells + fine map), the draws of all of an image's segments come from a few
+  generator calls (`draw_segments`), and a colour reference may be passed as its `LabStats`,
+  which `GuidanceComposer` caches per training segment. This took the distorted ground truth
+  from ~1 ms to ~0.5 ms of CPU per segment (BENCHMARKS.md, `benchmarks/distort.py`).
 """
 
 from __future__ import annotations
@@ -81,39 +88,74 @@ def lab_to_rgb(lab: np.ndarray) -> np.ndarray:
     return lms @ _LMS_TO_RGB.T
 
 
-def lab_stats(rgb: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel mean and population std (ddof 0) of lαβ over the masked pixels."""
-    lab = rgb_to_lab(rgb[_as_bool(mask)])  # N×3
-    return lab.mean(axis=0), lab.std(axis=0)
+class LabStats(NamedTuple):
+    """lαβ mean and population std (3 each, float64) of a segment's pixels: a colour reference."""
+
+    mean: np.ndarray
+    std: np.ndarray
+
+
+def lab_stats(rgb: np.ndarray, mask: np.ndarray) -> LabStats:
+    """Per-channel mean and population std (ddof 0) of lαβ over the masked pixels (uint8 RGB)."""
+    mask = _as_bool(mask)
+    if not mask.any():
+        raise ValueError("lab_stats: the mask is empty; pass a non-empty segment")
+    return LabStats(*_mean_std(_masked_lab(_u8(rgb), mask, _RGB_TO_LMS, _LOG_LMS_TO_LAB)))
 
 
 def color_transfer(
-    src_rgb: np.ndarray, src_mask: np.ndarray, ref_rgb: np.ndarray, ref_mask: np.ndarray
+    src_rgb: np.ndarray, src_mask: np.ndarray, ref_rgb: np.ndarray | LabStats, ref_mask: np.ndarray | None = None
 ) -> np.ndarray:
     """Give the masked pixels of `src_rgb` the lαβ means and stds of the masked pixels of `ref_rgb`.
 
-    src and ref may differ in size. Returns a uint8 copy of `src_rgb` in which only the masked
-    pixels changed (clipped to [0, 255], then truncated, as official). An empty source mask
-    returns an unchanged copy; an empty reference mask is a caller error.
+    src and ref may differ in size; the reference may also be given as its `LabStats` (ref_mask
+    None), which a caller that reuses references computes once. Returns a uint8 copy of
+    `src_rgb` in which only the masked pixels changed (clipped to [0, 255], then truncated, as
+    official). An empty source mask returns an unchanged copy; an empty reference mask is a
+    caller error.
     """
     src_mask = _as_bool(src_mask)
-    ref_mask = _as_bool(ref_mask)
-    if src_rgb.shape[:2] != src_mask.shape or ref_rgb.shape[:2] != ref_mask.shape:
-        raise ValueError(
-            f"color_transfer: image/mask shapes differ: src {src_rgb.shape} vs {src_mask.shape}, "
-            f"ref {ref_rgb.shape} vs {ref_mask.shape}"
-        )
-    if not ref_mask.any():
-        raise ValueError("color_transfer: the reference mask is empty; pass a non-empty segment")
+    if src_rgb.shape[:2] != src_mask.shape:
+        raise ValueError(f"color_transfer: image/mask shapes differ: src {src_rgb.shape} vs {src_mask.shape}")
+    if isinstance(ref_rgb, LabStats):
+        ref = ref_rgb
+    else:
+        ref_mask = _as_bool(ref_mask)
+        if ref_rgb.shape[:2] != ref_mask.shape:
+            raise ValueError(f"color_transfer: image/mask shapes differ: ref {ref_rgb.shape} vs {ref_mask.shape}")
+        if not ref_mask.any():
+            raise ValueError("color_transfer: the reference mask is empty; pass a non-empty segment")
+        ref = lab_stats(ref_rgb, ref_mask)
     out = _u8(src_rgb).copy()
     if not src_mask.any():
         return out
-    ref_lab = _masked_lab(_u8(ref_rgb), ref_mask, _RGB_TO_LMS, _LOG_LMS_TO_LAB)  # N_ref×3
-    src_lab = _masked_lab(out, src_mask, _RGB_TO_LMS, _LOG_LMS_TO_LAB)  # N×3
-    ref_mean, ref_std = _mean_std(ref_lab)
-    src_mean, src_std = _mean_std(src_lab)
-    gain = np.maximum(ref_std, _EPS) / np.maximum(src_std, _EPS)
-    _write_lab(out, src_mask, src_lab, src_mean, gain, ref_mean, _LAB_TO_LOG_LMS, _LMS_TO_RGB)
+    _transfer_masked(out, src_mask, ref.mean, ref.std, _RGB_TO_LMS, _LOG_LMS_TO_LAB, _LAB_TO_LOG_LMS, _LMS_TO_RGB)
+    return out
+
+
+@numba.njit(cache=True)
+def _transfer_masked(out, mask, ref_mean, ref_std, to_lms, to_lab, to_log_lms, to_rgb):  # pragma: no cover
+    """In place: the masked pixels of `out` get the lαβ mean and std (ref_mean, ref_std)."""
+    lab = _masked_lab(out, mask, to_lms, to_lab)
+    if lab.shape[0] == 0:
+        return
+    mean, std = _mean_std(lab)
+    gain = np.empty(3)
+    for c in range(3):
+        gain[c] = max(ref_std[c], 1e-10) / max(std[c], 1e-10)
+    _write_lab(out, mask, lab, mean, gain, ref_mean, to_log_lms, to_rgb)
+
+
+@numba.njit(cache=True)
+def _segment_on_black(image, mask):  # pragma: no cover - jitted
+    """image · mask as a new contiguous uint8 array (the segment on a black canvas)."""
+    h, w = mask.shape
+    out = np.zeros((h, w, 3), np.uint8)
+    for i in range(h):
+        for j in range(w):
+            if mask[i, j]:
+                for c in range(3):
+                    out[i, j, c] = image[i, j, c]
     return out
 
 
@@ -241,19 +283,37 @@ def contour_points(mask: np.ndarray, n_points: int = 10) -> np.ndarray | None:
     return contour[idx].astype(np.float64)
 
 
+_DEGENERATE = (None, "duplicate", "collinear")
+
+
 def degenerate_targets(points: np.ndarray) -> str | None:
     """Why a TPS through these target points cannot be fitted ("duplicate", "collinear"), or None."""
-    diff = points[:, None, :] - points[None, :, :]
-    dist2 = (diff**2).sum(axis=-1)
-    np.fill_diagonal(dist2, np.inf)
-    if dist2.min() < _MIN_SEPARATION**2:
-        return "duplicate"
-    # Mean squared distance from the best-fit line = smallest eigenvalue of the 2×2 covariance.
-    centred = points - points.mean(axis=0)
-    a, b, c = (centred[:, 0] ** 2).mean(), (centred[:, 0] * centred[:, 1]).mean(), (centred[:, 1] ** 2).mean()
-    if (a + c) / 2 - np.hypot((a - c) / 2, b) < _COLLINEAR_RMS**2:
-        return "collinear"
-    return None
+    points = np.asarray(points, dtype=np.float64)
+    return _DEGENERATE[_degenerate_code(points, _MIN_SEPARATION**2, _COLLINEAR_RMS**2)]
+
+
+@numba.njit(cache=True)
+def _degenerate_code(points, min_sep2, collinear2):  # pragma: no cover - jitted
+    """0 fine, 1 two targets closer than √min_sep2, 2 mean squared distance from the best-fit
+    line (the smallest eigenvalue of the 2×2 covariance) below collinear2."""
+    k = points.shape[0]
+    for a in range(k):
+        for b in range(a + 1, k):
+            dx = points[a, 0] - points[b, 0]
+            dy = points[a, 1] - points[b, 1]
+            if dx * dx + dy * dy < min_sep2:
+                return 1
+    mx, my = points[:, 0].mean(), points[:, 1].mean()
+    sxx = sxy = syy = 0.0
+    for a in range(k):
+        dx, dy = points[a, 0] - mx, points[a, 1] - my
+        sxx += dx * dx
+        sxy += dx * dy
+        syy += dy * dy
+    sxx, sxy, syy = sxx / k, sxy / k, syy / k
+    if (sxx + syy) / 2 - np.hypot((sxx - syy) / 2, sxy) < collinear2:
+        return 2
+    return 0
 
 
 class ThinPlateSpline(NamedTuple):
@@ -273,24 +333,63 @@ def fit_tps(src: np.ndarray, dst: np.ndarray) -> ThinPlateSpline:
     """Fit the flow dst − src attached at the destination points (no regularisation, no anchors).
 
     Raises ValueError for degenerate targets (see `degenerate_targets`) and numpy's LinAlgError
-    if the system is singular anyway.
+    if the system is singular anyway. The (K+3)² system is solved by Gaussian elimination with
+    partial pivoting in one compiled call (LAPACK's per-call overhead dominated at K = 10); a
+    zero right-hand side (identity warp) gives exactly zero coefficients.
     """
     src = np.asarray(src, dtype=np.float64)
     dst = np.asarray(dst, dtype=np.float64)
     reason = degenerate_targets(dst)
     if reason is not None:
         raise ValueError(f"fit_tps: {reason} target points {dst.tolist()}")
+    ok, solution = _solve_tps(src, dst)
+    if not ok:
+        raise np.linalg.LinAlgError(f"fit_tps: singular system for target points {dst.tolist()}")
     k = len(dst)
-    d2 = ((dst[:, None, :] - dst[None, :, :]) ** 2).sum(axis=-1)
-    poly = np.hstack([dst, np.ones((k, 1))])  # K×3, B = [c, 1]
-    system = np.zeros((k + 3, k + 3))
-    system[:k, :k] = _tps_kernel(d2)
-    system[:k, k:] = poly
-    system[k:, :k] = poly.T
-    rhs = np.zeros((k + 3, 2))
-    rhs[:k] = dst - src
-    solution = np.linalg.solve(system, rhs)
     return ThinPlateSpline(dst, solution[:k], solution[k:])
+
+
+@numba.njit(cache=True)
+def _solve_tps(src, dst):  # pragma: no cover - jitted
+    """Solve [[Φ, P], [Pᵀ, 0]]·[w; a] = [dst − src; 0], P = [dst, 1]. (ok, (K+3)×2 solution)."""
+    k = dst.shape[0]
+    n = k + 3
+    a = np.zeros((n, n))
+    b = np.zeros((n, 2))
+    for i in range(k):
+        for j in range(k):
+            dx, dy = dst[i, 0] - dst[j, 0], dst[i, 1] - dst[j, 1]
+            d2 = dx * dx + dy * dy
+            a[i, j] = 0.5 * d2 * np.log(d2) if d2 > 0 else 0.0
+        a[i, k], a[i, k + 1], a[i, k + 2] = dst[i, 0], dst[i, 1], 1.0
+        a[k, i], a[k + 1, i], a[k + 2, i] = dst[i, 0], dst[i, 1], 1.0
+        b[i, 0], b[i, 1] = dst[i, 0] - src[i, 0], dst[i, 1] - src[i, 1]
+    for c in range(n):
+        p, best = c, abs(a[c, c])
+        for r in range(c + 1, n):
+            if abs(a[r, c]) > best:
+                p, best = r, abs(a[r, c])
+        if best == 0.0:
+            return False, b
+        if p != c:
+            for j in range(n):
+                a[c, j], a[p, j] = a[p, j], a[c, j]
+            for t in range(2):
+                b[c, t], b[p, t] = b[p, t], b[c, t]
+        for r in range(c + 1, n):
+            f = a[r, c] / a[c, c]
+            if f != 0.0:
+                for j in range(c, n):
+                    a[r, j] -= f * a[c, j]
+                for t in range(2):
+                    b[r, t] -= f * b[c, t]
+    for c in range(n - 1, -1, -1):
+        for t in range(2):
+            acc = b[c, t]
+            for j in range(c + 1, n):
+                acc -= a[c, j] * b[j, t]
+            b[c, t] = acc / a[c, c]
+    return bool(np.all(np.isfinite(b))), b
 
 
 _OUTSIDE = -1000.0  # a source coordinate far off the canvas: remap reads black there
@@ -451,16 +550,41 @@ def _warp_maps(
     height, width = shape
     s = _REGION_STRIDE
     nodes = (-(-(height - 1) // s) + 1, -(-(width - 1) // s) + 1)  # last node at or past the edge
-    sx, sy = tps_source_map(tps, (0, 0, *nodes), s, np.float64)
-    live = _live_cells(sx, sy, _cell_occupancy(support, s, -(-margin // s)), s, _REGION_PAD)
-    rows = np.flatnonzero(live.any(axis=1))
-    if rows.size == 0:
+    # One φ table covering every d² between a centre and the coarse grid, which spans the canvas.
+    (cx0, cy0), (cx1, cy1) = tps.centres.min(axis=0), tps.centres.max(axis=0)
+    span_y = max(cy1, s * (nodes[0] - 1)) - min(cy0, 0)
+    span_x = max(cx1, s * (nodes[1] - 1)) - min(cx0, 0)
+    table = _phi_table(int(span_y + 1) ** 2 + int(span_x + 1) ** 2 + 1)
+    y0, x0, map_x, map_y = _warp_region(
+        tps.centres, tps.weights, tps.affine, table, support, -(-margin // s), s, _REGION_PAD
+    )
+    if y0 < 0:
         return None
-    cols = np.flatnonzero(live.any(axis=0))
-    y0, y1 = rows[0] * s, min(height - 1, (rows[-1] + 1) * s)
-    x0, x1 = cols[0] * s, min(width - 1, (cols[-1] + 1) * s)
-    box = (int(y0), int(x0), int(y1 - y0 + 1), int(x1 - x0 + 1))
-    return box, *tps_source_map(tps, box, live=live, cell=s)
+    return (int(y0), int(x0), *map_x.shape), map_x, map_y
+
+
+@numba.njit(cache=True)
+def _warp_region(centres, weights, affine, phi_table, support, grow, stride, pad):  # pragma: no cover
+    """`_warp_maps` in one compiled call: (y0, x0, map_x, map_y), y0 = −1 when nothing lands."""
+    height, width = support.shape
+    nh, nw = -(-(height - 1) // stride) + 1, -(-(width - 1) // stride) + 1
+    sx = np.empty((nh, nw))
+    sy = np.empty((nh, nw))
+    _tps_source_map(0, 0, stride, centres, weights, affine, phi_table, np.ones((1, 1), np.bool_), 1 << 30, sx, sy)
+    live = _live_cells(sx, sy, _cell_occupancy(support, stride, grow), stride, pad)
+    r0, r1, c0, c1 = live.shape[0], -1, live.shape[1], -1
+    for r in range(live.shape[0]):
+        for c in range(live.shape[1]):
+            if live[r, c]:
+                r0, r1, c0, c1 = min(r0, r), max(r1, r), min(c0, c), max(c1, c)
+    if r1 < 0:
+        return -1, -1, np.empty((0, 0), np.float32), np.empty((0, 0), np.float32)
+    y0, y1 = r0 * stride, min(height - 1, (r1 + 1) * stride)
+    x0, x1 = c0 * stride, min(width - 1, (c1 + 1) * stride)
+    map_x = np.empty((y1 - y0 + 1, x1 - x0 + 1), np.float32)
+    map_y = np.empty((y1 - y0 + 1, x1 - x0 + 1), np.float32)
+    _tps_source_map(y0, x0, 1, centres, weights, affine, phi_table, live, stride, map_x, map_y)
+    return y0, x0, map_x, map_y
 
 
 def tps_warp(
@@ -578,70 +702,77 @@ class DistortConfig:
             raise ValueError("DistortConfig.shift_scale and shift_range must be non-negative")
 
 
-class _Draws(NamedTuple):
+class SegmentDraws(NamedTuple):
+    """Every random number of one segment's distortion (see `draw_segments`)."""
+
     color: bool
     resolution: bool
     shape: bool
     r: float
-    moved: np.ndarray
-    unit_shifts: np.ndarray
+    moved: np.ndarray  # n_moved indices into the contour points
+    unit_shifts: np.ndarray  # n_moved×2 draws of U(−shift_range, shift_range), (x, y)
 
 
-def _draw(rng: np.random.Generator, cfg: DistortConfig) -> _Draws:
-    """All random numbers of one segment, drawn in a fixed amount whatever the outcome, so the
-    draws of later segments never depend on an earlier segment's fallbacks."""
-    coins = rng.random(3)
-    r = rng.uniform(*cfg.res_range)
+def draw_segments(rng: np.random.Generator, cfg: DistortConfig, n: int) -> list[SegmentDraws]:
+    """The draws of n segments at once (a handful of generator calls instead of five per segment).
+
+    Every segment gets the same amount of draws whatever its outcome, so what one segment does
+    (a fallback, an empty mask) never changes the draws of another."""
+    coins = rng.random((n, 3))
+    r = rng.uniform(*cfg.res_range, n)
     if cfg.moved_with_replacement:
-        moved = rng.integers(0, cfg.n_points, cfg.n_moved)
+        moved = rng.integers(0, cfg.n_points, (n, cfg.n_moved))
     else:
-        moved = rng.permutation(cfg.n_points)[: cfg.n_moved]
-    unit_shifts = rng.uniform(-cfg.shift_range, cfg.shift_range, (cfg.n_moved, 2))
-    return _Draws(
-        bool(coins[0] < cfg.p_color),
-        bool(coins[1] < cfg.p_resolution),
-        bool(coins[2] < cfg.p_shape),
-        float(r),
-        moved,
-        unit_shifts,
-    )
+        moved = np.argsort(rng.random((n, cfg.n_points)), axis=1)[:, : cfg.n_moved]
+    unit_shifts = rng.uniform(-cfg.shift_range, cfg.shift_range, (n, cfg.n_moved, 2))
+    probs = np.array([cfg.p_color, cfg.p_resolution, cfg.p_shape])
+    flags = (coins < probs).tolist()
+    return [SegmentDraws(*flags[i], float(r[i]), moved[i], unit_shifts[i]) for i in range(n)]
 
 
 def distort_segment(
     image: np.ndarray,
     mask: np.ndarray,
-    ref: tuple[np.ndarray, np.ndarray] | None,
-    rng: np.random.Generator,
+    ref: tuple[np.ndarray, np.ndarray] | LabStats | None,
+    rng: np.random.Generator | None,
     cfg: DistortConfig = DistortConfig(),
+    *,
+    draws: SegmentDraws | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Distorted canvas (H×W×3 uint8, black outside) and warped mask (H×W bool) of one segment.
 
-    ref = (rgb crop, mask crop) of the colour reference, or None to skip colour transfer.
+    ref = (rgb crop, mask crop) of the colour reference or its `LabStats`, or None to skip colour
+    transfer. The random numbers come from `draws` when given (see `draw_segments`), else from
+    `rng`.
     """
     mask = _as_bool(mask)
-    draws = _draw(rng, cfg)
+    d = draws if draws is not None else draw_segments(rng, cfg, 1)[0]
     height, width = mask.shape
     canvas = np.zeros((height, width, 3), np.uint8)
     box = _bbox(mask)
     if box is None:
         return canvas, mask.copy()
-    margin = RESOLUTION_MARGIN if draws.resolution else 0
+    margin = RESOLUTION_MARGIN if d.resolution else 0
     y0, x0 = max(0, box[0] - margin), max(0, box[1] - margin)
     y1, x1 = min(height, box[2] + margin), min(width, box[3] + margin)
     window_mask = mask[y0:y1, x0:x1]
-    window = image[y0:y1, x0:x1] * window_mask[..., None]  # segment on black
-    if draws.color and ref is not None:
-        window = color_transfer(window, window_mask, ref[0], ref[1])
-    if draws.resolution:
-        window = resample_resolution(window, draws.r)
+    window = _segment_on_black(image[y0:y1, x0:x1], window_mask)  # segment on black
+    if d.color and ref is not None:
+        stats = ref if isinstance(ref, LabStats) else lab_stats(*ref)
+        _transfer_masked(window, window_mask, stats.mean, stats.std,
+                         _RGB_TO_LMS, _LOG_LMS_TO_LAB, _LAB_TO_LOG_LMS, _LMS_TO_RGB)
+    if d.resolution:
+        small = (max(1, int(window.shape[1] * d.r)), max(1, int(window.shape[0] * d.r)))
+        low = cv2.resize(window, small, interpolation=cv2.INTER_CUBIC)
+        window = cv2.resize(low, window.shape[1::-1], interpolation=cv2.INTER_CUBIC)
     canvas[y0:y1, x0:x1] = window
-    if not draws.shape:
+    if not d.shape:
         return canvas, mask.copy()
     warp = shape_distort(
         canvas,
         mask,
-        draws.moved,
-        draws.unit_shifts,
+        d.moved,
+        d.unit_shifts,
         shift_scale=cfg.shift_scale,
         n_points=cfg.n_points,
         support=mask,
@@ -653,16 +784,16 @@ def distort_segment(
 def distort_segments(
     image: np.ndarray,
     masks: Sequence[np.ndarray],
-    refs: Sequence[tuple[np.ndarray, np.ndarray] | None],
+    refs: Sequence[tuple[np.ndarray, np.ndarray] | LabStats | None],
     rng: np.random.Generator,
     cfg: DistortConfig = DistortConfig(),
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """Distort every segment of one image: a list of (content canvas, mask), in `masks` order.
 
     image: H×W×3 uint8. masks: H×W boolean query masks. refs[i]: the colour reference of
-    segment i as (rgb crop h×w×3 uint8, mask crop h×w), or None. The thing/stuff flag plays no
-    part here (every segment gets the same three steps, as official); the compositor uses it.
-    Deterministic for the state of `rng`.
+    segment i as (rgb crop h×w×3 uint8, mask crop h×w) or its LabStats, or None. The thing/stuff
+    flag plays no part here (every segment gets the same three steps, as official); the
+    compositor uses it. Deterministic for the state of `rng`.
     """
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"distort_segments: image must be H×W×3 uint8, got {image.shape} {image.dtype}")
@@ -671,7 +802,8 @@ def distort_segments(
     for i, mask in enumerate(masks):
         if mask.shape != image.shape[:2]:
             raise ValueError(f"distort_segments: mask {i} has shape {mask.shape}, image {image.shape[:2]}")
-    return [distort_segment(image, mask, ref, rng, cfg) for mask, ref in zip(masks, refs)]
+    draws = draw_segments(rng, cfg, len(masks))
+    return [distort_segment(image, mask, ref, None, cfg, draws=d) for mask, ref, d in zip(masks, refs, draws)]
 
 
 # --- helpers -------------------------------------------------------------------------------------
@@ -691,8 +823,20 @@ def _as_bool(mask: np.ndarray) -> np.ndarray:
 
 def _bbox(mask: np.ndarray) -> tuple[int, int, int, int] | None:
     """(y0, x0, y1, x1), exclusive ends, of the True pixels; None when there are none."""
-    rows = np.flatnonzero(mask.any(axis=1))
-    if rows.size == 0:
-        return None
-    cols = np.flatnonzero(mask[rows[0] : rows[-1] + 1].any(axis=0))
-    return int(rows[0]), int(cols[0]), int(rows[-1]) + 1, int(cols[-1]) + 1
+    y0, x0, y1, x1 = _bbox_kernel(mask)
+    return None if y0 < 0 else (y0, x0, y1, x1)
+
+
+@numba.njit(cache=True)
+def _bbox_kernel(mask):  # pragma: no cover - jitted
+    h, w = mask.shape
+    y0, x0, y1, x1 = -1, w, -1, -1
+    for i in range(h):
+        for j in range(w):
+            if mask[i, j]:
+                if y0 < 0:
+                    y0 = i
+                y1 = i + 1
+                x0 = min(x0, j)
+                x1 = max(x1, j + 1)
+    return y0, x0, y1, x1

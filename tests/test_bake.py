@@ -172,6 +172,19 @@ def test_distorted_gt_is_seeded_and_composed_like_guidance(work, tmp_path):
         assert a[stuff_only].any()  # stuff keeps (distorted) content inside its own masks
         cls = comp.distorted_gt(row, np.random.default_rng(5), color_ref="class")
         assert cls.shape == a.shape
+        # The cached colour-reference statistics are those of the reference crop itself.
+        from resail.pipeline.distort import lab_stats
+
+        for seg_row in rows[:6]:
+            for u in (0.0, 0.37, 0.999):
+                for how in ("topk", "class"):
+                    crop = comp.color_reference(int(seg_row), u, how)
+                    stats = comp.color_reference_stats(int(seg_row), u, how)
+                    if crop is None:
+                        assert stats is None
+                        continue
+                    expected = lab_stats(*crop)
+                    assert np.array_equal(stats.mean, expected.mean) and np.array_equal(stats.std, expected.std)
     finally:
         comp.close()
     out = preview_distort(work, tmp_path / "grid.png", n=2)

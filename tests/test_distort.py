@@ -105,6 +105,16 @@ def test_color_transfer_kernel_matches_numpy_reference():
     assert (fast != slow).mean() < 1e-3
 
 
+def test_color_transfer_with_reference_statistics_equals_with_reference_crop():
+    rng = np.random.default_rng(13)
+    src, ref = textured(rng, (90, 140, 110)), textured(rng, (170, 110, 80), shape=(40, 70))
+    ref_mask = ellipse(20, 35, 15, 30, shape=(40, 70))
+    stats = lab_stats(ref, ref_mask)
+    assert np.array_equal(color_transfer(src, ellipse(), stats), color_transfer(src, ellipse(), ref, ref_mask))
+    with pytest.raises(ValueError, match="mask is empty"):
+        lab_stats(ref, np.zeros((40, 70), bool))
+
+
 def test_color_transfer_empty_masks():
     rng = np.random.default_rng(3)
     src = textured(rng, (100, 100, 100))
@@ -239,6 +249,37 @@ def test_source_map_kernel_matches_numpy_reference():
         assert np.abs(map_y - (ys - flow[..., 1])).max() < 1e-3
         # At the destination points the flow is exactly the requested displacement.
         assert np.allclose(tps_flow_reference(tps, dst[:, 1], dst[:, 0]), dst - src, atol=1e-6)
+
+
+def test_compiled_tps_solve_matches_lapack():
+    rng = np.random.default_rng(14)
+    mask = ellipse()
+    for _ in range(10):
+        src, dst = random_warp(rng, mask)
+        if degenerate_targets(dst):
+            continue
+        tps = fit_tps(src, dst)
+        k = len(dst)
+        system = np.zeros((k + 3, k + 3))
+        system[:k, :k] = D._tps_kernel(((dst[:, None] - dst[None]) ** 2).sum(-1))
+        system[:k, k:] = np.c_[dst, np.ones(k)]
+        system[k:, :k] = system[:k, k:].T
+        expected = np.linalg.solve(system, np.r_[dst - src, np.zeros((3, 2))])
+        assert np.allclose(np.r_[tps.weights, tps.affine], expected, rtol=1e-9, atol=1e-12)
+    square = np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0], [10.0, 10.0]])
+    assert not np.any(np.r_[fit_tps(square, square).weights, fit_tps(square, square).affine])  # identity: exact 0
+
+
+def test_segment_draws_are_independent_of_other_segments_outcomes():
+    """Each segment gets the same number of draws, so a fallback in one never shifts another's."""
+    image, masks, refs = scene()
+    empty = np.zeros_like(masks[0])
+    with_empty = distort_segments(image, [empty, masks[1], masks[2]], [None, refs[1], refs[2]],
+                                  np.random.default_rng(21))
+    normal = distort_segments(image, masks, refs, np.random.default_rng(21))
+    for (c1, m1), (c2, m2) in zip(with_empty[1:], normal[1:]):
+        assert np.array_equal(c1, c2) and np.array_equal(m1, m2)
+    assert not with_empty[0][0].any() and not with_empty[0][1].any()
 
 
 def test_tiny_and_empty_masks_are_not_warped():
