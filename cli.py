@@ -507,21 +507,25 @@ def segnet():
 @click.option("--no-balance", is_flag=True, help="Plain CE instead of per-batch class-balanced CE.")
 @click.option("--checkpoint-every", type=click.IntRange(1), default=1_000, help="Steps between checkpoints.")
 @click.option("--workers", type=click.IntRange(0), default=2, help="Data-loading worker processes.")
+@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="The `resail train` TOML file: its [network] table (e.g. label_ids) applies over the preset.")
 @click.option("--device", default="auto", help="torch device: auto (cuda when available), cpu, cuda, cuda:1 ...")
 @common
-def segnet_train(work, preset, steps, batch_size, lr, no_balance, checkpoint_every, workers, device):
+def segnet_train(work, preset, steps, batch_size, lr, no_balance, checkpoint_every, workers, config_file, device):
     """Train the segmentation network on WORK's real training images; report val mIoU.
 
     Writes WORK/segnet/PRESET.pt (rerun to resume) and WORK/segnet/PRESET_metrics.json."""
     import torch
 
+    from .synth.config import read_toml
     from .synth.segnet import SegnetTrainConfig
     from .synth.segnet_data import SegnetRunConfig, preset_for_work, train_segnet_on_work
 
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     preset = preset or preset_for_work(work)
-    cfg = SegnetRunConfig(preset=preset, batch_size=batch_size, workers=workers, device=device,
+    network = read_toml(config_file)["network"] if config_file is not None else {}
+    cfg = SegnetRunConfig(preset=preset, network=network, batch_size=batch_size, workers=workers, device=device,
                           train=SegnetTrainConfig(steps=steps, lr=lr, class_balance=not no_balance,
                                                   checkpoint_every=checkpoint_every))
     log.info("segnet train: %s", cfg)

@@ -1,6 +1,7 @@
 """G+D training-step time of the RESAIL networks.
 
-CPU: the `toy` preset (batch 1 contiguous vs channels_last, batch 4) and one full preset (ADE20K,
+CPU: the `toy` preset (batch 1 contiguous vs channels_last, batch 4; and batch 4 again without its
+label table, i.e. 151 native-id channels instead of 23, `toy151`) and one full preset (ADE20K,
 batch 1, channels_last): seconds per step,
 where a step is what the trainer does per batch minus data loading and the VGG/seg terms:
 G forward, D on fake and real, hinge + feature matching backward, Adam step on G; then G forward
@@ -62,8 +63,8 @@ def make_step(G, D, opt_G, opt_D, weights: LossWeights, autocast):
 
 
 def bench(preset_name: str, batch: int, steps: int, device: str = "cpu", bf16: bool = False,
-          channels_last: bool = False, warmup: int = 1) -> dict:
-    preset = get_preset(preset_name)
+          channels_last: bool = False, warmup: int = 1, tag: str | None = None, **overrides) -> dict:
+    preset = get_preset(preset_name, **overrides)
     torch.manual_seed(0)
     G, D = build_generator(preset, device), build_discriminator(preset, device)
     if channels_last:
@@ -86,7 +87,8 @@ def bench(preset_name: str, batch: int, steps: int, device: str = "cpu", bf16: b
         torch.cuda.synchronize()
     dt = (time.perf_counter() - t0) / steps
     out = {
-        "preset": preset_name, "batch": batch, "device": device, "bf16": bf16, "channels_last": channels_last,
+        "preset": tag or preset_name, "label_channels": preset.semantic_nc, "batch": batch, "device": device,
+        "bf16": bf16, "channels_last": channels_last,
         "params_G": count_parameters(G), "params_D": count_parameters(D),
         "s_per_step": round(dt, 4), "steps_per_s": round(1 / dt, 3),
         "finite": bool(all(torch.isfinite(l).item() for l in losses)),
@@ -109,11 +111,12 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     results = {"bench": "networks", "threads": torch.get_num_threads(), "cpu": []}
-    runs = [("toy", 1, 5, False), ("toy", 1, 5, True), ("toy", 4, 3, True)]
+    runs = [("toy", 1, 5, False, {}), ("toy", 1, 5, True, {}), ("toy", 4, 3, True, {}),
+            ("toy", 4, 3, True, {"label_ids": None, "tag": "toy151"})]
     if not args.skip_full:
-        runs.append((args.full_preset, 1, args.cpu_steps, True))
-    for name, batch, steps, cl in runs:
-        r = bench(name, batch, steps, channels_last=cl)
+        runs.append((args.full_preset, 1, args.cpu_steps, True, {}))
+    for name, batch, steps, cl, extra in runs:
+        r = bench(name, batch, steps, channels_last=cl, **extra)
         print(json.dumps(r), flush=True)
         results["cpu"].append(r)
 

@@ -156,6 +156,15 @@ def role_spec(fmt: str) -> _Spec:
     return _Spec(label, native, instanced, {"valid": valid})
 
 
+def toy_class_ids(fmt: str = "ade20k") -> tuple[int, ...]:
+    """The native class ids (as the format's reader returns them, void 0 first) that the toy
+    grammar can put in a label map of format `fmt`: the label table of the `toy` network preset."""
+    if fmt not in FORMATS:
+        raise InputError(f"toy format {fmt!r}: choose one of {', '.join(FORMATS)}")
+    spec = role_spec(fmt)
+    return tuple(sorted({0} | {int(c) for c in spec.native[spec.extra["valid"]]}))
+
+
 def coco_categories() -> list[dict]:
     spec, table = role_spec("cocostuff"), class_table("cocostuff")
     ids = sorted({int(c) for c, i in zip(spec.native, spec.instanced) if i})

@@ -238,7 +238,8 @@ def format_config(cfg: TrainConfig) -> str:
     n = cfg.net
     lines = [
         f"run {cfg.name!r}: preset {cfg.preset}, {n.width}x{n.height}, norm {n.norm}, ngf {n.ngf}, ndf {n.ndf}, "
-        f"{n.semantic_nc} label channels",
+        f"{n.semantic_nc} label channels" + (" (channel = native id)" if n.label_ids is None else
+                                             f" (label table of native ids {n.label_ids[1]}..{n.label_ids[-1]})"),
         f"  data: {cfg.n_train} images, batch {cfg.batch_size}, {cfg.preprocess} (load {cfg.load_size[0]}x"
         f"{cfg.load_size[1]}), flip {cfg.flip}, colour ref {cfg.color_ref}, workers {cfg.workers}",
         f"  schedule: {cfg.total_steps} steps ({cfg.steps_per_epoch}/epoch), lr G {cfg.lr_G:g} D {cfg.lr_D:g} "

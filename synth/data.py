@@ -2,7 +2,9 @@
 
 One item of `SynthDataset` is one image of a split, as tensors at the network size:
   image      3×H×W float in [−1, 1]   the real photo (reader → area resize)
-  label      H×W int64                native class ids, 0 = void (reader → nearest resize)
+  label      H×W int64                label-map channel of each pixel: the native class id through
+                                      the preset's label table (reader → nearest resize → table;
+                                      channel = native id for presets without a table), 0 = void
   guidance   3×H×W float in [−1, 1]   retrieval guidance from `guidance/{split}.h5` (bilinear
                                       resize when the cache was baked at another size)
   distorted  3×H×W float in [−1, 1]   distorted ground truth, built here (`with_distorted`)
@@ -14,8 +16,8 @@ Training items are resized to the load size, then cropped and flipped identicall
 comes from `default_rng([seed, epoch, index])`, so an item never depends on the worker count,
 on the worker that builds it, or on what was drawn before: keys are `(epoch, index)` pairs
 handed out by `StepBatchSampler`, a pure function of the step counter. The label goes out as
-class ids; `one_hot` builds the B×L×H×W map on the device (channel = native id, 0 = void), which
-saves moving 151-channel floats through the loader.
+channel ids; `one_hot` builds the B×L×H×W map on the device, which saves moving 151-channel
+floats through the loader. `LabelChannels.to_native` turns channel ids back into native ids.
 
 Readers, the composer and the h5 cache open lazily in each worker (h5 handles do not survive a fork).
 """
@@ -37,6 +39,7 @@ from ..pipeline.bake import load_composer, open_guidance
 from ..pipeline.datasets import records_for_ids
 from ..pipeline.distort import DistortConfig
 from .config import TrainConfig
+from .labels import LabelChannels
 
 
 def count_images(work: str | Path, split: str = "train") -> int:
@@ -52,8 +55,41 @@ def segments_params(work: Path) -> dict:
     return json.loads(path.read_text())
 
 
+def data_class_ids(work: Path, split: str) -> dict[int, str] | None:
+    """Native class ids present in a split's segment store → the first image id holding each;
+    None when the store has no segment table (a fabricated work dir)."""
+    path = Path(work) / "segments" / f"{split}.parquet"
+    if not path.exists():
+        return None
+    t = pq.read_table(path, columns=["class_id", "image_id"])
+    ids, first = np.unique(t["class_id"].to_numpy(), return_index=True)
+    return dict(zip(ids.tolist(), t["image_id"].take(first).to_pylist()))
+
+
+def check_label_table(channels: LabelChannels, work: Path, splits: tuple[str, ...], fix: str | None = None) -> None:
+    """InputError when the data of `splits` uses a native id that `channels` has no channel for:
+    names the work dir, the ids (with class names), an image holding the first one, and what to
+    do (including the `label_ids` list that would cover the work dir's train and val data)."""
+    present: dict[int, tuple[str, str]] = {}
+    for split in splits:
+        found = data_class_ids(work, split)
+        for c, image_id in (found or {}).items():
+            present.setdefault(c, (split, image_id))
+    bad = channels.missing(present)
+    if not bad:
+        return
+    classes = segments_params(work).get("classes", {})
+    names = dict(zip(classes.get("ids", []), classes.get("names", [])))
+    split, image_id = present[bad[0]]
+    needed = sorted({0} | set(present).union(*((data_class_ids(work, s) or {}) for s in ("train", "val"))))
+    fix = fix or ("use the preset of this dataset, or cover the data with `label_ids = "
+                  f"{needed}` under [network] in a --config TOML")
+    raise InputError(f"{work}: the {split} data uses {channels.describe_missing(bad, names)} (e.g. image "
+                     f"{image_id}), which {channels.name} has no label channel for ({len(channels)} channels); {fix}")
+
+
 def one_hot(label: torch.Tensor, num_channels: int) -> torch.Tensor:
-    """B×H×W class ids → B×L×H×W one-hot float (channel = native id)."""
+    """B×H×W channel ids → B×L×H×W one-hot float (map native ids with `LabelChannels` first)."""
     out = torch.zeros(label.shape[0], num_channels, *label.shape[1:], device=label.device)
     return out.scatter_(1, label.unsqueeze(1), 1.0)
 
@@ -112,11 +148,8 @@ class SynthDataset(Dataset):
         seg = segments_params(self.work)
         params = seg["params"]
         self.dataset = params["dataset"]
-        max_id = max(seg.get("classes", {}).get("ids", [0]) or [0])
-        if max_id >= cfg.net.semantic_nc:
-            raise InputError(f"{self.work}: the {self.dataset} data has class ids up to {max_id}, but preset "
-                             f"{cfg.preset!r} has {cfg.net.semantic_nc} label channels (ids 0..{cfg.net.semantic_nc - 1}); "
-                             "choose the preset of this dataset")
+        self.channels = LabelChannels.of(cfg.net)
+        check_label_table(self.channels, self.work, (split,))
         images = pq.read_table(self.work / "segments" / f"{split}_images.parquet", columns=["image_id", "status"])
         status = np.asarray(images["status"].to_pylist())
         self.rows = np.flatnonzero(status == "ok")  # composer rows, in cache order
@@ -183,7 +216,7 @@ class SynthDataset(Dataset):
             if flip:
                 a = a[:, ::-1]
             if name == "label":
-                item[name] = torch.from_numpy(np.ascontiguousarray(a))
+                item[name] = torch.from_numpy(self.channels.to_channels(a, str(self.records[index].label_path)))
             elif name == "edges":
                 item[name] = torch.from_numpy(np.ascontiguousarray(a))[None]
             else:

@@ -23,9 +23,11 @@ Protocol (written into `metrics.json` with every result):
 * Segmentation: a segmentation network (the work dir's `resail segnet train` checkpoint by
   default) on the generated and on the real images at the model size; per pixel the argmax over
   the dataset's classes only (void and unused channels excluded); label-map void pixels
-  ignored. One confusion matrix over the split; IoU_c = TP/(TP + FP + FN), mIoU = mean over
-  classes whose union is non-empty; pixel accuracy = correct / non-void pixels. The real-image
-  numbers are the upper bound the segmenter allows.
+  ignored. One confusion matrix over the split, in the segmenter's label channels (its label
+  table, which need not be the generator's: labels are remapped through native ids); IoU_c =
+  TP/(TP + FP + FN), mIoU = mean over classes whose union is non-empty; pixel accuracy =
+  correct / non-void pixels; per-class rows name the native class. The real-image numbers are
+  the upper bound the segmenter allows.
 
 Outputs in `WORK/eval/NAME/`: `images/{image_id}.png`, `grid.png` (label | guidance |
 generated | real), `per_class_iou.csv`, `report.md`, and `metrics.json`, written last.
@@ -50,8 +52,9 @@ from tqdm.auto import tqdm
 
 from ..errors import InputError, StageError
 from ..pipeline.artifacts import atomic_path, fingerprint, read_manifest, write_bytes_atomic, write_json_atomic
-from .data import SynthDataset, label_palette, one_hot, segments_params, to_uint8
+from .data import SynthDataset, check_label_table, label_palette, one_hot, segments_params, to_uint8
 from .inception import FEATURE_DIM, find_weights, inception_features, load_inception, sha256_of
+from .labels import LabelChannels
 from .segnet import SegNet, confusion_matrix, load_segnet
 from .train import latest_snapshot, load_snapshot
 
@@ -113,6 +116,15 @@ def kernel_inception_distance(real: np.ndarray, fake: np.ndarray, n_subsets: int
         within = (kxx.sum() - np.trace(kxx) + kyy.sum() - np.trace(kyy)) / (m * (m - 1))
         values[s] = within - 2.0 * kxy.mean()
     return {"mean": float(values.mean()), "std": float(values.std()), "subsets": n_subsets, "subset_size": m}
+
+
+def feature_distances(real: np.ndarray, fake: np.ndarray, *, kid: bool = True, kid_subset_size: int = 1000,
+                      seed: int = 0) -> dict:
+    """FID (and KID) between two N×D feature sets from any extractor: Inception pool3 in
+    `resail eval`, `SegNet.features` in the toy ablation. {"fid": float, "kid": {...} or None}."""
+    fid = frechet_distance(*feature_stats(real), *feature_stats(fake))
+    return {"fid": fid, "kid": kernel_inception_distance(real, fake, subset_size=kid_subset_size, seed=seed)
+            if kid else None}
 
 
 def segmentation_scores(conf: np.ndarray, class_ids) -> dict:
@@ -202,26 +214,43 @@ def find_segnet(work: Path, preset: str, path: Path | None) -> Path | None:
     return None
 
 
-class _Segmenter:
-    """A SegNet restricted to the evaluated classes; accumulates one confusion matrix per source."""
+class Segmenter:
+    """A SegNet restricted to the evaluated classes; accumulates one confusion matrix per source
+    ("generated", "real") in the segmenter's channel space.
 
-    def __init__(self, segnet: SegNet, class_ids: list[int], device):
+    `labels` is the label table of the label maps handed to `add` (the generator's: SynthDataset
+    items carry its channel ids); they are remapped to the segmenter's own table, which may differ
+    (a toy run scored by an ADE20K-table segmenter). `class_ids` are native ids; the argmax runs
+    over those the segmenter has a channel for, and `scores` reports IoU per native id."""
+
+    def __init__(self, segnet: SegNet, labels: LabelChannels, class_ids: list[int], device):
         self.net, self.device = segnet, device
-        self.class_ids = class_ids
+        table = segnet.label_channels()
+        self.native = table.native
         self.K = segnet.num_classes
+        channels = table.channel_of(class_ids)
+        self.class_channels = sorted(int(c) for c in channels[channels > 0])
+        self.remap = torch.as_tensor(table.remap_from(labels), device=device)   # input channel → segmenter channel
         self.allowed = torch.full((self.K,), float("-inf"), device=device)
-        self.allowed[torch.as_tensor(class_ids, device=device)] = 0.0
+        self.allowed[torch.as_tensor(self.class_channels, dtype=torch.long, device=device)] = 0.0
         self.conf = {"generated": torch.zeros(self.K, self.K, dtype=torch.long, device=device),
                      "real": torch.zeros(self.K, self.K, dtype=torch.long, device=device)}
 
     @torch.no_grad()
     def add(self, source: str, images_u8: np.ndarray, label: torch.Tensor) -> None:
+        """B×H×W×3 uint8 images and their B×H×W label maps (channel ids of `labels`)."""
         x = torch.from_numpy(images_u8).to(self.device).permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
         logits = self.net(x) + self.allowed[None, :, None, None]   # B×K×H×W, other channels −inf
-        self.conf[source] += confusion_matrix(logits.argmax(1), label.to(self.device), self.K, ignore_index=0)
+        target = self.remap[label.to(self.device)]                  # B×H×W segmenter channels
+        self.conf[source] += confusion_matrix(logits.argmax(1), target, self.K, ignore_index=0)
 
     def scores(self) -> dict[str, dict]:
-        return {k: segmentation_scores(c.cpu().numpy(), self.class_ids) for k, c in self.conf.items()}
+        out = {}
+        for k, c in self.conf.items():
+            s = segmentation_scores(c.cpu().numpy(), self.class_channels)
+            s["iou"] = {int(self.native[ch]): v for ch, v in s["iou"].items()}   # keyed by native id
+            out[k] = s
+        return out
 
 
 def _write_png(path: Path, rgb: np.ndarray) -> None:
@@ -250,12 +279,12 @@ class _Scorers:
     inception: torch.nn.Module | None = None
     weights: Path | None = None
     weights_sha: str | None = None
-    segmenter: _Segmenter | None = None
+    segmenter: Segmenter | None = None
     segnet_path: Path | None = None
 
 
 def _load_scorers(cfg: EvalConfig, work: Path, preset: str, size: tuple[int, int], class_ids: list[int],
-                  dataset: str, device: torch.device) -> _Scorers:
+                  labels: LabelChannels, device: torch.device) -> _Scorers:
     """Inception and segmenter, checked, before any image is generated (missing files fail fast)."""
     sc = _Scorers()
     if cfg.fid:
@@ -270,14 +299,13 @@ def _load_scorers(cfg: EvalConfig, work: Path, preset: str, size: tuple[int, int
                     "--segnet PATH); skipping mIoU and pixel accuracy", work / "segnet", work)
         return sc
     segnet = load_segnet(sc.segnet_path, device)
-    if max(class_ids) >= segnet.num_classes:
-        raise InputError(f"--segnet {sc.segnet_path}: {segnet.num_classes} output classes, but {dataset} class ids "
-                         f"go up to {max(class_ids)}; use a segmentation network of this dataset")
+    check_label_table(segnet.label_channels(), work, (cfg.split,),
+                      fix=f"use a segmentation network of this dataset (--segnet, or `resail segnet train {work}`)")
     k = 2 ** segnet.depth
     if size[0] % k or size[1] % k:
         raise InputError(f"--segnet {sc.segnet_path}: needs image sides divisible by {k}, the model makes "
                          f"{size[0]}x{size[1]}; pass a segmentation network of fewer levels or --no-seg")
-    sc.segmenter = _Segmenter(segnet, class_ids, device)
+    sc.segmenter = Segmenter(segnet, labels, class_ids, device)
     return sc
 
 
@@ -314,7 +342,7 @@ def _generate_and_score(cfg: EvalConfig, G, semantic_nc: int, data: SynthDataset
                 sc.segmenter.add("real", real, batch["label"])
             tm["segment_s"] += time.perf_counter() - t
             for j in range(min(len(fake), cfg.n_grid - len(out["grid"]))):
-                lab = palette[np.clip(batch["label"][j].numpy(), 0, len(palette) - 1)]
+                lab = palette[np.clip(data.channels.to_native(batch["label"][j].numpy()), 0, len(palette) - 1)]
                 out["grid"].append(np.concatenate([lab, to_uint8(batch["guidance"][j:j + 1])[0], fake[j], real[j]], 1))
             bar.update(len(fake))
     finally:
@@ -334,7 +362,7 @@ def run_eval(cfg: EvalConfig, *, progress: bool = False) -> dict:
     dataset = seg_manifest["params"]["dataset"]
     class_ids = [int(c) for c in seg_manifest["classes"]["ids"]]
     class_names = dict(zip(class_ids, seg_manifest["classes"].get("names", [str(c) for c in class_ids])))
-    sc = _load_scorers(cfg, work, tcfg.preset, (W, H), class_ids, dataset, device)
+    sc = _load_scorers(cfg, work, tcfg.preset, (W, H), class_ids, LabelChannels.of(tcfg.net), device)
 
     data = SynthDataset(work, cfg.split, tcfg, train=False, with_distorted=False)
     try:
@@ -370,10 +398,8 @@ def run_eval(cfg: EvalConfig, *, progress: bool = False) -> dict:
         if need_real:
             real_feats = np.concatenate(res["real"])
             _save_real_features(real_cache, real_feats)
-        fake_feats = np.concatenate(res["fake"])
-        metrics["fid"] = frechet_distance(*feature_stats(real_feats), *feature_stats(fake_feats))
-        if cfg.kid:
-            metrics["kid"] = kernel_inception_distance(real_feats, fake_feats)
+        d = feature_distances(real_feats, np.concatenate(res["fake"]), kid=cfg.kid)
+        metrics["fid"], metrics["kid"] = d["fid"], d["kid"]
     timings["fid_s"] = time.perf_counter() - t
     metrics["per_class_iou"] = []
     if sc.segmenter is not None:
@@ -412,7 +438,8 @@ def _protocol(cfg: EvalConfig, work: Path, weights, weights_sha, real_cache, rec
         "generator": "G_ema in eval mode (BatchNorm running statistics), no gradient, float32",
         "guidance": {"cache": str(work / "guidance" / f"{cfg.split}.h5"),
                      **{k: bake.get(k) for k in ("compose_mode", "choose", "k", "seed", "size", "max_score")}},
-        "label_map": "native ids, nearest-resized to the model size; one-hot input to G",
+        "label_map": "native ids, nearest-resized to the model size, through the run's label table "
+                     "(label_ids) to channels; one-hot input to G",
         "generated_images": "clamp to [-1, 1], round((x+1)*127.5) to uint8, saved as PNG; metrics use these bytes",
         "real_images": "split photos resized to the model size with cv2.INTER_AREA (the trainer's resize), uint8",
     }

@@ -5,11 +5,13 @@ two discriminator scales of four layers, RESAIL modules with 128 hidden channels
 OASIS U-Net widths for the segmentation network. `toy` shrinks every width so that one G+D
 training step runs well under a second on a CPU.
 
-Channel convention of the one-hot label map: channel = the dataset's native class id, channel 0
-= void / don't-care (ADE20K "other", Cityscapes "unlabeled", COCO-Stuff 255 mapped to 0 by the
-readers). Hence ADE20K 150 classes → 151 channels, COCO-Stuff 182 → 183, and Cityscapes keeps
-SPADE's 35 channels (labelIds 0..33 need 34). The seg loss ignores channel 0 where the trainer
-says so.
+Channel convention of the one-hot label map: by default channel = the dataset's native class id,
+channel 0 = void / don't-care (ADE20K "other", Cityscapes "unlabeled", COCO-Stuff 255 mapped to 0
+by the readers). Hence ADE20K 150 classes → 151 channels, COCO-Stuff 182 → 183, and Cityscapes
+keeps SPADE's 35 channels (labelIds 0..33 need 34). A preset with a label table (`label_ids`)
+has one channel per listed native id instead, channel c ↔ native id label_ids[c], channel 0 =
+void (synth/labels.py): `toy` lists the 22 ADE20K classes the toy generator draws, so its label
+map has 23 channels rather than 151. The seg loss ignores channel 0 where the trainer says so.
 
 `NetworkPreset` is a frozen dataclass; the trainer extends it (subclass or a wrapping config)
 with its training fields. `dataclasses.replace(preset, ngf=16)` makes a variant.
@@ -21,6 +23,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from ..errors import InputError
+from ..pipeline.toy import toy_class_ids
 
 UPSAMPLING = {"normal": 5, "more": 6}
 NORMS = ("resail", "spade")
@@ -41,8 +44,11 @@ class NetworkPreset:
     n_layers_D: int = 4
     num_D: int = 2
     segnet_channels: tuple[int, ...] = (128, 128, 256, 256, 512, 512)  # U-Net encoder widths
+    label_ids: tuple[int, ...] | None = None  # channel c ↔ native id label_ids[c]; None: channel = native id
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "segnet_channels", tuple(self.segnet_channels))  # lists from TOML / JSON
+        self._check_label_ids()
         if self.upsampling not in UPSAMPLING:
             raise InputError(f"preset {self.name!r}: upsampling {self.upsampling!r} is not one of {sorted(UPSAMPLING)}")
         if self.norm not in NORMS:
@@ -65,10 +71,28 @@ class NetworkPreset:
         if self.ngf < 1 or self.ndf < 1 or self.norm_hidden < 1 or self.num_D < 1 or self.n_layers_D < 2:
             raise InputError(f"preset {self.name!r}: widths and layer counts must be positive (n_layers_D ≥ 2)")
 
+    def _check_label_ids(self) -> None:
+        if self.label_ids is None:
+            return
+        ids = self.label_ids
+        if not isinstance(ids, (list, tuple)) or not all(isinstance(v, int) and not isinstance(v, bool) for v in ids):
+            raise InputError(f"preset {self.name!r}: label_ids must be a list of native class ids, got {ids!r}")
+        ids = tuple(int(v) for v in ids)
+        object.__setattr__(self, "label_ids", ids)  # lists from TOML / JSON become a hashable tuple
+        if len(ids) < 2 or ids[0] != 0:
+            raise InputError(f"preset {self.name!r}: label_ids must start with 0 (void, channel 0) and list at least "
+                             f"one class, got {list(ids[:5])}{' …' if len(ids) > 5 else ''}")
+        if any(b <= a for a, b in zip(ids, ids[1:])):
+            raise InputError(f"preset {self.name!r}: label_ids must be sorted and without repeats")
+        if ids[-1] >= self.label_nc:
+            raise InputError(f"preset {self.name!r}: label_ids go up to {ids[-1]}, but the dataset's native ids "
+                             f"are 0..{self.label_nc - 1} (label_nc {self.label_nc})")
+
     @property
     def semantic_nc(self) -> int:
         """Channels of the one-hot label map fed to G, D and out of the segmentation network."""
-        return self.label_nc + int(self.dontcare)
+        n = self.label_nc if self.label_ids is None else len(self.label_ids)
+        return n + int(self.dontcare)
 
     @property
     def n_up(self) -> int:
@@ -83,6 +107,7 @@ class NetworkPreset:
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["segnet_channels"] = list(self.segnet_channels)
+        d["label_ids"] = None if self.label_ids is None else list(self.label_ids)
         return d
 
     @classmethod
@@ -104,9 +129,10 @@ PRESETS: dict[str, NetworkPreset] = {
         NetworkPreset("ade20k-outdoor", label_nc=151),
         NetworkPreset("cityscapes", label_nc=35, width=512, height=256, upsampling="more"),
         NetworkPreset("cocostuff", label_nc=183),
-        # The toy dataset is written in ADE20K format by default (native ids 1..150), hence 151.
+        # The toy dataset is written in ADE20K format by default (native ids 0..150); the label
+        # table keeps the classes its generator draws (the one-hot convs dominate a toy step).
         NetworkPreset("toy", label_nc=151, width=128, height=128, ngf=16, norm_hidden=16, ndf=16,
-                      segnet_channels=(16, 16, 32, 32, 64, 64)),
+                      segnet_channels=(16, 16, 32, 32, 64, 64), label_ids=toy_class_ids("ade20k")),
     )
 }
 

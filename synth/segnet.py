@@ -30,6 +30,7 @@ from ..errors import InputError
 from ..pipeline.artifacts import atomic_path
 from .checkpoint import read_checkpoint
 from .init import init_weights
+from .labels import LabelChannels
 from .losses import balanced_cross_entropy
 from .presets import NetworkPreset
 
@@ -78,11 +79,16 @@ def _up(x: torch.Tensor) -> torch.Tensor:
 
 
 class SegNet(nn.Module):
-    """U-Net segmenter: B×3×H×W image in [−1, 1] → B×num_classes×H×W logits (H, W divisible by 2^depth)."""
+    """U-Net segmenter: B×3×H×W image in [−1, 1] → B×num_classes×H×W logits (H, W divisible by 2^depth).
+    Logit c is label-map channel c of the preset's label table (`label_ids`, None = native id)."""
 
-    def __init__(self, num_classes: int, channels: tuple[int, ...] = (128, 128, 256, 256, 512, 512)):
+    def __init__(self, num_classes: int, channels: tuple[int, ...] = (128, 128, 256, 256, 512, 512),
+                 label_ids: tuple[int, ...] | None = None):
         super().__init__()
+        if label_ids is not None and not len(label_ids) <= num_classes <= len(label_ids) + 1:
+            raise InputError(f"segmentation network: {num_classes} classes for a label table of {len(label_ids)} ids")
         self.num_classes, self.channels = num_classes, tuple(channels)
+        self.label_ids = None if label_ids is None else tuple(int(v) for v in label_ids)
         enc_in = (3,) + self.channels[:-1]
         self.encoder = nn.ModuleList(
             SegResBlock(cin, cout, "down", first=i == 0) for i, (cin, cout) in enumerate(zip(enc_in, self.channels))
@@ -97,7 +103,7 @@ class SegNet(nn.Module):
     def depth(self) -> int:
         return len(self.channels)
 
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
+    def _encode(self, image: torch.Tensor) -> list[torch.Tensor]:
         k = 2**self.depth
         if image.shape[-2] % k or image.shape[-1] % k:
             raise ValueError(f"SegNet input {tuple(image.shape[-2:])} is not divisible by {k}")
@@ -106,18 +112,36 @@ class SegNet(nn.Module):
         for blk in self.encoder:
             h = blk(h)
             skips.append(h)
+        return skips
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        skips = self._encode(image)
         h = self.decoder[0](skips[-1])
         for blk, skip in zip(self.decoder[1:], reversed(skips[:-1])):
             h = blk(torch.cat([h, skip], dim=1))
         return self.head(F.leaky_relu(h, 0.2))  # B×K×H×W
 
+    def features(self, image: torch.Tensor) -> torch.Tensor:
+        """B×3×H×W image in [−1, 1] → B×channels[-1] image descriptor: the deepest encoder output
+        (H/2^depth × W/2^depth, the widest context the segmenter sees), averaged over space.
+        A feature space for FID/KID where no Inception weights are at hand (the toy ablation):
+        it measures what the segmenter tells apart, not photo realism in general."""
+        return self._encode(image)[-1].mean(dim=(2, 3))  # B×C
+
+    def label_channels(self) -> LabelChannels:
+        """The label table of the logits (identity over 0..num_classes−1 without `label_ids`)."""
+        return LabelChannels(self.label_ids, self.num_classes, "the segmentation network")
+
     def config(self) -> dict:
-        return {"num_classes": self.num_classes, "channels": list(self.channels)}
+        cfg = {"num_classes": self.num_classes, "channels": list(self.channels)}
+        if self.label_ids is not None:  # absent for identity tables, as in checkpoints written before tables
+            cfg["label_ids"] = list(self.label_ids)
+        return cfg
 
 
 def build_segnet(preset: NetworkPreset, device: torch.device | str | None = None) -> SegNet:
     with torch.device(device) if device is not None else contextlib.nullcontext():
-        net = SegNet(preset.semantic_nc, preset.segnet_channels)
+        net = SegNet(preset.semantic_nc, preset.segnet_channels, preset.label_ids)
     return init_weights(net)
 
 
@@ -223,7 +247,7 @@ def load_segnet(path: str | Path, map_location: torch.device | str = "cpu") -> S
     ckpt = _read_checkpoint(path, map_location)
     cfg = ckpt["config"]
     with torch.device(map_location):
-        net = SegNet(int(cfg["num_classes"]), tuple(cfg["channels"]))
+        net = SegNet(int(cfg["num_classes"]), tuple(cfg["channels"]), cfg.get("label_ids"))
     net.load_state_dict(ckpt["state_dict"])
     return net.eval()
 

@@ -2,7 +2,8 @@
 
 The images are the ones the segment store lists (`segments/{split}_images.parquet`, status ok),
 read through the dataset's reader, so labels follow the same conventions as everywhere else
-(native ids, void 0). Photos are area-resized and labels nearest-resized to the preset's size;
+(native ids, void 0), then go through the preset's label table (synth/labels.py) to the
+network's channels. Photos are area-resized and labels nearest-resized to the preset's size;
 training adds a horizontal flip. Artifacts go to WORK/segnet/: `{preset}.pt` (checkpoint, also
 the resume point) and `{preset}_metrics.json` (val mIoU and pixel accuracy), written atomically.
 """
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
@@ -23,6 +24,8 @@ from torch.utils.data import DataLoader, Dataset
 from ..errors import InputError, StageError
 from ..pipeline.artifacts import write_json_atomic
 from ..pipeline.datasets import records_for_ids
+from .data import check_label_table
+from .labels import LabelChannels
 from .presets import NetworkPreset, get_preset
 from .segnet import SegnetTrainConfig, build_segnet, train_segnet
 
@@ -41,7 +44,7 @@ def store_params(work: Path) -> dict:
 
 
 class SegnetImages(Dataset):
-    """(image 3×H×W in [−1, 1], label H×W int64) pairs of one split at the preset's size."""
+    """(image 3×H×W in [−1, 1], label H×W int64 channel ids) pairs of one split at the preset's size."""
 
     def __init__(self, work: str | Path, split: str, preset: NetworkPreset, flip: bool = False):
         self.work, self.split, self.flip = Path(work), split, flip
@@ -53,7 +56,8 @@ class SegnetImages(Dataset):
         if not ids:
             raise InputError(f"{self.work}: the segment store lists no usable {split} images")
         self.reader, self.records = records_for_ids(params, split, ids)
-        self.max_id = preset.semantic_nc - 1
+        self.channels = LabelChannels.of(preset)
+        check_label_table(self.channels, self.work, (split,))
 
     def __len__(self) -> int:
         return len(self.records)
@@ -65,10 +69,8 @@ class SegnetImages(Dataset):
         src = sample.label_map
         ys = np.minimum(np.arange(h) * src.shape[0] // h, src.shape[0] - 1)
         xs = np.minimum(np.arange(w) * src.shape[1] // w, src.shape[1] - 1)
-        label = src[ys[:, None], xs[None, :]].astype(np.int64)  # H×W nearest
-        if label.max(initial=0) > self.max_id:
-            raise InputError(f"{self.records[index].label_path}: class id {int(label.max())} does not fit the "
-                             f"{self.max_id + 1} label channels of the preset; choose the dataset's preset")
+        label = src[ys[:, None], xs[None, :]]                                        # H×W nearest, native ids
+        label = self.channels.to_channels(label, str(self.records[index].label_path))  # H×W channel ids
         if self.flip and torch.rand(()) < 0.5:
             photo, label = photo[:, ::-1], label[:, ::-1]
         image = torch.from_numpy(np.ascontiguousarray(photo)).permute(2, 0, 1).float().div_(127.5).sub_(1.0)
@@ -78,6 +80,7 @@ class SegnetImages(Dataset):
 @dataclass(frozen=True)
 class SegnetRunConfig:
     preset: str
+    network: dict = field(default_factory=dict)   # NetworkPreset fields over the preset (a TOML's [network])
     batch_size: int = 8
     workers: int = 2
     device: str = "cpu"
@@ -99,7 +102,7 @@ def segnet_paths(work: str | Path, preset: str) -> tuple[Path, Path]:
 def train_segnet_on_work(work: str | Path, cfg: SegnetRunConfig, progress: bool = True) -> dict:
     """Train (or resume) the preset's SegNet on WORK's train images; report mIoU on its val images."""
     work = Path(work)
-    preset = get_preset(cfg.preset)
+    preset = get_preset(cfg.preset, **cfg.network)
     train_set = SegnetImages(work, "train", preset, flip=True)
     val_set = SegnetImages(work, "val", preset)
     pin = cfg.device.startswith("cuda")

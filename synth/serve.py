@@ -8,6 +8,8 @@ by the id that /api/generate returns; an evicted session answers 404 and the pag
 
 The label maps going in are PNGs in the dataset's own label-file format, exactly what
 `resail synthesize --label` reads (`read_user_label_map`): the page encodes its canvas that way.
+The palette offers the classes of the run's label table only (all of the dataset's for a preset
+without one), and G takes the map through that table.
 Uploads are checked before decoding (PNG signature, byte size, header size) so that a bad file
 gets a 4xx and a message for the page, never a server error.
 
@@ -40,7 +42,8 @@ from ..pipeline.classes import class_table
 from ..pipeline.store import SegmentStore
 from .data import one_hot, resize_nearest, segments_params, to_tensor, to_uint8
 from .eval import find_snapshot
-from .synthesize import _choices, _search_params, read_user_label_map
+from .labels import LabelChannels
+from .synthesize import _choices, _search_params, read_user_label_map, run_table_fix
 from .train import load_snapshot
 
 log = logging.getLogger(__name__)
@@ -137,9 +140,11 @@ class Synthesizer:
         seg = segments_params(self.work)
         self.dataset = seg["params"]["dataset"]
         classes = seg["classes"]
-        self.class_ids = [int(c) for c in classes["ids"]]
-        self.names = dict(zip(self.class_ids, classes.get("names", [])))
-        self.is_thing = dict(zip(self.class_ids, (bool(t) for t in classes.get("is_thing", []))))
+        all_ids = [int(c) for c in classes["ids"]]
+        self.names = dict(zip(all_ids, classes.get("names", [])))
+        self.is_thing = dict(zip(all_ids, (bool(t) for t in classes.get("is_thing", []))))
+        self.channels = LabelChannels.of(self.tcfg.net)   # the run's label table, from its snapshot
+        self.class_ids = [c for c in all_ids if self.channels.channel_of(c) >= 0]  # the classes the run can draw
         self.colors = _palette(self.dataset, self.class_ids)
         self.search = _search_params(self.work)
         self.index = RetrievalIndex(self.work)  # shards load lazily and stay loaded across requests
@@ -195,9 +200,11 @@ class Synthesizer:
                 label_map = read_user_label_map(self.work, path)
             except InputError as e:  # name the upload, not the temp file
                 raise UploadError(str(e).replace(str(path), "uploaded label map")) from None
-        if label_map.max() >= self.tcfg.net.semantic_nc:
-            raise UploadError(f"class id {int(label_map.max())} does not fit the {self.tcfg.net.semantic_nc} "
-                              f"label channels of run {self.cfg.run!r}")
+        try:
+            self.channels.check(np.unique(label_map), "uploaded label map", names=self.names,
+                                fix=run_table_fix(self.cfg.run, self.channels, self.names))
+        except InputError as e:
+            raise UploadError(str(e)) from None
         return label_map
 
     def editor_label_map(self, label_map: np.ndarray) -> dict:
@@ -216,7 +223,8 @@ class Synthesizer:
     @torch.no_grad()
     def _run_G(self, label_map: np.ndarray, guidance: np.ndarray) -> np.ndarray:
         """B×H×W native ids + B×H×W×3 guidance → B×H×W×3 uint8, as `synthesize` feeds G."""
-        m = one_hot(torch.from_numpy(label_map.astype(np.int64)).to(self.device), self.tcfg.net.semantic_nc)
+        label = self.channels.to_channels(label_map, "label map")                     # B×H×W channel ids
+        m = one_hot(torch.from_numpy(label).to(self.device), self.tcfg.net.semantic_nc)  # B×L×H×W
         g = torch.stack([to_tensor(x) for x in guidance]).to(self.device)  # B×3×H×W
         return to_uint8(self.G(m, g))
 

@@ -12,7 +12,9 @@ every other segment keeps its match (local editing, paper Fig. 5). The same argu
 same bytes.
 
 The label PNG is in the dataset's own label-file format: native class ids (ADE20K, Cityscapes
-labelIds, folder), or COCO-Stuff stuffthingmap values (v → class v + 1, 255 → void).
+labelIds, folder), or COCO-Stuff stuffthingmap values (v → class v + 1, 255 → void). G takes
+them through the run's label table (from its snapshot); a class the table lacks is an error
+that lists the classes the run covers.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from ..pipeline.bake import LabelMapGuidance
 from ..pipeline.datasets import read_index_png
 from .data import one_hot, resize_nearest, segments_params, to_tensor, to_uint8
 from .eval import find_snapshot
+from .labels import LabelChannels
 from .train import load_snapshot
 
 
@@ -102,6 +105,16 @@ def read_user_label_map(work: Path, path: Path) -> np.ndarray:
     return raw.astype(np.int32)
 
 
+def run_table_fix(run: str, channels: LabelChannels, names: dict[int, str]) -> str:
+    """What to do about a class the run's label table lacks: the classes it does cover."""
+    covered = [int(c) for c in channels.native[1:]]
+    listed = ", ".join(f"{c} {names.get(c, '?')}" for c in covered[:40]) + (" …" if len(covered) > 40 else "")
+    if channels.identity:
+        return f"run {run!r} takes native ids 0..{len(channels) - 1}"
+    return (f"run {run!r} was trained with a label table of {len(covered)} classes ({listed}); paint only those, "
+            "or train a run whose label table covers the others")
+
+
 def _read_instance_map(path: Path, label_map: np.ndarray, label_path: Path) -> np.ndarray:
     inst = read_index_png(path)
     if inst.shape != label_map.shape:
@@ -151,11 +164,10 @@ def synthesize(cfg: SynthesizeConfig) -> SynthesisResult:
     W, H = tcfg.net.width, tcfg.net.height
     label_map = read_user_label_map(work, cfg.label)
     instance_map = _read_instance_map(cfg.instance, label_map, cfg.label) if cfg.instance is not None else None
-    if label_map.max() >= tcfg.net.semantic_nc:
-        raise InputError(f"{cfg.label}: class id {int(label_map.max())} does not fit the {tcfg.net.semantic_nc} "
-                         f"label channels of run {cfg.run!r}")
     classes = segments_params(work)["classes"]
     names = dict(zip((int(c) for c in classes["ids"]), classes.get("names", [])))
+    channels = LabelChannels.of(tcfg.net)
+    channels.check(np.unique(label_map), str(cfg.label), fix=run_table_fix(cfg.run, channels, names), names=names)
 
     g = LabelMapGuidance(work, label_map, instance_map, size=(W, H), k=cfg.k, where=str(cfg.label),
                          **_search_params(work))
@@ -171,8 +183,9 @@ def synthesize(cfg: SynthesizeConfig) -> SynthesisResult:
     finally:
         g.close()
 
-    label_small = resize_nearest(label_map, W, H).astype(np.int64)          # H×W, as the trainer feeds G
-    m = one_hot(torch.from_numpy(label_small)[None].to(device), tcfg.net.semantic_nc)  # 1×L×H×W
+    label_small = resize_nearest(label_map, W, H).astype(np.int64)          # H×W native ids, as the trainer
+    label_ch = channels.to_channels(label_small, str(cfg.label))             # H×W channel ids
+    m = one_hot(torch.from_numpy(label_ch)[None].to(device), tcfg.net.semantic_nc)  # 1×L×H×W
     image = to_uint8(G(m, to_tensor(guidance)[None].to(device)))[0]          # H×W×3
     _write_png(Path(cfg.out), image)
     if cfg.guidance_out is not None:

@@ -51,6 +51,7 @@ from .config import TrainConfig
 from .data import StepBatchSampler, SynthDataset, label_palette, one_hot, to_uint8
 from .discriminator import build_discriminator
 from .generator import Generator, build_generator
+from .labels import LabelChannels
 from .losses import SegmentationLoss, VGGLoss, feature_matching, hinge_d_fake, hinge_d_real, hinge_g
 
 log = logging.getLogger(__name__)
@@ -409,7 +410,9 @@ def load_state(path: Path, trainer: ResailTrainer) -> int:
 
 def load_snapshot(path: str | Path, device: torch.device | str = "cpu") -> tuple[Generator, TrainConfig]:
     """G_ema of a snapshot, in eval mode, with the run's config. Use it as
-    `G(one_hot(label, cfg.net.semantic_nc), guidance)` with guidance B×3×H×W in [−1, 1]."""
+    `G(one_hot(label, cfg.net.semantic_nc), guidance)` with `label` the B×H×W channel ids of the
+    run's label table (`LabelChannels.of(cfg.net).to_channels(native_ids, where)`) and guidance
+    B×3×H×W in [−1, 1]."""
     ckpt = read_checkpoint(path, SNAPSHOT_FORMAT, device)
     cfg = TrainConfig.from_dict(ckpt["config"])
     G = build_generator(cfg.net, device)
@@ -428,7 +431,8 @@ def write_sample_grid(path: Path, trainer: ResailTrainer, batch: dict, palette: 
     """Rows of label (colourised) | guidance | distorted GT | G_ema(label, guidance) | real."""
     x = trainer.inputs(batch)
     out = trainer.G_ema(x["label_map"], x["guidance"])
-    label = palette[np.clip(batch["label"].numpy(), 0, len(palette) - 1)]
+    native = LabelChannels.of(trainer.cfg.net).to_native(batch["label"].numpy())
+    label = palette[np.clip(native, 0, len(palette) - 1)]
     cols = [label, to_uint8(batch["guidance"]), to_uint8(batch["distorted"]), to_uint8(out), to_uint8(batch["image"])]
     grid = np.concatenate([np.concatenate(row, axis=1) for row in zip(*cols)], axis=0)
     ok, png = cv2.imencode(".png", cv2.cvtColor(grid, cv2.COLOR_RGB2BGR))
@@ -474,6 +478,10 @@ def build_losses(cfg: TrainConfig, device: torch.device) -> tuple[VGGLoss | None
         if segnet.num_classes != cfg.net.semantic_nc:
             raise InputError(f"--segnet {cfg.segnet}: {segnet.num_classes} classes, but preset {cfg.preset!r} has "
                              f"{cfg.net.semantic_nc} label channels; train a segmentation network for this dataset")
+        if segnet.label_channels() != LabelChannels.of(cfg.net):
+            raise InputError(f"--segnet {cfg.segnet}: its classes are another label table than preset "
+                             f"{cfg.preset!r}'s (label_ids); train one with `resail segnet train --preset "
+                             f"{cfg.preset}` (same label_ids)")
         seg = SegmentationLoss(segnet, ignore_index=0)
     return vgg, seg
 

@@ -22,8 +22,8 @@ from resail.pipeline.toy import ToyConfig, make_toy_dataset
 from resail.synth import eval as eval_mod
 from resail.synth import inception as inception_mod
 from resail.synth.config import TrainConfig
-from resail.synth.eval import (EvalConfig, feature_stats, frechet_distance, kernel_inception_distance, run_eval,
-                               segmentation_scores)
+from resail.synth.eval import (EvalConfig, feature_distances, feature_stats, frechet_distance,
+                               kernel_inception_distance, run_eval, segmentation_scores)
 from resail.synth.generator import build_generator
 from resail.synth.inception import FIDInception, inception_features, load_inception, randomize_
 from resail.synth.init import init_weights
@@ -148,6 +148,20 @@ def test_kid_is_near_zero_for_one_distribution_and_positive_for_another():
 # ---------------------------------------------------------------- segmentation scores
 
 
+def test_feature_space_fid_and_kid_helper():
+    """`feature_distances` is FID + KID on any features (the toy ablation uses SegNet.features):
+    ~0 for one set against itself, growing with a shift of the mean."""
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(200, 16))
+    b = rng.normal(size=(200, 16))  # another draw of the same distribution
+    same, near, far = feature_distances(a, a), feature_distances(a, b), feature_distances(a, b + 0.5)
+    assert abs(same["fid"]) < 1e-6 and 0 < near["fid"] < far["fid"]
+    assert far["fid"] == pytest.approx(16 * 0.25 + near["fid"], rel=0.2)   # + |Δμ|²
+    # KID's unbiased estimate assumes independent sets: a set against itself is only ~0 (slightly < 0)
+    assert abs(same["kid"]["mean"]) < 0.1 * far["kid"]["mean"] and near["kid"]["mean"] < far["kid"]["mean"]
+    assert feature_distances(a, b, kid=False)["kid"] is None
+
+
 def test_segmentation_scores_match_a_hand_counted_confusion_matrix():
     # classes 1, 2, 3 evaluated; 0 = void; 4 an unused channel of the segmenter
     label = torch.tensor([[1, 1, 1, 2], [2, 2, 0, 0], [3, 3, 1, 0]])
@@ -214,6 +228,11 @@ def test_eval_end_to_end_writes_images_metrics_grid_and_caches_real_stats(tiny_r
     assert real.shape == fake.shape and not np.array_equal(real, fake)
     seg = m["segmentation"]
     assert seg["segnet"].endswith("toy.pt")
+    # the run and its segmenter use the toy preset's compact label table; per-class rows name native ids
+    toy_ids = get_preset("toy").label_ids
+    ids = [r["id"] for r in m["per_class_iou"]]
+    assert ids and set(ids) <= set(toy_ids[1:]) and max(ids) >= len(toy_ids)
+    assert {r["name"] for r in m["per_class_iou"]} >= {"sky"}
     for side in ("generated", "real"):
         assert 0 <= seg[side]["miou"] <= 1 and 0 <= seg[side]["pixel_acc"] <= 1 and seg[side]["n_pixels"] > 0
     assert m["protocol"]["fid"]["inception_sha256"] and m["protocol"]["fid"]["real_stats_recomputed"]
@@ -253,3 +272,19 @@ def test_eval_cli_without_fid_and_bad_input(tiny_run, tmp_path, capsys, monkeypa
         run_eval(EvalConfig(work, "empty", fid=False))
     with pytest.raises(InputError, match="--segnet"):
         run_eval(EvalConfig(work, "tiny", fid=False, segnet=tmp_path / "missing.pt"))
+
+
+def test_eval_remaps_labels_to_a_segmenter_with_another_label_table(tiny_run, tmp_path):
+    """A compact-table run scored by an identity-table (ADE20K, 151 classes) segmenter: labels go
+    through native ids; a segmenter whose table misses classes of the data is refused."""
+    work, _ = tiny_run
+    net = tiny(get_preset("ade20k"), width=SIZE, height=SIZE, segnet_channels=(4,) * 5)
+    save_checkpoint(tmp_path / "ade.pt", build_segnet(net), None, 0, SegnetTrainConfig())
+    m = run_eval(EvalConfig(work, "tiny", fid=False, segnet=tmp_path / "ade.pt", limit=2, n_grid=0))
+    assert m["segmentation"]["segnet"].endswith("ade.pt") and m["segmentation"]["real"]["n_pixels"] > 0
+    ids = {r["id"] for r in m["per_class_iou"]}   # native ADE20K ids (the segmenter may predict any of the 150)
+    assert ids <= set(range(1, 151)) and ids & {c for c in get_preset("toy").label_ids if c > 22}
+    narrow = tiny(get_preset("toy", label_ids=(0, 2, 3)), width=SIZE, height=SIZE, segnet_channels=(4,) * 5)
+    save_checkpoint(tmp_path / "narrow.pt", build_segnet(narrow), None, 0, SegnetTrainConfig())
+    with pytest.raises(InputError, match="segmentation network has no label channel"):
+        run_eval(EvalConfig(work, "tiny", fid=False, segnet=tmp_path / "narrow.pt", limit=2))

@@ -160,14 +160,21 @@ def test_cli_segnet_train_on_a_work_dir(tmp_path, capsys):
     from resail.cli import main
 
     work = fabricate_work(tmp_path)
-    assert main(["segnet", "train", str(work), "--preset", "toy", "--steps", "2", "--batch-size", "2",
-                 "--workers", "0", "--device", "cpu", "-q"]) == 0
+    argv = ["segnet", "train", str(work), "--preset", "toy", "--steps", "2", "--batch-size", "2",
+            "--workers", "0", "--device", "cpu", "-q"]
+    # class 1 is not among the toy preset's label_ids: the error names the file, the id and the fix
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "labels/train/im" in err and "class id 1 " in err and "label_ids" in err
+    (tmp_path / "net.toml").write_text("batch_size = 3\n[network]\nlabel_ids = [0, 1, 2, 3]\n")
+    assert main(argv + ["--config", str(tmp_path / "net.toml")]) == 0
     out = capsys.readouterr().out
     assert "val mIoU" in out
     report = json.loads((work / "segnet" / "toy_metrics.json").read_text())
     assert report["steps"] == 2 and report["n_train"] == 2 and report["n_val"] == 1
     assert 0 <= report["val"]["miou"] <= 1
-    assert load_segnet(work / "segnet" / "toy.pt").num_classes == 151
+    net = load_segnet(work / "segnet" / "toy.pt")
+    assert net.num_classes == 4 and net.label_ids == (0, 1, 2, 3)
     # a folder dataset has no preset of its own
     assert main(["segnet", "train", str(work), "--steps", "1", "--workers", "0"]) == 1
     assert "--preset" in capsys.readouterr().err

@@ -85,7 +85,9 @@ def test_page_info_and_editor_label_maps(served):
     assert client.get("/static/app.js").status_code == 200 and client.get("/static/style.css").status_code == 200
     info = client.get("/api/info").json()
     assert (info["width"], info["height"], info["dataset"], info["k"]) == (SIZE, SIZE, "ade20k", 5)
-    assert len(info["classes"]) == 150 and info["classes"][0]["name"] and len(info["classes"][0]["color"]) == 3
+    # the palette offers the classes of the run's label table (the toy preset's), named by native id
+    assert [c["id"] for c in info["classes"]] == list(get_preset("toy").label_ids[1:])
+    assert info["classes"][0]["name"] == "building" and len(info["classes"][0]["color"]) == 3
     assert info["val"] and info["label_format"] == "native"
     # an upload comes back as native ids at the model size, for the editor
     big = np.kron(label, np.ones((2, 2), np.uint8))  # 192×192: resized to 96×96 with nearest neighbour
@@ -204,6 +206,9 @@ def test_bad_uploads_get_a_4xx_and_a_message(served):
         unknown = label.copy()
         unknown[:4, :4] = 200                                                             # ADE20K stops at 150
         refused(png(unknown), 422, "[200]", url)
+        wall = label.copy()
+        wall[:4, :4] = 1                                                                  # ADE20K, not in the toy table
+        refused(png(wall), 422, "class id 1 (wall) not in the label table of preset 'toy'", url)
         refused(png(np.dstack([label] * 3)), 422, "single-channel", url)                  # colours, not ids
         noise = np.random.default_rng(0).integers(0, 150, (300, 300), dtype=np.uint8)   # > 64 KiB
         refused(png(noise), 413, "limit", url)

@@ -12,6 +12,7 @@ from PIL import Image
 from resail.cli import main
 from resail.errors import InputError
 from resail.pipeline.datasets import make_reader
+from resail.synth.presets import get_preset
 from resail.synth.synthesize import SynthesizeConfig, format_segments, synthesize
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -46,6 +47,9 @@ def test_synthesize_end_to_end_is_reproducible_by_seed(run, tmp_path):
     assert np.array_equal(np.asarray(Image.open(tmp_path / "best.png").convert("RGB")), best.image)
     assert np.array_equal(np.asarray(Image.open(tmp_path / "best_g.png").convert("RGB")), best.guidance)
     assert all(s.rank in (0, -1) for s in best.segments)
+    # G took channels of the run's compact label table; the result reports native ids
+    toy_ids = get_preset("toy").label_ids
+    assert set(np.unique(best.label_map)) <= set(toy_ids) and best.label_map.max() >= len(toy_ids)
     go("best2")
     assert (tmp_path / "best.png").read_bytes() == (tmp_path / "best2.png").read_bytes()
 
@@ -96,6 +100,12 @@ def test_synthesize_cli_prints_segments_and_rejects_bad_input(run, tmp_path, cap
     assert main(["synthesize", str(work), "--run", "tiny", "--label", str(bad), "--out", str(out), "--quiet"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "[200]" in err[0] and "class table" in err[0]
+    lm[:4, :4] = 1  # an ADE20K class (wall) the toy run's label table lacks
+    Image.fromarray(lm, mode="L").save(bad)
+    assert main(["synthesize", str(work), "--run", "tiny", "--label", str(bad), "--out", str(out), "--quiet"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "bad.png: class id 1 (wall) not in the label table" in err[0]
+    assert "paint only those" in err[0] and "22 sky" not in err[0] and "3 sky" in err[0]
 
     inst = tmp_path / "inst.png"
     Image.fromarray(np.zeros((SIZE // 2, SIZE), np.uint8), mode="L").save(inst)

@@ -6,6 +6,7 @@ import os
 import socket
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
@@ -17,6 +18,8 @@ from resail.pipeline.segments_stage import SegmentsConfig, build_segments
 from resail.pipeline.toy import ToyConfig, make_toy_dataset
 from resail.synth.config import resolve_config
 from resail.synth.data import SynthDataset
+from resail.synth.labels import LabelChannels
+from resail.synth.presets import get_preset
 from resail.synth.train import ResailTrainer, dry_run, get_lr, load_snapshot, train
 
 SIZE = 96
@@ -38,11 +41,12 @@ def work(tmp_path_factory):
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def tiny_config(name, **overrides):
+def tiny_config(name, network_label_ids=None, **overrides):
     flags = dict(name=name, batch_size=2, steps=4, load_size=(104, 104), workers=0, log_every=1, sample_every=2,
                  checkpoint_every=100, seed=1)
     flags.update(overrides)
-    return resolve_config("toy", n_train=6, overrides=flags, network=TINY)
+    network = TINY if network_label_ids is None else {**TINY, "label_ids": network_label_ids}
+    return resolve_config("toy", n_train=6, overrides=flags, network=network)
 
 
 def stats(run_dir):
@@ -76,6 +80,13 @@ def test_one_step_changes_G_and_D(work):
     trainer = ResailTrainer(cfg, torch.device("cpu"))
     ds = SynthDataset(work, "train", cfg)
     batch = torch.utils.data.default_collate([ds[(0, 0)], ds[(0, 1)]])
+    # the toy preset's compact label table: 23 channels, items carry channel ids of native classes
+    toy_ids = get_preset("toy").label_ids
+    assert cfg.net.label_ids == toy_ids and cfg.net.semantic_nc == len(toy_ids) == trainer.G.fc.in_channels
+    assert 0 <= int(batch["label"].min()) and int(batch["label"].max()) < len(toy_ids)
+    native = LabelChannels.of(cfg.net).to_native(batch["label"].numpy())
+    assert set(np.unique(native)) <= set(toy_ids) and native.max() > len(toy_ids)
+    assert trainer.inputs(batch)["label_map"].shape[1] == len(toy_ids)
     before = {n: {k: v.clone() for k, v in net.state_dict().items()} for n, net in
               (("G", trainer.G), ("D", trainer.D))}
     terms = trainer.step(batch, 0)
@@ -108,6 +119,9 @@ def test_resume_reproduces_an_uninterrupted_run(work):
     for (k, va), vb in zip(G_full.state_dict().items(), G_part.state_dict().values()):
         torch.testing.assert_close(va, vb, atol=1e-6, rtol=0, msg=k)
     assert cfg.net.width == SIZE and not G_full.training
+    assert cfg.net.label_ids == get_preset("toy").label_ids  # the snapshot carries the label table
+    saved = json.loads((Path(full["run_dir"]) / "config.json").read_text())
+    assert saved["net"]["label_ids"] == list(cfg.net.label_ids)
     assert len(list((Path(full["run_dir"]) / "samples").glob("*.png"))) == 2
     # the snapshot runs as eval/synthesize would use it
     from resail.synth.data import one_hot
@@ -128,6 +142,23 @@ def test_corrupt_and_mismatched_checkpoints_are_clear_errors(work):
         train(tiny_config("bad", steps=2), work, progress=False, resume=True)
     with pytest.raises(InputError, match="no training state"):
         train(tiny_config("never", steps=2), work, progress=False, resume=True)
+
+
+def test_label_table_must_cover_the_data_and_match_the_segnet(work, tmp_path):
+    with pytest.raises(InputError, match=r"train data uses class ids 5 \(tree\), .*`label_ids = \[0, 2, 3, 5, "):
+        SynthDataset(work, "train", tiny_config("narrow", network_label_ids=(0, 2, 3)))
+    # identity tables keep the preset/dataset check: ADE20K ids do not fit Cityscapes' 35 channels
+    with pytest.raises(InputError, match="preset 'cityscapes' has no label channel"):
+        SynthDataset(work, "train", resolve_config("cityscapes", n_train=6, overrides=dict(
+            preprocess="resize_crop", load_size=(104, 104)), network={**TINY, "upsampling": "normal"}))
+    from resail.synth.segnet import SegNet, SegnetTrainConfig, save_checkpoint
+    from resail.synth.train import build_losses
+
+    n = get_preset("toy").semantic_nc
+    other = tuple(range(n))  # as many channels as the toy table, other classes
+    save_checkpoint(tmp_path / "seg.pt", SegNet(n, (4,) * 5, label_ids=other), None, 0, SegnetTrainConfig())
+    with pytest.raises(InputError, match="another label table"):
+        build_losses(tiny_config("seg", segnet=str(tmp_path / "seg.pt"), vgg=False), torch.device("cpu"))
 
 
 def test_non_finite_loss_stops_and_names_the_term(work, monkeypatch):
