@@ -330,6 +330,12 @@ def guidance_preview_distort(work, out, n, seed, color_ref, size):
 @click.option("--norm", type=click.Choice(("resail", "spade")), default=None,
               help="Generator normalisation; spade = the paper's baseline ablation.")
 @click.option("--no-retrieval-loss", is_flag=True, help="Drop the retrieval-guidance path (the paper's ablation).")
+@click.option("--color-ref", type=click.Choice(("topk", "class")), default=None,
+              help="Colour reference of the distorted GT: a random top-k match (official) or any training "
+                   "segment of the class (the paper's wording) [default: topk].")
+@click.option("--distort-p", type=(click.FloatRange(0, 1),) * 3, default=None, metavar="COLOR RES SHAPE",
+              help="Probabilities of the distorted GT's colour, resolution and shape steps per segment "
+                   "[default: 1 1 1, as official].")
 @click.option("--no-vgg", is_flag=True, help="Train without the VGG19 perceptual loss.")
 @click.option("--vgg-weights", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="torchvision VGG19 ImageNet weights file [default: the torch hub cache].")
@@ -343,7 +349,7 @@ def guidance_preview_distort(work, out, n, seed, color_ref, size):
 @click.option("--device", default=None, help="cpu, cuda, cuda:N [default: auto].")
 @common
 def train(work, preset, name, steps, epochs, config_file, resume, dry_run, batch_size, workers, norm,
-          no_retrieval_loss, no_vgg, vgg_weights, seg_loss, segnet, amp, seed, device):
+          no_retrieval_loss, color_ref, distort_p, no_vgg, vgg_weights, seg_loss, segnet, amp, seed, device):
     """Train a RESAIL generator on a work directory's caches (torchrun for several processes)."""
     import os
 
@@ -362,6 +368,9 @@ def train(work, preset, name, steps, epochs, config_file, resume, dry_run, batch
                      segnet=str(segnet) if segnet else None, vgg_weights=str(vgg_weights) if vgg_weights else None)
     if no_retrieval_loss:
         overrides["retrieval_loss"] = False
+    overrides["color_ref"] = color_ref
+    if distort_p is not None:
+        overrides.update(p_color=distort_p[0], p_resolution=distort_p[1], p_shape=distort_p[2])
     if no_vgg:
         overrides["vgg"] = False
     elif vgg_weights is not None:

@@ -46,7 +46,8 @@ Design choices (and what they cost):
   coarse grid + live cells + fine map), the draws of all of an image's segments come from a few
   generator calls (`draw_segments`), and a colour reference may be passed as its `LabStats`,
   which `GuidanceComposer` caches per training segment. This took the distorted ground truth
-  from ~1 ms to ~0.5 ms of CPU per segment (BENCHMARKS.md, `benchmarks/distort.py`).
+  from ~1 ms to ~0.65 ms of CPU per segment, everything included (BENCHMARKS.md,
+  `benchmarks/distort.py`).
 """
 
 from __future__ import annotations

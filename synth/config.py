@@ -199,6 +199,9 @@ def _check_and_finish(cfg: TrainConfig, n_train: int, notes: list[str]) -> Train
         raise InputError(f"amp {cfg.amp!r}: choose one of {AMP}")
     if cfg.color_ref not in COLOR_REFS:
         raise InputError(f"color_ref {cfg.color_ref!r}: choose one of {COLOR_REFS}")
+    for field_name in ("p_color", "p_resolution", "p_shape"):
+        if not 0.0 <= getattr(cfg, field_name) <= 1.0:
+            raise InputError(f"{field_name} = {getattr(cfg, field_name)}: a probability must lie in [0, 1]")
     if net.norm not in NORMS:
         raise InputError(f"--norm {net.norm!r}: choose one of {NORMS}")
     lw, lh = cfg.load_size
@@ -241,7 +244,8 @@ def format_config(cfg: TrainConfig) -> str:
         f"{n.semantic_nc} label channels" + (" (channel = native id)" if n.label_ids is None else
                                              f" (label table of native ids {n.label_ids[1]}..{n.label_ids[-1]})"),
         f"  data: {cfg.n_train} images, batch {cfg.batch_size}, {cfg.preprocess} (load {cfg.load_size[0]}x"
-        f"{cfg.load_size[1]}), flip {cfg.flip}, colour ref {cfg.color_ref}, workers {cfg.workers}",
+        f"{cfg.load_size[1]}), flip {cfg.flip}, colour ref {cfg.color_ref}, distortion p colour/res/shape "
+        f"{cfg.p_color:g}/{cfg.p_resolution:g}/{cfg.p_shape:g}, workers {cfg.workers}",
         f"  schedule: {cfg.total_steps} steps ({cfg.steps_per_epoch}/epoch), lr G {cfg.lr_G:g} D {cfg.lr_D:g} "
         f"Adam({cfg.beta1:g}, {cfg.beta2:g}), linear decay from step {cfg.decay_start}",
         f"  losses: GAN + FM x{cfg.lambda_feat:g}"

@@ -183,6 +183,23 @@ def test_dry_run_writes_config_only_and_missing_cache_is_named(work, tmp_path):
         count_images(work, "val")
 
 
+def test_cli_distortion_flags_reach_the_config(work):
+    from click.testing import CliRunner
+
+    from resail.cli import cli
+
+    runner = CliRunner()
+    result = runner.invoke(cli, ["train", str(work), "--preset", "toy", "--name", "flags", "--dry-run", "-q",
+                                 "--color-ref", "class", "--distort-p", "0", "1", "0.5"])
+    assert result.exit_code == 0, result.output
+    saved = json.loads((work / "runs" / "flags" / "config.json").read_text())
+    assert (saved["color_ref"], saved["p_color"], saved["p_resolution"], saved["p_shape"]) == ("class", 0.0, 1.0, 0.5)
+    bad = runner.invoke(cli, ["train", str(work), "--preset", "toy", "--dry-run", "--distort-p", "2", "1", "1"])
+    assert bad.exit_code == 2 and "--distort-p" in bad.output
+    with pytest.raises(InputError, match="p_shape = 1.5"):
+        tiny_config("p", p_shape=1.5)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
