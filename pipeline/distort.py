@@ -763,9 +763,7 @@ def distort_segment(
         _transfer_masked(window, window_mask, stats.mean, stats.std,
                          _RGB_TO_LMS, _LOG_LMS_TO_LAB, _LAB_TO_LOG_LMS, _LMS_TO_RGB)
     if d.resolution:
-        small = (max(1, int(window.shape[1] * d.r)), max(1, int(window.shape[0] * d.r)))
-        low = cv2.resize(window, small, interpolation=cv2.INTER_CUBIC)
-        window = cv2.resize(low, window.shape[1::-1], interpolation=cv2.INTER_CUBIC)
+        window = resample_resolution(window, d.r)
     canvas[y0:y1, x0:x1] = window
     if not d.shape:
         return canvas, mask.copy()
