@@ -51,7 +51,7 @@ from resail.index.build import build_index
 from resail.pipeline.bake import BakeConfig, bake
 from resail.pipeline.segments_stage import SegmentsConfig, build_segments
 from resail.pipeline.toy import ToyConfig, make_toy_dataset
-from resail.pipeline.artifacts import write_bytes_atomic, write_json_atomic
+from resail.artifacts import write_bytes_atomic, write_json_atomic
 from resail.synth.config import resolve_config
 from resail.synth.data import StepBatchSampler, SynthDataset, count_images, label_palette, segments_params, to_uint8
 from resail.synth.eval import Segmenter, feature_distances

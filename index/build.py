@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from ..errors import StageError
-from ..pipeline.artifacts import MANIFEST, file_fingerprint, read_manifest, write_manifest
+from ..artifacts import MANIFEST, file_fingerprint, read_manifest, write_manifest
 from .score import as_words, popcounts
 from .shards import (
     IVF_THRESHOLD,

@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..pipeline.artifacts import atomic_path, write_manifest
+from ..artifacts import atomic_path, write_manifest
 from .descriptors import pack_masks, resize_mask_nearest, unpack_masks
 from .score import as_words, popcounts
 

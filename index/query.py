@@ -10,7 +10,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import StageError
-from ..pipeline.artifacts import atomic_path, read_manifest
+from ..artifacts import atomic_path, read_manifest
 from .build import RetrievalIndex
 from .descriptors import descriptors
 from .search import QueryBatch, SearchConfig, SearchResult, search

@@ -28,7 +28,7 @@ import faiss
 import numpy as np
 
 from ..errors import StageError
-from ..pipeline.artifacts import write_bytes_atomic
+from ..artifacts import write_bytes_atomic
 
 IVF_THRESHOLD = 20_000
 TRAIN_POINTS_PER_LIST = 32

@@ -37,7 +37,7 @@ from tqdm import tqdm
 from ..errors import InputError, StageError
 from ..index.build import RetrievalIndex
 from ..index.search import QueryBatch, SearchConfig, search
-from .artifacts import atomic_path, fingerprint, read_manifest, write_bytes_atomic, write_manifest
+from ..artifacts import atomic_path, fingerprint, read_manifest, write_bytes_atomic, write_manifest
 from .classes import ClassTable
 from .compose import MODES, Piece, compose, stretch_crop
 from .store import SegmentStore

@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 
 from ..errors import InputError, StageError
 from ..index.descriptors import R_CANONICAL, R_PREFILTER
-from .artifacts import (file_fingerprint, fingerprint, read_manifest, write_json_atomic, write_manifest)
+from ..artifacts import (file_fingerprint, fingerprint, read_manifest, write_json_atomic, write_manifest)
 from .datasets import SPLITS, ImageRecord, Reader, list_split, make_reader
 from .decompose import decompose, downscale, thing_lut
 from .store import encode_segments, merge_parts, write_part

@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 
 from ..errors import StageError
 from ..index.descriptors import R_CANONICAL, R_PREFILTER, nearest_indices, pack_masks, unpack_masks
-from .artifacts import atomic_path
+from ..artifacts import atomic_path
 from .decompose import Segment
 
 

@@ -34,7 +34,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import InputError
-from .artifacts import write_bytes_atomic, write_json_atomic
+from ..artifacts import write_bytes_atomic, write_json_atomic
 from .classes import ade20k_instance_mapping, class_table
 from .toy_scene import ROLES, compose_scene
 

@@ -51,7 +51,7 @@ from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
 from ..errors import InputError, StageError
-from ..pipeline.artifacts import atomic_path, fingerprint, read_manifest, write_bytes_atomic, write_json_atomic
+from ..artifacts import atomic_path, fingerprint, read_manifest, write_bytes_atomic, write_json_atomic
 from .data import SynthDataset, check_label_table, label_palette, one_hot, segments_params, to_uint8
 from .inception import FEATURE_DIM, find_weights, inception_features, load_inception, sha256_of
 from .labels import LabelChannels

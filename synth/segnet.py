@@ -27,7 +27,7 @@ from torch.nn.utils.parametrizations import spectral_norm
 from tqdm.auto import tqdm
 
 from ..errors import InputError
-from ..pipeline.artifacts import atomic_path
+from ..artifacts import atomic_path
 from .checkpoint import read_checkpoint
 from .init import init_weights
 from .labels import LabelChannels

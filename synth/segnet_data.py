@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..errors import InputError, StageError
-from ..pipeline.artifacts import write_json_atomic
+from ..artifacts import write_json_atomic
 from ..pipeline.datasets import records_for_ids
 from .data import check_label_table
 from .labels import LabelChannels

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError
-from ..pipeline.artifacts import read_manifest, write_bytes_atomic
+from ..artifacts import read_manifest, write_bytes_atomic
 from ..pipeline.bake import LabelMapGuidance
 from ..pipeline.datasets import read_index_png
 from .data import one_hot, resize_nearest, segments_params, to_tensor, to_uint8

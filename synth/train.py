@@ -45,7 +45,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..errors import InputError, StageError
-from ..pipeline.artifacts import atomic_path, write_bytes_atomic, write_json_atomic
+from ..artifacts import atomic_path, write_bytes_atomic, write_json_atomic
 from .checkpoint import read_checkpoint as _read
 from .config import TrainConfig
 from .data import StepBatchSampler, SynthDataset, label_palette, one_hot, to_uint8

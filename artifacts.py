@@ -17,7 +17,9 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
-from ..errors import StageError
+import numpy as np
+
+from .errors import ResailError, StageError
 
 MANIFEST = "manifest.json"
 
@@ -50,6 +52,25 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
     write_bytes_atomic(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
+def encode_png(image: np.ndarray) -> bytes:
+    """PNG bytes of an H×W (grey or class ids, uint8/uint16) or H×W×3 RGB uint8 image."""
+    import cv2
+
+    image = np.ascontiguousarray(image)
+    if image.ndim == 3:
+        image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+    ok, png = cv2.imencode(".png", image)
+    if not ok:
+        raise ResailError(f"could not encode a {image.shape} {image.dtype} image as PNG")
+    return png.tobytes()
+
+
+def write_png_atomic(path: str | os.PathLike, image: np.ndarray) -> Path:
+    """Write `image` (see `encode_png`) as a PNG file at `path`, atomically; return the path."""
+    write_bytes_atomic(path, encode_png(image))
+    return Path(path)
+
+
 def fingerprint(obj: Any) -> str:
     """A stable short hash of a JSON-able object (parameters, input listings)."""
     blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str).encode()
@@ -76,7 +97,7 @@ def read_manifest(folder: str | os.PathLike, name: str = MANIFEST) -> dict | Non
 def write_manifest(folder: str | os.PathLike, stage: str, params: dict, *, name: str = MANIFEST,
                    **fields: Any) -> dict:
     """Write the stage manifest last, once every artifact of the stage is in place."""
-    from .. import __version__
+    from . import __version__
 
     manifest = {
         "stage": stage,
@@ -88,11 +109,3 @@ def write_manifest(folder: str | os.PathLike, stage: str, params: dict, *, name:
     }
     write_json_atomic(Path(folder) / name, manifest)
     return manifest
-
-
-def is_up_to_date(folder: str | os.PathLike, stage: str, params: dict, name: str = MANIFEST) -> bool:
-    """True when `folder` holds a finished `stage` built with exactly `params`."""
-    m = read_manifest(folder, name)
-    return m is not None and m.get("stage") == stage and m.get("fingerprint") == fingerprint(
-        {"stage": stage, "params": params}
-    )
