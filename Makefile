@@ -1,6 +1,7 @@
 # Two commands set everything up on a fresh machine with Python >= 3.10:
 #   make demo   create .venv, install resail, run the whole pipeline on the built-in toy dataset
 #   make test   create .venv, install resail with its dev extras, run the test suite
+#   make lint   ruff over the tree (the rules are in pyproject.toml); CI runs it before the tests
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -10,7 +11,7 @@ BIN    := $(VENV)/bin
 TORCH_PIN ?= torch==2.14.1 torchvision==0.29.1
 DEMO_OUT ?= demo_out
 
-.PHONY: demo test install install-dev bench clean
+.PHONY: demo test lint install install-dev bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +32,9 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest tests
+
+lint: install
+	$(BIN)/ruff check .
 
 bench: install
 	for b in benchmarks/*.py; do $(BIN)/python $$b || exit 1; done

@@ -16,7 +16,7 @@ from pathlib import Path
 import click
 
 from . import __version__
-from .errors import NotBuiltError, ResailError
+from .errors import ResailError
 
 log = logging.getLogger("resail")
 
@@ -59,6 +59,13 @@ class ShardSpec(click.ParamType):
         return i, n
 
 
+# One meaning of --shard/--merge for every sharded stage (pipeline/runner.py).
+SHARD_HELP = ("Compute only shard I of N (images K*I//N .. K*(I+1)//N of K), then stop; "
+              "merge with --merge once every shard has finished.")
+MERGE_HELP = ("Merge after checking that every shard has finished (alone: compute nothing). "
+              "Without --shard and --merge: compute every missing part, then merge.")
+
+
 def _setup_logging(quiet: bool, debug: bool) -> None:
     level = logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO
     # Third-party loggers (faiss announces its SIMD build at INFO) stay at WARNING unless --debug.
@@ -86,10 +93,6 @@ def common(fn):
 
 def progress_enabled() -> bool:
     return not click.get_current_context().find_root().obj.get("quiet", False)
-
-
-def not_built(command: str, issue: int) -> None:
-    raise NotBuiltError(f"`resail {command}` is not built yet (tracked in issue #{issue}); nothing was done")
 
 
 @click.group(context_settings=CONTEXT)
@@ -130,14 +133,15 @@ def data():
 @click.option("--size", type=Size(), default=None,
               help="Image size WxH [default: 256x256; 512x256 for cityscapes].")
 @click.option("--seed", type=int, default=0, help="Random seed; the same seed writes identical bytes.")
+@click.option("--jobs", type=click.IntRange(1, 1024), default=1, help="Parallel worker processes (same bytes).")
 @common
-def data_toy(out, fmt, n_train, n_val, size, seed):
+def data_toy(out, fmt, n_train, n_val, size, seed, jobs):
     """Write a procedural toy dataset to OUT in the official format of a real dataset."""
     from .pipeline.toy import ToyConfig, make_toy_dataset
 
     if size is None:
         size = (512, 256) if fmt == "cityscapes" else (256, 256)
-    cfg = ToyConfig(fmt=fmt, n_train=n_train, n_val=n_val, width=size[0], height=size[1], seed=seed)
+    cfg = ToyConfig(fmt=fmt, n_train=n_train, n_val=n_val, width=size[0], height=size[1], seed=seed, n_jobs=jobs)
     t0 = time.perf_counter()
     root = make_toy_dataset(out, cfg, progress=progress_enabled())
     click.echo(f"toy {fmt} dataset: {n_train} train + {n_val} val images at {size[0]}x{size[1]} "
@@ -160,9 +164,8 @@ def index():
               help="Work directory for all artifacts of this dataset.")
 @click.option("--splits", default="train,val", help="Comma-separated splits to decompose.")
 @click.option("--jobs", type=click.IntRange(1, 1024), default=1, help="Parallel worker processes.")
-@click.option("--shard", type=ShardSpec(), default=None,
-              help="Run only shard I of N: images K*I//N .. K*(I+1)//N of each split of K images; then --merge.")
-@click.option("--merge", is_flag=True, help="Merge finished shards (alone: only merge, checking all are present).")
+@click.option("--shard", type=ShardSpec(), default=None, help=SHARD_HELP)
+@click.option("--merge", is_flag=True, help=MERGE_HELP)
 @click.option("--preserved-ratio", type=click.FloatRange(0, 1, min_open=True), default=0.9,
               help="Per class and image, keep the largest segments covering this share of the class area.")
 @click.option("--max-side", type=click.IntRange(1), default=None,
@@ -223,14 +226,17 @@ def index_build(dataset, root, work, splits, jobs, shard, merge, preserved_ratio
 def index_query(work, label, instance, k, k_prefilter, max_score, exact, device, preview):
     """Print the best training matches for every segment of a label map."""
     from .index.build import RetrievalIndex
-    from .index.query import format_matches, query_label_map, write_preview
+    from .index.query import format_matches, write_preview
     from .index.search import SearchConfig
+    from .pipeline.datasets import read_index_png
+    from .pipeline.guidance import query_label_map
 
     if k_prefilter < k:
         raise click.BadParameter(f"--k-prefilter {k_prefilter} must be at least --k {k}", param_hint="--k-prefilter")
     cfg = SearchConfig(k=k, k_prefilter=k_prefilter, max_score=max_score, exact=exact)
     index = RetrievalIndex(work, device=device)
-    matches = query_label_map(index, label, instance, cfg)
+    instance_map = read_index_png(instance) if instance is not None else None
+    matches = query_label_map(index, read_index_png(label), instance_map, cfg, where=str(label))
     click.echo(format_matches(matches))
     if preview is not None:
         click.echo(f"preview -> {write_preview(index, matches, preview)}")
@@ -273,22 +279,23 @@ def guidance():
 @click.option("--max-score", type=float, default=None, help="Matches scoring above this stay black.")
 @click.option("--exclude-same-image", is_flag=True, help="Never paste a segment of the query's own image.")
 @click.option("--jobs", type=click.IntRange(1, 1024), default=1, help="Parallel worker processes.")
-@click.option("--shard", type=ShardSpec(), default=None, help="Compose only shard I of N; rerun without it to merge.")
+@click.option("--shard", type=ShardSpec(), default=None, help=SHARD_HELP)
+@click.option("--merge", is_flag=True, help=MERGE_HELP)
 @click.option("--previews", "n_preview", type=click.IntRange(0), default=6, help="Preview rows to write.")
 @click.option("--rebuild", is_flag=True, help="Discard existing matches and guidance and bake again.")
 @common
 def guidance_bake(work, split, k, choose, seed, compose_mode, size, k_prefilter, max_score, exclude_same_image,
-                  jobs, shard, n_preview, rebuild):
+                  jobs, shard, merge, n_preview, rebuild):
     """Retrieve every segment of a split and store its guidance images in WORK/guidance/."""
     from .pipeline.bake import BakeConfig, bake
 
     cfg = BakeConfig(work=work, split=split, k=k, choose=choose, seed=seed, compose_mode=compose_mode, size=size,
                      k_prefilter=k_prefilter, max_score=max_score, exclude_same_image=exclude_same_image,
-                     jobs=jobs, shard=shard, n_preview=n_preview, rebuild=rebuild)
+                     jobs=jobs, shard=shard, merge=merge, n_preview=n_preview, rebuild=rebuild)
     m = bake(cfg, progress=progress_enabled())
     if m.get("complete") is False:
         click.echo(f"guidance {split}: shard {shard[0]}/{shard[1]} done ({m['parts']} parts); "
-                   f"rerun without --shard to merge")
+                   "run --merge once every shard has finished")
         return
     click.echo(f"guidance {split}: {m['images']} images, {m['matched_segments']} matched segments -> "
                f"{work / 'guidance' / (split + '.h5')} (previews in {work / 'guidance' / (split + '_preview')})")
@@ -305,7 +312,7 @@ def guidance_bake(work, split, k, choose, seed, compose_mode, size, k_prefilter,
 @common
 def guidance_preview_distort(work, out, n, seed, color_ref, size):
     """Write rows of real | distorted ground truth | retrieval guidance for training images."""
-    from .pipeline.bake import preview_distort
+    from .pipeline.guidance import preview_distort
 
     click.echo(f"distortion preview -> {preview_distort(work, out, n=n, seed=seed, color_ref=color_ref, size=size)}")
 
@@ -413,18 +420,15 @@ def train(work, preset, name, steps, epochs, config_file, resume, dry_run, batch
 def eval_(work, run_name, checkpoint, split, fid, kid, inception_weights, seg, segnet_path, batch_size, limit,
           n_grid, workers, device):
     """FID, KID, mIoU and pixel accuracy of a trained run; images, grid and report in WORK/eval/NAME/."""
-    import torch
-
     from .synth.eval import EvalConfig, format_metrics, run_eval
+    from .workdir import WorkDir
 
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
     cfg = EvalConfig(work=work, run=run_name, split=split, checkpoint=checkpoint, fid=fid, kid=kid,
                      inception_weights=inception_weights, seg=seg, segnet=segnet_path, batch_size=batch_size,
                      device=device, limit=limit, n_grid=n_grid, workers=workers)
     log.info("eval: %s", ", ".join(f"{k}={v}" for k, v in cfg.to_dict().items()))
     m = run_eval(cfg, progress=progress_enabled())
-    click.echo(f"eval {run_name}: {format_metrics(m)} -> {work / 'eval' / run_name / 'metrics.json'}")
+    click.echo(f"eval {run_name}: {format_metrics(m)} -> {WorkDir(work).eval_dir(run_name) / 'metrics.json'}")
 
 
 @cli.command(context_settings=CONTEXT)
@@ -450,17 +454,14 @@ def eval_(work, run_name, checkpoint, split, fid, kid, inception_weights, seg, s
 def synthesize(work, run_name, label, instance, out, checkpoint, seed, k, resample, resample_seed, guidance_out,
                device):
     """Synthesize a photo from a new label map with a trained run; prints the segments and their matches."""
-    import torch
-
-    from .synth.synthesize import SynthesizeConfig, format_segments, synthesize as run_synthesis
+    from .synth.synthesize import SynthesizeConfig, format_segments
+    from .synth.synthesize import synthesize as run_synthesis
 
     try:
         indices = tuple(int(v) for v in resample.split(",") if v.strip()) if resample else ()
     except ValueError:
         raise click.BadParameter(f"{resample!r} is not a comma-separated list of segment indices",
                                  param_hint="--resample") from None
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
     cfg = SynthesizeConfig(work=work, run=run_name, label=label, out=out, instance=instance, checkpoint=checkpoint,
                            seed=seed, k=k, resample=indices, resample_seed=resample_seed, guidance_out=guidance_out,
                            device=device)
@@ -524,14 +525,10 @@ def segnet_train(work, preset, steps, batch_size, lr, no_balance, checkpoint_eve
     """Train the segmentation network on WORK's real training images; report val mIoU.
 
     Writes WORK/segnet/PRESET.pt (rerun to resume) and WORK/segnet/PRESET_metrics.json."""
-    import torch
-
     from .synth.config import read_toml
     from .synth.segnet import SegnetTrainConfig
     from .synth.segnet_data import SegnetRunConfig, preset_for_work, train_segnet_on_work
 
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
     preset = preset or preset_for_work(work)
     network = read_toml(config_file)["network"] if config_file is not None else {}
     cfg = SegnetRunConfig(preset=preset, network=network, batch_size=batch_size, workers=workers, device=device,
@@ -560,12 +557,9 @@ def segnet_train(work, preset, steps, batch_size, lr, no_balance, checkpoint_eve
 @common
 def serve(work, run_name, checkpoint, host, port, k, max_sessions, device):
     """Open a local web page: paint a label map, synthesise it, resample one region at a time."""
-    import torch
+    from .synth.serve import ServeConfig
+    from .synth.serve import serve as run_server
 
-    from .synth.serve import ServeConfig, serve as run_server
-
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
     if host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("serve: binding %s makes the page reachable from other machines; it has no authentication", host)
     cfg = ServeConfig(work=work, run=run_name, checkpoint=checkpoint, host=host, port=port, k=k,
@@ -589,11 +583,42 @@ def serve(work, run_name, checkpoint, host, port, k, max_sessions, device):
 @common
 def demo(out, n_train, n_val, seed, jobs, train_steps, segnet_steps):
     """Run every built stage end to end on the built-in toy dataset (ADE20K format)."""
-    from .pipeline.demo import run_demo
+    from .demo import run_demo
 
     for stage, where in run_demo(out, n_train=n_train, n_val=n_val, seed=seed, jobs=jobs, train_steps=train_steps,
                                  segnet_steps=segnet_steps, progress=progress_enabled()):
         click.echo(f"[demo] {stage}: {where}")
+
+
+# ---------------------------------------------------------------- segment
+
+SEGMENTERS = ("drn-d-105", "upernet-r101", "deeplabv2-r101")  # resail.synth.segmenters.SEGMENTERS, without torch
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("images", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--segmenter", type=click.Choice(SEGMENTERS), required=True,
+              help="drn-d-105 (Cityscapes trainIds), upernet-r101 (ADE20K 1..150), deeplabv2-r101 (COCO-Stuff 0..181).")
+@click.option("--weights", multiple=True, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="The authors' weight file; for upernet-r101 twice: the encoder file, then the decoder file.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Folder for DIR/<image stem>.png, one single-channel id map per image.")
+@click.option("--upernet-scales", type=click.Choice(("multi", "single")), default="multi",
+              help="upernet-r101: the authors' five test scales, or one pass at the image's own size.")
+@click.option("--device", default="auto", help="torch device: auto (cuda when available), cpu, cuda, cuda:1 ...")
+@common
+def segment(images, segmenter, weights, out, upernet_scales, device):
+    """Segment IMAGE... with a classic evaluation segmenter, as its authors' evaluation code does."""
+    wanted = 2 if segmenter == "upernet-r101" else 1
+    if len(weights) != wanted:
+        raise click.UsageError(f"--segmenter {segmenter} takes {wanted} --weights "
+                               f"{'(the encoder file, then the decoder file)' if wanted == 2 else 'file'}; "
+                               f"got {len(weights)}")
+    from .synth.segmenters import load_segmenter, segment_images
+
+    seg = load_segmenter(segmenter, weights, device, upernet_scales=upernet_scales)
+    written = segment_images(seg, images, out, progress=progress_enabled())
+    click.echo(f"resail segment: {len(written)} id maps ({seg.protocol['ids']}) in {out}")
 
 
 # ---------------------------------------------------------------- entry point

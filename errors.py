@@ -14,6 +14,3 @@ class InputError(ResailError):
 class StageError(ResailError):
     """A stage cannot run: a previous stage is missing, stale, or built with other parameters."""
 
-
-class NotBuiltError(ResailError):
-    """The command exists in the CLI but its stage is not implemented yet."""

@@ -20,11 +20,11 @@ import tempfile
 import time
 from pathlib import Path
 
-
-from resail.index.build import build_index
 from resail.pipeline.bake import BakeConfig, bake
-from resail.pipeline.segments_stage import SegmentsConfig, build_segments
-from resail.pipeline.toy import ToyConfig, make_toy_dataset
+from resail.workdir import WorkDir
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the shared fixture builders (tests/builders)
+from builders.work import baked_work  # noqa: E402
 
 SIZE = (256, 256)
 
@@ -36,16 +36,12 @@ def main() -> None:
     ap.add_argument("--keep", type=Path, default=None, help="work folder to keep (default: a temp dir)")
     args = ap.parse_args()
     base = args.keep or Path(tempfile.mkdtemp(prefix="resail_bench_bake_"))
-    root = make_toy_dataset(base / "toy", ToyConfig("ade20k", args.n_train, args.n_val, 256, 256, seed=0), progress=False)
-    work = base / "work"
-    build_segments(SegmentsConfig("ade20k", root, work, jobs=2))
-    build_index(work, progress=False)
-    bake(BakeConfig(work, "train", size=SIZE, jobs=2, n_preview=0))
+    work = baked_work(base, n_train=args.n_train, n_val=args.n_val, size=SIZE, splits=("train",), jobs=2)
     result = {"bench": "bake", "size": f"{SIZE[0]}x{SIZE[1]}", "n_val_images": args.n_val,
               "cpus": os.cpu_count(), "load_avg_1min_before": round(os.getloadavg()[0], 2)}
     for jobs in (1, 2):
-        shutil.rmtree(work / "guidance" / "val.h5", ignore_errors=True)
-        for p in (work / "guidance").glob("val*"):
+        shutil.rmtree(WorkDir(work).guidance_h5("val"), ignore_errors=True)
+        for p in WorkDir(work).guidance.glob("val*"):
             shutil.rmtree(p) if p.is_dir() else p.unlink()
         t0 = time.perf_counter()
         m = bake(BakeConfig(work, "val", size=SIZE, jobs=jobs, n_preview=0))

@@ -11,13 +11,17 @@ import argparse
 import json
 import os
 import shutil
+import sys
 import time
 from pathlib import Path
 
 from joblib import Parallel, delayed
 
 from resail.pipeline.segments_stage import SegmentsConfig, build_segments
-from resail.pipeline.toy import ToyConfig, dataset_root, make_toy_dataset
+from resail.workdir import WorkDir
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the shared fixture builders (tests/builders)
+from builders.work import toy_dataset  # noqa: E402
 
 
 def _run(root: Path, work: Path, jobs: int) -> tuple[float, float, dict]:
@@ -35,9 +39,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     args = ap.parse_args()
 
-    data = args.out / "toy"
-    make_toy_dataset(data, ToyConfig(fmt="ade20k", n_train=args.n_train, n_val=1, width=256, height=256))
-    root = dataset_root(data, "ade20k")
+    root = toy_dataset(args.out / "toy", n_train=args.n_train, n_val=1, size=256)
     Parallel(n_jobs=2)(delayed(abs)(i) for i in range(4))  # start the worker pool once, as a long run would
 
     best, cpu = {}, []
@@ -52,10 +54,10 @@ def main() -> None:
         best[jobs] = min(times)
         print(f"jobs={jobs}: {args.n_train / best[jobs]:.1f} images/s (best of {args.repeats}: "
               f"{', '.join(f'{t:.2f}s' for t in times)}; merge {m['merge_seconds']:.2f}s)")
-    seg_dir = args.out / "work2" / "segments"
+    wd = WorkDir(args.out / "work2")
     n_seg = m["counts"]["train"]["segments"]
-    on_disk = sum(p.stat().st_size for p in seg_dir.glob("train*"))
-    h5 = (seg_dir / "train.h5").stat().st_size
+    on_disk = sum(p.stat().st_size for p in wd.segments.glob("train*"))
+    h5 = wd.segments_h5("train").stat().st_size
     ips1, ips2 = args.n_train / best[1], args.n_train / best[2]
     print(f"{n_seg} segments ({n_seg / args.n_train:.1f} per image), {on_disk / n_seg:.0f} bytes per segment on disk "
           f"({h5 / n_seg:.0f} in the HDF5 file)")

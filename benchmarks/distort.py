@@ -34,26 +34,32 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from resail.index.build import build_index
-from resail.pipeline.bake import BakeConfig, bake, load_composer
 from resail.pipeline.compose import Piece, compose
-from resail.pipeline.distort import (DistortConfig, contour_points, degenerate_targets, draw_segments, fit_tps,
-                                     lab_to_rgb, resample_resolution, rgb_to_lab, tps_source_map)
-from resail.pipeline.segments_stage import SegmentsConfig, build_segments
-from resail.pipeline.toy import ToyConfig, make_toy_dataset
+from resail.pipeline.distort import (
+    DistortConfig,
+    contour_points,
+    degenerate_targets,
+    draw_segments,
+    fit_tps,
+    lab_to_rgb,
+    resample_resolution,
+    rgb_to_lab,
+    tps_source_map,
+)
+from resail.pipeline.guidance import load_composer
+from resail.workdir import WorkDir
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the shared fixture builders (tests/builders)
+from builders.work import baked_work  # noqa: E402
 
 SIZE = (256, 256)
 
 
 def toy_work(base: Path, n_train: int) -> Path:
-    work = base / "work"
-    if (work / "guidance" / "train_matches.parquet").exists():
-        return work
-    root = make_toy_dataset(base / "toy", ToyConfig("ade20k", n_train, 8, 256, 256, seed=0), progress=False)
-    build_segments(SegmentsConfig("ade20k", root, work, jobs=2))
-    build_index(work, progress=False)
-    bake(BakeConfig(work, "train", size=SIZE, jobs=2, n_preview=0))
-    return work
+    """The toy work dir under `base`, train split baked (reused when a `--keep` folder holds one)."""
+    if WorkDir(base / "work").matches_table("train").exists():
+        return base / "work"
+    return baked_work(base, n_train=n_train, n_val=8, size=SIZE, splits=("train",), jobs=2)
 
 
 def naive_segment(photo, mask, ref, rng, cfg=DistortConfig()):

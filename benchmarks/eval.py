@@ -18,41 +18,34 @@ import argparse
 import json
 import os
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-from resail.index.build import build_index
-from resail.pipeline.bake import BakeConfig, bake
-from resail.pipeline.segments_stage import SegmentsConfig, build_segments
-from resail.pipeline.toy import ToyConfig, make_toy_dataset
 from resail.synth.config import TrainConfig
 from resail.synth.eval import EvalConfig, run_eval
 from resail.synth.generator import build_generator
 from resail.synth.inception import FIDInception, randomize_
 from resail.synth.presets import get_preset
 from resail.synth.segnet import SegnetTrainConfig, build_segnet, save_checkpoint
-from resail.synth.train import SNAPSHOT_FORMAT
+from resail.workdir import WorkDir
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the shared fixture builders (tests/builders)
+from builders.runs import write_snapshot  # noqa: E402
+from builders.work import baked_work  # noqa: E402
 
 
 def build_work(base: Path, n_train: int, n_val: int) -> tuple[Path, Path]:
     net = get_preset("toy")
     size = (net.width, net.height)
-    root = make_toy_dataset(base / "toy", ToyConfig(fmt="ade20k", n_train=n_train, n_val=n_val, width=size[0],
-                                                    height=size[1], seed=0), progress=False)
-    work = base / "work"
-    build_segments(SegmentsConfig(dataset="ade20k", root=root, work=work))
-    build_index(work, progress=False)
-    bake(BakeConfig(work, "val", size=size, n_preview=0))
+    work = baked_work(base, n_train=n_train, n_val=n_val, size=size, splits=("val",))
     cfg = TrainConfig(net=net, preset="toy", name="bench", batch_size=4, load_size=(144, 144), n_train=n_train)
     torch.manual_seed(0)
-    snap = work / "runs" / "bench" / "checkpoints" / "snapshot-00000000.pt"
-    snap.parent.mkdir(parents=True)
-    torch.save({"format": SNAPSHOT_FORMAT, "config": cfg.to_dict(), "step": 0,
-                "G_ema": build_generator(net).state_dict()}, snap)
-    save_checkpoint(work / "segnet" / "toy.pt", build_segnet(net), None, 0, SegnetTrainConfig())
+    write_snapshot(work, cfg, build_generator(net), step=0)
+    save_checkpoint(WorkDir(work).segnet("toy"), build_segnet(net), None, 0, SegnetTrainConfig())
     weights = base / "inception_random.pth"
     torch.save(randomize_(FIDInception(), seed=0).state_dict(), weights)
     return work, weights

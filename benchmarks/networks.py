@@ -91,7 +91,7 @@ def bench(preset_name: str, batch: int, steps: int, device: str = "cpu", bf16: b
         "bf16": bf16, "channels_last": channels_last,
         "params_G": count_parameters(G), "params_D": count_parameters(D),
         "s_per_step": round(dt, 4), "steps_per_s": round(1 / dt, 3),
-        "finite": bool(all(torch.isfinite(l).item() for l in losses)),
+        "finite": bool(all(torch.isfinite(loss).item() for loss in losses)),
     }
     if cuda:
         out["peak_mem_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)

@@ -40,8 +40,10 @@ import torch
 
 from resail.index.build import RetrievalIndex, build_index
 from resail.index.descriptors import resize_mask_nearest
-from resail.index.fixtures import write_fake_store
 from resail.index.search import QueryBatch, SearchConfig, search
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the shared fixture builders (tests/builders)
+from builders.store import write_fake_store  # noqa: E402
 
 R, r = 128, 32
 
@@ -174,7 +176,8 @@ def run_size(n, data, queries, args, workdir):
         "nprobe": shard.params.nprobe,
         "build_s": round(build_s, 3),
         "index_bytes": int(manifest["bytes"]),
-        "ms_per_query": {"a_float_ssd": round(a_ms, 3), "b_exact_bits": round(b_ms, 4), "c_prefilter_rerank": round(c_ms, 4)},
+        "ms_per_query": {"a_float_ssd": round(a_ms, 3), "b_exact_bits": round(b_ms, 4),
+                         "c_prefilter_rerank": round(c_ms, 4)},
         "a_queries_timed": n_a,
         "a_scores_match_b": a_agrees,
         "speedup_c_vs_a": round(a_ms / c_ms, 1),
@@ -234,7 +237,8 @@ def main(argv=None):
         "ms_per_query": big["ms_per_query"],
         "speedup_c_vs_a": big["speedup_c_vs_a"],
         "speedup_c_vs_b": big["speedup_c_vs_b"],
-        "cost_growth_c": round(big["ms_per_query"]["c_prefilter_rerank"] / small["ms_per_query"]["c_prefilter_rerank"], 2),
+        "cost_growth_c": round(big["ms_per_query"]["c_prefilter_rerank"]
+                               / small["ms_per_query"]["c_prefilter_rerank"], 2),
         "size_growth": round(big["n"] / small["n"], 2),
         "build_s": big["build_s"],
         "index_bytes": big["index_bytes"],

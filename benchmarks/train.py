@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -47,10 +48,6 @@ import cv2
 import numpy as np
 import torch
 
-from resail.index.build import build_index
-from resail.pipeline.bake import BakeConfig, bake
-from resail.pipeline.segments_stage import SegmentsConfig, build_segments
-from resail.pipeline.toy import ToyConfig, make_toy_dataset
 from resail.artifacts import write_bytes_atomic, write_json_atomic
 from resail.synth.config import resolve_config
 from resail.synth.data import StepBatchSampler, SynthDataset, count_images, label_palette, segments_params, to_uint8
@@ -60,6 +57,10 @@ from resail.synth.losses import VGGLoss
 from resail.synth.segnet import SegNet, SegnetTrainConfig, load_segnet
 from resail.synth.segnet_data import SegnetRunConfig, train_segnet_on_work
 from resail.synth.train import ResailTrainer, train, write_sample_grid
+from resail.workdir import WorkDir
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the shared fixture builders (tests/builders)
+from builders.work import bake_splits, index_work, toy_dataset  # noqa: E402
 
 GRID_ROWS = 6  # val images in comparison.png
 
@@ -67,15 +68,10 @@ GRID_ROWS = 6  # val images in comparison.png
 def toy_work(base: Path, n_train: int, n_val: int) -> Path:
     """The toy work dir for these sizes under `base` (reused when already built)."""
     work = base / f"work_{n_train}_{n_val}"
-    if (work / "guidance" / "val.h5").exists():
+    if WorkDir(work).guidance_h5("val").exists():
         return work
-    root = make_toy_dataset(base / f"toy_{n_train}_{n_val}", ToyConfig(fmt="ade20k", n_train=n_train, n_val=n_val,
-                                                                      seed=0), progress=False)
-    build_segments(SegmentsConfig(dataset="ade20k", root=root, work=work))
-    build_index(work, progress=False)
-    for split in ("train", "val"):
-        bake(BakeConfig(work, split, size=(128, 128), n_preview=0))
-    return work
+    root = toy_dataset(base / f"toy_{n_train}_{n_val}", n_train=n_train, n_val=n_val, size=256)
+    return bake_splits(index_work(root, work), size=(128, 128))
 
 
 def fake_batch(cfg, batch: int) -> dict:
@@ -321,7 +317,7 @@ def main() -> None:
     if not args.skip_cpu:
         import shutil
 
-        shutil.rmtree(work / "runs" / "bench-e2e", ignore_errors=True)
+        shutil.rmtree(WorkDir(work).run("bench-e2e"), ignore_errors=True)
         result.update(cpu_section(work, n_train, args))
     if torch.cuda.is_available():
         result.update(gpu_section(args))

@@ -6,8 +6,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from resail.pipeline.bake import load_composer, preview_distort
 from resail.pipeline.classes import class_table
+from resail.pipeline.guidance import load_composer, preview_distort
 
 
 def main(out: Path) -> None:

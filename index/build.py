@@ -1,6 +1,7 @@
 """Stage 2 of `resail index build`: FAISS shards per class, and the loader that searches use.
 
-Reads `WORK/segments/train.parquet` + `train.h5` (docs/segment-store.md) and writes
+Reads the train split of the segment store (docs/segment-store.md) through its one reader,
+`pipeline.store.SegmentStore` (the only thing index/ takes from pipeline/), and writes
 `WORK/index/c{class:04d}.faiss` + `manifest.json` (written last). The stage is skipped when the
 manifest matches the store's fingerprint and the build parameters.
 """
@@ -13,13 +14,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import h5py
 import numpy as np
-import pyarrow.parquet as pq
 from tqdm import tqdm
 
+from ..artifacts import MANIFEST, file_fingerprint, write_manifest
 from ..errors import StageError
-from ..artifacts import MANIFEST, file_fingerprint, read_manifest, write_manifest
+from ..pipeline.store import SegmentStore
+from ..workdir import WorkDir
 from .score import as_words, popcounts
 from .shards import (
     IVF_THRESHOLD,
@@ -39,7 +40,6 @@ log = logging.getLogger(__name__)
 STAGE = "index"
 REBUILD_HINT = "rerun `resail index build` with --rebuild"
 _COLUMNS = ["segment_id", "image_id", "class_id", "bbox_area", "canon_area"]
-_READ_BLOCK = 65_536
 
 
 # ------------------------------------------------------------------ segment store access
@@ -49,7 +49,8 @@ _READ_BLOCK = 65_536
 class StoreTable:
     """The columns of one split's segment table that retrieval needs, row order = h5 row order."""
 
-    h5_path: Path
+    work: Path
+    split: str
     segment_id: np.ndarray  # int64
     image_code: np.ndarray  # int64, index into image_names
     image_names: np.ndarray  # str, one per distinct image
@@ -65,66 +66,34 @@ class StoreTable:
             self._image_lookup = {name: i for i, name in enumerate(self.image_names.tolist())}
         return self._image_lookup.get(image_id, -1)
 
-
-def store_paths(work: Path, split: str = "train") -> tuple[Path, Path]:
-    folder = Path(work) / "segments"
-    return folder / f"{split}.parquet", folder / f"{split}.h5"
+    def store(self) -> SegmentStore:
+        return SegmentStore(self.work, self.split)
 
 
 def read_store_table(work: Path, split: str = "train") -> StoreTable:
-    """The retrieval columns of a split, read straight from the store's parquet + h5 files."""
-    pq_path, h5_path = store_paths(work, split)
-    for p in (pq_path, h5_path):
-        if not p.exists():
-            raise StageError(f"{p} is missing: run stage 1 of `resail index build` (decomposition) first")
-    schema = pq.read_schema(pq_path)
-    columns = [c for c in _COLUMNS if c in schema.names]
-    table = pq.read_table(pq_path, columns=columns)
-    if "bbox_area" not in schema.names:
-        raise StageError(f"{pq_path} has no bbox_area column; rebuild the segment store")
-    images = table.column("image_id").combine_chunks().dictionary_encode()
-    with h5py.File(h5_path, "r") as f:
-        R, r = int(f.attrs.get("R", 128)), int(f.attrs.get("r", 32))
-        n_h5 = f["canonical"].shape[0]
+    """The retrieval columns of a split, read through the segment store's reader."""
+    with SegmentStore(work, split) as store:
+        if "bbox_area" not in store.schema.names:
+            raise StageError(f"{store.table_path} has no bbox_area column; rebuild the segment store")
+        table = store.columns([c for c in _COLUMNS if c in store.schema.names])
+        R, r, n_h5 = store.R, store.r, store.canonical_packed().shape[0]
     if n_h5 != table.num_rows:
-        raise StageError(f"{h5_path} holds {n_h5} masks but {pq_path} {table.num_rows} rows; rebuild the segment store")
+        raise StageError(f"{store.h5_path} holds {n_h5} masks but {store.table_path} {table.num_rows} rows; "
+                         "rebuild the segment store")
+    images = table.column("image_id").combine_chunks().dictionary_encode()
     return StoreTable(
-        h5_path=h5_path,
+        work=Path(work),
+        split=split,
         segment_id=table.column("segment_id").to_numpy().astype(np.int64),
         image_code=images.indices.to_numpy(zero_copy_only=False).astype(np.int64),
         image_names=np.asarray(images.dictionary.to_pylist(), dtype=object),
         class_id=table.column("class_id").to_numpy().astype(np.int64),
         bbox_area=table.column("bbox_area").to_numpy().astype(np.int64),
-        canon_area=table.column("canon_area").to_numpy().astype(np.int64) if "canon_area" in columns else None,
+        canon_area=table.column("canon_area").to_numpy().astype(np.int64) if "canon_area" in table.column_names
+        else None,
         R=R,
         r=r,
     )
-
-
-def read_h5_rows(h5_path: Path, dataset: str, rows: np.ndarray) -> np.ndarray:
-    """Rows (any order, no repeats) of a 2-D h5 dataset.
-
-    Dense runs are read as slices (one contiguous read of ≤ 65,536 rows); sparse ones (a class
-    whose rows are scattered over the store) as point selections, so a class never costs a read
-    of the whole file.
-    """
-    rows = np.asarray(rows, dtype=np.int64)
-    with h5py.File(h5_path, "r") as f:
-        ds = f[dataset]
-        out = np.empty((rows.size, ds.shape[1]), dtype=ds.dtype)
-        order = np.argsort(rows, kind="stable")
-        sorted_rows = rows[order]
-        start = 0
-        while start < sorted_rows.size:
-            lo = sorted_rows[start]
-            stop = int(np.searchsorted(sorted_rows, lo + _READ_BLOCK, side="left"))
-            span = int(sorted_rows[stop - 1] - lo + 1)
-            if (stop - start) * 8 >= span:
-                out[order[start:stop]] = ds[lo : lo + span][sorted_rows[start:stop] - lo]
-            else:
-                out[order[start:stop]] = ds[sorted_rows[start:stop]]
-            start = stop
-    return out
 
 
 def size_order(bbox_area: np.ndarray, segment_id: np.ndarray) -> np.ndarray:
@@ -138,12 +107,11 @@ def order_hash(segment_ids: np.ndarray) -> str:
 
 def store_fingerprint(work: Path) -> dict:
     """What the index depends on: the segments stage's manifest and the train files themselves."""
-    pq_path, h5_path = store_paths(work)
-    seg_manifest = read_manifest(Path(work) / "segments") or {}
+    wd = WorkDir(work)
     return {
-        "segments_manifest": seg_manifest.get("fingerprint"),
-        "train_parquet": file_fingerprint(pq_path),
-        "train_h5": file_fingerprint(h5_path),
+        "segments_manifest": (wd.segments_manifest() or {}).get("fingerprint"),
+        "train_parquet": file_fingerprint(wd.segments_table("train")),
+        "train_h5": file_fingerprint(wd.segments_h5("train")),
     }
 
 
@@ -165,12 +133,12 @@ def build_index(
     stored as CPU indexes so they load anywhere.
     """
     work = Path(work)
-    out = work / "index"
+    out = WorkDir(work).index
     table = read_store_table(work)
     params = {"R": table.R, "r": table.r, "ivf_threshold": int(ivf_threshold), "seed": int(seed),
               "store": store_fingerprint(work)}
     if not rebuild:
-        existing = _read_index_manifest(out)
+        existing = _read_index_manifest(work)
         if existing is not None and existing.get("stage") == STAGE and existing.get("params") == params:
             log.info("index: up to date (%s); skipped", out / MANIFEST)
             return existing
@@ -178,8 +146,8 @@ def build_index(
     (out / MANIFEST).unlink(missing_ok=True)  # a half-rebuilt folder must not look finished
 
     classes = np.unique(table.class_id)
-    with h5py.File(table.h5_path, "r") as f:
-        prefilter = f["prefilter"][:]  # N×128 bytes: the whole split at once, sliced per class
+    with table.store() as store:
+        prefilter = np.array(store.prefilter_packed())  # N×128 bytes: the whole split in RAM, sliced per class
     shards: dict[str, dict] = {}
     written: set[Path] = set()
     t_start = time.perf_counter()
@@ -222,9 +190,9 @@ def _build_class(out: Path, class_id: int, codes: np.ndarray, params: ShardParam
     return {"n": int(codes.shape[0]), "bytes": n_bytes, **params.to_json()}
 
 
-def _read_index_manifest(folder: Path) -> dict | None:
+def _read_index_manifest(work: Path) -> dict | None:
     try:
-        return read_manifest(folder)
+        return WorkDir(work).index_manifest()
     except StageError:
         return None
 
@@ -297,10 +265,11 @@ class RetrievalIndex:
 
     def __init__(self, work: Path, *, device: str = "cpu", check_store: bool = True):
         self.work = Path(work)
-        self.folder = self.work / "index"
-        manifest = read_manifest(self.folder)
-        if manifest is None or manifest.get("stage") != STAGE:
-            raise StageError(f"{self.folder}: no finished index; run `resail index build` first")
+        wd = WorkDir(work)
+        self.folder = wd.index
+        manifest = wd.require_index()
+        if manifest.get("stage") != STAGE:
+            raise StageError(f"{self.folder}: {MANIFEST} is not an index manifest; {REBUILD_HINT}")
         self.manifest = manifest
         self.R = int(manifest["params"]["R"])
         self.r = int(manifest["params"]["r"])
@@ -314,7 +283,8 @@ class RetrievalIndex:
         self._gpu = None
         if device == "cuda":
             if not gpu_available():
-                raise StageError("--device cuda needs faiss-gpu and a visible GPU; install faiss-gpu or use --device cpu")
+                raise StageError("--device cuda needs faiss-gpu and a visible GPU; install faiss-gpu "
+                                 "or use --device cpu")
             import faiss
 
             self._gpu = faiss.StandardGpuResources()
@@ -346,7 +316,8 @@ class RetrievalIndex:
         rows = rows[size_order(t.bbox_area[rows], t.segment_id[rows])]
         if rows.size != entry["n"] or order_hash(t.segment_id[rows]) != entry["order_hash"]:
             raise StageError(f"{path}: shard does not match the segment store's class {class_id} rows; {REBUILD_HINT}")
-        canonical = as_words(read_h5_rows(t.h5_path, "canonical", rows))
+        with t.store() as store:
+            canonical = as_words(store.packed_rows("canonical", rows))
         canon_area = t.canon_area[rows] if t.canon_area is not None else popcounts(canonical)
         windows = {
             int(j): Window(w["start"], w["stop"],

@@ -1,4 +1,10 @@
-"""`resail index query`: retrieve training matches for every segment of a user's label map."""
+"""`resail index query`: retrieve training matches for segments that are not in the store.
+
+The segments come decomposed (a user's label map goes through `pipeline.guidance.query_label_map`,
+which decomposes it with the store's class table and calls `query_segments`); this module only
+describes them to the index, searches, and reports: `format_matches` prints, `write_preview`
+draws a mosaic of the matches' crops read through the segment store.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +13,9 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from PIL import Image
 
-from ..errors import StageError
-from ..artifacts import atomic_path, read_manifest
+from ..artifacts import write_png_atomic
+from ..pipeline.store import SegmentStore
 from .build import RetrievalIndex
 from .descriptors import descriptors
 from .search import QueryBatch, SearchConfig, SearchResult, search
@@ -20,22 +25,8 @@ CELL = 96  # preview cell side in pixels
 
 @dataclass
 class LabelMapMatches:
-    segments: list  # pipeline.decompose.Segment, in decomposition order
+    segments: list  # decomposed segments (class_id, is_thing, y0, x0, h, w, area, mask), in order
     result: SearchResult
-
-
-def decompose_label_map(work: Path, label_map: np.ndarray, instance_map: np.ndarray | None = None,
-                        preserved_ratio: float = 0.9, where: str = "label map") -> list:
-    """Segments of a native-id label map (and optional instance-id map, 0 = none), decomposed with
-    the work dir's class table and the same rules as the store."""
-    from ..pipeline.decompose import decompose, thing_lut
-
-    seg_manifest = read_manifest(Path(work) / "segments")
-    if seg_manifest is None or "classes" not in seg_manifest:
-        raise StageError(f"{Path(work) / 'segments'}: no finished segment store; run `resail index build` first")
-    classes = seg_manifest["classes"]
-    lut = thing_lut([c for c, t in zip(classes["ids"], classes["is_thing"]) if t])
-    return decompose(label_map, instance_map, None, lut, preserved_ratio, where=where)
 
 
 def query_segments(index: RetrievalIndex, segments: list, cfg: SearchConfig = SearchConfig()) -> SearchResult:
@@ -54,18 +45,6 @@ def query_segments(index: RetrievalIndex, segments: list, cfg: SearchConfig = Se
     return search(index, batch, cfg)
 
 
-def query_label_map(index: RetrievalIndex, label_path: Path, instance_path: Path | None = None,
-                    cfg: SearchConfig = SearchConfig(), preserved_ratio: float = 0.9) -> LabelMapMatches:
-    """Decompose a class-id label map (and optional single-channel instance-id map, 0 = none)
-    with the store's class table and retrieve the top-k training segments of each segment."""
-    from ..pipeline.datasets import read_index_png
-
-    label_map = read_index_png(label_path)
-    instance_map = read_index_png(instance_path) if instance_path is not None else None
-    segments = decompose_label_map(index.work, label_map, instance_map, preserved_ratio, where=str(label_path))
-    return LabelMapMatches(segments, query_segments(index, segments, cfg))
-
-
 def format_matches(m: LabelMapMatches, class_names: dict[int, str] | None = None) -> str:
     """One block per segment: its class and bbox, then `segment_id:score` of its matches."""
     names = class_names or {}
@@ -81,8 +60,6 @@ def format_matches(m: LabelMapMatches, class_names: dict[int, str] | None = None
 
 def write_preview(index: RetrievalIndex, m: LabelMapMatches, out: Path, n_matches: int = 5) -> Path:
     """A mosaic: per segment one row, its query mask then the crops of its best matches."""
-    from ..pipeline.store import SegmentStore
-
     n_cols = 1 + n_matches
     rows = max(1, len(m.segments))
     canvas = np.zeros((rows * CELL, n_cols * CELL, 3), np.uint8)
@@ -95,10 +72,7 @@ def write_preview(index: RetrievalIndex, m: LabelMapMatches, out: Path, n_matche
                     continue
                 rgb, _ = store.crop(row_of[sid])
                 canvas[i * CELL:(i + 1) * CELL, (j + 1) * CELL:(j + 2) * CELL] = _fit(rgb)
-    out = Path(out)
-    with atomic_path(out) as tmp:
-        Image.fromarray(canvas).save(tmp, format="PNG")
-    return out
+    return write_png_atomic(out, canvas)
 
 
 def _rows_of_segment_ids(index: RetrievalIndex) -> dict[int, int]:

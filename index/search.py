@@ -35,8 +35,8 @@ import faiss
 import numpy as np
 
 from .build import RetrievalIndex, Shard
-from .shards import ShardParams, size_bins
 from .score import as_words, band_candidates, popcounts, rerank_topk, scan_topk
+from .shards import ShardParams, size_bins
 
 OVERFETCH_SLACK = 1.25
 NPROBE_SLACK = 2.0
@@ -126,7 +126,8 @@ def _search_class(shard: Shard, queries: QueryBatch, qs: np.ndarray, index: Retr
     return rerank_topk(q_words, q_area, q_bbox, *args, cands, cfg.lam, cfg.k)
 
 
-def _skip_rows(shard: Shard, queries: QueryBatch, qs: np.ndarray, index: RetrievalIndex, same_image: bool) -> np.ndarray:
+def _skip_rows(shard: Shard, queries: QueryBatch, qs: np.ndarray, index: RetrievalIndex,
+               same_image: bool) -> np.ndarray:
     """Q×E shard rows each query must not return, -1 padded."""
     per_query: list[np.ndarray] = []
     own = np.full(qs.size, -1, np.int64)

@@ -14,8 +14,9 @@ is recorded in the manifest. An IVF class also gets *size-window sub-shards*
 `c{class:04d}.w{j:02d}.faiss`: window j holds the rows of bbox-area octaves j-1..j+1, a contiguous
 row range, so a query of octave j finds its whole size band inside window j with little
 over-fetch (measured: asking the whole-class IVF for K'·n/|band| hits costs 4× more, the
-cost of FAISS's result heap grows with k). Windows triple the stored prefilter codes. The Hamming distance of two r×r masks is the shape term's numerator
-at low resolution, so the shard's nearest rows are good candidates for the exact R×R rerank.
+cost of FAISS's result heap grows with k). Windows triple the stored prefilter codes. The Hamming
+distance of two r×r masks is the shape term's numerator at low resolution, so the shard's
+nearest rows are good candidates for the exact R×R rerank.
 """
 
 from __future__ import annotations
@@ -27,8 +28,8 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from ..errors import StageError
 from ..artifacts import write_bytes_atomic
+from ..errors import StageError
 
 IVF_THRESHOLD = 20_000
 TRAIN_POINTS_PER_LIST = 32

@@ -53,11 +53,13 @@ Design choices (and what they cost):
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import cv2
 import numba
 import numpy as np
+
+from .compose import Piece
 
 # --- colour: Reinhard transfer in log-LMS lαβ (method reference §4.1) ---------------------------
 
@@ -105,23 +107,20 @@ def lab_stats(rgb: np.ndarray, mask: np.ndarray) -> LabStats:
 
 
 def color_transfer(
-    src_rgb: np.ndarray, src_mask: np.ndarray, ref_rgb: np.ndarray | LabStats, ref_mask: np.ndarray | None = None
+    src_rgb: np.ndarray, src_mask: np.ndarray, ref: tuple[np.ndarray, np.ndarray] | LabStats
 ) -> np.ndarray:
-    """Give the masked pixels of `src_rgb` the lαβ means and stds of the masked pixels of `ref_rgb`.
+    """Give the masked pixels of `src_rgb` the lαβ means and stds of the colour reference `ref`.
 
-    src and ref may differ in size; the reference may also be given as its `LabStats` (ref_mask
-    None), which a caller that reuses references computes once. Returns a uint8 copy of
-    `src_rgb` in which only the masked pixels changed (clipped to [0, 255], then truncated, as
-    official). An empty source mask returns an unchanged copy; an empty reference mask is a
-    caller error.
+    ref is (rgb crop, mask crop), of any size, or its `LabStats`, which a caller that reuses
+    references computes once. Returns a uint8 copy of `src_rgb` in which only the masked pixels
+    changed (clipped to [0, 255], then truncated, as official). An empty source mask returns an
+    unchanged copy; an empty reference mask is a caller error.
     """
     src_mask = _as_bool(src_mask)
     if src_rgb.shape[:2] != src_mask.shape:
         raise ValueError(f"color_transfer: image/mask shapes differ: src {src_rgb.shape} vs {src_mask.shape}")
-    if isinstance(ref_rgb, LabStats):
-        ref = ref_rgb
-    else:
-        ref_mask = _as_bool(ref_mask)
+    if not isinstance(ref, LabStats):
+        ref_rgb, ref_mask = ref[0], _as_bool(ref[1])
         if ref_rgb.shape[:2] != ref_mask.shape:
             raise ValueError(f"color_transfer: image/mask shapes differ: ref {ref_rgb.shape} vs {ref_mask.shape}")
         if not ref_mask.any():
@@ -759,9 +758,7 @@ def distort_segment(
     window_mask = mask[y0:y1, x0:x1]
     window = _segment_on_black(image[y0:y1, x0:x1], window_mask)  # segment on black
     if d.color and ref is not None:
-        stats = ref if isinstance(ref, LabStats) else lab_stats(*ref)
-        _transfer_masked(window, window_mask, stats.mean, stats.std,
-                         _RGB_TO_LMS, _LOG_LMS_TO_LAB, _LAB_TO_LOG_LMS, _LMS_TO_RGB)
+        window = color_transfer(window, window_mask, ref)
     if d.resolution:
         window = resample_resolution(window, d.r)
     canvas[y0:y1, x0:x1] = window
@@ -782,27 +779,46 @@ def distort_segment(
 
 def distort_segments(
     image: np.ndarray,
-    masks: Sequence[np.ndarray],
-    refs: Sequence[tuple[np.ndarray, np.ndarray] | LabStats | None],
+    segment_map: np.ndarray,
+    boxes: Sequence[tuple[int, int, int, int]],
     rng: np.random.Generator,
     cfg: DistortConfig = DistortConfig(),
-) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Distort every segment of one image: a list of (content canvas, mask), in `masks` order.
+    reference: Callable[[int, float], tuple[np.ndarray, np.ndarray] | LabStats | None] | None = None,
+) -> list[Piece]:
+    """Distort every segment of one image: one `compose.Piece` per segment, in index order.
 
-    image: H×W×3 uint8. masks: H×W boolean query masks. refs[i]: the colour reference of
-    segment i as (rgb crop h×w×3 uint8, mask crop h×w) or its LabStats, or None. The thing/stuff
-    flag plays no part here (every segment gets the same three steps, as official); the
-    compositor uses it. Deterministic for the state of `rng`.
+    image: H×W×3 uint8. segment_map: H×W int, the index of the segment owning each pixel (−1:
+    none). boxes[i] = (y0, x0, y1, x1): segment i's query box, which sizes the window it is
+    distorted in. reference(i, u) gives segment i's colour reference from one uniform draw u —
+    (rgb crop, mask crop), its LabStats, or None — and is called only for the segments whose
+    colour step is drawn. The thing/stuff flag plays no part here (every segment gets the same
+    three steps, as official); the compositor uses it.
+
+    Deterministic for the state of `rng`: every segment's distortion draws (`draw_segments`),
+    then one uniform per segment for its colour reference, whatever each segment's outcome.
     """
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"distort_segments: image must be H×W×3 uint8, got {image.shape} {image.dtype}")
-    if len(masks) != len(refs):
-        raise ValueError(f"distort_segments: {len(masks)} masks but {len(refs)} colour references")
-    for i, mask in enumerate(masks):
-        if mask.shape != image.shape[:2]:
-            raise ValueError(f"distort_segments: mask {i} has shape {mask.shape}, image {image.shape[:2]}")
-    draws = draw_segments(rng, cfg, len(masks))
-    return [distort_segment(image, mask, ref, None, cfg, draws=d) for mask, ref, d in zip(masks, refs, draws)]
+    if segment_map.shape != image.shape[:2]:
+        raise ValueError(f"distort_segments: segment map {segment_map.shape} and image {image.shape[:2]} differ")
+    if segment_map.size and segment_map.max() >= len(boxes):
+        raise ValueError(f"distort_segments: segment {segment_map.max()} has no box ({len(boxes)} boxes)")
+    H, W = segment_map.shape
+    draws = draw_segments(rng, cfg, len(boxes))
+    u_ref = rng.random(len(boxes)).tolist()
+    reach = cfg.shift_range * cfg.shift_scale
+    pieces = []
+    for i, (y0, x0, y1, x1) in enumerate(boxes):
+        # Distort inside a window around the query box, not the whole canvas: the cost then
+        # follows the segment's size. The margin holds the resolution blur and twice the
+        # largest control-point shift, so content lost past it is negligible.
+        pad = RESOLUTION_MARGIN + int(np.ceil(2 * reach * np.sqrt((y1 - y0) * (x1 - x0)))) + 2
+        wy0, wx0, wy1, wx1 = max(0, y0 - pad), max(0, x0 - pad), min(H, y1 + pad), min(W, x1 + pad)
+        mask = segment_map[wy0:wy1, wx0:wx1] == i
+        ref = reference(i, u_ref[i]) if draws[i].color and reference is not None else None
+        content, warped = distort_segment(image[wy0:wy1, wx0:wx1], mask, ref, None, cfg, draws=draws[i])
+        pieces.append(Piece(i, wy0, wx0, content, warped))
+    return pieces
 
 
 # --- helpers -------------------------------------------------------------------------------------

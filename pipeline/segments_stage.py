@@ -1,14 +1,13 @@
 """Stage 1 of `resail index build`: decompose every image of the splits into the segment store.
 
-Work is cut into parts of `PART_IMAGES` consecutive images (by sorted image id). Each part is
-decoded, decomposed and encoded by one joblib task, which writes `segments/parts/{split}/
-{start:08d}-{stop:08d}.h5` atomically. A shard (`--shard i/n`) owns images
-[N·i//n, N·(i+1)//n) of every split and writes `shard-{i}-of-{n}.json` once its parts exist.
-The merge checks that every shard of every split is present, streams the parts into
-`{split}.h5` / `{split}.parquet` / `{split}_images.parquet` (segment ids: train rows first, then
-val), writes `manifest.json` last and deletes the parts. Rerunning after a crash skips the parts
-already written; parts and outputs never depend on `--jobs` or `--shard`, so the result is
-byte-identical to an uninterrupted run.
+The stage runner (`runner.py`) cuts each split's images (by sorted image id) into parts of
+`PART_IMAGES` consecutive images; each part is decoded, decomposed and encoded by one task, which
+writes `segments/parts/{split}/{start:08d}-{stop:08d}.h5` atomically. `--shard I/N` computes the
+images [K·I//N, K·(I+1)//N) of every split of K images; the merge checks that every shard of every
+split has finished, streams the parts into `{split}.h5` / `{split}.parquet` /
+`{split}_images.parquet` (segment ids: train rows first, then val), writes `manifest.json` last
+and deletes the parts. Rerunning after a crash skips the parts already written; parts and outputs
+never depend on `--jobs` or `--shard`, so the result is byte-identical to an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -25,12 +24,14 @@ from typing import Callable
 import numpy as np
 import pyarrow.parquet as pq
 
+from ..artifacts import file_fingerprint, fingerprint, write_json_atomic, write_manifest
 from ..errors import InputError, StageError
 from ..index.descriptors import R_CANONICAL, R_PREFILTER
-from ..artifacts import (file_fingerprint, fingerprint, read_manifest, write_json_atomic, write_manifest)
+from ..workdir import WorkDir
 from .datasets import SPLITS, ImageRecord, Reader, list_split, make_reader
 from .decompose import decompose, downscale, thing_lut
-from .store import encode_segments, merge_parts, write_part
+from .runner import Parts, check_shard, run_job
+from .store import SegmentStore, encode_segments, merge_parts, write_part
 
 log = logging.getLogger("resail")
 
@@ -64,8 +65,7 @@ class SegmentsConfig:
             raise InputError(f"--on-error must be one of {ON_ERROR}")
         if self.uncovered_things not in UNCOVERED:
             raise InputError(f"--uncovered-things must be one of {UNCOVERED}")
-        if self.shard is not None and not 0 <= self.shard[0] < self.shard[1]:
-            raise InputError(f"--shard {self.shard[0]}/{self.shard[1]}: need 0 <= i < n")
+        check_shard(self.shard)
         bad = [s for s in self.splits if s not in SPLITS]
         if bad or not self.splits:
             raise InputError(f"--splits {','.join(self.splits)}: choose from {', '.join(SPLITS)}")
@@ -109,15 +109,6 @@ def _inputs_fingerprint(records: list[ImageRecord], extra: list[Path]) -> str:
             except FileNotFoundError:
                 files.append(f"missing:{Path(p).name}")
     return fingerprint([[r.image_id for r in records], files, [file_fingerprint(p) for p in extra]])
-
-
-def shard_range(n_items: int, i: int, n: int) -> tuple[int, int]:
-    return n_items * i // n, n_items * (i + 1) // n
-
-
-def part_ranges(start: int, stop: int, size: int | None = None) -> list[tuple[int, int]]:
-    size = size or PART_IMAGES
-    return [(a, min(a + size, stop)) for a in range(start, stop, size)]
 
 
 # ---------------------------------------------------------------- worker
@@ -188,36 +179,34 @@ def build_segments(cfg: SegmentsConfig, *, progress: bool = False,
     """
     t0 = time.perf_counter()
     reader = make_reader(cfg.dataset, cfg.root, cfg.image_list)
-    seg_dir = Path(cfg.work) / "segments"
+    wd = WorkDir(cfg.work)
     params = cfg.params()
     records = {s: list_split(reader, s) for s in SPLITS if s in cfg.splits}
     inputs = {s: _inputs_fingerprint(r, reader.extra_inputs(s)) for s, r in records.items()}
     key = fingerprint({"params": params, "inputs": inputs})
 
-    if _up_to_date(seg_dir, params, inputs, cfg.rebuild):
-        log.info("segments: up to date in %s (use --rebuild to redo)", seg_dir)
-        return read_manifest(seg_dir)
-    _check_parts(seg_dir, params, key, cfg.rebuild)
+    if _up_to_date(wd, params, inputs, cfg.rebuild):
+        log.info("segments: up to date in %s (use --rebuild to redo)", wd.segments)
+        return wd.segments_manifest()
+    _check_parts(wd, params, key)
 
     job = _Job(cfg.preserved_ratio, cfg.max_side, cfg.crop_max_side, cfg.on_error, cfg.uncovered_things,
                {"key": key, "dataset": cfg.dataset})
-    run_shard = cfg.shard is not None or not cfg.merge
-    i, n = cfg.shard or (0, 1)
-    if run_shard:
-        for split, recs in records.items():
-            _run_shard(reader, split, recs, i, n, job, seg_dir, cfg.jobs, progress, on_part)
-        if cfg.shard is not None and not cfg.merge:
-            log.info("segments: shard %d/%d done; run with --merge once every shard has finished", i, n)
-            return None
-    manifest = _merge(reader, records, seg_dir, params, inputs, key, cfg)
+    parts = {split: _run_split(reader, wd, split, recs, job, key, cfg, progress, on_part)
+             for split, recs in records.items()}
+    if any(p is None for p in parts.values()):
+        log.info("segments: shard %d/%d done; run with --merge once every shard has finished", *cfg.shard)
+        return None
+    manifest = _merge(reader, records, parts, wd, params, inputs, cfg)
     log.info("segments: %s in %.1fs -> %s", ", ".join(
         f"{s} {c['segments']} segments from {c['images_ok']} images" for s, c in manifest["counts"].items()),
-        time.perf_counter() - t0, seg_dir)
+        time.perf_counter() - t0, wd.segments)
     return manifest
 
 
-def _up_to_date(seg_dir: Path, params: dict, inputs: dict, rebuild: bool) -> bool:
-    m = read_manifest(seg_dir)
+def _up_to_date(wd: WorkDir, params: dict, inputs: dict, rebuild: bool) -> bool:
+    seg_dir = wd.segments
+    m = wd.segments_manifest()
     if m is None:
         if rebuild and seg_dir.exists():
             shutil.rmtree(seg_dir)
@@ -237,88 +226,47 @@ def _up_to_date(seg_dir: Path, params: dict, inputs: dict, rebuild: bool) -> boo
     return True
 
 
-def _check_parts(seg_dir: Path, params: dict, key: str, rebuild: bool) -> None:
+def _check_parts(wd: WorkDir, params: dict, key: str) -> None:
     """Resume only parts of the same parameters and inputs; other parameters need --rebuild."""
-    state = seg_dir / "parts" / "state.json"
+    state = wd.segment_parts / "state.json"
     if state.exists():
         old = json.loads(state.read_text())
         if old["params"] != params:
-            raise StageError(f"{seg_dir / 'parts'} holds an unfinished build with other parameters; "
+            raise StageError(f"{wd.segment_parts} holds an unfinished build with other parameters; "
                              "rerun with --rebuild to discard it, or use another --work")
         if old["key"] != key:
             log.warning("segments: the dataset files changed since the unfinished build; discarding its parts")
-            shutil.rmtree(seg_dir / "parts")
+            shutil.rmtree(wd.segment_parts)
     if not state.exists():
         write_json_atomic(state, {"params": params, "key": key})
 
 
-def _part_path(seg_dir: Path, split: str, a: int, b: int) -> Path:
-    return seg_dir / "parts" / split / f"{a:08d}-{b:08d}.h5"
-
-
-def _shard_marker(seg_dir: Path, split: str, i: int, n: int) -> Path:
-    return seg_dir / "parts" / split / f"shard-{i:05d}-of-{n:05d}.json"
-
-
-def _run_shard(reader, split, recs, i, n, job, seg_dir, jobs, progress, on_part) -> None:
-    from joblib import Parallel, delayed
-    from tqdm import tqdm
-
-    a, b = shard_range(len(recs), i, n)
-    ranges = part_ranges(a, b)
-    todo = [(s, e) for s, e in ranges if not _part_path(seg_dir, split, s, e).exists()]
-    (seg_dir / "parts" / split).mkdir(parents=True, exist_ok=True)
-    bar = tqdm(total=b - a, initial=(b - a) - sum(e - s for s, e in todo), unit="img",
-               desc=f"segments {split}" + (f" shard {i}/{n}" if n > 1 else ""), disable=not progress)
-    args = [(reader, recs[s:e], job, str(_part_path(seg_dir, split, s, e))) for s, e in todo]
-    if jobs == 1:
-        out = (process_part(*a) for a in args)
-    else:
-        out = Parallel(n_jobs=jobs, return_as="generator")(delayed(process_part)(*a) for a in args)
-    results = ((s, e, r) for (s, e), r in zip(todo, out))
+def _run_split(reader: Reader, wd: WorkDir, split: str, recs: list[ImageRecord], job: _Job, key: str,
+               cfg: SegmentsConfig, progress: bool, on_part) -> list[Path] | None:
+    """Run the shards of one split the flags ask for; every part file in order when a merge follows."""
+    parts = Parts(wd.segment_parts / split, len(recs), PART_IMAGES, key, "{a:08d}-{b:08d}.h5")
     stats = np.zeros(3, np.int64)
-    with bar:
-        for s, e, r in results:
-            stats += r
-            bar.update(e - s)
-            bar.set_postfix(segments=int(stats[1]), skipped=int(stats[2]))
-            if on_part is not None:
-                on_part(split, s, e)
-    write_json_atomic(_shard_marker(seg_dir, split, i, n),
-                      {"shard": i, "of": n, "images": [a, b], "parts": [f"{s:08d}-{e:08d}.h5" for s, e in ranges]})
+
+    def finished(a: int, b: int, result) -> dict:
+        stats[:] += result
+        if on_part is not None:
+            on_part(split, a, b)
+        return {"segments": int(stats[1]), "skipped": int(stats[2])}
+
+    ranges = run_job(parts, process_part, lambda a, b: (reader, recs[a:b], job, str(parts.path(a, b))),
+                     shard=cfg.shard, merge=cfg.merge, jobs=cfg.jobs, progress=progress, desc=f"segments {split}",
+                     on_result=finished)
+    return None if ranges is None else [parts.path(a, b) for a, b in ranges]
 
 
-def _shard_parts(seg_dir: Path, split: str, n_images: int) -> list[Path]:
-    """Every part of a split, in image order, after checking all shards are present."""
-    markers = sorted((seg_dir / "parts" / split).glob("shard-*-of-*.json"))
-    counts = {int(m.stem.split("-of-")[1]) for m in markers}
-    if len(counts) != 1:
-        what = "no shard has finished" if not counts else f"shards were run with different counts {sorted(counts)}"
-        raise StageError(f"{seg_dir / 'parts' / split}: cannot merge split {split}: {what}; "
-                         "run every --shard i/n (same n), or --rebuild")
-    n = counts.pop()
-    missing = [i for i in range(n) if not _shard_marker(seg_dir, split, i, n).exists()]
-    if missing:
-        raise StageError(f"cannot merge split {split}: shards {', '.join(f'{i}/{n}' for i in missing[:10])} "
-                         "have not finished; run them with --shard, then --merge")
-    parts = [seg_dir / "parts" / split / name for i in range(n)
-             for name in json.loads(_shard_marker(seg_dir, split, i, n).read_text())["parts"]]
-    absent = [p for p in parts if not p.exists()]
-    if absent or not parts or parts[-1].stem.split("-")[1] != f"{n_images:08d}":
-        raise StageError(f"{seg_dir / 'parts' / split}: parts are missing or cover another image count; "
-                         "rerun with --rebuild")
-    return parts
-
-
-def _merge(reader, records, seg_dir, params, inputs, key, cfg) -> dict:
+def _merge(reader, records, parts, wd: WorkDir, params, inputs, cfg) -> dict:
     t0 = time.perf_counter()
     counts, skipped, first_id = {}, {}, 0
     for split, recs in records.items():
-        parts = _shard_parts(seg_dir, split, len(recs))
         attrs = {"R": R_CANONICAL, "r": R_PREFILTER, "crop_max_side": cfg.crop_max_side,
                  "dataset": cfg.dataset, "split": split}
-        n_seg = merge_parts(parts, seg_dir, split, first_id, attrs)
-        images = pq.read_table(seg_dir / f"{split}_images.parquet", columns=["image_id", "status", "reason"])
+        n_seg = merge_parts(parts[split], wd, split, first_id, attrs)
+        images = pq.read_table(wd.images_table(split), columns=["image_id", "status", "reason"])
         status = images.column("status").to_pylist()
         bad = [(i, r) for i, s, r in zip(images.column("image_id").to_pylist(), status,
                                          images.column("reason").to_pylist()) if s != "ok"]
@@ -328,12 +276,12 @@ def _merge(reader, records, seg_dir, params, inputs, key, cfg) -> dict:
         first_id += n_seg
     table = reader.table
     manifest = write_manifest(
-        seg_dir, STAGE, params, inputs=inputs, counts=counts, skipped=skipped,
+        wd.segments, STAGE, params, inputs=inputs, counts=counts, skipped=skipped,
         classes={"ids": list(table.ids), "names": list(table.names), "is_thing": list(table.is_thing)},
         config={k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()},
         merge_seconds=round(time.perf_counter() - t0, 3),
     )
-    shutil.rmtree(seg_dir / "parts", ignore_errors=True)
+    shutil.rmtree(wd.segment_parts, ignore_errors=True)
     return manifest
 
 
@@ -342,14 +290,11 @@ def _merge(reader, records, seg_dir, params, inputs, key, cfg) -> dict:
 
 def segment_stats(work: str | Path) -> dict:
     """Segments per class and split, and skipped images with reasons, of a finished store."""
-    seg_dir = Path(work) / "segments"
-    m = read_manifest(seg_dir)
-    if m is None or m.get("stage") != STAGE:
-        raise StageError(f"{seg_dir}: no finished segment store; run `resail index build` first")
+    m = WorkDir(work).require_segments()
     per_class: dict[int, dict[str, int]] = {}
     for split in m["counts"]:
-        col = pq.read_table(seg_dir / f"{split}.parquet", columns=["class_id"])
-        ids, n = np.unique(col.column("class_id").to_numpy(), return_counts=True)
+        with SegmentStore(work, split) as store:
+            ids, n = np.unique(store.table["class_id"].to_numpy(), return_counts=True)
         for c, k in zip(ids.tolist(), n.tolist()):
             per_class.setdefault(c, {})[split] = k
     names = dict(zip(m["classes"]["ids"], m["classes"]["names"]))

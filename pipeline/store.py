@@ -3,9 +3,10 @@
 Workers encode each image's segments (`encode_segments`) and write one *part* per chunk of
 images (`write_part`, an HDF5 file moved into place atomically). `merge_parts` streams the parts
 of a split, in image order, into the final `{split}.h5`, `{split}.parquet` and
-`{split}_images.parquet`, assigning segment ids. `SegmentStore` reads a finished split without
-loading it into RAM: the packed mask matrices and the flat `crops` bytes are contiguous,
-uncompressed HDF5 datasets, served as read-only memmaps.
+`{split}_images.parquet`, assigning segment ids. `SegmentStore` is the one reader of a finished
+split, for every stage and consumer (the index build, the bake, the trainer): it never loads a
+split into RAM: the packed mask matrices and the flat `crops` bytes are contiguous, uncompressed
+HDF5 datasets, served as read-only memmaps, and table columns are read on demand.
 """
 
 from __future__ import annotations
@@ -22,11 +23,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ..artifacts import atomic_path
 from ..errors import StageError
 from ..index.descriptors import R_CANONICAL, R_PREFILTER, nearest_indices, pack_masks, unpack_masks
-from ..artifacts import atomic_path
+from ..workdir import WorkDir
 from .decompose import Segment
-
 
 SEGMENT_SCHEMA = pa.schema([
     ("segment_id", pa.int64()), ("image_id", pa.string()), ("split", pa.string()),
@@ -44,6 +45,7 @@ IMAGE_SCHEMA = pa.schema([
 ])
 IMAGE_STR = ("image_id", "image_path", "label_path", "instance_path", "status", "reason")
 IMAGE_INT = ("height", "width", "n_segments")
+_READ_BLOCK = 65_536  # rows per contiguous read of `SegmentStore.packed_rows`
 SEG_COLUMNS = ("class_id", "is_thing", "y0", "x0", "h", "w", "area", "canon_area", "crop_h", "crop_w", "image_row")
 
 
@@ -149,13 +151,13 @@ def read_part_meta(path: str | Path) -> tuple[dict, dict[str, np.ndarray], dict[
 # ---------------------------------------------------------------- merge
 
 
-def merge_parts(parts: list[Path], out_dir: Path, split: str, first_segment_id: int, h5_attrs: dict,
+def merge_parts(parts: list[Path], work: WorkDir, split: str, first_segment_id: int, h5_attrs: dict,
                 R: int = R_CANONICAL, r: int = R_PREFILTER) -> int:
     """Stream the parts of one split (in image order) into the final store files; returns the segment count."""
     metas = [read_part_meta(p) for p in parts]
     n_seg = sum(len(m[2]["class_id"]) for m in metas)
     n_crop = sum(int(m[2]["crop_bytes"]) for m in metas)
-    with atomic_path(out_dir / f"{split}.h5") as tmp:
+    with atomic_path(work.segments_h5(split)) as tmp:
         with h5py.File(tmp, "w", track_order=False) as f:
             for k, v in h5_attrs.items():
                 f.attrs[k] = v
@@ -176,11 +178,11 @@ def merge_parts(parts: list[Path], out_dir: Path, split: str, first_segment_id: 
                         crops[off:off + nb] = part["crops"][...]
                 row += n
                 off += int(segs["crop_bytes"])
-    _write_tables(metas, out_dir, split, first_segment_id)
+    _write_tables(metas, work, split, first_segment_id)
     return n_seg
 
 
-def _write_tables(metas, out_dir: Path, split: str, first_segment_id: int) -> None:
+def _write_tables(metas, work: WorkDir, split: str, first_segment_id: int) -> None:
     cat = lambda key, group: np.concatenate([m[group][key] for m in metas])  # noqa: E731
     img = {k: cat(k, 1) for k in IMAGE_STR + IMAGE_INT}
     seg = {k: cat(k, 2) for k in SEG_COLUMNS}
@@ -211,8 +213,8 @@ def _write_tables(metas, out_dir: Path, split: str, first_segment_id: int) -> No
         img["n_segments"].astype(np.int32), first_row,
         pa.array(img["status"], pa.string()), pa.array(img["reason"], pa.string()),
     ], schema=IMAGE_SCHEMA)
-    for name, t in ((f"{split}.parquet", table), (f"{split}_images.parquet", images)):
-        with atomic_path(out_dir / name) as tmp:
+    for path, t in ((work.segments_table(split), table), (work.images_table(split), images)):
+        with atomic_path(path) as tmp:
             pq.write_table(t, tmp)
 
 
@@ -229,13 +231,16 @@ class SegmentStore:
     """
 
     def __init__(self, work: str | os.PathLike, split: str):
-        self.folder = Path(work) / "segments"
+        wd = WorkDir(work)
+        wd.require_segments()
+        self.folder = wd.segments
         self.split = split
-        self.h5_path = self.folder / f"{split}.h5"
-        self.table_path = self.folder / f"{split}.parquet"
-        if not (self.folder / "manifest.json").exists() or not self.table_path.exists():
-            raise StageError(f"{self.folder}: no finished segment store for split {split!r}; "
-                             "run `resail index build` first")
+        self.h5_path = wd.segments_h5(split)
+        self.table_path = wd.segments_table(split)
+        self.images_path = wd.images_table(split)
+        if not self.table_path.exists() or not self.h5_path.exists():
+            raise StageError(f"{self.folder}: the segment store has no split {split!r}; run `resail index build "
+                             f"{wd.root} --splits …` with it")
         self._h5: h5py.File | None = None
 
     def __enter__(self) -> "SegmentStore":
@@ -261,7 +266,15 @@ class SegmentStore:
 
     @functools.cached_property
     def images(self) -> pa.Table:
-        return pq.read_table(self.folder / f"{self.split}_images.parquet")
+        return pq.read_table(self.images_path)
+
+    @functools.cached_property
+    def schema(self) -> pa.Schema:
+        return pq.read_schema(self.table_path)
+
+    def columns(self, names: list[str]) -> pa.Table:
+        """Only these columns of the segment table (an index build needs five of seventeen)."""
+        return pq.read_table(self.table_path, columns=names)
 
     def iter_batches(self, columns: list[str] | None = None, batch_size: int = 65536):
         """Stream the segment table in record batches (for splits too large to hold as a table)."""
@@ -293,6 +306,30 @@ class SegmentStore:
     def prefilter_packed(self) -> np.ndarray:
         """N×(r·r/8) uint8 bit-packed prefilter masks (memmap)."""
         return self._packed("prefilter")
+
+    def packed_rows(self, name: str, rows: np.ndarray) -> np.ndarray:
+        """Rows (any order, no repeats) of the packed mask matrix `name` ("canonical", "prefilter").
+
+        Dense runs are read as slices (one contiguous read of ≤ 65,536 rows); sparse ones (a class
+        whose rows are scattered over the store) as point selections, so a class never costs a read
+        of the whole file.
+        """
+        rows = np.asarray(rows, dtype=np.int64)
+        ds = self.h5[name]
+        out = np.empty((rows.size, ds.shape[1]), dtype=ds.dtype)
+        order = np.argsort(rows, kind="stable")
+        sorted_rows = rows[order]
+        start = 0
+        while start < sorted_rows.size:
+            lo = sorted_rows[start]
+            stop = int(np.searchsorted(sorted_rows, lo + _READ_BLOCK, side="left"))
+            span = int(sorted_rows[stop - 1] - lo + 1)
+            if (stop - start) * 8 >= span:
+                out[order[start:stop]] = ds[lo : lo + span][sorted_rows[start:stop] - lo]
+            else:
+                out[order[start:stop]] = ds[sorted_rows[start:stop]]
+            start = stop
+        return out
 
     def canonical_masks(self, rows: slice) -> np.ndarray:
         return unpack_masks(self.h5["canonical"][rows], self.R)

@@ -32,10 +32,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 from PIL import Image
+from tqdm import tqdm
 
-from ..errors import InputError
 from ..artifacts import write_bytes_atomic, write_json_atomic
+from ..errors import InputError
 from .classes import ade20k_instance_mapping, class_table
+from .runner import execute
 from .toy_scene import ROLES, compose_scene
 
 FORMATS = ("ade20k", "cityscapes", "cocostuff")
@@ -391,23 +393,13 @@ def _prepare_out(out: Path, cfg: ToyConfig) -> bool:
 
 
 def _run_split(cfg: ToyConfig, root: Path, split: str, progress: bool) -> list[dict]:
-    from joblib import Parallel, delayed
-    from tqdm import tqdm
-
+    """Write every image of a split (one task each, through the stage runner); their metadata in order."""
     n = cfg.count(split)
-    bar = tqdm(total=n, desc=f"toy {cfg.fmt} {split}", unit="img", disable=not progress)
     metas = []
-    if cfg.n_jobs == 1:
-        for i in range(n):
-            metas.append(_make_one(cfg, root, split, i))
-            bar.update()
-    else:
-        jobs = Parallel(n_jobs=cfg.n_jobs, return_as="generator")(
-            delayed(_make_one)(cfg, root, split, i) for i in range(n))
-        for meta in jobs:
+    with tqdm(total=n, desc=f"toy {cfg.fmt} {split}", unit="img", disable=not progress) as bar:
+        for meta in execute(_make_one, ((cfg, root, split, i) for i in range(n)), jobs=cfg.n_jobs):
             metas.append(meta)
             bar.update()
-    bar.close()
     return metas
 
 

@@ -13,9 +13,10 @@ batch over all processes; epochs are `niter` at constant lr then `niter_decay` o
 from __future__ import annotations
 
 import dataclasses
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import tomllib
 
 from ..errors import InputError
 from .presets import NORMS, NetworkPreset, get_preset

@@ -24,7 +24,6 @@ Readers, the composer and the h5 cache open lazily in each worker (h5 handles do
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Iterator
 
@@ -35,9 +34,10 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from ..errors import InputError, StageError
-from ..pipeline.bake import load_composer, open_guidance
 from ..pipeline.datasets import records_for_ids
 from ..pipeline.distort import DistortConfig
+from ..pipeline.guidance import load_composer, open_guidance
+from ..workdir import WorkDir
 from .config import TrainConfig
 from .labels import LabelChannels
 
@@ -49,10 +49,7 @@ def count_images(work: str | Path, split: str = "train") -> int:
 
 
 def segments_params(work: Path) -> dict:
-    path = Path(work) / "segments" / "manifest.json"
-    if not path.exists():
-        raise StageError(f"{path.parent}: no segment store; run `resail index build` first")
-    return json.loads(path.read_text())
+    return WorkDir(work).require_segments()
 
 
 def data_class_ids(work: Path, split: str) -> dict[int, str] | None:

@@ -38,32 +38,30 @@ from __future__ import annotations
 import csv
 import io
 import logging
-import re
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 import scipy.linalg
 import torch
 from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
-from ..errors import InputError, StageError
-from ..artifacts import atomic_path, fingerprint, read_manifest, write_bytes_atomic, write_json_atomic
-from .data import SynthDataset, check_label_table, label_palette, one_hot, segments_params, to_uint8
+from ..artifacts import atomic_path, fingerprint, write_bytes_atomic, write_json_atomic, write_png_atomic
+from ..errors import InputError
+from ..workdir import WorkDir
+from .data import SynthDataset, check_label_table, label_palette, to_uint8
 from .inception import FEATURE_DIM, find_weights, inception_features, load_inception, sha256_of
+from .inference import LoadedRun
 from .labels import LabelChannels
 from .segnet import SegNet, confusion_matrix, load_segnet
-from .train import latest_snapshot, load_snapshot
+from .segnet_data import DATASET_PRESET
 
 log = logging.getLogger(__name__)
 
 PROTOCOL_VERSION = 1
-# work-dir dataset → the segnet preset `resail segnet train` picks by default
-DATASET_SEGNET = {"ade20k": "ade20k", "ade20k-outdoor": "ade20k-outdoor", "cityscapes": "cityscapes",
-                  "cocostuff": "cocostuff"}
+FID_STATS = "fid_stats"   # WORK/eval/fid_stats/: cached real-image statistics, shared by every run
 
 
 # ---------------------------------------------------------------- metrics (pure functions)
@@ -186,31 +184,17 @@ class EvalConfig:
         return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
 
 
-def find_snapshot(work: Path, run: str, checkpoint: Path | None = None) -> Path:
-    """The snapshot to evaluate: `checkpoint`, else the run's latest (clear errors when absent)."""
-    if checkpoint is not None:
-        return Path(checkpoint)
-    run_dir = Path(work) / "runs" / run
-    if not run_dir.is_dir():
-        runs = sorted(p.name for p in (Path(work) / "runs").glob("*") if p.is_dir())
-        raise InputError(f"{run_dir}: no such run" + (f"; runs here: {', '.join(runs)}" if runs else
-                                                      "; train one with `resail train`"))
-    return latest_snapshot(run_dir)
-
-
-def find_segnet(work: Path, preset: str, path: Path | None) -> Path | None:
+def find_segnet(work: Path, preset: str, dataset: str, path: Path | None) -> Path | None:
     """`path`, else the work dir's `resail segnet train` checkpoint for the run's preset or the
     dataset's preset; None when there is none."""
     if path is not None:
         if not Path(path).is_file():
             raise InputError(f"--segnet {path}: no such file")
         return Path(path)
-    from .segnet_data import segnet_paths
-
-    dataset = segments_params(work)["params"]["dataset"]
-    for name in dict.fromkeys([preset, DATASET_SEGNET.get(dataset)]):
-        if name is not None and segnet_paths(work, name)[0].is_file():
-            return segnet_paths(work, name)[0]
+    wd = WorkDir(work)
+    for name in dict.fromkeys([preset, DATASET_PRESET.get(dataset)]):
+        if name is not None and wd.segnet(name).is_file():
+            return wd.segnet(name)
     return None
 
 
@@ -253,13 +237,6 @@ class Segmenter:
         return out
 
 
-def _write_png(path: Path, rgb: np.ndarray) -> None:
-    ok, png = cv2.imencode(".png", cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2BGR))
-    if not ok:
-        raise StageError(f"{path}: PNG encoding failed")
-    write_bytes_atomic(path, png.tobytes())
-
-
 def _load_real_features(path: Path) -> np.ndarray | None:
     if not path.exists():
         return None
@@ -283,52 +260,49 @@ class _Scorers:
     segnet_path: Path | None = None
 
 
-def _load_scorers(cfg: EvalConfig, work: Path, preset: str, size: tuple[int, int], class_ids: list[int],
-                  labels: LabelChannels, device: torch.device) -> _Scorers:
+def _load_scorers(cfg: EvalConfig, run: LoadedRun) -> _Scorers:
     """Inception and segmenter, checked, before any image is generated (missing files fail fast)."""
-    sc = _Scorers()
+    sc, work, device = _Scorers(), run.work.root, run.device
     if cfg.fid:
         sc.weights = find_weights(cfg.inception_weights)
         sc.weights_sha = sha256_of(sc.weights)
         sc.inception = load_inception(sc.weights, device)
     if not cfg.seg:
         return sc
-    sc.segnet_path = find_segnet(work, preset, cfg.segnet)
+    sc.segnet_path = find_segnet(work, run.config.preset, run.dataset, cfg.segnet)
     if sc.segnet_path is None:
         log.warning("eval: no segmentation network in %s (train one with `resail segnet train %s`, or pass "
-                    "--segnet PATH); skipping mIoU and pixel accuracy", work / "segnet", work)
+                    "--segnet PATH); skipping mIoU and pixel accuracy", run.work.segnet_dir, work)
         return sc
     segnet = load_segnet(sc.segnet_path, device)
     check_label_table(segnet.label_channels(), work, (cfg.split,),
                       fix=f"use a segmentation network of this dataset (--segnet, or `resail segnet train {work}`)")
-    k = 2 ** segnet.depth
-    if size[0] % k or size[1] % k:
+    k, (W, H) = 2 ** segnet.depth, run.size
+    if W % k or H % k:
         raise InputError(f"--segnet {sc.segnet_path}: needs image sides divisible by {k}, the model makes "
-                         f"{size[0]}x{size[1]}; pass a segmentation network of fewer levels or --no-seg")
-    sc.segmenter = Segmenter(segnet, labels, class_ids, device)
+                         f"{W}x{H}; pass a segmentation network of fewer levels or --no-seg")
+    sc.segmenter = Segmenter(segnet, run.channels, run.class_ids, device)
     return sc
 
 
-def _generate_and_score(cfg: EvalConfig, G, semantic_nc: int, data: SynthDataset, n: int, img_dir: Path,
-                        sc: _Scorers, need_real: bool, palette: np.ndarray, device, progress: bool) -> dict:
+def _generate_and_score(cfg: EvalConfig, run: LoadedRun, data: SynthDataset, n: int, img_dir: Path,
+                        sc: _Scorers, need_real: bool, progress: bool) -> dict:
     """One pass over the first n images: generate, save PNGs, Inception features, confusion
     matrices, grid rows. Returns the feature arrays, grid rows and per-phase timings."""
     out = {"fake": [], "real": [], "grid": [],
            "timings": {"generate_s": 0.0, "write_s": 0.0, "inception_s": 0.0, "segment_s": 0.0}}
-    tm = out["timings"]
+    tm, device, palette = out["timings"], run.device, label_palette(run.dataset)
     loader = DataLoader(Subset(data, range(n)), batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.workers)
     bar = tqdm(total=n, desc=f"eval {cfg.run}", unit="img", disable=not progress)
     try:
         for batch in loader:
             t = time.perf_counter()
-            with torch.no_grad():
-                label_map = one_hot(batch["label"].to(device), semantic_nc)            # B×L×H×W
-                fake = to_uint8(G(label_map, batch["guidance"].to(device)))            # B×H×W×3
+            fake = run.render(batch["label"], batch["guidance"])                       # B×H×W×3
             real = to_uint8(batch["image"])                                            # B×H×W×3
             tm["generate_s"] += time.perf_counter() - t
             t = time.perf_counter()
             for i, rgb in zip(batch["index"].tolist(), fake):
-                _write_png(img_dir / f"{data.image_ids[i]}.png", rgb)
+                write_png_atomic(img_dir / f"{data.image_ids[i]}.png", rgb)
             tm["write_s"] += time.perf_counter() - t
             t = time.perf_counter()
             if sc.inception is not None:
@@ -353,25 +327,18 @@ def _generate_and_score(cfg: EvalConfig, G, semantic_nc: int, data: SynthDataset
 def run_eval(cfg: EvalConfig, *, progress: bool = False) -> dict:
     """Generate the split with the run's G_ema, score it, write WORK/eval/NAME/; returns the metrics."""
     t_start = time.perf_counter()
-    work, device = Path(cfg.work), torch.device(cfg.device)
-    snapshot = find_snapshot(work, cfg.run, cfg.checkpoint)
-    G, tcfg = load_snapshot(snapshot, device)
-    step = int(m.group(1)) if (m := re.search(r"snapshot-(\d+)\.pt$", snapshot.name)) else None
-    W, H = tcfg.net.width, tcfg.net.height
-    seg_manifest = segments_params(work)
-    dataset = seg_manifest["params"]["dataset"]
-    class_ids = [int(c) for c in seg_manifest["classes"]["ids"]]
-    class_names = dict(zip(class_ids, seg_manifest["classes"].get("names", [str(c) for c in class_ids])))
-    sc = _load_scorers(cfg, work, tcfg.preset, (W, H), class_ids, LabelChannels.of(tcfg.net), device)
+    run = LoadedRun.load(cfg.work, cfg.run, cfg.checkpoint, cfg.device)
+    wd, (W, H) = run.work, run.size
+    sc = _load_scorers(cfg, run)
 
-    data = SynthDataset(work, cfg.split, tcfg, train=False, with_distorted=False)
+    data = SynthDataset(wd.root, cfg.split, run.config, train=False, with_distorted=False)
     try:
         n = len(data) if cfg.limit is None else min(cfg.limit, len(data))
         if n == 0 or (cfg.fid and n < 2):
-            raise InputError(f"{work}: the {cfg.split} split has {n} usable image(s); "
+            raise InputError(f"{wd.root}: the {cfg.split} split has {n} usable image(s); "
                              + ("FID needs at least 2" if n else "nothing to evaluate"))
         ids = data.image_ids[:n]
-        out_dir = work / "eval" / cfg.run
+        out_dir = wd.eval_dir(cfg.run)
         img_dir = out_dir / "images"
         img_dir.mkdir(parents=True, exist_ok=True)
         # An earlier eval's results stop being "done" now; its images may be of another checkpoint.
@@ -382,18 +349,18 @@ def run_eval(cfg: EvalConfig, *, progress: bool = False) -> dict:
         if cfg.fid:
             key = fingerprint({"v": PROTOCOL_VERSION, "split": cfg.split, "ids": ids, "size": [W, H],
                                "resize": "cv2.INTER_AREA", "weights": sc.weights_sha})
-            real_cache = work / "eval" / "fid_stats" / f"{cfg.split}_{W}x{H}_{key}.npz"
+            real_cache = wd.eval_dir(FID_STATS) / f"{cfg.split}_{W}x{H}_{key}.npz"
             real_feats = _load_real_features(real_cache)
         need_real = cfg.fid and real_feats is None
-        res = _generate_and_score(cfg, G, tcfg.net.semantic_nc, data, n, img_dir, sc, need_real,
-                                  label_palette(dataset), device, progress)
+        res = _generate_and_score(cfg, run, data, n, img_dir, sc, need_real, progress)
     finally:
         data.close()
 
     timings = res["timings"]
     t = time.perf_counter()
-    metrics: dict = {"run": cfg.run, "checkpoint": str(snapshot), "step": step, "split": cfg.split, "n_images": n,
-                     "resolution": [W, H], "dataset": dataset, "fid": None, "kid": None, "segmentation": None}
+    metrics: dict = {"run": cfg.run, "checkpoint": str(run.snapshot), "step": run.step, "split": cfg.split,
+                     "n_images": n, "resolution": [W, H], "dataset": run.dataset, "device": str(run.device),
+                     "fid": None, "kid": None, "segmentation": None}
     if cfg.fid:
         if need_real:
             real_feats = np.concatenate(res["real"])
@@ -406,16 +373,16 @@ def run_eval(cfg: EvalConfig, *, progress: bool = False) -> dict:
         scores = sc.segmenter.scores()
         metrics["segmentation"] = {"segnet": str(sc.segnet_path),
                                    **{k: {m: v for m, v in s.items() if m != "iou"} for k, s in scores.items()}}
-        metrics["per_class_iou"] = _per_class(scores, class_ids, class_names)
+        metrics["per_class_iou"] = _per_class(scores, run.class_ids, run.names)
     timings["total_s"] = time.perf_counter() - t_start
     metrics["timings"] = {k: round(v, 3) for k, v in timings.items()}
     metrics["images_per_s"] = round(n / timings["total_s"], 3)
-    metrics["protocol"] = _protocol(cfg, work, sc.weights, sc.weights_sha, real_cache, need_real, n)
+    metrics["protocol"] = _protocol(cfg, wd, sc.weights, sc.weights_sha, real_cache, need_real, n)
     metrics["config"] = cfg.to_dict()
     metrics["written_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
     if res["grid"]:
-        _write_png(out_dir / "grid.png", np.concatenate(res["grid"], 0))
+        write_png_atomic(out_dir / "grid.png", np.concatenate(res["grid"], 0))
     _write_per_class(out_dir / "per_class_iou.csv", metrics["per_class_iou"])
     write_bytes_atomic(out_dir / "report.md", format_report(metrics).encode())
     write_json_atomic(out_dir / "metrics.json", metrics)
@@ -431,12 +398,12 @@ def _per_class(scores: dict, class_ids: list[int], names: dict[int, str]) -> lis
     return rows
 
 
-def _protocol(cfg: EvalConfig, work: Path, weights, weights_sha, real_cache, recomputed: bool, n: int) -> dict:
-    bake = (read_manifest(work / "guidance", f"{cfg.split}_manifest.json") or {}).get("params", {})
+def _protocol(cfg: EvalConfig, wd: WorkDir, weights, weights_sha, real_cache, recomputed: bool, n: int) -> dict:
+    bake = (wd.guidance_manifest(cfg.split) or {}).get("params", {})
     p = {
         "version": PROTOCOL_VERSION,
         "generator": "G_ema in eval mode (BatchNorm running statistics), no gradient, float32",
-        "guidance": {"cache": str(work / "guidance" / f"{cfg.split}.h5"),
+        "guidance": {"cache": str(wd.guidance_h5(cfg.split)),
                      **{k: bake.get(k) for k in ("compose_mode", "choose", "k", "seed", "size", "max_score")}},
         "label_map": "native ids, nearest-resized to the model size, through the run's label table "
                      "(label_ids) to channels; one-hot input to G",

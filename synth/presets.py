@@ -12,6 +12,8 @@ keeps SPADE's 35 channels (labelIds 0..33 need 34). A preset with a label table 
 has one channel per listed native id instead, channel c ↔ native id label_ids[c], channel 0 =
 void (synth/labels.py): `toy` lists the 22 ADE20K classes the toy generator draws, so its label
 map has 23 channels rather than 151. The seg loss ignores channel 0 where the trainer says so.
+That list is a constant here, not computed from the toy generator, so that loading a preset never
+imports the generator; tests/test_label_table.py checks that the two agree.
 
 `NetworkPreset` is a frozen dataclass; the trainer extends it (subclass or a wrapping config)
 with its training fields. `dataclasses.replace(preset, ngf=16)` makes a variant.
@@ -23,10 +25,11 @@ import dataclasses
 from dataclasses import dataclass
 
 from ..errors import InputError
-from ..pipeline.toy import toy_class_ids
 
 UPSAMPLING = {"normal": 5, "more": 6}
 NORMS = ("resail", "spade")
+# The ADE20K ids the toy generator can draw (`pipeline.toy.toy_class_ids("ade20k")`), void 0 first.
+TOY_LABEL_IDS = (0, 2, 3, 5, 7, 9, 10, 12, 13, 15, 17, 18, 21, 22, 44, 53, 70, 81, 84, 94, 127, 128, 137)
 
 
 @dataclass(frozen=True)
@@ -132,7 +135,7 @@ PRESETS: dict[str, NetworkPreset] = {
         # The toy dataset is written in ADE20K format by default (native ids 0..150); the label
         # table keeps the classes its generator draws (the one-hot convs dominate a toy step).
         NetworkPreset("toy", label_nc=151, width=128, height=128, ngf=16, norm_hidden=16, ndf=16,
-                      segnet_channels=(16, 16, 32, 32, 64, 64), label_ids=toy_class_ids("ade20k")),
+                      segnet_channels=(16, 16, 32, 32, 64, 64), label_ids=TOY_LABEL_IDS),
     )
 }
 
@@ -144,10 +147,3 @@ def get_preset(name: str, **overrides) -> NetworkPreset:
     except KeyError:
         raise InputError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}") from None
     return dataclasses.replace(preset, **overrides) if overrides else preset
-
-
-def tiny(preset: NetworkPreset, **overrides) -> NetworkPreset:
-    """A preset at the same label count, size and upsampling but with minimal widths (for tests)."""
-    small = dict(ngf=2, norm_hidden=4, ndf=4, segnet_channels=(4,) * len(preset.segnet_channels))
-    small.update(overrides)
-    return dataclasses.replace(preset, **small)

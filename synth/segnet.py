@@ -27,16 +27,13 @@ from torch.nn.utils.parametrizations import spectral_norm
 from tqdm.auto import tqdm
 
 from ..errors import InputError
-from ..artifacts import atomic_path
-from .checkpoint import read_checkpoint
+from .checkpoint import read_segnet_checkpoint, save_segnet_checkpoint
 from .init import init_weights
 from .labels import LabelChannels
 from .losses import balanced_cross_entropy
 from .presets import NetworkPreset
 
 log = logging.getLogger(__name__)
-
-CHECKPOINT_FORMAT = "resail-segnet/1"
 
 
 def _sn_conv(cin: int, cout: int, k: int) -> nn.Conv2d:
@@ -222,29 +219,15 @@ def _cycle(batches: Iterable) -> Iterator:
 
 def save_checkpoint(path: str | Path, segnet: SegNet, optimizer: torch.optim.Optimizer | None, step: int,
                     train_config: SegnetTrainConfig, metrics: dict | None = None) -> None:
-    """Atomic: written to a temp file beside `path`, then moved into place."""
-    ckpt = {
-        "format": CHECKPOINT_FORMAT,
-        "config": segnet.config(),
-        "train_config": train_config.to_dict(),
-        "step": step,
-        "metrics": metrics or {},
-        "state_dict": segnet.state_dict(),
-        "optimizer": optimizer.state_dict() if optimizer is not None else None,
-    }
-    with atomic_path(path) as tmp:
-        torch.save(ckpt, tmp)
-
-
-def _read_checkpoint(path: str | Path, map_location) -> dict:
-    return read_checkpoint(path, CHECKPOINT_FORMAT, map_location, what="segmentation-network",
-                           missing_fix="train one with `resail segnet train`",
-                           corrupt_fix="delete it and train again with `resail segnet train`")
+    """Atomic: written to a temp file beside `path`, then moved into place (format: synth/checkpoint.py)."""
+    save_segnet_checkpoint(path, config=segnet.config(), train_config=train_config.to_dict(), step=step,
+                           state_dict=segnet.state_dict(), metrics=metrics,
+                           optimizer=optimizer.state_dict() if optimizer is not None else None)
 
 
 def load_segnet(path: str | Path, map_location: torch.device | str = "cpu") -> SegNet:
     """A trained SegNet from a checkpoint, in eval mode."""
-    ckpt = _read_checkpoint(path, map_location)
+    ckpt = read_segnet_checkpoint(path, map_location)
     cfg = ckpt["config"]
     with torch.device(map_location):
         net = SegNet(int(cfg["num_classes"]), tuple(cfg["channels"]), cfg.get("label_ids"))
@@ -263,7 +246,7 @@ def train_segnet(segnet: SegNet, batches: Iterable, config: SegnetTrainConfig = 
     opt = torch.optim.Adam(segnet.parameters(), lr=config.lr, betas=(config.beta1, config.beta2))
     step = 0
     if checkpoint is not None and Path(checkpoint).exists():
-        ckpt = _read_checkpoint(checkpoint, device)
+        ckpt = read_segnet_checkpoint(checkpoint, device)
         if ckpt["config"] != segnet.config():
             raise InputError(f"{checkpoint}: checkpoint of a different network {ckpt['config']} (want "
                              f"{segnet.config()}); delete it or choose another path")

@@ -5,12 +5,12 @@ read through the dataset's reader, so labels follow the same conventions as ever
 (native ids, void 0), then go through the preset's label table (synth/labels.py) to the
 network's channels. Photos are area-resized and labels nearest-resized to the preset's size;
 training adds a horizontal flip. Artifacts go to WORK/segnet/: `{preset}.pt` (checkpoint, also
-the resume point) and `{preset}_metrics.json` (val mIoU and pixel accuracy), written atomically.
+the resume point; `WorkDir.segnet`) and `{preset}_metrics.json` (val mIoU and pixel accuracy),
+written atomically.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,26 +21,22 @@ import pyarrow.parquet as pq
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ..errors import InputError, StageError
 from ..artifacts import write_json_atomic
+from ..errors import InputError
 from ..pipeline.datasets import records_for_ids
+from ..workdir import WorkDir
 from .data import check_label_table
+from .distributed import resolve_device
 from .labels import LabelChannels
 from .presets import NetworkPreset, get_preset
 from .segnet import SegnetTrainConfig, build_segnet, train_segnet
 
 log = logging.getLogger(__name__)
 
-# work-dir dataset → network preset of the same label channels
+# work-dir dataset → network preset of the same label channels (`resail segnet train`'s and
+# `resail eval`'s default segmentation network)
 DATASET_PRESET = {"ade20k": "ade20k", "ade20k-outdoor": "ade20k-outdoor", "cityscapes": "cityscapes",
                   "cocostuff": "cocostuff"}
-
-
-def store_params(work: Path) -> dict:
-    path = work / "segments" / "manifest.json"
-    if not path.exists():
-        raise StageError(f"{path.parent}: no segment store; run `resail index build --work {work}` first")
-    return json.loads(path.read_text())["params"]
 
 
 class SegnetImages(Dataset):
@@ -49,9 +45,10 @@ class SegnetImages(Dataset):
     def __init__(self, work: str | Path, split: str, preset: NetworkPreset, flip: bool = False):
         self.work, self.split, self.flip = Path(work), split, flip
         self.size = (preset.width, preset.height)
-        params = store_params(self.work)
+        wd = WorkDir(self.work)
+        params = wd.require_segments()["params"]
         self.dataset = params["dataset"]
-        table = pq.read_table(self.work / "segments" / f"{split}_images.parquet", columns=["image_id", "status"])
+        table = pq.read_table(wd.images_table(split), columns=["image_id", "status"])
         ids = [i for i, s in zip(table["image_id"].to_pylist(), table["status"].to_pylist()) if s == "ok"]
         if not ids:
             raise InputError(f"{self.work}: the segment store lists no usable {split} images")
@@ -83,20 +80,15 @@ class SegnetRunConfig:
     network: dict = field(default_factory=dict)   # NetworkPreset fields over the preset (a TOML's [network])
     batch_size: int = 8
     workers: int = 2
-    device: str = "cpu"
+    device: str = "cpu"                          # or auto, cuda, cuda:N
     train: SegnetTrainConfig = SegnetTrainConfig()
 
 
 def preset_for_work(work: str | Path) -> str:
-    dataset = store_params(Path(work))["dataset"]
+    dataset = WorkDir(work).require_segments()["params"]["dataset"]
     if dataset not in DATASET_PRESET:
         raise InputError(f"{work}: no network preset for dataset {dataset!r}; pass --preset")
     return DATASET_PRESET[dataset]
-
-
-def segnet_paths(work: str | Path, preset: str) -> tuple[Path, Path]:
-    folder = Path(work) / "segnet"
-    return folder / f"{preset}.pt", folder / f"{preset}_metrics.json"
 
 
 def train_segnet_on_work(work: str | Path, cfg: SegnetRunConfig, progress: bool = True) -> dict:
@@ -105,17 +97,19 @@ def train_segnet_on_work(work: str | Path, cfg: SegnetRunConfig, progress: bool 
     preset = get_preset(cfg.preset, **cfg.network)
     train_set = SegnetImages(work, "train", preset, flip=True)
     val_set = SegnetImages(work, "val", preset)
-    pin = cfg.device.startswith("cuda")
+    device = resolve_device(cfg.device)
+    pin = device.type == "cuda"
     loader = DataLoader(train_set, batch_size=min(cfg.batch_size, len(train_set)), shuffle=True, drop_last=True,
                         num_workers=cfg.workers, pin_memory=pin, persistent_workers=cfg.workers > 0)
     val_loader = DataLoader(val_set, batch_size=cfg.batch_size, num_workers=cfg.workers, pin_memory=pin)
-    ckpt, metrics_path = segnet_paths(work, preset.name)
+    ckpt = WorkDir(work).segnet(preset.name)
+    metrics_path = ckpt.with_name(f"{preset.name}_metrics.json")
     torch.manual_seed(0)
     segnet = build_segnet(preset)
     log.info("segnet: %s on %d train / %d val images of %s, %d steps of batch %d -> %s",
              preset.name, len(train_set), len(val_set), work, cfg.train.steps, cfg.batch_size, ckpt)
     result = train_segnet(segnet, loader, cfg.train, checkpoint=ckpt, val_batches=val_loader,
-                          device=cfg.device, progress=progress)
+                          device=device, progress=progress)
     report = {"preset": preset.name, "checkpoint": str(ckpt), "n_train": len(train_set), "n_val": len(val_set),
               "batch_size": cfg.batch_size, **result}
     write_json_atomic(metrics_path, report)

@@ -1,13 +1,15 @@
 """`resail serve`: a local web page to paint a label map, synthesise it and edit one region at a time.
 
-`Synthesizer` loads the run's snapshot and the work dir's class table once; each "Generate" opens a
-`LabelMapGuidance` (decompose + retrieve) for the painted map and keeps it in a `Session`, so that
-"resample" or "choose another match" for one region recomposes the guidance with every other
-region's match unchanged (paper Fig. 5) and runs G again. Sessions live in a small LRU dict keyed
-by the id that /api/generate returns; an evicted session answers 404 and the page generates anew.
+`Synthesizer` loads the run once (`LoadedRun`, synth/inference.py: snapshot, class table, label
+table, search settings and the retrieval index, shared with eval and synthesize); each "Generate"
+asks it for a `LabelMapGuidance` (decompose + retrieve) of the painted map and keeps that in a
+`Session`, so that "resample" or "choose another match" for one region recomposes the guidance
+with every other region's match unchanged (paper Fig. 5) and runs G again. Sessions live in a
+small LRU dict keyed by the id that /api/generate returns; an evicted session answers 404 and the
+page generates anew.
 
 The label maps going in are PNGs in the dataset's own label-file format, exactly what
-`resail synthesize --label` reads (`read_user_label_map`): the page encodes its canvas that way.
+`resail synthesize --label` reads (`LoadedRun.read_label_file`): the page encodes its canvas that way.
 The palette offers the classes of the run's label table only (all of the dataset's for a preset
 without one), and G takes the map through that table.
 Uploads are checked before decoding (PNG signature, byte size, header size) so that a bad file
@@ -21,7 +23,6 @@ from __future__ import annotations
 
 import base64
 import collections
-import io
 import logging
 import struct
 import tempfile
@@ -32,19 +33,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 
+from ..artifacts import encode_png
 from ..errors import InputError, ResailError, StageError
-from ..index.build import RetrievalIndex
-from ..pipeline.bake import LabelMapGuidance
 from ..pipeline.classes import class_table
+from ..pipeline.guidance import LabelMapGuidance
 from ..pipeline.store import SegmentStore
-from .data import one_hot, resize_nearest, segments_params, to_tensor, to_uint8
-from .eval import find_snapshot
-from .labels import LabelChannels
-from .synthesize import _choices, _search_params, read_user_label_map, run_table_fix
-from .train import load_snapshot
+from .data import resize_nearest
+from .inference import LoadedRun, segment_choices
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +66,7 @@ class ServeConfig:
     host: str = "127.0.0.1"
     port: int = 8000
     k: int = 10                        # matches retrieved per segment
-    device: str = "cpu"
+    device: str = "cpu"                # or auto, cuda, cuda:N
     max_sessions: int = 16             # label maps kept for region edits (LRU)
     max_upload_bytes: int = 8 << 20
     max_side: int = 4096               # label maps larger than this on a side are refused
@@ -104,13 +101,6 @@ class Session:
     variants: list[np.ndarray] = field(default_factory=list)   # chosen ranks of the last variants
 
 
-def png_bytes(a: np.ndarray) -> bytes:
-    """H×W×3 uint8 RGB or H×W uint8/uint16 grey → PNG bytes."""
-    buf = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(a)).save(buf, format="PNG")
-    return buf.getvalue()
-
-
 def png_size(data: bytes) -> tuple[int, int]:
     """(width, height) from a PNG's header, without decoding it; UploadError when it is not a PNG."""
     if not data.startswith(PNG_SIGNATURE) or len(data) < 24 or data[12:16] != b"IHDR":
@@ -128,26 +118,16 @@ def _palette(dataset: str, ids: list[int]) -> dict[int, tuple[int, int, int]]:
 
 
 class Synthesizer:
-    """The run's G_ema and the work dir's class table, loaded once; generate and edit label maps."""
+    """The run (`LoadedRun`) and the training segments' crops, loaded once; generate and edit label maps."""
 
     def __init__(self, cfg: ServeConfig):
         self.cfg = cfg
-        self.work = Path(cfg.work)
-        self.device = torch.device(cfg.device)
-        self.snapshot = find_snapshot(self.work, cfg.run, cfg.checkpoint)
-        self.G, self.tcfg = load_snapshot(self.snapshot, self.device)
-        self.size = (self.tcfg.net.width, self.tcfg.net.height)   # (W, H)
-        seg = segments_params(self.work)
-        self.dataset = seg["params"]["dataset"]
-        classes = seg["classes"]
-        all_ids = [int(c) for c in classes["ids"]]
-        self.names = dict(zip(all_ids, classes.get("names", [])))
-        self.is_thing = dict(zip(all_ids, (bool(t) for t in classes.get("is_thing", []))))
-        self.channels = LabelChannels.of(self.tcfg.net)   # the run's label table, from its snapshot
-        self.class_ids = [c for c in all_ids if self.channels.channel_of(c) >= 0]  # the classes the run can draw
-        self.colors = _palette(self.dataset, self.class_ids)
-        self.search = _search_params(self.work)
-        self.index = RetrievalIndex(self.work)  # shards load lazily and stay loaded across requests
+        self.run = LoadedRun.load(cfg.work, cfg.run, cfg.checkpoint, cfg.device)
+        self.work = self.run.work.root
+        self.size = self.run.size                          # (W, H)
+        self.class_ids = self.run.run_class_ids            # the palette: the classes the run can draw
+        self.colors = _palette(self.run.dataset, self.class_ids)
+        self.run.open_index()  # now: a missing or stale index fails before serving
         self.train = SegmentStore(self.work, "train")
         self.train_segment_id = self.train.table["segment_id"].to_numpy()
         self.val = self._val_label_paths()
@@ -172,10 +152,11 @@ class Synthesizer:
 
     def info(self) -> dict:
         W, H = self.size
-        return {"run": self.cfg.run, "snapshot": self.snapshot.name, "dataset": self.dataset, "width": W, "height": H,
-                "k": self.cfg.k, "label_format": "cocostuff" if self.dataset == "cocostuff" else "native",
+        run = self.run
+        return {"run": self.cfg.run, "snapshot": run.snapshot.name, "dataset": run.dataset, "width": W, "height": H,
+                "k": self.cfg.k, "label_format": "cocostuff" if run.dataset == "cocostuff" else "native",
                 "max_upload_bytes": self.cfg.max_upload_bytes, "max_variants": self.cfg.max_variants,
-                "classes": [{"id": c, "name": self.names.get(c, str(c)), "is_thing": self.is_thing.get(c, False),
+                "classes": [{"id": c, "name": run.names.get(c, str(c)), "is_thing": run.is_thing.get(c, False),
                              "color": list(self.colors[c])} for c in self.class_ids],
                 "val": [i for i, _ in self.val]}
 
@@ -197,12 +178,11 @@ class Synthesizer:
             path = Path(tmp) / "upload.png"
             path.write_bytes(data)
             try:
-                label_map = read_user_label_map(self.work, path)
+                label_map = self.run.read_label_file(path)
             except InputError as e:  # name the upload, not the temp file
                 raise UploadError(str(e).replace(str(path), "uploaded label map")) from None
         try:
-            self.channels.check(np.unique(label_map), "uploaded label map", names=self.names,
-                                fix=run_table_fix(self.cfg.run, self.channels, self.names))
+            self.run.check_classes(label_map, "uploaded label map")
         except InputError as e:
             raise UploadError(str(e)) from None
         return label_map
@@ -216,23 +196,15 @@ class Synthesizer:
     def val_label_map(self, i: int) -> np.ndarray:
         if not 0 <= i < len(self.val):
             raise UploadError(f"val label map {i} does not exist (0..{len(self.val) - 1})", status=404)
-        return read_user_label_map(self.work, Path(self.val[i][1]))
+        return self.run.read_label_file(Path(self.val[i][1]))
 
     # ---------------------------------------------------------------- synthesis
-
-    @torch.no_grad()
-    def _run_G(self, label_map: np.ndarray, guidance: np.ndarray) -> np.ndarray:
-        """B×H×W native ids + B×H×W×3 guidance → B×H×W×3 uint8, as `synthesize` feeds G."""
-        label = self.channels.to_channels(label_map, "label map")                     # B×H×W channel ids
-        m = one_hot(torch.from_numpy(label).to(self.device), self.tcfg.net.semantic_nc)  # B×L×H×W
-        g = torch.stack([to_tensor(x) for x in guidance]).to(self.device)  # B×3×H×W
-        return to_uint8(self.G(m, g))
 
     def _render(self, s: Session) -> None:
         t0 = time.perf_counter()
         s.guidance = s.guidance_state.compose()                                  # H×W×3
         t1 = time.perf_counter()
-        s.image = self._run_G(s.label_map[None], s.guidance[None])[0]           # H×W×3
+        s.image = self.run.generate(s.label_map[None], s.guidance[None])[0]     # H×W×3
         s.timings.update(compose_ms=round(1000 * (t1 - t0), 1),
                          generate_ms=round(1000 * (time.perf_counter() - t1), 1))
         s.version += 1
@@ -245,12 +217,10 @@ class Synthesizer:
         with self.lock:
             t0 = time.perf_counter()
             label_map = self.read_label_png(data)
-            W, H = self.size
-            g = LabelMapGuidance(self.work, label_map, None, size=self.size, k=k, where="uploaded label map",
-                                 index=self.index, **self.search)
+            g = self.run.guidance(label_map, k=k, where="uploaded label map")
             if seed is not None:
                 g.resample(np.arange(len(g.segments)), seed)
-            s = Session(uuid.uuid4().hex[:16], g, data, resize_nearest(label_map, W, H).astype(np.int64), seed, k)
+            s = Session(uuid.uuid4().hex[:16], g, data, self.run.at_size(label_map), seed, k)
             s.before = g.matches()
             s.timings["retrieve_ms"] = round(1000 * (time.perf_counter() - t0), 1)
             self._render(s)
@@ -313,14 +283,14 @@ class Synthesizer:
             keep = g.chosen.copy()
             guidance, chosen = [], []
             try:
-                for v in range(n):
+                for _ in range(n):
                     s.draws += 1
                     g.resample(np.arange(len(g.segments)), 1_000_003 * s.draws + (s.seed or 0))
                     guidance.append(g.compose())
                     chosen.append(g.chosen.copy())
             finally:
                 g.chosen[:] = keep
-            images = self._run_G(np.repeat(s.label_map[None], n, 0), np.stack(guidance))
+            images = self.run.generate(np.repeat(s.label_map[None], n, 0), np.stack(guidance))
             s.variants = chosen
             return list(zip(guidance, images)), round(1000 * (time.perf_counter() - t0), 1)
 
@@ -347,7 +317,7 @@ class Synthesizer:
     def _state(self, s: Session) -> dict:
         g = s.guidance_state
         segments = []
-        for c in _choices(g, self.names, s.resampled, s.before):
+        for c in segment_choices(g, self.run.names, s.resampled, s.before):
             d = asdict(c)
             d["score"] = None if np.isnan(c.score) else round(c.score, 6)
             segments.append(d)
@@ -363,7 +333,7 @@ class Synthesizer:
             s = self.session(sid)
             i = self._segment_index(s, segment)
             g = s.guidance_state
-            c = _choices(g, self.names, s.resampled, s.before)[i]
+            c = segment_choices(g, self.run.names, s.resampled, s.before)[i]
             candidates = [{"rank": r, "match_id": int(m), "score": round(float(g.scores[i, r]), 6),
                            "thumb": f"/api/thumb/{int(m)}.png"} for r, m in enumerate(g.ids[i]) if m >= 0]
             return {"index": i, "class_id": c.class_id, "class_name": c.class_name, "is_thing": c.is_thing,
@@ -379,8 +349,8 @@ class Synthesizer:
                 lut = np.zeros((max(self.class_ids, default=0) + 1, 3), np.uint8)
                 for c, col in self.colors.items():
                     lut[c] = col
-                return png_bytes(lut[np.clip(s.label_map, 0, len(lut) - 1)])
-            return png_bytes({"guidance": s.guidance, "output": s.image}[name])
+                return encode_png(lut[np.clip(s.label_map, 0, len(lut) - 1)])
+            return encode_png({"guidance": s.guidance, "output": s.image}[name])
 
     def thumbnail(self, match_id: int) -> bytes:
         """A training segment's crop, the pixels outside its mask dimmed, at most THUMB_SIDE a side."""
@@ -392,9 +362,7 @@ class Synthesizer:
         out = np.where(mask[..., None], rgb, (rgb.astype(np.float32) * 0.25).astype(np.uint8))
         im = Image.fromarray(np.ascontiguousarray(out))
         im.thumbnail((THUMB_SIDE, THUMB_SIDE), Image.NEAREST if max(im.size) < THUMB_SIDE else Image.BILINEAR)
-        buf = io.BytesIO()
-        im.save(buf, format="PNG")
-        return buf.getvalue()
+        return encode_png(np.asarray(im))
 
 
 # ---------------------------------------------------------------- the web app
@@ -481,8 +449,8 @@ def create_app(synth: Synthesizer):
         out, ms = await run_in_threadpool(synth.variants, sid, int_param(request, "n", 4))
         url = "data:image/png;base64,"
         return JSONResponse({"session": sid, "variants_ms": ms, "variants": [
-            {"index": j, "guidance": url + base64.b64encode(png_bytes(g)).decode(),
-             "output": url + base64.b64encode(png_bytes(o)).decode()} for j, (g, o) in enumerate(out)]})
+            {"index": j, "guidance": url + base64.b64encode(encode_png(g)).decode(),
+             "output": url + base64.b64encode(encode_png(o)).decode()} for j, (g, o) in enumerate(out)]})
 
     async def adopt(request):
         p = request.path_params
@@ -538,7 +506,7 @@ def serve(cfg: ServeConfig, *, ready=None, log_level: str = "warning") -> None:
 
     synth = Synthesizer(cfg)
     try:
-        log.info("serve: run %s (%s, %dx%d)", cfg.run, synth.snapshot.name, *synth.size)
+        log.info("serve: run %s (%s, %dx%d)", cfg.run, synth.run.snapshot.name, *synth.size)
         if ready is not None:
             ready()
         uvicorn.run(create_app(synth), host=cfg.host, port=cfg.port, log_level=log_level)

@@ -8,57 +8,52 @@ Every step, on one batch (label map m, real x, distorted GT I_d, retrieval guida
   EMA       G_ema ← β·G_ema + (1 − β)·G, BN statistics copied
 
 `ResailTrainer` holds the networks, optimisers and the math of one step; `train` is the loop
-around it: data, schedule, logs, samples and checkpoints. The learning rate (`get_lr`) and the
-EMA rate (`ema_beta`) are pure functions of the step counter, and the data order is one too
-(`StepBatchSampler`), so a resumed run needs only the counter and the saved tensors.
+around it, a flat sequence of phases as in edm's training loop: setup (processes, run folder,
+data, networks, resume point), then per step the update, logging (one `stats.jsonl` row per
+tick), samples and checkpoints. The learning rate (`get_lr`) and the EMA rate (`ema_beta`) are
+pure functions of the step counter, and the data order is one too (`StepBatchSampler`), so a
+resumed run needs only the counter and the saved tensors.
 
-Multi-process training (torchrun) follows stylegan3 rather than wrapping modules in DDP: every
-rank starts from rank 0's weights, gradients are averaged with one flat all-reduce per phase,
-and BatchNorm statistics are synchronised (torch's SyncBatchNorm on GPUs; an all-reduce version
-on CPUs, where torch's needs CUDA). Two generator passes per phase and the D freeze during the G
-phase stay plain autograd this way, with no unused-parameter bookkeeping.
-
-Checkpoints (`RUN/checkpoints/`), each written to a temp file and renamed, the last N kept:
-  snapshot-SSSSSSSS.pt  {"format", "config", "step", "G_ema"}           for eval / synthesize
-  state-SSSSSSSS.pt     {"format", "config", "step", "G", "D", "G_ema", "opt_G", "opt_D",
-                         "scaler", "rng"}                                 for --resume
-Both load with `torch.load(..., weights_only=True)`.
+Multi-process training (torchrun) lives in synth/distributed.py: rank 0's weights everywhere,
+one flat gradient all-reduce per phase, synchronised BatchNorm, and only rank 0 writes.
+Checkpoints (a snapshot for inference and the full state for --resume, written atomically, the
+last N kept) are synth/checkpoint.py's formats; this module only decides when to write them.
 """
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
-import os
-import random
-import re
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..artifacts import write_bytes_atomic, write_json_atomic, write_png_atomic
 from ..errors import InputError, StageError
-from ..artifacts import atomic_path, write_bytes_atomic, write_json_atomic
-from .checkpoint import read_checkpoint as _read
+from ..workdir import WorkDir
+from .checkpoint import list_checkpoints, read_state, rng_state, save_run_checkpoint, set_rng_state
 from .config import TrainConfig
 from .data import StepBatchSampler, SynthDataset, label_palette, one_hot, to_uint8
 from .discriminator import build_discriminator
-from .generator import Generator, build_generator
+from .distributed import (
+    Dist,
+    average_gradients,
+    broadcast_from_rank0,
+    init_distributed,
+    mean_over_processes,
+    resolve_device,
+    shutdown,
+    sync_batchnorm,
+)
+from .generator import build_generator
 from .labels import LabelChannels
 from .losses import SegmentationLoss, VGGLoss, feature_matching, hinge_d_fake, hinge_d_real, hinge_g
 
 log = logging.getLogger(__name__)
-
-STATE_FORMAT = "resail-train-state/1"
-SNAPSHOT_FORMAT = "resail-snapshot/1"
-_CKPT_RE = re.compile(r"^(state|snapshot)-(\d{8})\.pt$")
 
 
 # ---------------------------------------------------------------- schedules
@@ -74,107 +69,6 @@ def get_lr(step: int, base: float, total_steps: int, decay_start: int) -> float:
 def ema_beta(step: int, decay: float) -> float:
     """EMA rate with a warm-up, so G_ema follows G closely while G changes fast."""
     return min(decay, (1 + step) / (10 + step))
-
-
-# ---------------------------------------------------------------- processes
-
-
-@dataclass(frozen=True)
-class Dist:
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-    owned: bool = False  # this call joined the group, so it leaves it at the end
-
-
-def init_distributed(device_kind: str) -> Dist:
-    """Join the process group torchrun describes (NCCL on GPUs, gloo on CPUs), or run alone."""
-    if not dist.is_initialized():
-        if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-            return Dist()
-        dist.init_process_group("nccl" if device_kind == "cuda" else "gloo")
-        owned = True
-    else:
-        owned = False
-    return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", dist.get_rank())), owned)
-
-
-def pick_device(name: str, d: Dist) -> torch.device:
-    if name == "auto":
-        return torch.device(f"cuda:{d.local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
-    if device.type == "cuda" and device.index is None:
-        device = torch.device(f"cuda:{d.local_rank}")
-    return device
-
-
-class _AllReduceSum(torch.autograd.Function):
-    """Sum over processes; the gradient of a sum over processes is the sum of the gradients."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
-        x = x.clone()
-        dist.all_reduce(x)
-        return x
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        grad = grad.clone()
-        dist.all_reduce(grad)
-        return grad
-
-
-class ProcessGroupBatchNorm2d(nn.BatchNorm2d):
-    """BatchNorm2d whose training statistics are summed over all processes with a differentiable
-    all-reduce: SyncBatchNorm for CPU process groups (gloo)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or not dist.is_initialized() or dist.get_world_size() == 1:
-            return super().forward(x)
-        c = x.shape[1]
-        n = torch.full((1,), x.numel() / c, dtype=x.dtype, device=x.device)
-        stats = _AllReduceSum.apply(torch.cat([x.sum((0, 2, 3)), (x * x).sum((0, 2, 3)), n]))
-        count = stats[-1]
-        mean = stats[:c] / count
-        var = (stats[c:2 * c] / count - mean * mean).clamp(min=0)
-        if self.track_running_stats:
-            with torch.no_grad():
-                m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked + 1)
-                self.running_mean.lerp_(mean.detach(), m)
-                self.running_var.lerp_(var.detach() * count / (count - 1).clamp(min=1), m)
-                self.num_batches_tracked += 1
-        y = (x - mean[None, :, None, None]) * torch.rsqrt(var + self.eps)[None, :, None, None]
-        if self.affine:
-            y = y * self.weight[None, :, None, None] + self.bias[None, :, None, None]
-        return y
-
-
-def sync_batchnorm(module: nn.Module, device: torch.device) -> nn.Module:
-    if device.type == "cuda":
-        return nn.SyncBatchNorm.convert_sync_batchnorm(module)
-    for name, child in module.named_children():
-        if type(child) is nn.BatchNorm2d:
-            new = ProcessGroupBatchNorm2d(child.num_features, child.eps, child.momentum, child.affine,
-                                          child.track_running_stats, device=device)
-            new.load_state_dict(child.state_dict())
-            setattr(module, name, new)
-        else:
-            sync_batchnorm(child, device)
-    return module
-
-
-def average_gradients(params: list[nn.Parameter], world_size: int) -> None:
-    """One flat all-reduce of every gradient, then ÷ world size (stylegan3's way)."""
-    if world_size == 1:
-        return
-    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-    flat = torch.cat([g.flatten() for g in grads])
-    dist.all_reduce(flat)
-    flat /= world_size
-    for p, g in zip(params, flat.split([p.numel() for p in params])):
-        p.grad = g.view_as(p)
 
 
 # ---------------------------------------------------------------- one training step
@@ -193,8 +87,7 @@ class ResailTrainer:
         self.G_ema.load_state_dict(self.G.state_dict())
         if d.world_size > 1:
             self.G = sync_batchnorm(self.G, device)
-            for t in [*self.G.state_dict().values(), *self.D.state_dict().values()]:
-                dist.broadcast(t, 0)
+            broadcast_from_rank0([*self.G.state_dict().values(), *self.D.state_dict().values()])
         self.channels_last = device.type == "cuda"
         if self.channels_last:
             for net in (self.G, self.D, self.G_ema):
@@ -241,7 +134,8 @@ class ResailTrainer:
                 terms["G_gan_r"] = hinge_g(self.D(m, fake_r))
                 if self.seg is not None:
                     terms["G_seg_r"] = self.seg(fake_r, m)
-        weight = {"G_fm": cfg.lambda_feat, "G_vgg": cfg.lambda_vgg, "G_seg_d": cfg.lambda_seg, "G_seg_r": cfg.lambda_seg}
+        weight = {"G_fm": cfg.lambda_feat, "G_vgg": cfg.lambda_vgg, "G_seg_d": cfg.lambda_seg,
+                  "G_seg_r": cfg.lambda_seg}
         total = sum(weight.get(k, 1.0) * v.float() for k, v in terms.items())
         return total, terms
 
@@ -317,82 +211,15 @@ class ResailTrainer:
 # ---------------------------------------------------------------- checkpoints
 
 
-def _rng_state() -> dict:
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    version, py_state, py_gauss = random.getstate()
-    state = {"torch": torch.get_rng_state(),
-             "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                       "has_gauss": int(has_gauss), "gauss": float(gauss)},
-             "python": {"version": version, "state": torch.tensor(py_state, dtype=torch.int64), "gauss": py_gauss}}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    n = state["numpy"]
-    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
-    p = state["python"]
-    random.setstate((p["version"], tuple(int(v) for v in p["state"].tolist()), p["gauss"]))
-    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def list_checkpoints(run_dir: str | Path, kind: str = "state") -> list[Path]:
-    """Checkpoints of one kind ('state' or 'snapshot') in a run, oldest first."""
-    folder = Path(run_dir) / "checkpoints"
-    if not folder.is_dir():
-        return []
-    found = [(int(m.group(2)), p) for p in folder.iterdir() if (m := _CKPT_RE.match(p.name)) and m.group(1) == kind]
-    return [p for _, p in sorted(found)]
-
-
-def latest_snapshot(run_dir: str | Path) -> Path:
-    snaps = list_checkpoints(run_dir, "snapshot")
-    if not snaps:
-        raise InputError(f"{run_dir}: no generator snapshot; train with `resail train` first")
-    return snaps[-1]
-
-
-def _save(path: Path, obj: dict) -> None:
-    try:
-        with atomic_path(path) as tmp:
-            torch.save(obj, tmp)
-    except OSError as e:
-        if e.errno != errno.ENOSPC:
-            raise
-        raise StageError(f"{path}: disk full while writing a checkpoint; the previous checkpoints are intact. "
-                         "Free space and rerun with --resume") from e
-
-
 def save_checkpoint(run_dir: Path, trainer: ResailTrainer, step: int, keep: int) -> Path:
     """Write snapshot + full state for `step`, then drop all but the newest `keep` of each."""
-    folder = run_dir / "checkpoints"
-    config = trainer.cfg.to_dict()
-    _save(folder / f"snapshot-{step:08d}.pt", {"format": SNAPSHOT_FORMAT, "config": config, "step": step,
-                                                "G_ema": trainer.G_ema.state_dict()})
-    path = folder / f"state-{step:08d}.pt"
-    _save(path, {"format": STATE_FORMAT, "config": config, "step": step, "rng": _rng_state(),
-                 **trainer.state_dict()})
-    for kind in ("state", "snapshot"):
-        for old in list_checkpoints(run_dir, kind)[:-keep]:
-            old.unlink(missing_ok=True)
-    return path
-
-
-def read_checkpoint(path: str | Path, fmt: str, map_location="cpu") -> dict:
-    return _read(path, fmt, map_location, corrupt_fix="delete it to resume from the one before, or start a "
-                 "new run with another --name")
+    return save_run_checkpoint(run_dir, step, trainer.cfg.to_dict(), trainer.G_ema.state_dict(),
+                               {"rng": rng_state(), **trainer.state_dict()}, keep)
 
 
 def load_state(path: Path, trainer: ResailTrainer) -> int:
     """Restore a full state into `trainer` (after checking it belongs to the same run); returns its step."""
-    ckpt = read_checkpoint(path, STATE_FORMAT, "cpu")  # RNG states must stay CPU tensors
-    try:
-        saved = TrainConfig.from_dict(ckpt["config"])
-    except (InputError, KeyError, TypeError) as e:
-        raise InputError(f"{path}: checkpoint config unreadable ({e})") from e
+    ckpt, saved = read_state(path)
     want, have = trainer.cfg.resume_key(), saved.resume_key()
     diff = sorted(k for k in set(want) | set(have) if want.get(k) != have.get(k))
     if diff:
@@ -403,68 +230,12 @@ def load_state(path: Path, trainer: ResailTrainer) -> int:
         trainer.load_state_dict(ckpt)
     except (RuntimeError, KeyError, ValueError) as e:
         raise InputError(f"{path}: checkpoint tensors do not fit the networks ({e})") from e
-    if trainer.dist.rank == 0:
-        _set_rng_state(ckpt["rng"])
+    if trainer.dist.rank0:
+        set_rng_state(ckpt["rng"])
     return int(ckpt["step"])
 
 
-def load_snapshot(path: str | Path, device: torch.device | str = "cpu") -> tuple[Generator, TrainConfig]:
-    """G_ema of a snapshot, in eval mode, with the run's config. Use it as
-    `G(one_hot(label, cfg.net.semantic_nc), guidance)` with `label` the B×H×W channel ids of the
-    run's label table (`LabelChannels.of(cfg.net).to_channels(native_ids, where)`) and guidance
-    B×3×H×W in [−1, 1]."""
-    ckpt = read_checkpoint(path, SNAPSHOT_FORMAT, device)
-    cfg = TrainConfig.from_dict(ckpt["config"])
-    G = build_generator(cfg.net, device)
-    try:
-        G.load_state_dict(ckpt["G_ema"])
-    except RuntimeError as e:
-        raise InputError(f"{path}: snapshot tensors do not fit its config ({e})") from e
-    return G.eval().requires_grad_(False), cfg
-
-
-# ---------------------------------------------------------------- samples and stats
-
-
-@torch.no_grad()
-def write_sample_grid(path: Path, trainer: ResailTrainer, batch: dict, palette: np.ndarray) -> None:
-    """Rows of label (colourised) | guidance | distorted GT | G_ema(label, guidance) | real."""
-    x = trainer.inputs(batch)
-    out = trainer.G_ema(x["label_map"], x["guidance"])
-    native = LabelChannels.of(trainer.cfg.net).to_native(batch["label"].numpy())
-    label = palette[np.clip(native, 0, len(palette) - 1)]
-    cols = [label, to_uint8(batch["guidance"]), to_uint8(batch["distorted"]), to_uint8(out), to_uint8(batch["image"])]
-    grid = np.concatenate([np.concatenate(row, axis=1) for row in zip(*cols)], axis=0)
-    ok, png = cv2.imencode(".png", cv2.cvtColor(grid, cv2.COLOR_RGB2BGR))
-    write_bytes_atomic(path, png.tobytes())
-
-
-def _open_tensorboard(run_dir: Path, enabled: bool):
-    if not enabled:
-        return None
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        log.debug("tensorboard is not installed; logging to stats.jsonl only")
-        return None
-    return SummaryWriter(str(run_dir / "tensorboard"))
-
-
-def _trim_stats(path: Path, step: int) -> None:
-    """Drop the ticks logged after `step` (a crash after them lost their training), so a
-    resumed run's stats.jsonl reads as one run."""
-    if not path.exists():
-        return
-    rows = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
-    write_bytes_atomic(path, "".join(r + "\n" for r in rows).encode())
-
-
-def _append_stats(path: Path, row: dict) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(row) + "\n")
-
-
-# ---------------------------------------------------------------- the loop
+# ---------------------------------------------------------------- setup
 
 
 def build_losses(cfg: TrainConfig, device: torch.device) -> tuple[VGGLoss | None, SegmentationLoss | None]:
@@ -486,112 +257,199 @@ def build_losses(cfg: TrainConfig, device: torch.device) -> tuple[VGGLoss | None
     return vgg, seg
 
 
-def train(cfg: TrainConfig, work: str | Path, *, resume: bool = False, progress: bool = True,
-          stop_after: int | None = None) -> dict:
-    """Train (or with `resume`, continue) the run `WORK/runs/cfg.name`. `stop_after` ends this
-    session after that many total steps, with a checkpoint, as an interruption would.
-    Returns a summary: steps, seconds, samples/s, the last tick's stats and the run folder."""
-    work = Path(work)
-    probe = torch.device(cfg.device) if cfg.device != "auto" else None
-    d = init_distributed("cuda" if (probe is None and torch.cuda.is_available()) or (probe and probe.type == "cuda")
-                         else "cpu")
-    device = pick_device(cfg.device, d)
+def _processes(cfg: TrainConfig) -> tuple[Dist, torch.device]:
+    """This process's place in the group torchrun describes, and its device."""
+    d = init_distributed(cfg.device)
+    device = resolve_device(cfg.device, d.local_rank)
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    rank0 = d.rank == 0
-    run_dir = work / "runs" / cfg.name
+    return d, device
+
+
+def _resume_point(run_dir: Path, resume: bool) -> Path | None:
+    """The full state to resume from (None for a new run); refuses to mix up new and old runs."""
     states = list_checkpoints(run_dir, "state")
     if states and not resume:
         raise InputError(f"{run_dir} already holds checkpoints (last: {states[-1].name}); pass --resume to continue "
                          "it or --name for a new run")
     if resume and not states:
         raise InputError(f"--resume: {run_dir} holds no training state to resume from")
+    return states[-1] if resume else None
 
+
+def _training_set(work: Path, cfg: TrainConfig) -> SynthDataset:
     dataset = SynthDataset(work, "train", cfg)
     if len(dataset) != cfg.n_train:
         raise InputError(f"{work}: {len(dataset)} training images, but the config was resolved for {cfg.n_train}")
-    vgg, seg = build_losses(cfg, device)
-    trainer = ResailTrainer(cfg, device, d, vgg=vgg, seg=seg)
-    step = load_state(states[-1], trainer) if resume else 0
-    if resume and rank0:
-        log.info("resumed %s at step %d", states[-1], step)
-    torch.manual_seed(cfg.seed + 1_000_003 * d.rank + step)  # nothing random in the step yet; per-rank anyway
+    return dataset
 
-    end = cfg.total_steps if stop_after is None else min(cfg.total_steps, stop_after)
+
+def _loader(dataset: SynthDataset, cfg: TrainConfig, d: Dist, device: torch.device, step: int,
+            end: int) -> torch.utils.data.DataLoader:
+    """Batches of steps `step`..`end` − 1 for this process (the order is a function of the step)."""
     sampler = StepBatchSampler(len(dataset), cfg.batch_size, seed=cfg.seed, total_steps=end, start_step=step,
                                rank=d.rank, world_size=d.world_size)
-    loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.workers,
-                                         pin_memory=device.type == "cuda", persistent_workers=False)
-    if rank0:
+    return torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.workers,
+                                       pin_memory=device.type == "cuda", persistent_workers=False)
+
+
+# ---------------------------------------------------------------- logging and samples
+
+
+class Ticks:
+    """Loss sums since the last stats row; `row` turns them into the tick's means and timings."""
+
+    def __init__(self, cfg: TrainConfig):
+        self.cfg = cfg
+        self.sums: dict[str, float] = {}
+        self.steps = 0
+        self.t_start = self.t_tick = time.perf_counter()
+
+    def add(self, losses: dict[str, float]) -> None:
+        self.steps += 1
+        for k, v in losses.items():
+            self.sums[k] = self.sums.get(k, 0.0) + v
+
+    def row(self, step: int) -> dict:
+        cfg, now, n = self.cfg, time.perf_counter(), self.steps
+        row = {"step": step, "epoch": (step - 1) // cfg.steps_per_epoch,
+               "time_s": round(now - self.t_start, 3), "sec_per_step": (now - self.t_tick) / n,
+               "samples_per_s": n * cfg.batch_size / (now - self.t_tick),
+               "lr_G": get_lr(step - 1, cfg.lr_G, cfg.total_steps, cfg.decay_start),
+               "lr_D": get_lr(step - 1, cfg.lr_D, cfg.total_steps, cfg.decay_start),
+               **{k: v / n for k, v in self.sums.items()}}
+        self.sums, self.steps, self.t_tick = {}, 0, now
+        return row
+
+
+@torch.no_grad()
+def write_sample_grid(path: Path, trainer: ResailTrainer, batch: dict, palette: np.ndarray) -> None:
+    """Rows of label (colourised) | guidance | distorted GT | G_ema(label, guidance) | real."""
+    x = trainer.inputs(batch)
+    out = trainer.G_ema(x["label_map"], x["guidance"])
+    native = LabelChannels.of(trainer.cfg.net).to_native(batch["label"].numpy())
+    label = palette[np.clip(native, 0, len(palette) - 1)]
+    cols = [label, to_uint8(batch["guidance"]), to_uint8(batch["distorted"]), to_uint8(out), to_uint8(batch["image"])]
+    write_png_atomic(path, np.concatenate([np.concatenate(row, axis=1) for row in zip(*cols)], axis=0))
+
+
+class RunOutputs:
+    """What rank 0 writes into the run folder: config.json, stats.jsonl (+ TensorBoard), sample
+    grids of a fixed batch. `open` trims ticks logged after the resume point (a crash after them
+    lost their training), so a resumed run's stats.jsonl reads as one run."""
+
+    def __init__(self, run_dir: Path, cfg: TrainConfig, work: Path, dataset: str, step: int):
+        self.run_dir, self.stats = run_dir, run_dir / "stats.jsonl"
         run_dir.mkdir(parents=True, exist_ok=True)
         write_json_atomic(run_dir / "config.json", cfg.to_dict())
-        _trim_stats(run_dir / "stats.jsonl", step)
+        self._trim_stats(step)
         (run_dir / "samples").mkdir(exist_ok=True)
         sample_set = SynthDataset(work, "train", cfg, train=False, with_distorted=True)
-        sample_batch = torch.utils.data.default_collate([sample_set[i] for i in range(min(cfg.n_sample, len(sample_set)))])
+        self.sample_batch = torch.utils.data.default_collate(
+            [sample_set[i] for i in range(min(cfg.n_sample, len(sample_set)))])
         sample_set.close()
-        palette = label_palette(dataset.dataset)
-        tb = _open_tensorboard(run_dir, cfg.tensorboard)
+        self.palette = label_palette(dataset)
+        self.tb = self._open_tensorboard(cfg.tensorboard)
 
-    stats_path = run_dir / "stats.jsonl"
-    tick: dict[str, float] = {}
-    tick_steps, last_row = 0, {}
-    t_start = t_tick = time.perf_counter()
-    start_step = step
+    def _trim_stats(self, step: int) -> None:
+        if not self.stats.exists():
+            return
+        rows = [line for line in self.stats.read_text().splitlines()
+                if line.strip() and json.loads(line)["step"] <= step]
+        write_bytes_atomic(self.stats, "".join(r + "\n" for r in rows).encode())
+
+    def _open_tensorboard(self, enabled: bool):
+        if not enabled:
+            return None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            log.debug("tensorboard is not installed; logging to stats.jsonl only")
+            return None
+        return SummaryWriter(str(self.run_dir / "tensorboard"))
+
+    def log(self, row: dict, bar) -> None:
+        with open(self.stats, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        bar.set_postfix(G=f"{row['G']:.3f}", D=f"{row['D']:.3f}")
+        if self.tb is not None:
+            for k, v in row.items():
+                self.tb.add_scalar(k, v, row["step"])
+
+    def sample(self, trainer: ResailTrainer, step: int) -> None:
+        write_sample_grid(self.run_dir / "samples" / f"{step:08d}.png", trainer, self.sample_batch, self.palette)
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+def _check_finite(losses: dict[str, float], step: int, run_dir: Path) -> None:
+    bad = [k for k, v in losses.items() if not np.isfinite(v)]
+    if bad:
+        kept = list_checkpoints(run_dir, "state")
+        raise StageError(f"non-finite loss {', '.join(bad)} at step {step}; stopped. The last good checkpoint "
+                         f"is {kept[-1] if kept else 'none (no checkpoint yet)'}; lower the learning rates "
+                         "or check the data, then --resume")
+
+
+# ---------------------------------------------------------------- the loop
+
+
+def train(cfg: TrainConfig, work: str | Path, *, resume: bool = False, progress: bool = True,
+          stop_after: int | None = None) -> dict:
+    """Train (or with `resume`, continue) the run `WORK/runs/cfg.name`. `stop_after` ends this
+    session after that many total steps, with a checkpoint, as an interruption would.
+    Returns a summary: steps, seconds, samples/s, the last tick's stats and the run folder."""
+    # ---- setup: processes and device, the run folder, data, networks, the resume point
+    work = Path(work)
+    d, device = _processes(cfg)
+    run_dir = WorkDir(work).run(cfg.name)
+    resume_from = _resume_point(run_dir, resume)
+    dataset = _training_set(work, cfg)
+    vgg, seg = build_losses(cfg, device)
+    trainer = ResailTrainer(cfg, device, d, vgg=vgg, seg=seg)
+    step = start_step = load_state(resume_from, trainer) if resume_from else 0
+    if resume_from and d.rank0:
+        log.info("resumed %s at step %d", resume_from, step)
+    torch.manual_seed(cfg.seed + 1_000_003 * d.rank + step)  # nothing random in the step yet; per-rank anyway
+    end = cfg.total_steps if stop_after is None else min(cfg.total_steps, stop_after)
+    loader = _loader(dataset, cfg, d, device, step, end)
+    outputs = RunOutputs(run_dir, cfg, work, dataset.dataset, step) if d.rank0 else None
+    ticks, last_row = Ticks(cfg), {}
     bar = tqdm(total=cfg.total_steps, initial=step, unit="step", desc=f"train {cfg.name}",
-               disable=not (progress and rank0), dynamic_ncols=True)
+               disable=not (progress and d.rank0), dynamic_ncols=True)
     try:
         for batch in loader:
-            terms = trainer.step(batch, step)
-            names = sorted(terms)
-            values = torch.stack([terms[k] for k in names])
-            if d.world_size > 1:
-                dist.all_reduce(values)
-                values /= d.world_size
-            values = values.tolist()
-            bad = [k for k, v in zip(names, values) if not np.isfinite(v)]
-            if bad:
-                kept = list_checkpoints(run_dir, "state")
-                raise StageError(f"non-finite loss {', '.join(bad)} at step {step}; stopped. The last good checkpoint "
-                                 f"is {kept[-1] if kept else 'none (no checkpoint yet)'}; lower the learning rates "
-                                 "or check the data, then --resume")
+            # ---- one step: G phase, D phase, EMA (the math is ResailTrainer's)
+            losses = mean_over_processes(trainer.step(batch, step), d)
+            _check_finite(losses, step, run_dir)
             step += 1
-            tick_steps += 1
-            for k, v in zip(names, values):
-                tick[k] = tick.get(k, 0.0) + v
+            ticks.add(losses)
             bar.update(1)
+            # ---- logging: one stats row per tick, written by rank 0
             if step % cfg.log_every == 0 or step == end:
-                now = time.perf_counter()
-                last_row = {"step": step, "epoch": (step - 1) // cfg.steps_per_epoch,
-                            "time_s": round(now - t_start, 3), "sec_per_step": (now - t_tick) / tick_steps,
-                            "samples_per_s": tick_steps * cfg.batch_size / (now - t_tick),
-                            "lr_G": get_lr(step - 1, cfg.lr_G, cfg.total_steps, cfg.decay_start),
-                            "lr_D": get_lr(step - 1, cfg.lr_D, cfg.total_steps, cfg.decay_start),
-                            **{k: v / tick_steps for k, v in tick.items()}}
-                if rank0:
-                    _append_stats(stats_path, last_row)
-                    bar.set_postfix(G=f"{last_row['G']:.3f}", D=f"{last_row['D']:.3f}")
-                    if tb is not None:
-                        for k, v in last_row.items():
-                            tb.add_scalar(k, v, step)
-                tick, tick_steps, t_tick = {}, 0, now
-            if rank0 and (step % cfg.sample_every == 0 or step == end):
-                write_sample_grid(run_dir / "samples" / f"{step:08d}.png", trainer, sample_batch, palette)
-            if rank0 and (step % cfg.checkpoint_every == 0 or step == end):
+                last_row = ticks.row(step)
+                if outputs is not None:
+                    outputs.log(last_row, bar)
+            # ---- samples and checkpoints, by rank 0
+            if outputs is not None and (step % cfg.sample_every == 0 or step == end):
+                outputs.sample(trainer, step)
+            if d.rank0 and (step % cfg.checkpoint_every == 0 or step == end):
                 save_checkpoint(run_dir, trainer, step, cfg.keep_checkpoints)
     except KeyboardInterrupt:
-        if rank0 and step > start_step:
+        if d.rank0 and step > start_step:
             save_checkpoint(run_dir, trainer, step, cfg.keep_checkpoints)
             log.warning("interrupted at step %d; checkpoint written, continue with --resume", step)
         raise
     finally:
         bar.close()
         dataset.close()
-        if rank0 and tb is not None:
-            tb.close()
-        if d.owned:
-            dist.destroy_process_group()
-    seconds = time.perf_counter() - t_start
+        if outputs is not None:
+            outputs.close()
+        shutdown(d)
+    # ---- summary
+    seconds = time.perf_counter() - ticks.t_start
     done = step - start_step
     return {"run_dir": str(run_dir), "steps": step, "steps_this_session": done, "seconds": round(seconds, 3),
             "samples_per_s": done * cfg.batch_size / seconds if seconds > 0 else 0.0, "last": last_row,
@@ -600,6 +458,6 @@ def train(cfg: TrainConfig, work: str | Path, *, resume: bool = False, progress:
 
 def dry_run(cfg: TrainConfig, work: str | Path) -> Path:
     """Write the resolved config to the run folder and stop there."""
-    path = Path(work) / "runs" / cfg.name / "config.json"
+    path = WorkDir(work).run(cfg.name) / "config.json"
     write_json_atomic(path, cfg.to_dict())
     return path

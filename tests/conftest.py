@@ -1,5 +1,13 @@
+"""Fixtures shared by several test modules. The builders behind them are in tests/builders/.
+
+The session-scoped work dirs are built once and shared read-only: a test that writes into one
+takes a private copy (`builders.work.copy_work`) first.
+"""
+
 import pytest
 import torch
+
+from builders.runs import TinyRun, serve_work, tiny_run
 
 
 @pytest.fixture(scope="module")
@@ -9,3 +17,15 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="session")
+def shared_tiny_run(tmp_path_factory) -> TinyRun:
+    """The inference tests' tiny run (val baked, random G, segmenter and Inception); read-only."""
+    return tiny_run(tmp_path_factory.mktemp("tiny_run"))
+
+
+@pytest.fixture(scope="session")
+def shared_serve_work(tmp_path_factory):
+    """(work, first val label map): the tiny run `resail serve` tests read; read-only."""
+    return serve_work(tmp_path_factory.mktemp("serve_work"))

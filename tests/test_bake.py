@@ -6,25 +6,30 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from builders.work import toy_work
 from resail.errors import InputError, StageError
-from resail.index.build import build_index
+from resail.index.build import RetrievalIndex
+from resail.index.search import SearchConfig
 from resail.pipeline import bake as bake_mod
-from resail.pipeline.bake import BakeConfig, GuidanceComposer, bake, choose_ranks, dense_matches
-from resail.pipeline.segments_stage import SegmentsConfig, build_segments
-from resail.pipeline.toy import ToyConfig, make_toy_dataset
+from resail.pipeline.bake import BakeConfig, bake
+from resail.pipeline.guidance import (
+    GuidanceComposer,
+    LabelMapGuidance,
+    choose_ranks,
+    dense_matches,
+    load_composer,
+    preview_distort,
+    query_label_map,
+)
+from resail.pipeline.store import SegmentStore
+from resail.workdir import WorkDir
 
 SIZE = (96, 96)
 
 
 @pytest.fixture(scope="module")
 def work(tmp_path_factory):
-    base = tmp_path_factory.mktemp("bake")
-    root = make_toy_dataset(base / "toy", ToyConfig(fmt="ade20k", n_train=10, n_val=4, width=96, height=96, seed=3),
-                            progress=False)
-    work = base / "work"
-    build_segments(SegmentsConfig(dataset="ade20k", root=root, work=work))
-    build_index(work, progress=False)
-    return work
+    return toy_work(tmp_path_factory.mktemp("bake"), n_train=10, n_val=4, size=96, seed=3)
 
 
 def test_bake_val_writes_contract_tables_cache_and_previews(work):
@@ -157,8 +162,6 @@ def test_bad_input(work, tmp_path):
 
 
 def test_distorted_gt_is_seeded_and_composed_like_guidance(work, tmp_path):
-    from resail.pipeline.bake import load_composer, preview_distort
-
     bake(BakeConfig(work, "train", k=3, size=SIZE, n_preview=0))
     comp = load_composer(work, "train")
     try:
@@ -194,13 +197,13 @@ def test_distorted_gt_is_seeded_and_composed_like_guidance(work, tmp_path):
 
 
 def test_label_map_guidance_and_local_resample(work):
-    from resail.pipeline.bake import LabelMapGuidance
     from resail.pipeline.datasets import make_reader
 
-    seg = bake_mod.read_manifest(work / "segments")
+    seg = WorkDir(work).require_segments()
     reader = make_reader("ade20k", seg["params"]["root"])
     sample = reader.load(reader.records("val")[0])
-    g = LabelMapGuidance(work, sample.label_map, size=SIZE, k=5)
+    found = query_label_map(RetrievalIndex(work), sample.label_map, cfg=SearchConfig(k=5))
+    g = LabelMapGuidance(work, found.segments, found.result, sample.label_map.shape, size=SIZE)
     try:
         first = g.compose()
         assert first.shape == (SIZE[1], SIZE[0], 3) and first.any()
@@ -223,3 +226,46 @@ def test_label_map_guidance_and_local_resample(work):
             assert not changed[g.segment_map != i].any()
     finally:
         g.close()
+
+
+def test_label_map_guidance_refuses_a_map_without_segments(work):
+    index = RetrievalIndex(work)
+    void = np.zeros((40, 50), np.int32)
+    empty = query_label_map(index, void)
+    with pytest.raises(InputError, match="my map: no segment"):
+        LabelMapGuidance(work, empty.segments, empty.result, void.shape, size=SIZE, where="my map")
+
+
+def test_shards_merge_like_one_run(work, monkeypatch):
+    """--shard I/N computes contiguous image ranges and never merges; --merge names the shards that
+    have not finished; a run without either flag finishes the missing shards (same N) and merges."""
+    monkeypatch.setattr(bake_mod, "PART_IMAGES", 2)
+    opts = dict(k=3, size=SIZE, n_preview=0, choose="sample", seed=11)
+    wd = WorkDir(work)
+    bake(BakeConfig(work, "train", **opts))
+    with h5py.File(wd.guidance_h5("train")) as f:
+        reference = f["guidance"][...], f["image_id"][...].tolist()
+    wd.guidance_h5("train").unlink()
+    (wd.guidance / wd.guidance_manifest_name("train")).unlink()
+
+    with pytest.raises(StageError, match="no shard has finished"):
+        bake(BakeConfig(work, "train", merge=True, **opts))
+    m = bake(BakeConfig(work, "train", shard=(1, 3), **opts))
+    assert m["complete"] is False and not wd.guidance_h5("train").exists()
+    n = len(reference[1])
+    assert sorted(p.name for p in wd.guidance_parts("train").glob("part-*")) == [
+        f"part-{a:08d}-{min(a + 2, n * 2 // 3):08d}.h5" for a in range(n // 3, n * 2 // 3, 2)]
+    with pytest.raises(StageError, match=r"shards 0/3, 2/3 have not finished"):
+        bake(BakeConfig(work, "train", merge=True, **opts))
+    bake(BakeConfig(work, "train", shard=(0, 3), **opts))
+
+    computed = []
+    real = bake_mod._bake_part
+    monkeypatch.setattr(bake_mod, "_bake_part", lambda *a: computed.append(a[2].tolist()) or real(*a))
+    bake(BakeConfig(work, "train", **opts))  # no flag: the missing shard 2/3, then the merge
+    with SegmentStore(work, "train") as store:
+        rows = np.flatnonzero(np.asarray(store.images["status"].to_pylist()) == "ok")
+    assert sum(computed, []) == rows[n * 2 // 3:].tolist()
+    with h5py.File(wd.guidance_h5("train")) as f:
+        assert np.array_equal(f["guidance"][...], reference[0]) and f["image_id"][...].tolist() == reference[1]
+    assert not wd.guidance_parts("train").exists()

@@ -9,6 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from resail.cli import cli, main
+from resail.errors import StageError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -47,20 +48,20 @@ def test_usage_errors_exit_2(argv, capsys):
     assert "Error" in err
 
 
-def test_unbuilt_command_is_one_line_and_exits_1(capsys):
-    from resail.cli import not_built
+def test_library_error_is_one_line_and_exits_1(capsys):
+    from resail.errors import InputError
 
-    @cli.command("not-yet")
-    def not_yet():
-        not_built("not-yet", 99)
+    @cli.command("fails")
+    def fails():
+        raise InputError("some/file.png: not a label map; pass a single-channel PNG")
 
     try:
-        rc = main(["not-yet"])
+        rc = main(["fails"])
     finally:
-        cli.commands.pop("not-yet")
+        cli.commands.pop("fails")
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 1
-    assert len(err) == 1 and err[0].startswith("error:") and "not built" in err[0] and "#99" in err[0]
+    assert len(err) == 1 and err[0].startswith("error:") and "some/file.png" in err[0]
 
 
 def test_unexpected_failure_is_one_line_and_debug_shows_traceback(tmp_path, capsys):
@@ -69,5 +70,5 @@ def test_unexpected_failure_is_one_line_and_debug_shows_traceback(tmp_path, caps
     rc = main(["guidance", "bake", str(bad), "--split", "val"])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 1 and len(err) == 1 and "resail index build" in err[0]
-    with pytest.raises(Exception):
+    with pytest.raises(StageError):
         main(["guidance", "bake", str(bad), "--split", "val", "--debug"])

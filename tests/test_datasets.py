@@ -1,21 +1,16 @@
 """Readers on tiny fixtures in the official formats, including their quirks, and bad input."""
 
 import logging
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from builders.formats import ADE_THING, rle_encode_compressed, write_ade, write_cityscapes, write_coco, write_folder
 from resail.errors import InputError
 from resail.pipeline.classes import class_table, parse_category_mapping
-from resail.pipeline.datasets import (MAJORITY, coco_instance_map, list_split, make_reader, polygons_to_mask,
-                                      rle_decode)
-
-sys.path.insert(0, str(Path(__file__).parent))
-from segment_fixtures import (ADE_THING, rle_encode_compressed, write_ade, write_cityscapes,  # noqa: E402
-                              write_coco, write_folder)
+from resail.pipeline.datasets import MAJORITY, coco_instance_map, list_split, make_reader, polygons_to_mask, rle_decode
 
 
 def test_ade20k_reader_instances_via_category_mapping(tmp_path):

@@ -85,7 +85,7 @@ def test_color_transfer_matches_reference_stats():
     src_mask = ellipse()
     ref = textured(rng, (170, 110, 80), spread=8, shape=(40, 70))  # other size
     ref_mask = ellipse(20, 35, 15, 30, shape=(40, 70))
-    out = color_transfer(src, src_mask, ref, ref_mask)
+    out = color_transfer(src, src_mask, (ref, ref_mask))
     mean, std = lab_stats(out, src_mask)
     ref_mean, ref_std = lab_stats(ref, ref_mask)
     assert np.abs(mean - ref_mean).max() < 0.01
@@ -99,7 +99,7 @@ def test_color_transfer_kernel_matches_numpy_reference():
     src = rng.integers(0, 256, (H, W, 3), dtype=np.uint8)  # saturating too: clip + truncate
     ref = rng.integers(0, 256, (30, 50, 3), dtype=np.uint8)
     src_mask, ref_mask = rng.random((H, W)) < 0.6, rng.random((30, 50)) < 0.5
-    fast = color_transfer(src, src_mask, ref, ref_mask).astype(int)
+    fast = color_transfer(src, src_mask, (ref, ref_mask)).astype(int)
     slow = color_transfer_reference(src, src_mask, ref, ref_mask).astype(int)
     assert np.abs(fast - slow).max() <= 1  # float rounding may flip a truncation
     assert (fast != slow).mean() < 1e-3
@@ -110,7 +110,7 @@ def test_color_transfer_with_reference_statistics_equals_with_reference_crop():
     src, ref = textured(rng, (90, 140, 110)), textured(rng, (170, 110, 80), shape=(40, 70))
     ref_mask = ellipse(20, 35, 15, 30, shape=(40, 70))
     stats = lab_stats(ref, ref_mask)
-    assert np.array_equal(color_transfer(src, ellipse(), stats), color_transfer(src, ellipse(), ref, ref_mask))
+    assert np.array_equal(color_transfer(src, ellipse(), stats), color_transfer(src, ellipse(), (ref, ref_mask)))
     with pytest.raises(ValueError, match="mask is empty"):
         lab_stats(ref, np.zeros((40, 70), bool))
 
@@ -118,10 +118,10 @@ def test_color_transfer_with_reference_statistics_equals_with_reference_crop():
 def test_color_transfer_empty_masks():
     rng = np.random.default_rng(3)
     src = textured(rng, (100, 100, 100))
-    same = color_transfer(src, np.zeros((H, W), bool), src, ellipse())
+    same = color_transfer(src, np.zeros((H, W), bool), (src, ellipse()))
     assert np.array_equal(same, src)
     with pytest.raises(ValueError, match="reference mask is empty"):
-        color_transfer(src, ellipse(), src, np.zeros((H, W), bool))
+        color_transfer(src, ellipse(), (src, np.zeros((H, W), bool)))
 
 
 # --- resolution -----------------------------------------------------------------------------------
@@ -274,9 +274,9 @@ def test_segment_draws_are_independent_of_other_segments_outcomes():
     """Each segment gets the same number of draws, so a fallback in one never shifts another's."""
     image, masks, refs = scene()
     empty = np.zeros_like(masks[0])
-    with_empty = distort_segments(image, [empty, masks[1], masks[2]], [None, refs[1], refs[2]],
-                                  np.random.default_rng(21))
-    normal = distort_segments(image, masks, refs, np.random.default_rng(21))
+    with_empty = distort_masks(image, [empty, masks[1], masks[2]], [None, refs[1], refs[2]],
+                               np.random.default_rng(21))
+    normal = distort_masks(image, masks, refs, np.random.default_rng(21))
     for (c1, m1), (c2, m2) in zip(with_empty[1:], normal[1:]):
         assert np.array_equal(c1, c2) and np.array_equal(m1, m2)
     assert not with_empty[0][0].any() and not with_empty[0][1].any()
@@ -336,6 +336,25 @@ def test_repeated_moved_index_keeps_last_shift():
 # --- the whole image --------------------------------------------------------------------------------
 
 
+def distort_masks(image, masks, refs, rng, cfg=DistortConfig()):
+    """`distort_segments` over full-canvas query masks (disjoint): per segment, its (content, mask)
+    pasted back on a full canvas. refs[i] is segment i's colour reference, whatever its draw."""
+    segment_map = np.full(image.shape[:2], -1, np.int32)
+    boxes = []
+    for i, mask in enumerate(masks):
+        segment_map[mask] = i
+        ys, xs = np.nonzero(mask)
+        boxes.append((ys.min(), xs.min(), ys.max() + 1, xs.max() + 1) if ys.size else (0, 0, 1, 1))
+    out = []
+    for piece in distort_segments(image, segment_map, boxes, rng, cfg, lambda i, u: refs[i]):
+        h, w = piece.mask.shape
+        content, mask = np.zeros_like(image), np.zeros(image.shape[:2], bool)
+        content[piece.y0:piece.y0 + h, piece.x0:piece.x0 + w] = piece.rgb
+        mask[piece.y0:piece.y0 + h, piece.x0:piece.x0 + w] = piece.mask
+        out.append((content, mask))
+    return out
+
+
 def scene(seed: int = 11):
     rng = np.random.default_rng(seed)
     image = textured(rng, (110, 130, 120), spread=25)
@@ -350,9 +369,9 @@ def scene(seed: int = 11):
 
 def test_same_seed_same_output_other_seed_differs():
     image, masks, refs = scene()
-    first = distort_segments(image, masks, refs, np.random.default_rng(42))
-    again = distort_segments(image, masks, refs, np.random.default_rng(42))
-    other = distort_segments(image, masks, refs, np.random.default_rng(43))
+    first = distort_masks(image, masks, refs, np.random.default_rng(42))
+    again = distort_masks(image, masks, refs, np.random.default_rng(42))
+    other = distort_masks(image, masks, refs, np.random.default_rng(43))
     assert len(first) == 3
     for (c1, m1), (c2, m2) in zip(first, again):
         assert np.array_equal(c1, c2) and np.array_equal(m1, m2)
@@ -365,7 +384,7 @@ def test_same_seed_same_output_other_seed_differs():
 def test_all_probabilities_zero_gives_segment_canvases():
     image, masks, refs = scene()
     cfg = DistortConfig(p_color=0, p_resolution=0, p_shape=0)
-    for (content, mask), query in zip(distort_segments(image, masks, refs, np.random.default_rng(0), cfg), masks):
+    for (content, mask), query in zip(distort_masks(image, masks, refs, np.random.default_rng(0), cfg), masks):
         assert np.array_equal(content, image * query[..., None])
         assert np.array_equal(mask, query)
 
@@ -374,18 +393,39 @@ def test_each_distortion_alone_changes_the_segment():
     image, masks, refs = scene()
     for cfg in (DistortConfig(p_resolution=0, p_shape=0), DistortConfig(p_color=0, p_shape=0),
                 DistortConfig(p_color=0, p_resolution=0)):
-        content, _ = distort_segments(image, masks[:1], refs[:1], np.random.default_rng(1), cfg)[0]
+        content, _ = distort_masks(image, masks[:1], refs[:1], np.random.default_rng(1), cfg)[0]
         assert not np.array_equal(content, image * masks[0][..., None]), cfg
+
+
+def test_colour_reference_draws_follow_every_distortion_draw():
+    """The order the trainer's distorted ground truth depends on: all segments' distortion draws,
+    then one uniform per segment, handed to `reference` only where the colour step is drawn."""
+    image, masks, _ = scene()
+    segment_map = np.where(masks[0], 0, np.where(masks[1], 1, 2)).astype(np.int32)
+    cfg = DistortConfig(p_color=0.5)
+    for seed in range(4):
+        seen = {}
+
+        def reference(i, u, seen=seen):
+            seen[i] = u
+
+        distort_segments(image, segment_map, [(0, 0, H, W)] * 3, np.random.default_rng(seed), cfg, reference)
+        rng = np.random.default_rng(seed)
+        draws = D.draw_segments(rng, cfg, 3)
+        u = rng.random(3)
+        assert seen == {i: u[i] for i in range(3) if draws[i].color}
 
 
 def test_bad_inputs_and_config():
     image, masks, refs = scene()
-    with pytest.raises(ValueError, match="colour references"):
-        distort_segments(image, masks, refs[:2], np.random.default_rng(0))
+    segment_map = np.where(masks[0], 0, np.where(masks[1], 1, 2)).astype(np.int32)
+    boxes = [(0, 0, H, W)] * 3
+    with pytest.raises(ValueError, match="no box"):
+        distort_segments(image, segment_map, boxes[:2], np.random.default_rng(0))
     with pytest.raises(ValueError, match="uint8"):
-        distort_segments(image.astype(np.float32), masks, refs, np.random.default_rng(0))
-    with pytest.raises(ValueError, match="mask 0"):
-        distort_segments(image, [masks[0][:10]], [None], np.random.default_rng(0))
+        distort_segments(image.astype(np.float32), segment_map, boxes, np.random.default_rng(0))
+    with pytest.raises(ValueError, match="segment map"):
+        distort_segments(image, segment_map[:10], boxes, np.random.default_rng(0))
     with pytest.raises(ValueError, match="p_shape"):
         DistortConfig(p_shape=1.5)
     with pytest.raises(ValueError, match="res_range"):

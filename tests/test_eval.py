@@ -3,7 +3,6 @@ computations, segmentation scores against a hand-counted confusion matrix, and t
 end to end on a tiny run (random G, random segmenter, random-weight Inception)."""
 
 import json
-from pathlib import Path
 from unittest import mock
 
 import cv2
@@ -13,52 +12,31 @@ import pytest
 import scipy.linalg
 import torch
 
+from builders.runs import TINY_SIZE as SIZE
+from builders.runs import tiny_preset
+from builders.work import copy_work
 from resail.cli import main
 from resail.errors import InputError
-from resail.index.build import build_index
-from resail.pipeline.bake import BakeConfig, bake
-from resail.pipeline.segments_stage import SegmentsConfig, build_segments
-from resail.pipeline.toy import ToyConfig, make_toy_dataset
 from resail.synth import eval as eval_mod
 from resail.synth import inception as inception_mod
-from resail.synth.config import TrainConfig
-from resail.synth.eval import (EvalConfig, feature_distances, feature_stats, frechet_distance,
-                               kernel_inception_distance, run_eval, segmentation_scores)
-from resail.synth.generator import build_generator
+from resail.synth.eval import (
+    EvalConfig,
+    feature_distances,
+    feature_stats,
+    frechet_distance,
+    kernel_inception_distance,
+    run_eval,
+    segmentation_scores,
+)
 from resail.synth.inception import FIDInception, inception_features, load_inception, randomize_
-from resail.synth.init import init_weights
-from resail.synth.presets import get_preset, tiny
+from resail.synth.presets import get_preset
 from resail.synth.segnet import SegnetTrainConfig, build_segnet, confusion_matrix, save_checkpoint
-from resail.synth.train import SNAPSHOT_FORMAT
-
-SIZE = 96
-
-
-def make_tiny_run(base: Path, n_train: int = 10, n_val: int = 4) -> Path:
-    """toy → segments → index → val bake at 96×96, plus a random tiny G snapshot (run `tiny`, step 7),
-    a random segmenter in WORK/segnet/toy.pt and random Inception weights in base/inception.pth."""
-    root = make_toy_dataset(base / "toy", ToyConfig(fmt="ade20k", n_train=n_train, n_val=n_val, width=SIZE,
-                                                    height=SIZE, seed=3), progress=False)
-    work = base / "work"
-    build_segments(SegmentsConfig(dataset="ade20k", root=root, work=work))
-    build_index(work, progress=False)
-    bake(BakeConfig(work, "val", k=5, size=(SIZE, SIZE), n_preview=0))
-    net = tiny(get_preset("toy"), width=SIZE, height=SIZE, segnet_channels=(4,) * 5)
-    cfg = TrainConfig(net=net, preset="toy", name="tiny", batch_size=2, load_size=(SIZE, SIZE), n_train=n_train)
-    torch.manual_seed(0)
-    G = init_weights(build_generator(net), gain=1.0)  # a strong init: the output visibly follows the guidance
-    snap = work / "runs" / "tiny" / "checkpoints" / "snapshot-00000007.pt"
-    snap.parent.mkdir(parents=True)
-    torch.save({"format": SNAPSHOT_FORMAT, "config": cfg.to_dict(), "step": 7, "G_ema": G.state_dict()}, snap)
-    save_checkpoint(work / "segnet" / "toy.pt", build_segnet(net), None, 0, SegnetTrainConfig())
-    torch.save(randomize_(FIDInception(), seed=1).state_dict(), base / "inception.pth")
-    return work
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    base = tmp_path_factory.mktemp("eval")
-    return make_tiny_run(base), base / "inception.pth"
+def tiny_run(shared_tiny_run, tmp_path_factory):
+    """(work, Inception weights) of a private copy of the shared tiny run: eval writes into its work dir."""
+    return copy_work(shared_tiny_run.work, tmp_path_factory.mktemp("eval") / "work"), shared_tiny_run.inception
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -278,13 +256,14 @@ def test_eval_remaps_labels_to_a_segmenter_with_another_label_table(tiny_run, tm
     """A compact-table run scored by an identity-table (ADE20K, 151 classes) segmenter: labels go
     through native ids; a segmenter whose table misses classes of the data is refused."""
     work, _ = tiny_run
-    net = tiny(get_preset("ade20k"), width=SIZE, height=SIZE, segnet_channels=(4,) * 5)
+    net = tiny_preset(get_preset("ade20k"), width=SIZE, height=SIZE, segnet_channels=(4,) * 5)
     save_checkpoint(tmp_path / "ade.pt", build_segnet(net), None, 0, SegnetTrainConfig())
     m = run_eval(EvalConfig(work, "tiny", fid=False, segnet=tmp_path / "ade.pt", limit=2, n_grid=0))
     assert m["segmentation"]["segnet"].endswith("ade.pt") and m["segmentation"]["real"]["n_pixels"] > 0
     ids = {r["id"] for r in m["per_class_iou"]}   # native ADE20K ids (the segmenter may predict any of the 150)
     assert ids <= set(range(1, 151)) and ids & {c for c in get_preset("toy").label_ids if c > 22}
-    narrow = tiny(get_preset("toy", label_ids=(0, 2, 3)), width=SIZE, height=SIZE, segnet_channels=(4,) * 5)
+    narrow = tiny_preset(get_preset("toy", label_ids=(0, 2, 3)), width=SIZE, height=SIZE,
+                         segnet_channels=(4,) * 5)
     save_checkpoint(tmp_path / "narrow.pt", build_segnet(narrow), None, 0, SegnetTrainConfig())
     with pytest.raises(InputError, match="segmentation network has no label channel"):
         run_eval(EvalConfig(work, "tiny", fid=False, segnet=tmp_path / "narrow.pt", limit=2))

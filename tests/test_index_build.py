@@ -3,9 +3,10 @@ import json
 import numpy as np
 import pytest
 
+from builders.formats import ADE_THING, ade_scene, write_ade
+from builders.store import write_fake_store
 from resail.errors import StageError
 from resail.index.build import RetrievalIndex, build_index
-from resail.index.fixtures import write_fake_store
 
 
 def make_store(work, seed=0, n=60):
@@ -38,7 +39,7 @@ def test_build_writes_shards_and_manifest_then_skips(tmp_path):
 
 
 def test_missing_store_is_a_clear_error(tmp_path):
-    with pytest.raises(StageError, match="decomposition"):
+    with pytest.raises(StageError, match="no finished segment store.*index build"):
         build_index(tmp_path, progress=False)
     with pytest.raises(StageError, match="index build"):
         RetrievalIndex(tmp_path)
@@ -93,16 +94,10 @@ def test_corrupt_shard_file_is_a_clear_error(tmp_path, damage):
 
 
 def test_cli_index_query_on_a_real_store(tmp_path, capsys):
-    import sys
-    from pathlib import Path
-
     from PIL import Image
 
     from resail.cli import main
     from resail.pipeline.segments_stage import SegmentsConfig, build_segments
-
-    sys.path.insert(0, str(Path(__file__).parent))
-    from segment_fixtures import ADE_THING, ade_scene, write_ade
 
     root, work = tmp_path / "ade", tmp_path / "work"
     write_ade(root, n_train=4, n_val=1)

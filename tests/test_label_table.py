@@ -4,6 +4,8 @@ TOML and segmentation-network checkpoints. The trainer, eval, synthesize and ser
 compact-table run live in their own test modules."""
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -14,7 +16,7 @@ from resail.pipeline.classes import class_table
 from resail.pipeline.toy import ROLE_CLASSES, toy_class_ids
 from resail.synth.config import TrainConfig, resolve_config
 from resail.synth.labels import LabelChannels
-from resail.synth.presets import PRESETS, NetworkPreset, get_preset
+from resail.synth.presets import PRESETS, TOY_LABEL_IDS, NetworkPreset, get_preset
 from resail.synth.segnet import SegNet, SegnetTrainConfig, load_segnet, save_checkpoint
 
 TOY = PRESETS["toy"]
@@ -29,6 +31,14 @@ def test_toy_preset_covers_exactly_what_the_toy_generator_draws():
     with pytest.raises(InputError, match="toy format"):
         toy_class_ids("kitti")
     assert PRESETS["ade20k"].label_ids is None and PRESETS["ade20k"].semantic_nc == 151
+
+
+def test_toy_label_ids_are_a_constant_equal_to_what_the_generator_draws():
+    """The preset module writes the toy table out, so loading a preset never imports the generator."""
+    assert TOY_LABEL_IDS == toy_class_ids("ade20k") == TOY.label_ids
+    code = "import sys, resail.synth.presets; print([m for m in sys.modules if m.startswith('resail.pipeline')])"
+    imported = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert imported.strip() == "[]"
 
 
 def test_mapping_round_trips_and_unknown_ids_are_named():

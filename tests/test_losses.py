@@ -9,11 +9,20 @@ import torchvision
 
 from resail.errors import InputError
 from resail.synth.losses import (
-    VGG19_FILE, VGG_LAYER_WEIGHTS, LossWeights, SegmentationLoss, VGGLoss, balanced_cross_entropy,
-    class_balance_weights, feature_matching, hinge_d_fake, hinge_d_real, hinge_g, load_vgg19_features,
+    VGG19_FILE,
+    VGG_LAYER_WEIGHTS,
+    LossWeights,
+    SegmentationLoss,
+    VGGLoss,
+    balanced_cross_entropy,
+    class_balance_weights,
+    feature_matching,
+    hinge_d_fake,
+    hinge_d_real,
+    hinge_g,
+    load_vgg19_features,
     vgg19_features_to_relu5_1,
 )
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -8,12 +8,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
+from builders.runs import tiny_preset
 from resail.errors import InputError
 from resail.synth.discriminator import MultiscaleDiscriminator, build_discriminator
 from resail.synth.generator import Generator, ResBlock, build_generator
 from resail.synth.networks import model_summary
 from resail.synth.norms import ResailNorm, SpadeNorm, adain
-from resail.synth.presets import PRESETS, NetworkPreset, get_preset, tiny
+from resail.synth.presets import PRESETS, NetworkPreset, get_preset
 from resail.synth.segnet import SegNet, build_segnet
 
 # Reference §9: the official networks instantiated with default options.
@@ -69,7 +70,7 @@ def test_bad_presets_are_input_errors():
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
 def test_output_shapes_every_preset(name):
-    p = tiny(PRESETS[name])
+    p = tiny_preset(PRESETS[name])
     torch.manual_seed(0)
     G, D, S = build_generator(p), build_discriminator(p), build_segnet(p)
     label_map, guidance = random_inputs(p, batch=1)
@@ -85,7 +86,7 @@ def test_output_shapes_every_preset(name):
 
 
 def test_spade_norm_generator_shapes():
-    p = tiny(PRESETS["toy"], norm="spade")
+    p = tiny_preset(PRESETS["toy"], norm="spade")
     G = build_generator(p)
     assert not any(isinstance(m, ResailNorm) for m in G.modules())
     assert any(isinstance(m, SpadeNorm) for m in G.modules())
@@ -123,7 +124,7 @@ def test_resail_gradients_reach_both_branches_and_mixing():
 
 
 def test_resail_gradients_through_generator():
-    p = tiny(PRESETS["toy"])
+    p = tiny_preset(PRESETS["toy"])
     G = build_generator(p)
     label_map, guidance = random_inputs(p, batch=2)
     G(label_map, guidance).mean().backward()
@@ -191,7 +192,7 @@ def conv_names(net: nn.Module) -> set[str]:
 
 
 def test_spectral_norm_placement_generator():
-    G = build_generator(tiny(PRESETS["toy"]))
+    G = build_generator(tiny_preset(PRESETS["toy"]))
     sn = spectral_names(G)
     blocks = ("head_0", "G_middle_0", "G_middle_1", "up_0", "up_1", "up_2", "up_3")
     expected = {f"{b}.conv_{i}" for b in blocks for i in (0, 1)}
@@ -204,7 +205,7 @@ def test_spectral_norm_placement_generator():
 
 
 def test_spectral_norm_placement_discriminator():
-    p = tiny(PRESETS["toy"])
+    p = tiny_preset(PRESETS["toy"])
     D = build_discriminator(p)
     sn = spectral_names(D)
     expected = {f"scales.{s}.{path}.{layer}.0" for s in range(p.num_D)
@@ -215,7 +216,7 @@ def test_spectral_norm_placement_discriminator():
 
 
 def test_spectral_norm_on_every_segnet_conv():
-    S = build_segnet(tiny(PRESETS["toy"]))
+    S = build_segnet(tiny_preset(PRESETS["toy"]))
     assert spectral_names(S) == conv_names(S) and len(conv_names(S)) > 20
 
 

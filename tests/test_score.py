@@ -72,10 +72,11 @@ def test_scan_and_rerank_match_reference_topk():
     seg_ids = rng.permutation(10 * n)[:n].astype(np.int64)
     queries = np.array([5, 17, 200], np.int64)
     skip = np.array([[5], [-1], [200]], np.int64)
-    rows, scores = scan_topk(words[queries], areas[queries], bboxes[queries], words, areas, bboxes, seg_ids, skip, 1.0, 12)
+    q = (words[queries], areas[queries], bboxes[queries])
+    rows, scores = scan_topk(*q, words, areas, bboxes, seg_ids, skip, 1.0, 12)
     cands = np.tile(np.arange(n, dtype=np.int64), (3, 1))
     cands[0, 5] = cands[2, 200] = -1
-    rows2, scores2 = rerank_topk(words[queries], areas[queries], bboxes[queries], words, areas, bboxes, seg_ids, cands, 1.0, 12)
+    rows2, scores2 = rerank_topk(*q, words, areas, bboxes, seg_ids, cands, 1.0, 12)
     assert np.array_equal(rows, rows2) and np.array_equal(scores, scores2)
     for j, qi in enumerate(queries):
         ref = reference_scores(masks[qi], bboxes[qi], masks, bboxes)

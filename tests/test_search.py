@@ -2,9 +2,10 @@ import cv2
 import numpy as np
 import pytest
 
+from builders.store import write_fake_store
 from resail.index.build import RetrievalIndex, build_index
-from resail.index.fixtures import write_fake_store
 from resail.index.search import QueryBatch, SearchConfig, search
+from resail.pipeline.store import SegmentStore
 
 
 def ellipses(rng, n, side=128):
@@ -54,12 +55,10 @@ def store(tmp_path_factory):
 
 def train_queries(store, rows):
     work, masks, bbox, class_id, image_id, seg_ids = store
-    from resail.index.build import read_h5_rows
-
-    h5 = work / "segments" / "train.h5"
-    return QueryBatch(class_id=class_id[rows], canonical=read_h5_rows(h5, "canonical", rows),
-                      prefilter=read_h5_rows(h5, "prefilter", rows), bbox_area=bbox[rows],
-                      segment_id=seg_ids[rows], image_id=[image_id[i] for i in rows])
+    with SegmentStore(work, "train") as st:
+        return QueryBatch(class_id=class_id[rows], canonical=st.packed_rows("canonical", rows),
+                          prefilter=st.packed_rows("prefilter", rows), bbox_area=bbox[rows],
+                          segment_id=seg_ids[rows], image_id=[image_id[i] for i in rows])
 
 
 @pytest.mark.parametrize("ivf", [False, True])
@@ -76,8 +75,8 @@ def test_prefilter_rerank_equals_exact_when_kprime_covers_band(store, tmp_path, 
     got = search(index, q, cfg)
     cls = np.flatnonzero(class_id == 3)
     for j, r in enumerate(rows):
-        want_ids, want_scores = reference_search(masks[cls], bbox[cls], seg_ids[cls], int(np.flatnonzero(cls == r)[0]), k,
-                                                 skip=[int(np.flatnonzero(cls == r)[0])])
+        own = int(np.flatnonzero(cls == r)[0])
+        want_ids, want_scores = reference_search(masks[cls], bbox[cls], seg_ids[cls], own, k, skip=[own])
         assert got.segment_id[j].tolist() == want_ids
         assert np.array_equal(got.score[j], want_scores)
 

@@ -1,19 +1,17 @@
 """Stage 1 runner: resume after a crash, sharding, jobs, skip-when-done, bad input and stats."""
 
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from builders.formats import write_ade
 from resail.cli import main
 from resail.errors import InputError, StageError
 from resail.pipeline import segments_stage
-from resail.pipeline.segments_stage import SegmentsConfig, build_segments, segment_stats, shard_range
-
-sys.path.insert(0, str(Path(__file__).parent))
-from segment_fixtures import write_ade  # noqa: E402
+from resail.pipeline.runner import shard_range
+from resail.pipeline.segments_stage import SegmentsConfig, build_segments, segment_stats
 
 OUTPUTS = ("train.h5", "train.parquet", "train_images.parquet", "val.h5", "val.parquet", "val_images.parquet")
 
@@ -78,6 +76,12 @@ def test_jobs_and_shards_do_not_change_the_output(ade, tmp_path, reference):
     build_segments(SegmentsConfig("ade20k", ade, w, shard=(0, 3)))
     build_segments(SegmentsConfig("ade20k", ade, w, shard=(2, 3), merge=True))
     assert _bytes(w) == reference
+    # without --shard and --merge: the missing shards of the count already started, then the merge
+    w2, seen = tmp_path / "rest", []
+    build_segments(SegmentsConfig("ade20k", ade, w2, shard=(0, 2)))
+    build_segments(SegmentsConfig("ade20k", ade, w2), on_part=lambda *a: seen.append(a))
+    assert seen == [("train", 5, 8), ("train", 8, 11), ("val", 2, 5)]
+    assert _bytes(w2) == reference
 
 
 def test_up_to_date_other_params_and_rebuild(ade, tmp_path, caplog):

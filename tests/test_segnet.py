@@ -5,8 +5,14 @@ import torch
 
 from resail.errors import InputError
 from resail.synth.segnet import (
-    SegNet, SegnetTrainConfig, confusion_matrix, evaluate_segnet, load_segnet, save_checkpoint,
-    scores_from_confusion, train_segnet,
+    SegNet,
+    SegnetTrainConfig,
+    confusion_matrix,
+    evaluate_segnet,
+    load_segnet,
+    save_checkpoint,
+    scores_from_confusion,
+    train_segnet,
 )
 
 SIZE, NUM_CLASSES = 32, 4

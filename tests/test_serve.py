@@ -4,46 +4,17 @@ resample and choose (only that region's guidance changes), variants, downloads, 
 
 import base64
 import io
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from builders.runs import TINY_SIZE as SIZE
 from resail.cli import main
 from resail.errors import InputError
-from resail.index.build import build_index
-from resail.pipeline.datasets import make_reader
-from resail.pipeline.segments_stage import SegmentsConfig, build_segments
-from resail.pipeline.toy import ToyConfig, make_toy_dataset
-from resail.synth.config import TrainConfig
-from resail.synth.generator import build_generator
-from resail.synth.init import init_weights
-from resail.synth.presets import get_preset, tiny
+from resail.synth.presets import get_preset
 from resail.synth.serve import ServeConfig, Synthesizer, create_app
-from resail.synth.train import SNAPSHOT_FORMAT
-
-SIZE = 96
-
-
-def make_serve_work(base: Path) -> tuple[Path, np.ndarray]:
-    """toy → segments → index at 96×96 and a random tiny G snapshot (run `tiny`); no bake needed.
-    Returns the work dir and the first val label map."""
-    root = make_toy_dataset(base / "toy", ToyConfig(fmt="ade20k", n_train=10, n_val=2, width=SIZE, height=SIZE,
-                                                    seed=3), progress=False)
-    work = base / "work"
-    build_segments(SegmentsConfig(dataset="ade20k", root=root, work=work))
-    build_index(work, progress=False)
-    net = tiny(get_preset("toy"), width=SIZE, height=SIZE, segnet_channels=(4,) * 5)
-    cfg = TrainConfig(net=net, preset="toy", name="tiny", batch_size=2, load_size=(SIZE, SIZE), n_train=10)
-    torch.manual_seed(0)
-    G = init_weights(build_generator(net), gain=1.0)  # a strong init: the output visibly follows the guidance
-    snap = work / "runs" / "tiny" / "checkpoints" / "snapshot-00000003.pt"
-    snap.parent.mkdir(parents=True)
-    torch.save({"format": SNAPSHOT_FORMAT, "config": cfg.to_dict(), "step": 3, "G_ema": G.state_dict()}, snap)
-    reader = make_reader("ade20k", root)
-    return work, reader.load(reader.records("val")[0]).label_map.astype(np.uint8)
 
 
 def png(a: np.ndarray, mode: str | None = None) -> bytes:
@@ -58,12 +29,12 @@ def decode(response) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory):
+def served(shared_serve_work):
     from starlette.testclient import TestClient
 
     n = torch.get_num_threads()
     torch.set_num_threads(1)
-    work, label = make_serve_work(tmp_path_factory.mktemp("serve"))
+    work, label = shared_serve_work
     synth = Synthesizer(ServeConfig(work, "tiny", k=5, max_upload_bytes=64 << 10, max_side=512,
                                     max_sessions=4))
     with TestClient(create_app(synth)) as client:

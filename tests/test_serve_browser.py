@@ -8,19 +8,15 @@ when no browser can be found or launched."""
 import os
 import shutil
 import socket
-import sys
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from builders.runs import TINY_SIZE as SIZE
 from resail.synth.serve import ServeConfig, Synthesizer, create_app
-
-sys.path.insert(0, str(Path(__file__).parent))
-from test_serve import SIZE, make_serve_work  # noqa: E402
 
 BROWSER_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
@@ -52,12 +48,12 @@ def browser():
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def server(shared_serve_work):
     import uvicorn
 
     n = torch.get_num_threads()
     torch.set_num_threads(1)
-    work, _ = make_serve_work(tmp_path_factory.mktemp("serve_browser"))
+    work, _ = shared_serve_work
     synth = Synthesizer(ServeConfig(work, "tiny", k=5))
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -1,21 +1,16 @@
 """Segment store: encoding, bit-pack round trips, crops and the streamed reader."""
 
-import sys
-from pathlib import Path
-
 import h5py
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from builders.formats import write_ade
 from resail.errors import StageError
 from resail.index.descriptors import resize_mask_nearest
 from resail.pipeline.decompose import Segment
 from resail.pipeline.segments_stage import SegmentsConfig, build_segments
 from resail.pipeline.store import SegmentStore, encode_segments, rgba_crop
-
-sys.path.insert(0, str(Path(__file__).parent))
-from segment_fixtures import write_ade  # noqa: E402
 
 
 def _seg(mask, y0=0, x0=0):

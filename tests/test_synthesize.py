@@ -1,36 +1,35 @@
 """Synthesize from a user's label map on a tiny toy run: end to end, reproducible by seed, local
-resampling that leaves the other segments' guidance alone, and bad input."""
+resampling that leaves the other segments' guidance alone, and bad input; the loaded run that
+synthesize, eval and serve share, and that none of them imports the trainer."""
 
+import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from builders.runs import TINY_SIZE as SIZE
 from resail.cli import main
 from resail.errors import InputError
 from resail.pipeline.datasets import make_reader
+from resail.synth.inference import LoadedRun
 from resail.synth.presets import get_preset
 from resail.synth.synthesize import SynthesizeConfig, format_segments, synthesize
 
-sys.path.insert(0, str(Path(__file__).parent))
-from test_eval import SIZE, make_tiny_run  # noqa: E402
-
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    """The tiny run and a user label map: a toy val label map saved as a plain grey PNG."""
+def run(shared_tiny_run, tmp_path_factory):
+    """The shared tiny run (synthesize only reads it) and a user label map: a toy val label map
+    saved as a plain grey PNG."""
     n = torch.get_num_threads()
     torch.set_num_threads(1)
-    base = tmp_path_factory.mktemp("synth")
-    work = make_tiny_run(base)
-    reader = make_reader("ade20k", base / "toy" / "ADEChallengeData2016")
+    reader = make_reader("ade20k", shared_tiny_run.root)
     sample = reader.load(reader.records("val")[0])
-    label = base / "user_label.png"
+    label = tmp_path_factory.mktemp("synth") / "user_label.png"
     Image.fromarray(sample.label_map.astype(np.uint8), mode="L").save(label)
-    yield work, label
+    yield shared_tiny_run.work, label
     torch.set_num_threads(n)
 
 
@@ -91,7 +90,8 @@ def test_synthesize_cli_prints_segments_and_rejects_bad_input(run, tmp_path, cap
     assert main(["synthesize", str(work), "--run", "tiny", "--label", str(label), "--out", str(out), "--k", "5",
                  "--resample", "0", "--guidance-out", str(tmp_path / "g.png"), "--quiet", "--device", "cpu"]) == 0
     printed = capsys.readouterr().out
-    assert "seg" in printed.splitlines()[0] and "resampled" in printed and out.exists() and (tmp_path / "g.png").exists()
+    assert "seg" in printed.splitlines()[0] and "resampled" in printed
+    assert out.exists() and (tmp_path / "g.png").exists()
 
     bad = tmp_path / "bad.png"
     lm = np.asarray(Image.open(label)).copy()
@@ -119,3 +119,21 @@ def test_synthesize_cli_prints_segments_and_rejects_bad_input(run, tmp_path, cap
         synthesize(SynthesizeConfig(work, "tiny", label, out, resample=(999,)))
     with pytest.raises(InputError, match="no such run"):
         synthesize(SynthesizeConfig(work, "nope", label, out))
+
+
+def test_loaded_run_generates_what_synthesize_writes(run, tmp_path):
+    work, label = run
+    loaded = LoadedRun.load(work, "tiny", device="cpu")
+    assert (loaded.step, loaded.size, loaded.dataset) == (7, (SIZE, SIZE), "ade20k")
+    assert loaded.snapshot.name == "snapshot-00000007.pt" and not loaded.G.training
+    assert loaded.run_class_ids == list(get_preset("toy").label_ids[1:])  # the classes the run can draw
+    res = synthesize(SynthesizeConfig(work, "tiny", label, tmp_path / "o.png", k=5))
+    np.testing.assert_array_equal(loaded.generate(res.label_map[None], res.guidance[None])[0], res.image)
+
+
+def test_inference_never_imports_the_trainer():
+    """eval, synthesize and serve load a run through synth/inference.py and synth/checkpoint.py only."""
+    code = ("import sys, resail.synth.eval, resail.synth.synthesize, resail.synth.serve; "
+            "print(sorted(m for m in sys.modules if m == 'resail.synth.train'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

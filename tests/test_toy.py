@@ -19,8 +19,7 @@ from PIL import Image
 from resail.cli import cli
 from resail.errors import InputError
 from resail.pipeline.classes import ade20k_instance_mapping, class_table
-from resail.pipeline.toy import (MANIFEST, ToyConfig, make_toy_dataset, mask_polygons, rle_encode,
-                                 role_spec)
+from resail.pipeline.toy import MANIFEST, ToyConfig, make_toy_dataset, mask_polygons, rle_encode, role_spec
 
 N_TRAIN, N_VAL = 6, 3
 SIZES = {"ade20k": (64, 64), "cityscapes": (128, 64), "cocostuff": (64, 64)}
@@ -287,7 +286,7 @@ def test_rle_and_polygons_round_trip():
 
 def test_cli_writes_dataset(tmp_path):
     res = CliRunner().invoke(cli, ["--quiet", "data", "toy", str(tmp_path / "t"), "--format", "cocostuff",
-                                   "--n-train", "2", "--n-val", "1", "--size", "48x40"])
+                                   "--n-train", "2", "--n-val", "1", "--size", "48x40", "--jobs", "2"])
     assert res.exit_code == 0, res.output
     lab = Image.open(next((tmp_path / "t" / "stuffthingmaps_trainval2017" / "val2017").iterdir()))
     assert lab.size == (48, 40)

@@ -11,16 +11,14 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+from builders.work import baked_work
 from resail.errors import InputError, StageError
-from resail.index.build import build_index
-from resail.pipeline.bake import BakeConfig, bake
-from resail.pipeline.segments_stage import SegmentsConfig, build_segments
-from resail.pipeline.toy import ToyConfig, make_toy_dataset
+from resail.synth.checkpoint import load_snapshot
 from resail.synth.config import resolve_config
 from resail.synth.data import SynthDataset
 from resail.synth.labels import LabelChannels
 from resail.synth.presets import get_preset
-from resail.synth.train import ResailTrainer, dry_run, get_lr, load_snapshot, train
+from resail.synth.train import ResailTrainer, dry_run, get_lr, train
 
 SIZE = 96
 TINY = dict(ngf=4, norm_hidden=4, ndf=4, width=SIZE, height=SIZE, segnet_channels=(4,) * 5)
@@ -28,14 +26,7 @@ TINY = dict(ngf=4, norm_hidden=4, ndf=4, width=SIZE, height=SIZE, segnet_channel
 
 @pytest.fixture(scope="module")
 def work(tmp_path_factory):
-    base = tmp_path_factory.mktemp("train")
-    root = make_toy_dataset(base / "toy", ToyConfig(fmt="ade20k", n_train=6, n_val=2, width=SIZE, height=SIZE, seed=5),
-                            progress=False)
-    work = base / "work"
-    build_segments(SegmentsConfig(dataset="ade20k", root=root, work=work))
-    build_index(work, progress=False)
-    bake(BakeConfig(work, "train", k=3, size=(SIZE, SIZE), n_preview=0))
-    return work
+    return baked_work(tmp_path_factory.mktemp("train"), n_train=6, n_val=2, size=SIZE, seed=5, splits=("train",), k=3)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -51,6 +42,18 @@ def tiny_config(name, network_label_ids=None, **overrides):
 
 def stats(run_dir):
     return [json.loads(line) for line in (Path(run_dir) / "stats.jsonl").read_text().splitlines()]
+
+
+def test_resolve_device_is_the_one_place_auto_is_decided():
+    from resail.synth.distributed import resolve_device
+
+    assert resolve_device("auto") == torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+    assert resolve_device("cpu") == torch.device("cpu")
+    with pytest.raises(InputError, match="'gpu0': not a torch device"):
+        resolve_device("gpu0")
+    if not torch.cuda.is_available():
+        with pytest.raises(InputError, match="--device cuda:1: CUDA is not available"):
+            resolve_device("cuda:1")
 
 
 def test_lr_schedule_is_constant_then_linear_to_zero():
@@ -114,8 +117,10 @@ def test_resume_reproduces_an_uninterrupted_run(work):
     for ra, rb in zip(a, b):
         for k in ("G", "D", "G_gan_d", "G_fm", "G_gan_r", "D_real", "D_fake_d", "D_fake_r"):
             assert ra[k] == pytest.approx(rb[k], abs=1e-6), (ra["step"], k)
-    G_full, cfg = load_snapshot(sorted((Path(full["run_dir"]) / "checkpoints").glob("snapshot-*.pt"))[-1])
-    G_part, _ = load_snapshot(sorted((Path(part["run_dir"]) / "checkpoints").glob("snapshot-*.pt"))[-1])
+    snap = load_snapshot(sorted((Path(full["run_dir"]) / "checkpoints").glob("snapshot-*.pt"))[-1])
+    G_full, cfg = snap.G_ema, snap.config
+    assert snap.step == 4
+    G_part = load_snapshot(sorted((Path(part["run_dir"]) / "checkpoints").glob("snapshot-*.pt"))[-1]).G_ema
     for (k, va), vb in zip(G_full.state_dict().items(), G_part.state_dict().values()):
         torch.testing.assert_close(va, vb, atol=1e-6, rtol=0, msg=k)
     assert cfg.net.width == SIZE and not G_full.training
@@ -218,7 +223,7 @@ def _ddp_worker(rank, world, port, work, out):
 
 def _first_step(work, out, rank=0, world=1):
     from resail.synth.data import StepBatchSampler
-    from resail.synth.train import Dist
+    from resail.synth.distributed import Dist
 
     cfg = tiny_config("ddp", batch_size=2)
     trainer = ResailTrainer(cfg, torch.device("cpu"), Dist(rank, world, rank))

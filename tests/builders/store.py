@@ -1,9 +1,10 @@
-"""A minimal segment-store writer for tests and benchmarks (docs/segment-store.md format).
+"""Segment stores fabricated from arrays, for retrieval tests and `benchmarks/retrieval.py`.
 
 The real store is written by stage 1 (`pipeline/store.py`) from decomposed images. Retrieval
-tests and `benchmarks/retrieval.py` need stores with chosen masks and sizes, so this writes the
-same two files straight from arrays: `segments/train.parquet` and `segments/train.h5`, plus a
-`segments/manifest.json`. Crops are small grey RGBA renderings of the canonical masks.
+tests and the retrieval benchmark need stores with chosen masks and sizes, so this writes the
+same files (docs/segment-store.md format) straight from arrays: `segments/{split}.parquet`,
+`segments/{split}.h5` and `segments/manifest.json`. Crops are small grey RGBA renderings of the
+canonical masks.
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..artifacts import atomic_path, write_manifest
-from .descriptors import pack_masks, resize_mask_nearest, unpack_masks
-from .score import as_words, popcounts
+from resail.artifacts import atomic_path, write_manifest
+from resail.index.descriptors import pack_masks, resize_mask_nearest, unpack_masks
+from resail.index.score import as_words, popcounts
+from resail.workdir import WorkDir
 
 
 def write_fake_store(
@@ -56,8 +58,7 @@ def write_fake_store(
     image_id = [f"img{i:06d}" for i in range(n)] if image_id is None else list(image_id)
     bbox_area = np.asarray(bbox_area, np.int64)
     side = np.maximum(1, np.sqrt(bbox_area)).astype(np.int32)
-    folder = Path(work) / "segments"
-    folder.mkdir(parents=True, exist_ok=True)
+    wd = WorkDir(work)
     table = pa.table({
         "segment_id": segment_id,
         "image_id": pa.array(image_id, pa.string()),
@@ -75,13 +76,13 @@ def write_fake_store(
         "crop_h": np.full(n, crop_side, np.int32),
         "crop_w": np.full(n, crop_side, np.int32),
     })
-    with atomic_path(folder / f"{split}.parquet") as tmp:
+    with atomic_path(wd.segments_table(split)) as tmp:
         pq.write_table(table, tmp)
-    with atomic_path(folder / f"{split}.h5") as tmp:
+    with atomic_path(wd.segments_h5(split)) as tmp:
         with h5py.File(tmp, "w") as f:
             f.create_dataset("canonical", data=canonical)
             f.create_dataset("prefilter", data=prefilter)
             f.create_dataset("crops", data=crop_bytes)
             f.attrs.update(R=R, r=r, crop_max_side=crop_side, dataset="fake", split=split)
-    write_manifest(folder, "segments", {"fake": True, "n": int(n)}, counts={split: int(n)})
-    return folder
+    write_manifest(wd.segments, "segments", {"fake": True, "n": int(n)}, counts={split: int(n)})
+    return wd.segments

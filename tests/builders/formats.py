@@ -1,4 +1,9 @@
-"""Tiny datasets in the official on-disk formats, fabricated for the stage-1 tests (FORMATS.md §5)."""
+"""Tiny datasets in the official on-disk formats, drawn by hand for the readers and stage 1.
+
+Unlike the procedural toy generator (`resail data toy`), each writer here fabricates a few small
+images with known quirks (an instance-less thing, void pixels, a crowd RLE, 16-bit instance ids)
+so that a test can name exactly what the reader must return (reference/datasets/FORMATS.md §5).
+"""
 
 from __future__ import annotations
 
@@ -134,8 +139,9 @@ def write_coco(root: Path, split: str = "train", layout: str = "stuffthingmaps_t
         anns.append({"id": 10 * k + 2, "image_id": k + 1, "category_id": 1, "iscrowd": 1,
                      "segmentation": rle_encode_compressed(crowd), "area": int(crowd.sum()), "bbox": [20, 22, 15, 5]})
     (root / "annotations").mkdir(parents=True, exist_ok=True)
+    person = {"id": 1, "name": "person", "supercategory": "person"}
     (root / "annotations" / f"instances_{split}2017.json").write_text(json.dumps(
-        {"images": images, "annotations": anns, "categories": [{"id": 1, "name": "person", "supercategory": "person"}]}))
+        {"images": images, "annotations": anns, "categories": [person]}))
     return root
 
 

@@ -1,0 +1,168 @@
+"""The stage runner: parts, shards, resume and the merge check, shared by every stage.
+
+A stage cuts its N items (images) into *shards*, contiguous ranges [N·i//n, N·(i+1)//n) (the
+boundaries of faiss `contrib`), and each shard into *parts* of at most `part_size` consecutive
+items. One task computes one part and writes one HDF5 part file atomically, carrying the job's
+key in `attrs["key"]`: a rerun skips the parts written with the same key and recomputes the
+others, so an interrupted stage resumes where it stopped. Once every part of shard i of n is
+written, the runner writes the shard's marker `shard-{i:05d}-of-{n:05d}.json` beside the parts;
+the merge check reads the markers to learn n and names the shards that have not finished.
+
+Flags, with the same meaning for every stage (`resail index build`, `resail guidance bake`):
+- `--shard I/N`: compute the missing parts of shard I of N, then stop (no merge);
+- `--merge`: compute nothing; check that every shard has finished, then merge;
+- both: compute shard I, then merge (the last job of an array);
+- neither: compute every missing part — of every shard of the count already started, else of
+  the single shard 0/1 — then merge.
+A stage's output never depends on the sharding or on `jobs`: parts are merged in item order.
+
+Tasks run through joblib with the backend named by `backend` (loky: one worker process each; a
+dask or ray cluster plugs in through joblib's backend registry), with a tqdm bar. `jobs=1` runs
+them inline in this process, which keeps tracebacks and test hooks simple.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+import h5py
+from joblib import Parallel, delayed
+from tqdm import tqdm
+
+from ..artifacts import write_json_atomic
+from ..errors import InputError, StageError
+
+BACKEND = "loky"
+
+
+def shard_range(n_items: int, i: int, n: int) -> tuple[int, int]:
+    """Items [a, b) of shard i of n: boundaries n_items·i//n, so shards differ by at most one item."""
+    return n_items * i // n, n_items * (i + 1) // n
+
+
+def part_ranges(start: int, stop: int, size: int) -> list[tuple[int, int]]:
+    """Consecutive ranges of at most `size` items covering [start, stop)."""
+    return [(a, min(a + size, stop)) for a in range(start, stop, size)]
+
+
+def part_current(path: Path, key: str) -> bool:
+    """True when `path` is a readable HDF5 part written for `key`."""
+    if not path.exists():
+        return False
+    try:
+        with h5py.File(path, "r") as f:
+            return f.attrs.get("key") == key
+    except OSError:
+        return False
+
+
+@dataclass(frozen=True)
+class Parts:
+    """The part files of one job: `folder/pattern.format(a=…, b=…)` for each part [a, b)."""
+
+    folder: Path
+    n_items: int
+    part_size: int
+    key: str
+    pattern: str  # e.g. "part-{a:08d}-{b:08d}.h5"
+
+    def path(self, a: int, b: int) -> Path:
+        return self.folder / self.pattern.format(a=a, b=b)
+
+    def of_shard(self, i: int, n: int) -> list[tuple[int, int]]:
+        return part_ranges(*shard_range(self.n_items, i, n), self.part_size)
+
+    def done(self, a: int, b: int) -> bool:
+        return part_current(self.path(a, b), self.key)
+
+    def marker(self, i: int, n: int) -> Path:
+        return self.folder / f"shard-{i:05d}-of-{n:05d}.json"
+
+    def finished_shards(self) -> dict[int, set[int]]:
+        """Shard count → indices of the shards whose marker carries this job's key."""
+        found: dict[int, set[int]] = {}
+        for path in self.folder.glob("shard-*-of-*.json"):
+            m = json.loads(path.read_text())
+            if m.get("key") == self.key:
+                found.setdefault(int(m["of"]), set()).add(int(m["shard"]))
+        return found
+
+
+def execute(fn: Callable, calls: Iterable[tuple], *, jobs: int = 1, backend: str = BACKEND) -> Iterator[Any]:
+    """`fn(*args)` for each args of `calls`, results in order; in worker processes when jobs > 1."""
+    if jobs == 1:
+        return (fn(*args) for args in calls)
+    return Parallel(n_jobs=jobs, backend=backend, return_as="generator")(delayed(fn)(*args) for args in calls)
+
+
+def run_shard(parts: Parts, i: int, n: int, fn: Callable, args_of: Callable[[int, int], tuple], *,
+              jobs: int = 1, backend: str = BACKEND, progress: bool = False, desc: str = "",
+              on_result: Callable[[int, int, Any], dict | None] | None = None) -> None:
+    """Compute the missing parts of shard i of n, then write the shard's marker.
+
+    `fn(*args_of(a, b))` computes part [a, b) and writes `parts.path(a, b)`; the arguments are
+    built here, so only the part's share of the inputs travels to a worker. `on_result(a, b,
+    result)` sees each part as it finishes, in order; a dict it returns goes to the bar's postfix."""
+    todo = [(a, b) for a, b in parts.of_shard(i, n) if not parts.done(a, b)]
+    parts.folder.mkdir(parents=True, exist_ok=True)
+    a0, b0 = shard_range(parts.n_items, i, n)
+    bar = tqdm(total=b0 - a0, initial=(b0 - a0) - sum(b - a for a, b in todo), unit="img", disable=not progress,
+               desc=desc + (f" shard {i}/{n}" if n > 1 else ""))
+    with bar:
+        for (a, b), result in zip(todo, execute(fn, (args_of(a, b) for a, b in todo), jobs=jobs, backend=backend)):
+            bar.update(b - a)
+            postfix = on_result(a, b, result) if on_result is not None else None
+            if postfix:
+                bar.set_postfix(**postfix)
+    write_json_atomic(parts.marker(i, n), {"key": parts.key, "shard": i, "of": n, "items": [a0, b0]})
+
+
+def shards_to_run(parts: Parts, shard: tuple[int, int] | None, merge: bool) -> list[tuple[int, int]]:
+    """The (i, n) shards this invocation computes (see the module docstring for the flags)."""
+    if shard is not None:
+        return [shard]
+    if merge:
+        return []
+    counts = parts.finished_shards()
+    if len(counts) > 1:
+        raise StageError(f"{parts.folder}: shards were run with different counts {sorted(counts)}; "
+                         "rerun every --shard I/N with one N, or --rebuild")
+    n = next(iter(counts), 1)
+    return [(i, n) for i in range(n)]
+
+
+def finished_parts(parts: Parts) -> list[tuple[int, int]]:
+    """Every part of the job in item order, after checking that every shard has finished."""
+    counts = parts.finished_shards()
+    if len(counts) != 1:
+        what = "no shard has finished" if not counts else f"shards were run with different counts {sorted(counts)}"
+        raise StageError(f"{parts.folder}: cannot merge: {what}; run every --shard I/N (one N) first, "
+                         "or run without --shard and --merge")
+    n = next(iter(counts))
+    ranges = {i: parts.of_shard(i, n) for i in range(n)}
+    missing = [i for i in range(n) if i not in counts[n] or not all(parts.done(a, b) for a, b in ranges[i])]
+    if missing:
+        listed = ", ".join(f"{i}/{n}" for i in missing[:10]) + (" …" if len(missing) > 10 else "")
+        what = f"shard {listed} has" if len(missing) == 1 else f"shards {listed} have"
+        raise StageError(f"{parts.folder}: cannot merge: {what} not finished; run the missing --shard I/N, "
+                         "then --merge")
+    return [r for i in range(n) for r in ranges[i]]
+
+
+def run_job(parts: Parts, fn: Callable, args_of: Callable[[int, int], tuple], *, shard: tuple[int, int] | None,
+            merge: bool, **run_kwargs) -> list[tuple[int, int]] | None:
+    """Compute the shards the flags ask for; return every part in order when a merge follows, else None."""
+    for i, n in shards_to_run(parts, shard, merge):
+        run_shard(parts, i, n, fn, args_of, **run_kwargs)
+    if shard is not None and not merge:
+        return None
+    return finished_parts(parts)
+
+
+def check_shard(shard: Sequence[int] | None) -> None:
+    """The error every stage gives for a bad `--shard I/N`."""
+    if shard is not None and not 0 <= shard[0] < shard[1]:
+        raise InputError(f"--shard {shard[0]}/{shard[1]}: need 0 ≤ I < N")

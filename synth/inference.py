@@ -1,0 +1,226 @@
+"""One loaded run for inference: what `resail eval`, `resail synthesize` and `resail serve` share.
+
+`LoadedRun.load(work, run)` reads, once and in this order, everything that turns a label map into
+a picture with a trained run:
+
+  snapshot (the run's latest, or a given one)  → G_ema and the run's config   (synth/checkpoint.py)
+  the work dir's segment manifest              → dataset, class ids, names, thing flags
+  the run's config                             → its label table (`LabelChannels`)
+  the guidance bake's manifest (val, else train) → search and composition settings
+
+and then does the two jobs the three commands had each written for themselves:
+
+  `guidance(label_map)`  label map → decomposition with the store's rules → retrieval (FAISS
+                         prefilter + exact rerank) → a `LabelMapGuidance`, whose per-segment
+                         choice the caller may redraw before composing the guidance image
+  `generate(label_map, guidance)`  native ids + guidance image → G_ema → uint8 picture, through
+                         the run's label table exactly as the trainer fed G (`render` for
+                         batches already in channel ids, as eval's loader yields them)
+
+Nothing here imports the trainer: inference needs a snapshot, never the training state. The
+retrieval index opens on first use and stays open (a server reuses it for every request).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import InputError
+from ..pipeline.datasets import read_index_png
+from ..workdir import SPLITS, WorkDir
+from .checkpoint import find_snapshot, load_snapshot
+from .config import TrainConfig
+from .data import one_hot, resize_nearest, to_tensor, to_uint8
+from .distributed import resolve_device
+from .generator import Generator
+from .labels import LabelChannels
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    """Retrieval and composition settings for label maps outside the store."""
+
+    k_prefilter: int = 256
+    max_score: float | None = None
+    mode: str = "clean"
+
+
+def search_settings(work: str | Path) -> SearchSettings:
+    """The settings of the guidance bake (val, else train), so that a user's label map gets
+    guidance built like the guidance the run was trained and evaluated with."""
+    wd = WorkDir(work)
+    for split in reversed(SPLITS):
+        m = wd.guidance_manifest(split)
+        if m is not None:
+            p = m["params"]
+            return SearchSettings(p.get("k_prefilter", 256), p.get("max_score"), p.get("compose_mode", "clean"))
+    return SearchSettings()
+
+
+@dataclass
+class SegmentChoice:
+    """One segment of a user's label map and the training segment its guidance pastes."""
+
+    index: int
+    class_id: int
+    class_name: str
+    is_thing: bool
+    area: int                # pixels in the user's label map
+    match_id: int            # train segment id pasted, −1 = none (black guidance)
+    rank: int                # its rank among the top-k, −1 = none
+    score: float             # its retrieval score (lower is better), nan = none
+    candidates: int          # matches found (≤ k)
+    reason: str = ""         # why there is no match
+    resampled: bool = False
+    previous_match: int | None = None
+
+
+def segment_choices(g, names: dict[int, str], resampled: set[int] = frozenset(),
+                    before: list[int] | None = None) -> list[SegmentChoice]:
+    """The current choice of every segment of a `LabelMapGuidance`; `before` holds the matches
+    ahead of a redraw of the `resampled` segments."""
+    out = []
+    matches = g.matches()
+    for i, seg in enumerate(g.segments):
+        r = int(g.chosen[i])
+        out.append(SegmentChoice(
+            index=i, class_id=int(seg.class_id), class_name=names.get(int(seg.class_id), "?"),
+            is_thing=bool(seg.is_thing), area=int(seg.area), match_id=matches[i], rank=r,
+            score=float(g.scores[i, r]) if r >= 0 else float("nan"), candidates=int((g.ids[i] >= 0).sum()),
+            reason=g.reason[i], resampled=i in resampled,
+            previous_match=before[i] if before is not None and i in resampled else None))
+    return out
+
+
+@dataclass
+class LoadedRun:
+    """A trained run, ready to generate. Build it with `LoadedRun.load`."""
+
+    work: WorkDir
+    name: str
+    snapshot: Path
+    step: int
+    G: Generator                      # G_ema, eval mode, no gradients
+    config: TrainConfig
+    device: torch.device
+    dataset: str
+    class_ids: list[int]              # the dataset's classes (segment manifest), native ids
+    names: dict[int, str]
+    is_thing: dict[int, bool]
+    channels: LabelChannels           # the run's label table
+    search: SearchSettings
+    _index: object = field(default=None, repr=False)
+
+    @classmethod
+    def load(cls, work: str | Path, run: str, checkpoint: str | Path | None = None,
+             device: str | torch.device = "auto") -> "LoadedRun":
+        """Run `run` of `work` from `checkpoint` (default: its latest snapshot) on `device`
+        (`auto`, `cpu`, `cuda:N` … as `resolve_device` reads it)."""
+        wd = WorkDir(work)
+        device = device if isinstance(device, torch.device) else resolve_device(device)
+        snap = load_snapshot(find_snapshot(wd.root, run, checkpoint), device)
+        manifest = wd.require_segments()
+        classes = manifest["classes"]
+        ids = [int(c) for c in classes["ids"]]
+        return cls(work=wd, name=run, snapshot=snap.path, step=snap.step, G=snap.G_ema, config=snap.config,
+                   device=device, dataset=manifest["params"]["dataset"], class_ids=ids,
+                   names=dict(zip(ids, classes.get("names", [str(c) for c in ids]))),
+                   is_thing=dict(zip(ids, (bool(t) for t in classes.get("is_thing", [])))),
+                   channels=LabelChannels.of(snap.config.net), search=search_settings(wd.root))
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(W, H) of the pictures G makes."""
+        return self.config.net.width, self.config.net.height
+
+    @property
+    def run_class_ids(self) -> list[int]:
+        """The dataset's classes the run's label table covers: the ones it can draw."""
+        return [c for c in self.class_ids if self.channels.channel_of(c) >= 0]
+
+    # ---------------------------------------------------------------- label maps in
+
+    def read_label_file(self, path: str | Path) -> np.ndarray:
+        """A label PNG in the work dir's dataset format → H×W int32 native ids (0 = void), checked
+        against the dataset's class table (unknown ids are listed). COCO-Stuff files hold
+        stuffthingmap values (v → class v + 1, 255 → void); the others native ids."""
+        raw = read_index_png(path)
+        if self.dataset == "cocostuff":
+            bad = sorted(int(v) for v in np.unique(raw) if not (0 <= v <= 181 or v == 255))
+            if bad:
+                raise InputError(f"{path}: values {bad[:12]} are not COCO-Stuff stuffthingmap values (0..181, 255 = "
+                                 "unlabeled)")
+            raw = np.where(raw == 255, 0, raw + 1).astype(np.int32)
+        known = set(self.class_ids) | {0}
+        unknown = sorted(int(v) for v in np.unique(raw) if int(v) not in known)
+        if unknown:
+            raise InputError(f"{path}: class ids {unknown[:12]}{' …' if len(unknown) > 12 else ''} are not in the "
+                             f"{self.dataset} class table of {self.work.root}; write native class ids (0 = void)")
+        return raw.astype(np.int32)
+
+    def check_classes(self, label_map: np.ndarray, where: str) -> None:
+        """InputError when the label map uses a class the run's label table lacks; the message
+        lists the classes the run covers."""
+        self.channels.check(np.unique(label_map), where, fix=self.table_fix(), names=self.names)
+
+    def read_label_map(self, path: str | Path) -> np.ndarray:
+        """`read_label_file`, then `check_classes`: a label map this run can draw."""
+        label_map = self.read_label_file(path)
+        self.check_classes(label_map, str(path))
+        return label_map
+
+    def table_fix(self) -> str:
+        """What to do about a class the run's label table lacks: the classes it does cover."""
+        covered = [int(c) for c in self.channels.native[1:]]
+        listed = ", ".join(f"{c} {self.names.get(c, '?')}" for c in covered[:40]) + (" …" if len(covered) > 40 else "")
+        if self.channels.identity:
+            return f"run {self.name!r} takes native ids 0..{len(self.channels) - 1}"
+        return (f"run {self.name!r} was trained with a label table of {len(covered)} classes ({listed}); paint only "
+                "those, or train a run whose label table covers the others")
+
+    def at_size(self, label_map: np.ndarray) -> np.ndarray:
+        """H×W native ids → int64 at the model size, nearest-resized as the trainer does."""
+        W, H = self.size
+        return resize_nearest(label_map, W, H).astype(np.int64)
+
+    # ---------------------------------------------------------------- guidance
+
+    def open_index(self):
+        """The work dir's `RetrievalIndex`, opened on the first call and kept (shards load lazily, then stay)."""
+        if self._index is None:
+            from ..index.build import RetrievalIndex
+
+            self._index = RetrievalIndex(self.work.root)
+        return self._index
+
+    def guidance(self, label_map: np.ndarray, instance_map: np.ndarray | None = None, *, k: int,
+                 where: str = "label map"):
+        """Decompose `label_map` (native ids, any size) with the store's rules, retrieve the top-k
+        training segments of each segment, and return the `LabelMapGuidance` that composes them
+        at the model size (every segment on its best match until redrawn)."""
+        from ..index.search import SearchConfig
+        from ..pipeline.guidance import LabelMapGuidance, query_label_map
+
+        s = self.search
+        found = query_label_map(self.open_index(), label_map, instance_map,
+                                SearchConfig(k=k, k_prefilter=s.k_prefilter, max_score=s.max_score), where=where)
+        return LabelMapGuidance(self.work.root, found.segments, found.result, label_map.shape[:2], size=self.size,
+                                mode=s.mode, where=where)
+
+    # ---------------------------------------------------------------- G
+
+    @torch.no_grad()
+    def render(self, label: torch.Tensor, guidance: torch.Tensor) -> np.ndarray:
+        """B×H×W channel ids of the run's table + B×3×H×W guidance in [−1, 1] → B×H×W×3 uint8."""
+        m = one_hot(label.to(self.device), self.config.net.semantic_nc)  # B×L×H×W
+        return to_uint8(self.G(m, guidance.to(self.device)))
+
+    def generate(self, label_map: np.ndarray, guidance: np.ndarray, where: str = "label map") -> np.ndarray:
+        """B×H×W native ids at the model size + B×H×W×3 uint8 guidance → B×H×W×3 uint8."""
+        label = self.channels.to_channels(label_map, where)                 # B×H×W channel ids
+        g = torch.stack([to_tensor(x) for x in guidance])                   # B×3×H×W
+        return self.render(torch.from_numpy(label), g)

@@ -1,0 +1,42 @@
+"""Layer rules between the packages: what the training data loader pulls in, what index/ may import."""
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import resail
+
+ROOT = Path(resail.__file__).parent
+
+# The loader runs in every data-loader worker: it must not drag in FAISS, joblib or a stage.
+NOT_IN_THE_LOADER = ("faiss", "joblib", "resail.pipeline.bake", "resail.pipeline.segments_stage",
+                     "resail.pipeline.runner", "resail.pipeline.toy", "resail.index.build", "resail.index.shards")
+
+
+def test_training_data_module_imports_no_stage_faiss_or_joblib():
+    code = "import sys, resail.synth.data; print('\\n'.join(sorted(sys.modules)))"
+    loaded = set(subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
+                                text=True).stdout.split())
+    assert "resail.pipeline.guidance" in loaded
+    assert sorted(loaded & set(NOT_IN_THE_LOADER)) == []
+
+
+def _imports(path: Path) -> set[str]:
+    """Absolute module names a source file imports (relative imports resolved against `resail`)."""
+    package = ["resail", *path.relative_to(ROOT).parent.parts]
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = package[: len(package) - node.level + 1] if node.level else []
+            module = ".".join(base + ([node.module] if node.module else []))
+            names.update(f"{module}.{a.name}" if not node.module else module for a in node.names)
+    return names
+
+
+def test_index_imports_nothing_from_pipeline_but_the_store():
+    found = {name for path in (ROOT / "index").glob("*.py") for name in _imports(path)
+             if name.startswith("resail.pipeline")}
+    assert found <= {"resail.pipeline.store"}
