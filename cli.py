@@ -17,12 +17,13 @@ import click
 
 from . import __version__
 from .errors import ResailError
+from .pipeline.classes import DATASETS, TOY_FORMATS  # light modules: no cv2, no torch
+from .synth.presets import PRESETS
 
 log = logging.getLogger("resail")
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True, "max_content_width": 100}
-DATASETS = ("ade20k", "ade20k-outdoor", "cityscapes", "cocostuff", "folder")
-TOY_FORMATS = ("ade20k", "cityscapes", "cocostuff")
+PRESET_NAMES = tuple(PRESETS)
 
 
 class Size(click.ParamType):
@@ -64,6 +65,17 @@ SHARD_HELP = ("Compute only shard I of N (images K*I//N .. K*(I+1)//N of K), the
               "merge with --merge once every shard has finished.")
 MERGE_HELP = ("Merge after checking that every shard has finished (alone: compute nothing). "
               "Without --shard and --merge: compute every missing part, then merge.")
+TOY_PRESETS = tuple(f"{f}-real" for f in TOY_FORMATS)  # pipeline/toy.py PRESETS
+
+
+def backend_options(fn):
+    """`--backend` and `--scheduler`, with one meaning for every parallel command (pipeline/runner.py)."""
+    fn = click.option("--scheduler", default=None, metavar="ADDRESS",
+                      help="With --backend dask: the scheduler's address, e.g. tcp://node1:8786 "
+                           "[default: start a local cluster of --jobs worker processes].")(fn)
+    return click.option("--backend", type=click.Choice(("loky", "dask")), default="loky",
+                        help="Where parallel tasks run: local worker processes (loky), or a dask cluster "
+                             "(pip install 'resail[dask]'). Same bytes either way.")(fn)
 
 
 def _setup_logging(quiet: bool, debug: bool) -> None:
@@ -126,26 +138,44 @@ def data():
 
 @data.command("toy", context_settings=CONTEXT)
 @click.argument("out", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--format", "fmt", type=click.Choice(TOY_FORMATS), default="ade20k",
-              help="Official on-disk format to write.")
+@click.option("--format", "fmt", type=click.Choice(TOY_FORMATS), default=None,
+              help="Official on-disk format to write [default: ade20k, or the --preset's].")
+@click.option("--preset", type=click.Choice(TOY_PRESETS), default=None,
+              help="Realistic preset: the real dataset's image size and instances per image (docs/scale.md).")
+@click.option("--realistic", is_flag=True, help="Shorthand for --preset FORMAT-real.")
 @click.option("--n-train", type=click.IntRange(1, 100_000), default=200, help="Training images.")
 @click.option("--n-val", type=click.IntRange(1, 100_000), default=40, help="Validation images.")
 @click.option("--size", type=Size(), default=None,
-              help="Image size WxH [default: 256x256; 512x256 for cityscapes].")
+              help="Image size WxH [default: 256x256; 512x256 for cityscapes; the --preset's].")
 @click.option("--seed", type=int, default=0, help="Random seed; the same seed writes identical bytes.")
 @click.option("--jobs", type=click.IntRange(1, 1024), default=1, help="Parallel worker processes (same bytes).")
+@backend_options
 @common
-def data_toy(out, fmt, n_train, n_val, size, seed, jobs):
+def data_toy(out, fmt, preset, realistic, n_train, n_val, size, seed, jobs, backend, scheduler):
     """Write a procedural toy dataset to OUT in the official format of a real dataset."""
+    from .pipeline.runner import parallel_backend
     from .pipeline.toy import ToyConfig, make_toy_dataset
 
-    if size is None:
-        size = (512, 256) if fmt == "cityscapes" else (256, 256)
-    cfg = ToyConfig(fmt=fmt, n_train=n_train, n_val=n_val, width=size[0], height=size[1], seed=seed, n_jobs=jobs)
+    if realistic:
+        if preset is not None:
+            raise click.UsageError("give --preset or --realistic, not both")
+        preset = f"{fmt or 'ade20k'}-real"
+    if preset is not None and fmt is not None and not preset.startswith(fmt + "-"):
+        raise click.UsageError(f"--format {fmt} does not match --preset {preset}")
+    run = {"n_train": n_train, "n_val": n_val, "seed": seed, "n_jobs": jobs}
+    if size is not None:
+        run.update(width=size[0], height=size[1])
+    if preset is not None:
+        cfg = ToyConfig.preset(preset, **run)
+    else:
+        fmt = fmt or "ade20k"
+        width, height = size or ((512, 256) if fmt == "cityscapes" else (256, 256))
+        cfg = ToyConfig(fmt=fmt, **{**run, "width": width, "height": height})
     t0 = time.perf_counter()
-    root = make_toy_dataset(out, cfg, progress=progress_enabled())
-    click.echo(f"toy {fmt} dataset: {n_train} train + {n_val} val images at {size[0]}x{size[1]} "
-               f"in {time.perf_counter() - t0:.1f}s -> {root}")
+    with parallel_backend(backend, scheduler, jobs):
+        root = make_toy_dataset(out, cfg, progress=progress_enabled())
+    click.echo(f"toy {cfg.fmt} dataset{f' ({preset})' if preset else ''}: {n_train} train + {n_val} val images "
+               f"at {cfg.width}x{cfg.height} in {time.perf_counter() - t0:.1f}s -> {root}")
 
 
 # ---------------------------------------------------------------- index
@@ -180,11 +210,13 @@ def index():
 @click.option("--device", type=click.Choice(("cpu", "cuda")), default="cpu",
               help="Where to build the FAISS shards (cuda needs faiss-gpu).")
 @click.option("--rebuild", is_flag=True, help="Discard an existing or unfinished store and index and build again.")
+@backend_options
 @common
 def index_build(dataset, root, work, splits, jobs, shard, merge, preserved_ratio, max_side, crop_max_side,
-                image_list, uncovered_things, on_error, device, rebuild):
+                image_list, uncovered_things, on_error, device, rebuild, backend, scheduler):
     """Decompose train and val into segments, then build the FAISS shards per class."""
     from .index.build import build_index
+    from .pipeline.runner import parallel_backend
     from .pipeline.segments_stage import SegmentsConfig, build_segments
 
     cfg = SegmentsConfig(dataset=dataset, root=root, work=work, splits=tuple(s.strip() for s in splits.split(",")),
@@ -192,7 +224,8 @@ def index_build(dataset, root, work, splits, jobs, shard, merge, preserved_ratio
                          crop_max_side=crop_max_side, image_list=image_list, on_error=on_error, rebuild=rebuild,
                          uncovered_things=uncovered_things)
     log.info("index build, stage 1 (segments): %s", ", ".join(f"{k}={v}" for k, v in cfg.__dict__.items()))
-    manifest = build_segments(cfg, progress=progress_enabled())
+    with parallel_backend(backend, scheduler, jobs):
+        manifest = build_segments(cfg, progress=progress_enabled())
     if manifest is None:  # a shard-only run: the index waits for --merge
         return
     click.echo("segments: " + ", ".join(f"{s} {c['segments']} segments / {c['images_ok']} images"
@@ -283,16 +316,19 @@ def guidance():
 @click.option("--merge", is_flag=True, help=MERGE_HELP)
 @click.option("--previews", "n_preview", type=click.IntRange(0), default=6, help="Preview rows to write.")
 @click.option("--rebuild", is_flag=True, help="Discard existing matches and guidance and bake again.")
+@backend_options
 @common
 def guidance_bake(work, split, k, choose, seed, compose_mode, size, k_prefilter, max_score, exclude_same_image,
-                  jobs, shard, merge, n_preview, rebuild):
+                  jobs, shard, merge, n_preview, rebuild, backend, scheduler):
     """Retrieve every segment of a split and store its guidance images in WORK/guidance/."""
     from .pipeline.bake import BakeConfig, bake
+    from .pipeline.runner import parallel_backend
 
     cfg = BakeConfig(work=work, split=split, k=k, choose=choose, seed=seed, compose_mode=compose_mode, size=size,
                      k_prefilter=k_prefilter, max_score=max_score, exclude_same_image=exclude_same_image,
                      jobs=jobs, shard=shard, merge=merge, n_preview=n_preview, rebuild=rebuild)
-    m = bake(cfg, progress=progress_enabled())
+    with parallel_backend(backend, scheduler, jobs):
+        m = bake(cfg, progress=progress_enabled())
     if m.get("complete") is False:
         click.echo(f"guidance {split}: shard {shard[0]}/{shard[1]} done ({m['parts']} parts); "
                    "run --merge once every shard has finished")
@@ -322,15 +358,18 @@ def guidance_preview_distort(work, out, n, seed, color_ref, size):
 
 @cli.command(context_settings=CONTEXT)
 @click.argument("work", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--preset", type=click.Choice(("ade20k", "ade20k-outdoor", "cityscapes", "cocostuff", "toy")),
-              required=True, help="Dataset preset (network size, resolution, schedule).")
+@click.option("--preset", type=click.Choice(PRESET_NAMES), default=None,
+              help="Dataset preset (network size, resolution, schedule); required for a new run.")
 @click.option("--name", default=None, help="Run name: the run lives in WORK/runs/NAME/ [default: the preset].")
-@click.option("--steps", type=click.IntRange(1), default=None, help="Total training steps (instead of epochs).")
+@click.option("--steps", type=click.IntRange(1), default=None,
+              help="Total training steps (instead of epochs); with --resume, a new total extends the run.")
 @click.option("--epochs", type=click.IntRange(1), default=None,
               help="Total epochs, split constant/decay as the preset does [default: the preset's].")
 @click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="TOML file of training fields (and a [network] table) applied over the preset.")
-@click.option("--resume", is_flag=True, help="Continue the run from its latest full checkpoint.")
+@click.option("--resume", is_flag=True,
+              help="Continue the run from its latest full checkpoint, with its saved settings; flags given "
+                   "change only what may change (devices, logging, precision, --steps/--epochs).")
 @click.option("--dry-run", is_flag=True, help="Print and save the resolved config, then stop.")
 @click.option("--batch-size", type=click.IntRange(1), default=None, help="Global batch over all processes.")
 @click.option("--workers", type=click.IntRange(0), default=None, help="Data loader worker processes per rank.")
@@ -351,27 +390,38 @@ def guidance_preview_distort(work, out, n, seed, color_ref, size):
 @click.option("--segnet", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="Segmentation network checkpoint from `resail segnet train`.")
 @click.option("--amp", type=click.Choice(("auto", "off", "bf16", "fp16")), default=None,
-              help="Mixed precision [default: auto = bf16 on GPUs, off on CPUs].")
+              help="Mixed precision [default: auto = bf16 on GPUs, off on CPUs; fp16 needs a GPU].")
+@click.option("--channels-last/--no-channels-last", default=None,
+              help="NHWC weights and activations [default: on GPUs only].")
 @click.option("--seed", type=int, default=None, help="Random seed [default: 0].")
 @click.option("--device", default=None, help="cpu, cuda, cuda:N [default: auto].")
 @common
 def train(work, preset, name, steps, epochs, config_file, resume, dry_run, batch_size, workers, norm,
-          no_retrieval_loss, color_ref, distort_p, no_vgg, vgg_weights, seg_loss, segnet, amp, seed, device):
-    """Train a RESAIL generator on a work directory's caches (torchrun for several processes)."""
-    import os
+          no_retrieval_loss, color_ref, distort_p, no_vgg, vgg_weights, seg_loss, segnet, amp, channels_last, seed,
+          device):
+    """Train a RESAIL generator on a work directory's caches (torchrun for several processes).
 
-    from .synth.config import format_config, resolve_config
+    SIGINT, SIGTERM and SIGUSR1 stop it after the current step with a checkpoint (exit code 128 +
+    the signal's number); --resume continues, and --resume --steps N extends a run to N steps."""
+    import os
+    import signal
+
+    from .synth.config import format_config, resolve_config, resolve_resumed
     from .synth.data import count_images
     from .synth.train import dry_run as write_dry_run
+    from .synth.train import saved_config
     from .synth.train import train as run_training
 
     if steps is not None and epochs is not None:
         raise click.BadParameter("give --steps or --epochs, not both", param_hint="--steps/--epochs")
+    if preset is None and not (resume and name):
+        raise click.BadParameter("a new run needs --preset (--resume --name NAME reads the run's own)",
+                                 param_hint="--preset")
     if no_vgg and vgg_weights is not None:
         raise click.BadParameter("--vgg-weights with --no-vgg: choose one", param_hint="--vgg-weights")
     rank0 = int(os.environ.get("RANK", "0")) == 0
     overrides = dict(name=name or preset, steps=steps, epochs=epochs, batch_size=batch_size, workers=workers,
-                     norm=norm, amp=amp, seed=seed, device=device,
+                     norm=norm, amp=amp, channels_last=channels_last, seed=seed, device=device,
                      segnet=str(segnet) if segnet else None, vgg_weights=str(vgg_weights) if vgg_weights else None)
     if no_retrieval_loss:
         overrides["retrieval_loss"] = False
@@ -383,7 +433,12 @@ def train(work, preset, name, steps, epochs, config_file, resume, dry_run, batch
     elif vgg_weights is not None:
         overrides["vgg"] = True
     overrides["seg_loss"] = seg_loss
-    cfg = resolve_config(preset, n_train=count_images(work, "train"), toml=config_file, overrides=overrides)
+    n_train = count_images(work, "train")
+    if resume:
+        cfg = resolve_resumed(saved_config(work, overrides["name"]), preset=preset, n_train=n_train,
+                              toml=config_file, overrides=overrides)
+    else:
+        cfg = resolve_config(preset, n_train=n_train, toml=config_file, overrides=overrides)
     if rank0:
         click.echo(format_config(cfg))
     if dry_run:
@@ -393,9 +448,15 @@ def train(work, preset, name, steps, epochs, config_file, resume, dry_run, batch
     summary = run_training(cfg, work, resume=resume, progress=progress_enabled())
     if rank0:
         last = summary["last"]
-        click.echo(f"trained {summary['steps']} steps ({summary['samples_per_s']:.2f} samples/s; last G "
+        click.echo(f"trained {summary['steps_this_session']} steps this run (run total {summary['steps']}/"
+                   f"{summary['total_steps']}; {summary['samples_per_s']:.2f} samples/s; last G "
                    f"{last.get('G', float('nan')):.4f}, D {last.get('D', float('nan')):.4f}) -> {summary['run_dir']} "
                    "(samples/, checkpoints/, stats.jsonl)")
+    if summary["stopped_by"]:
+        if rank0:
+            click.echo(f"stopped by {summary['stopped_by']} at step {summary['steps']}: checkpoint written; "
+                       f"continue with `resail train {work} --name {cfg.name} --resume`", err=True)
+        raise click.exceptions.Exit(128 + signal.Signals[summary["stopped_by"]].value)
 
 
 @cli.command("eval", context_settings=CONTEXT)
@@ -472,7 +533,6 @@ def synthesize(work, run_name, label, instance, out, checkpoint, seed, k, resamp
 
 # ---------------------------------------------------------------- model / segnet
 
-NET_PRESETS = ("ade20k", "ade20k-outdoor", "cityscapes", "cocostuff", "toy")
 
 
 @cli.group(context_settings=CONTEXT)
@@ -481,7 +541,7 @@ def model():
 
 
 @model.command("summary", context_settings=CONTEXT)
-@click.option("--preset", type=click.Choice(NET_PRESETS), required=True, help="Network preset.")
+@click.option("--preset", type=click.Choice(PRESET_NAMES), required=True, help="Network preset.")
 @click.option("--json", "as_json", is_flag=True, help="Print the parameter counts as one JSON object.")
 @common
 def model_summary(preset, as_json):
@@ -509,7 +569,7 @@ def segnet():
 
 @segnet.command("train", context_settings=CONTEXT)
 @click.argument("work", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--preset", type=click.Choice(NET_PRESETS), default=None,
+@click.option("--preset", type=click.Choice(PRESET_NAMES), default=None,
               help="Network preset [default: the work directory's dataset].")
 @click.option("--steps", type=click.IntRange(1), default=20_000, help="Total optimisation steps (resumes below it).")
 @click.option("--batch-size", type=click.IntRange(1), default=8, help="Images per step.")

@@ -14,3 +14,10 @@ class InputError(ResailError):
 class StageError(ResailError):
     """A stage cannot run: a previous stage is missing, stale, or built with other parameters."""
 
+
+class BusyError(StageError):
+    """Another process is writing the same stage or run (its advisory lock is held)."""
+
+
+class DiskFullError(StageError):
+    """The disk filled up while writing an artifact; nothing was replaced."""

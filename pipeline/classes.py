@@ -18,6 +18,11 @@ import numpy as np
 
 from ..errors import InputError
 
+# The dataset readers (pipeline/datasets.py) and the formats the toy generator writes
+# (pipeline/toy.py): defined here, light to import, so the CLI's choices come from one place.
+DATASETS = ("ade20k", "ade20k-outdoor", "cityscapes", "cocostuff", "folder")
+TOY_FORMATS = ("ade20k", "cityscapes", "cocostuff")
+
 
 @dataclass(frozen=True)
 class ClassTable:
@@ -88,6 +93,21 @@ def parse_category_mapping(text: str) -> dict[int, int]:
 @functools.cache
 def ade20k_instance_mapping() -> dict[int, int]:
     return parse_category_mapping(_data_text("ade20k_instance_categoryMapping.txt"))
+
+
+@functools.cache
+def cityscapes_train_ids() -> dict[int, tuple[int, str]]:
+    """Cityscapes labelId → (trainId, name) for the 19 evaluated classes (trainIds 0..18); every
+    other labelId has trainId 255 (ignored in evaluation), as in cityscapesScripts' table."""
+    return {int(r["id"]): (int(r["trainId"]), r["name"]) for r in _rows("cityscapes_labels.csv")
+            if 0 <= int(r["trainId"]) < 255}
+
+
+@functools.cache
+def ade20k_palette150() -> dict[int, tuple[int, int, int]]:
+    """ADE20K id → the colour of the widely used 150-colour palette (CSAILVision's `color150.mat`,
+    the palette of mmsegmentation's and ControlNet's ADE20K maps); `data/ade20k_palette150.csv`."""
+    return {int(r["id"]): (int(r["r"]), int(r["g"]), int(r["b"])) for r in _rows("ade20k_palette150.csv")}
 
 
 @functools.cache

@@ -11,28 +11,39 @@ Every reader turns a dataset's official on-disk format into one shape (`Sample`)
 Listing (`records(split)`) is cheap and runs in the main process; `load(record)` reads the files
 and runs in the workers, so readers are small picklable objects. Every problem with the data
 raises `InputError` naming the file and the fix. Layouts and choices: docs/decomposition.md.
+
+Nothing is dropped silently: a label map without its photo is listed like any image (with no
+image path) and fails to load with a message naming it, so stage 1 stops or, with `--on-error
+skip`, counts it as skipped; `--image-list` names that match no image are reported
+(`unmatched_list_names`). Photos decode to 8-bit RGB whatever their mode (`photo_rgb`: 16-bit
+grey is scaled, not clipped to white; palette images go through their palette), and any image
+above `MAX_PIXELS` is refused before it is decoded (a decompression bomb costs nothing).
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import logging
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import cv2
 import numpy as np
 from PIL import Image
 
 from ..errors import InputError
-from .classes import ClassTable, ade20k_instance_mapping, class_table
+from .classes import DATASETS, ClassTable, ade20k_instance_mapping, class_table
 
 log = logging.getLogger("resail")
 
 MAJORITY = -1
 SPLITS = ("train", "val")
 IMAGE_EXTS = (".jpg", ".jpeg", ".png")
+MAX_PIXELS = 2**27  # 134 Mpx (e.g. 16384×8192): far above any dataset's photos, far below a bomb's
 
 
 @dataclass(frozen=True)
@@ -60,23 +71,62 @@ class Sample:
 # ---------------------------------------------------------------- file decoding
 
 
-def read_rgb(path: str | Path) -> np.ndarray:
-    """An image file as H×W×3 uint8 RGB; truncated or corrupt files raise InputError."""
-    try:
+def photo_rgb(im: Image.Image) -> np.ndarray:
+    """H×W×3 uint8 RGB of a decoded photo of any mode. 16-bit grey ("I;16…", or "I" holding
+    0..65535) is scaled to 8 bits (v/257, rounded): Pillow's `convert("RGB")` would clip it to
+    white. Palette, grey, CMYK and alpha modes go through Pillow's conversion."""
+    if im.mode.startswith("I"):
+        grey = np.round(np.clip(np.asarray(im, np.float64), 0, 65535) / 257.0).astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=2)
+    if im.mode == "F":
+        grey = np.clip(np.asarray(im, np.float64), 0, 255).round().astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=2)
+    return np.asarray(im.convert("RGB"))
+
+
+def _check_pixels(im: Image.Image, path: str | Path) -> None:
+    w, h = im.size
+    if w * h > MAX_PIXELS:
+        raise InputError(f"{path}: {w}x{h} pixels is above the {MAX_PIXELS:,}-pixel limit (a decompression bomb, "
+                         "or a photo far larger than training needs); downscale or remove it")
+
+
+def _read_error(path: str | Path, e: Exception, what: str) -> InputError:
+    if isinstance(e, Image.DecompressionBombError):
+        return InputError(f"{path}: too many pixels ({e}); downscale or remove it")
+    if isinstance(e, OSError) and e.errno is not None:  # a link loop, a folder, no permission
+        return InputError(f"{path}: cannot read ({e.strerror}); fix or remove it")
+    return InputError(f"{path}: corrupt or truncated {what} ({e}); re-download or remove it")
+
+
+@contextlib.contextmanager
+def _decoded(path: str | Path) -> Iterator[Image.Image]:
+    """The decoded image at `path`, after checking its header's size against `MAX_PIXELS`."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # `_check_pixels` decides
         with Image.open(path) as im:
+            _check_pixels(im, path)
             im.load()
-            return np.asarray(im.convert("RGB"))
+            yield im
+
+
+def read_rgb(path: str | Path) -> np.ndarray:
+    """An image file as H×W×3 uint8 RGB (`photo_rgb`); missing, huge, truncated or corrupt files raise InputError."""
+    try:
+        with _decoded(path) as im:
+            return photo_rgb(im)
+    except InputError:
+        raise
     except FileNotFoundError:
         raise InputError(f"{path}: image file is missing; restore it or remove it from the dataset") from None
-    except (OSError, SyntaxError, ValueError) as e:
-        raise InputError(f"{path}: corrupt or truncated image ({e}); re-download or remove it") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise _read_error(path, e, "image") from None
 
 
 def read_index_png(path: str | Path, channels: int = 1) -> np.ndarray:
     """A label/instance PNG as int32: H×W for 8/16-bit grey or palette files, H×W×3 when channels=3."""
     try:
-        with Image.open(path) as im:
-            im.load()
+        with _decoded(path) as im:
             if channels == 3:
                 if im.mode != "RGB":
                     raise InputError(f"{path}: expected an RGB instance PNG, found mode {im.mode}; "
@@ -91,8 +141,8 @@ def read_index_png(path: str | Path, channels: int = 1) -> np.ndarray:
         raise
     except FileNotFoundError:
         raise InputError(f"{path}: annotation file is missing; restore it or remove its image") from None
-    except (OSError, SyntaxError, ValueError) as e:
-        raise InputError(f"{path}: corrupt or truncated PNG ({e}); re-download or remove it") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise _read_error(path, e, "PNG") from None
 
 
 def _check_same_size(image: np.ndarray, other: np.ndarray, image_path: str, other_path: str) -> None:
@@ -148,12 +198,16 @@ class Reader:
         """Files besides each image's own that the split's output depends on."""
         return []
 
+    def unmatched_list_names(self) -> list[str]:
+        """Names of the reader's image list that match no image of the dataset (none without a list)."""
+        return []
+
     def load(self, record: ImageRecord) -> Sample:
         raise NotImplementedError
 
     def _image_and_label(self, record: ImageRecord) -> tuple[np.ndarray, np.ndarray]:
         """The photo and its native-id label map, checked for size and class ids."""
-        image = read_rgb(record.image_path)
+        image = read_photo(record)
         label = read_index_png(record.label_path)
         _check_same_size(image, label, record.image_path, record.label_path)
         check_label_ids(label, self.table, record.label_path)
@@ -168,6 +222,21 @@ class Reader:
 
 def _files(folder: Path, exts: tuple[str, ...]) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in exts and not p.name.startswith("."))
+
+
+def read_photo(record: ImageRecord) -> np.ndarray:
+    """The record's photo (`read_rgb`); a label listed without one (`image_path` empty) is an error naming it."""
+    if not record.image_path:
+        raise InputError(f"{record.label_path}: label map without a photo (no image {record.image_id!r} in the "
+                         "split's image folder); add the photo or remove the label")
+    return read_rgb(record.image_path)
+
+
+def orphan_labels(labels: list[Path], suffix: str, images: list[ImageRecord]) -> dict[str, Path]:
+    """Label files (named stem + `suffix`) whose stem no listed image has: stem → path."""
+    have = {r.image_id for r in images}
+    found = {p.name[: -len(suffix)]: p for p in labels if p.name.endswith(suffix)}
+    return {stem: p for stem, p in found.items() if stem not in have}
 
 
 class ADE20KReader(Reader):
@@ -201,7 +270,20 @@ class ADE20KReader(Reader):
                 continue
             inst = str(inst_dir / f"{p.stem}.png") if self.has_instances else ""
             out.append(ImageRecord(p.stem, split, str(p), str(labels / f"{p.stem}.png"), inst))
+        for stem, p in orphan_labels(_files(labels, (".png",)), ".png", out).items():
+            if self.image_list is None or stem in self.image_list:
+                inst = str(inst_dir / f"{stem}.png") if self.has_instances else ""
+                out.append(ImageRecord(stem, split, "", str(p), inst))
         return out
+
+    def unmatched_list_names(self) -> list[str]:
+        if self.image_list is None:
+            return []
+        stems = set()
+        for sub in self.FOLDERS.values():
+            if (self.root / "images" / sub).is_dir():
+                stems |= {p.stem for p in _files(self.root / "images" / sub, IMAGE_EXTS)}
+        return sorted(self.image_list - stems)
 
     def load(self, record: ImageRecord) -> Sample:
         image, label = self._image_and_label(record)
@@ -266,6 +348,9 @@ class CityscapesReader(Reader):
             city = p.parent.name
             out.append(ImageRecord(stem, split, str(p), str(gt / city / f"{stem}_gtFine_labelIds.png"),
                                    str(gt / city / f"{stem}_gtFine_instanceIds.png")))
+        labels = sorted(gt.glob("*/*_gtFine_labelIds.png"))
+        for stem, p in orphan_labels(labels, "_gtFine_labelIds.png", out).items():
+            out.append(ImageRecord(stem, split, "", str(p), str(p.parent / f"{stem}_gtFine_instanceIds.png")))
         return out
 
     def load(self, record: ImageRecord) -> Sample:
@@ -303,9 +388,12 @@ class CocoStuffReader(Reader):
         maps = self._map_dir(split)
         by_stem = self._annotations(split)
         self.has_instances = by_stem is not None
-        return [ImageRecord(p.stem, split, str(p), str(maps / f"{p.stem}.png"), "",
-                            tuple(by_stem.get(p.stem, ())) if by_stem is not None else ())
-                for p in _files(images, (".jpg", ".jpeg"))]
+        out = [ImageRecord(p.stem, split, str(p), str(maps / f"{p.stem}.png"), "",
+                           tuple(by_stem.get(p.stem, ())) if by_stem is not None else ())
+               for p in _files(images, (".jpg", ".jpeg"))]
+        for stem, p in orphan_labels(_files(maps, (".png",)), ".png", out).items():
+            out.append(ImageRecord(stem, split, "", str(p), "", tuple(by_stem.get(stem, ())) if by_stem else ()))
+        return out
 
     def extra_inputs(self, split: str) -> list[Path]:
         path = self.root / "annotations" / f"instances_{split}2017.json"
@@ -329,7 +417,7 @@ class CocoStuffReader(Reader):
         return by_stem
 
     def load(self, record: ImageRecord) -> Sample:
-        image = read_rgb(record.image_path)
+        image = read_photo(record)
         raw = read_index_png(record.label_path)
         _check_same_size(image, raw, record.image_path, record.label_path)
         bad = np.flatnonzero(np.bincount(raw.ravel(), minlength=256)[182:255])
@@ -444,9 +532,12 @@ class FolderReader(Reader):
         images = self._need_dir(self.root / "images" / split, "folder images")
         labels = self._need_dir(self.root / "labels" / split, "folder labels")
         inst = self.root / "instances" / split
-        return [ImageRecord(p.stem, split, str(p), str(labels / f"{p.stem}.png"),
-                            str(inst / f"{p.stem}.png") if self.has_instances else "")
-                for p in _files(images, IMAGE_EXTS)]
+        out = [ImageRecord(p.stem, split, str(p), str(labels / f"{p.stem}.png"),
+                           str(inst / f"{p.stem}.png") if self.has_instances else "")
+               for p in _files(images, IMAGE_EXTS)]
+        for stem, p in orphan_labels(_files(labels, (".png",)), ".png", out).items():
+            out.append(ImageRecord(stem, split, "", str(p), str(inst / f"{stem}.png") if self.has_instances else ""))
+        return out
 
     def load(self, record: ImageRecord) -> Sample:
         image, label = self._image_and_label(record)
@@ -493,7 +584,7 @@ def make_reader(dataset: str, root: str | Path, image_list: str | Path | None = 
         return CocoStuffReader(root)
     if dataset == "folder":
         return FolderReader(root)
-    raise InputError(f"unknown dataset {dataset!r}: choose ade20k, ade20k-outdoor, cityscapes, cocostuff or folder")
+    raise InputError(f"unknown dataset {dataset!r}: choose one of {', '.join(DATASETS)}")
 
 
 def list_split(reader: Reader, split: str) -> list[ImageRecord]:

@@ -16,26 +16,43 @@ Flags, with the same meaning for every stage (`resail index build`, `resail guid
   the single shard 0/1 — then merge.
 A stage's output never depends on the sharding or on `jobs`: parts are merged in item order.
 
-Tasks run through joblib with the backend named by `backend` (loky: one worker process each; a
-dask or ray cluster plugs in through joblib's backend registry), with a tqdm bar. `jobs=1` runs
-them inline in this process, which keeps tracebacks and test hooks simple.
+Tasks run through joblib with the backend named by `backend` (loky: one worker process each),
+with a tqdm bar. `jobs=1` runs them inline in this process, which keeps tracebacks and test hooks
+simple.
+
+**Dask.** `parallel_backend("dask", scheduler)` (the `--backend dask [--scheduler ADDRESS]` of
+every parallel command) connects a `distributed.Client` to the scheduler at ADDRESS, or starts a
+local cluster of `jobs` single-threaded worker processes when no address is given, and routes
+every task of the enclosed stage through joblib's dask backend (`joblib.parallel_config`): one
+task per part, spread over the whole cluster, whatever `jobs` says. Nothing else changes: parts
+are written atomically by the workers and carry the job's key, results come back in part order,
+so the artifacts are byte-identical to a `--jobs 1` run. A worker that dies mid-task leaves no
+part file behind (a part exists only once complete); dask reruns the task on another worker, and
+when it gives up (`KilledWorker`) the stage stops with one line, and rerunning the same command
+recomputes only the missing parts. dask is an optional extra (`pip install 'resail[dask]'`).
 """
 
 from __future__ import annotations
 
 import json
+import logging
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import h5py
-from joblib import Parallel, delayed
+from joblib import Parallel, delayed, parallel_config
 from tqdm import tqdm
 
 from ..artifacts import write_json_atomic
 from ..errors import InputError, StageError
 
 BACKEND = "loky"
+BACKENDS = ("loky", "dask")
+CONNECT_TIMEOUT_S = 10          # an unreachable --scheduler fails after this long, with one line
+DASK_MISSING = "--backend dask needs dask.distributed, which is not installed: pip install 'resail[dask]'"
+_session = {"backend": BACKEND}  # the backend of the enclosing `parallel_backend`, for `execute`
 
 
 def shard_range(n_items: int, i: int, n: int) -> tuple[int, int]:
@@ -92,10 +109,65 @@ class Parts:
 
 
 def execute(fn: Callable, calls: Iterable[tuple], *, jobs: int = 1, backend: str = BACKEND) -> Iterator[Any]:
-    """`fn(*args)` for each args of `calls`, results in order; in worker processes when jobs > 1."""
+    """`fn(*args)` for each args of `calls`, results in order; in worker processes when jobs > 1,
+    on the cluster's workers inside `parallel_backend("dask")`."""
+    if _session["backend"] == "dask":
+        return _on_dask(fn, calls)
     if jobs == 1:
         return (fn(*args) for args in calls)
     return Parallel(n_jobs=jobs, backend=backend, return_as="generator")(delayed(fn)(*args) for args in calls)
+
+
+def _on_dask(fn: Callable, calls: Iterable[tuple]) -> Iterator[Any]:
+    from distributed.scheduler import KilledWorker
+
+    try:
+        yield from Parallel(n_jobs=-1, return_as="generator")(delayed(fn)(*args) for args in calls)
+    except KilledWorker as e:
+        raise StageError(f"a dask worker died while computing a part ({e.args[0] if e.args else e}); the parts "
+                         "already written are complete and kept: rerun the same command to compute the rest") from e
+
+
+@contextmanager
+def parallel_backend(backend: str = BACKEND, scheduler: str | None = None, jobs: int = 1) -> Iterator[None]:
+    """Run the stage tasks of the enclosed code on `backend` (see the module docstring).
+
+    dask: connect to `scheduler` (an address such as tcp://host:8786), or start a local cluster
+    of `jobs` worker processes when it is None; both are closed on exit."""
+    if backend not in BACKENDS:
+        raise InputError(f"--backend {backend!r}: choose one of {', '.join(BACKENDS)}")
+    if backend != "dask":
+        if scheduler is not None:
+            raise InputError("--scheduler needs --backend dask")
+        yield
+        return
+    with _dask_client(scheduler, jobs), parallel_config(backend="dask"):
+        _session["backend"] = "dask"
+        try:
+            yield
+        finally:
+            _session["backend"] = BACKEND
+
+
+@contextmanager
+def _dask_client(scheduler: str | None, jobs: int) -> Iterator[Any]:
+    try:
+        from distributed import Client, LocalCluster
+    except ImportError as e:
+        raise InputError(DASK_MISSING) from e
+    if scheduler is None:
+        with LocalCluster(n_workers=jobs, threads_per_worker=1, processes=True, dashboard_address=None,
+                          silence_logs=logging.WARNING) as cluster, Client(cluster) as client:
+            yield client
+        return
+    try:
+        client = Client(scheduler, timeout=CONNECT_TIMEOUT_S)
+    except (OSError, TimeoutError, ValueError) as e:
+        why = str(e).splitlines()[0] if str(e) else f"{type(e).__name__} after {CONNECT_TIMEOUT_S} s"
+        raise InputError(f"--scheduler {scheduler}: cannot connect to a dask scheduler ({why}); start one with "
+                         "`dask scheduler` or check the address") from e
+    with client:
+        yield client
 
 
 def run_shard(parts: Parts, i: int, n: int, fn: Callable, args_of: Callable[[int, int], tuple], *,

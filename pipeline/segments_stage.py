@@ -8,6 +8,15 @@ split has finished, streams the parts into `{split}.h5` / `{split}.parquet` /
 `{split}_images.parquet` (segment ids: train rows first, then val), writes `manifest.json` last
 and deletes the parts. Rerunning after a crash skips the parts already written; parts and outputs
 never depend on `--jobs` or `--shard`, so the result is byte-identical to an uninterrupted run.
+
+Replace, never destroy: parts and merged files are written in `segments.new/`, which replaces
+`segments/` only once its manifest is written (`artifacts.commit_dir`), so a failed or killed
+rebuild (a corrupt image, a full disk) leaves the previous store, and the index and guidance
+made from it, usable. The manifest records the dataset files' fingerprints (`inputs`: size and
+mtime of every image, label and instance file) and the size and mtime of every file written:
+an edited dataset rebuilds the store, a changed parameter asks for `--rebuild`, a damaged store
+file rebuilds it. `resail index build` holds `WORK/locks/index.lock` while it writes (shared by
+the jobs of a sharded build, each also holding its shard's lock).
 """
 
 from __future__ import annotations
@@ -24,10 +33,20 @@ from typing import Callable
 import numpy as np
 import pyarrow.parquet as pq
 
-from ..artifacts import file_fingerprint, fingerprint, write_json_atomic, write_manifest
+from ..artifacts import (
+    check_files,
+    commit_dir,
+    ensure_free_space,
+    file_fingerprint,
+    fingerprint,
+    param_changes,
+    recover_dir,
+    write_json_atomic,
+    write_manifest,
+)
 from ..errors import InputError, StageError
 from ..index.descriptors import R_CANONICAL, R_PREFILTER
-from ..workdir import WorkDir
+from ..workdir import INDEX_LOCK, WorkDir
 from .datasets import SPLITS, ImageRecord, Reader, list_split, make_reader
 from .decompose import decompose, downscale, thing_lut
 from .runner import Parts, check_shard, run_job
@@ -106,8 +125,8 @@ def _inputs_fingerprint(records: list[ImageRecord], extra: list[Path]) -> str:
         for p in (r.image_path, r.label_path, r.instance_path):
             try:
                 files.append(file_fingerprint(p) if p else "")
-            except FileNotFoundError:
-                files.append(f"missing:{Path(p).name}")
+            except OSError as e:  # missing, a link loop, no permission: the load names it
+                files.append(f"{e.__class__.__name__}:{Path(p).name}")
     return fingerprint([[r.image_id for r in records], files, [file_fingerprint(p) for p in extra]])
 
 
@@ -182,61 +201,86 @@ def build_segments(cfg: SegmentsConfig, *, progress: bool = False,
     wd = WorkDir(cfg.work)
     params = cfg.params()
     records = {s: list_split(reader, s) for s in SPLITS if s in cfg.splits}
+    unlisted = _check_image_list(reader, cfg)
     inputs = {s: _inputs_fingerprint(r, reader.extra_inputs(s)) for s, r in records.items()}
     key = fingerprint({"params": params, "inputs": inputs})
 
-    if _up_to_date(wd, params, inputs, cfg.rebuild):
-        log.info("segments: up to date in %s (use --rebuild to redo)", wd.segments)
-        return wd.segments_manifest()
-    _check_parts(wd, params, key)
+    with wd.lock(INDEX_LOCK, "the segment store", shard=cfg.shard, merge=cfg.merge):
+        if cfg.shard is None or cfg.merge:  # the lock is exclusive: finish a swap a crash interrupted
+            recover_dir(wd.segments, drop=("parts",))
+        if _up_to_date(wd, params, inputs, cfg.rebuild):
+            log.info("segments: up to date in %s (use --rebuild to redo)", wd.segments)
+            return wd.segments_manifest()
+        if cfg.rebuild and cfg.shard is None and not cfg.merge and wd.segments_staging.exists():
+            shutil.rmtree(wd.segments_staging)  # start afresh; the finished store stays until replaced
+        _check_parts(wd, params, key, cfg.rebuild)
 
-    job = _Job(cfg.preserved_ratio, cfg.max_side, cfg.crop_max_side, cfg.on_error, cfg.uncovered_things,
-               {"key": key, "dataset": cfg.dataset})
-    parts = {split: _run_split(reader, wd, split, recs, job, key, cfg, progress, on_part)
-             for split, recs in records.items()}
-    if any(p is None for p in parts.values()):
-        log.info("segments: shard %d/%d done; run with --merge once every shard has finished", *cfg.shard)
-        return None
-    manifest = _merge(reader, records, parts, wd, params, inputs, cfg)
+        job = _Job(cfg.preserved_ratio, cfg.max_side, cfg.crop_max_side, cfg.on_error, cfg.uncovered_things,
+                   {"key": key, "dataset": cfg.dataset})
+        parts = {split: _run_split(reader, wd, split, recs, job, key, cfg, progress, on_part)
+                 for split, recs in records.items()}
+        if any(p is None for p in parts.values()):
+            log.info("segments: shard %d/%d done; run with --merge once every shard has finished", *cfg.shard)
+            return None
+        manifest = _merge(reader, records, parts, wd, params, inputs, cfg, unlisted)
+        commit_dir(wd.segments_staging, wd.segments, drop=("parts",))
     log.info("segments: %s in %.1fs -> %s", ", ".join(
         f"{s} {c['segments']} segments from {c['images_ok']} images" for s, c in manifest["counts"].items()),
         time.perf_counter() - t0, wd.segments)
     return manifest
 
 
+def _check_image_list(reader: Reader, cfg: SegmentsConfig) -> list[str]:
+    """Names of `--image-list` that match no image of the dataset: an error, or with
+    `--on-error skip` a warning (recorded in the manifest)."""
+    unlisted = reader.unmatched_list_names()
+    if not unlisted:
+        return []
+    what = (f"{cfg.image_list}: {len(unlisted)} names match no image of train or val "
+            f"(e.g. {unlisted[0]!r}); fix the list")
+    if cfg.on_error == "fail":
+        raise InputError(what + ", or pass --on-error skip to ignore them")
+    log.warning("segments: %s", what)
+    return unlisted
+
+
 def _up_to_date(wd: WorkDir, params: dict, inputs: dict, rebuild: bool) -> bool:
-    seg_dir = wd.segments
+    """Whether the finished store matches: same parameters (else --rebuild is needed), same
+    dataset files and intact files (else it is rebuilt beside itself)."""
     m = wd.segments_manifest()
-    if m is None:
-        if rebuild and seg_dir.exists():
-            shutil.rmtree(seg_dir)
-        return False
-    if rebuild:
-        shutil.rmtree(seg_dir)
+    if m is None or rebuild:
         return False
     if m.get("stage") != STAGE or m.get("params") != params:
-        diff = sorted(k for k in set(params) | set(m.get("params", {}))
-                      if params.get(k) != m.get("params", {}).get(k))
-        raise StageError(f"{seg_dir} was built with other parameters ({', '.join(diff)} differ); "
-                         "rerun with --rebuild to replace it, or use another --work")
+        raise StageError(f"{wd.segments} was built with other parameters ({param_changes(m.get('params') or {}, params)}"
+                         "); rerun with --rebuild to replace it (the current store stays usable until the new one is "
+                         "complete), or use another --work")
     if m.get("inputs") != inputs:
-        log.warning("segments: the dataset files changed since %s was built; rebuilding", seg_dir)
-        shutil.rmtree(seg_dir)
+        log.warning("segments: the dataset files changed since %s was built; rebuilding", wd.segments)
+        return False
+    try:
+        check_files(wd.segments, m, "rebuilding")
+    except StageError as e:
+        log.warning("segments: %s", e)
         return False
     return True
 
 
-def _check_parts(wd: WorkDir, params: dict, key: str) -> None:
+def _check_parts(wd: WorkDir, params: dict, key: str, rebuild: bool) -> None:
     """Resume only parts of the same parameters and inputs; other parameters need --rebuild."""
-    state = wd.segment_parts / "state.json"
+    state = wd.segments_staging / "state.json"
     if state.exists():
-        old = json.loads(state.read_text())
-        if old["params"] != params:
-            raise StageError(f"{wd.segment_parts} holds an unfinished build with other parameters; "
-                             "rerun with --rebuild to discard it, or use another --work")
-        if old["key"] != key:
-            log.warning("segments: the dataset files changed since the unfinished build; discarding its parts")
-            shutil.rmtree(wd.segment_parts)
+        try:
+            old = json.loads(state.read_text())
+        except (OSError, ValueError):
+            old = {}
+        if old.get("params") != params and not rebuild:
+            raise StageError(f"{wd.segments_staging} holds an unfinished build with other parameters "
+                             f"({param_changes(old.get('params') or {}, params)}); rerun with --rebuild to discard "
+                             "it, or use another --work")
+        if old.get("key") != key:
+            if old.get("params") == params:
+                log.warning("segments: the dataset files changed since the unfinished build; discarding its parts")
+            shutil.rmtree(wd.segments_staging)
     if not state.exists():
         write_json_atomic(state, {"params": params, "key": key})
 
@@ -259,14 +303,18 @@ def _run_split(reader: Reader, wd: WorkDir, split: str, recs: list[ImageRecord],
     return None if ranges is None else [parts.path(a, b) for a, b in ranges]
 
 
-def _merge(reader, records, parts, wd: WorkDir, params, inputs, cfg) -> dict:
+def _merge(reader, records, parts, wd: WorkDir, params, inputs, cfg, unlisted: list[str]) -> dict:
+    """Merge every split's parts into the staging folder and write its manifest there, last."""
     t0 = time.perf_counter()
-    counts, skipped, first_id = {}, {}, 0
+    out = wd.segments_staging
+    # The merge copies the parts: check for room first (HDF5 copes badly with a full disk).
+    ensure_free_space(out, sum(p.stat().st_size for ps in parts.values() for p in ps), "the segment store merge")
+    counts, skipped, first_id, files = {}, {}, 0, []
     for split, recs in records.items():
         attrs = {"R": R_CANONICAL, "r": R_PREFILTER, "crop_max_side": cfg.crop_max_side,
                  "dataset": cfg.dataset, "split": split}
-        n_seg = merge_parts(parts[split], wd, split, first_id, attrs)
-        images = pq.read_table(wd.images_table(split), columns=["image_id", "status", "reason"])
+        n_seg = merge_parts(parts[split], wd, split, first_id, attrs, folder=out)
+        images = pq.read_table(wd.images_table(split, out), columns=["image_id", "status", "reason"])
         status = images.column("status").to_pylist()
         bad = [(i, r) for i, s, r in zip(images.column("image_id").to_pylist(), status,
                                          images.column("reason").to_pylist()) if s != "ok"]
@@ -274,15 +322,16 @@ def _merge(reader, records, parts, wd: WorkDir, params, inputs, cfg) -> dict:
                          "segments": n_seg, "first_segment_id": first_id}
         skipped[split] = [{"image_id": i, "reason": r} for i, r in bad]
         first_id += n_seg
+        files += [p.name for p in (wd.segments_table(split, out), wd.segments_h5(split, out),
+                                   wd.images_table(split, out))]
     table = reader.table
-    manifest = write_manifest(
-        wd.segments, STAGE, params, inputs=inputs, counts=counts, skipped=skipped,
+    return write_manifest(
+        out, STAGE, params, files=files, inputs=inputs, counts=counts, skipped=skipped,
+        image_list_unmatched=unlisted,
         classes={"ids": list(table.ids), "names": list(table.names), "is_thing": list(table.is_thing)},
         config={k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()},
         merge_seconds=round(time.perf_counter() - t0, 3),
     )
-    shutil.rmtree(wd.segment_parts, ignore_errors=True)
-    return manifest
 
 
 # ---------------------------------------------------------------- stats

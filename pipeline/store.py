@@ -152,12 +152,13 @@ def read_part_meta(path: str | Path) -> tuple[dict, dict[str, np.ndarray], dict[
 
 
 def merge_parts(parts: list[Path], work: WorkDir, split: str, first_segment_id: int, h5_attrs: dict,
-                R: int = R_CANONICAL, r: int = R_PREFILTER) -> int:
-    """Stream the parts of one split (in image order) into the final store files; returns the segment count."""
+                R: int = R_CANONICAL, r: int = R_PREFILTER, folder: Path | None = None) -> int:
+    """Stream the parts of one split (in image order) into the store files, in `folder` (the
+    store's staging copy) or the store itself; returns the segment count."""
     metas = [read_part_meta(p) for p in parts]
     n_seg = sum(len(m[2]["class_id"]) for m in metas)
     n_crop = sum(int(m[2]["crop_bytes"]) for m in metas)
-    with atomic_path(work.segments_h5(split)) as tmp:
+    with atomic_path(work.segments_h5(split, folder)) as tmp:
         with h5py.File(tmp, "w", track_order=False) as f:
             for k, v in h5_attrs.items():
                 f.attrs[k] = v
@@ -178,11 +179,11 @@ def merge_parts(parts: list[Path], work: WorkDir, split: str, first_segment_id: 
                         crops[off:off + nb] = part["crops"][...]
                 row += n
                 off += int(segs["crop_bytes"])
-    _write_tables(metas, work, split, first_segment_id)
+    _write_tables(metas, work, split, first_segment_id, folder)
     return n_seg
 
 
-def _write_tables(metas, work: WorkDir, split: str, first_segment_id: int) -> None:
+def _write_tables(metas, work: WorkDir, split: str, first_segment_id: int, folder: Path | None) -> None:
     cat = lambda key, group: np.concatenate([m[group][key] for m in metas])  # noqa: E731
     img = {k: cat(k, 1) for k in IMAGE_STR + IMAGE_INT}
     seg = {k: cat(k, 2) for k in SEG_COLUMNS}
@@ -213,7 +214,7 @@ def _write_tables(metas, work: WorkDir, split: str, first_segment_id: int) -> No
         img["n_segments"].astype(np.int32), first_row,
         pa.array(img["status"], pa.string()), pa.array(img["reason"], pa.string()),
     ], schema=IMAGE_SCHEMA)
-    for path, t in ((work.segments_table(split), table), (work.images_table(split), images)):
+    for path, t in ((work.segments_table(split, folder), table), (work.images_table(split, folder), images)):
         with atomic_path(path) as tmp:
             pq.write_table(t, tmp)
 

@@ -13,7 +13,13 @@ instances (FORMATS.md §5):
               <id>.png, OUT/annotations/instances_{train,val}2017.json
 
 Each image is a pure function of (seed, split, index), so the same config writes byte-identical
-files whatever `n_jobs` is. `OUT/toy_manifest.json` is written first as incomplete and rewritten
+files whatever `n_jobs` is or whichever backend runs the workers.
+
+The *realistic presets* (`PRESETS`, `resail data toy --preset cityscapes-real`) write images at the
+real dataset's size with a scene density tuned so that the label maps carry about the real
+dataset's classes and instances per image; docs/scale.md gives the figures aimed at, their
+sources, and what the presets reach. They exist to measure what the offline stages cost at real
+scale (benchmarks/scale.py), not to train on. `OUT/toy_manifest.json` is written first as incomplete and rewritten
 last as complete; a complete manifest with the same config makes a rerun a no-op.
 """
 
@@ -36,11 +42,11 @@ from tqdm import tqdm
 
 from ..artifacts import write_bytes_atomic, write_json_atomic
 from ..errors import InputError
-from .classes import ade20k_instance_mapping, class_table
+from .classes import TOY_FORMATS, ade20k_instance_mapping, class_table
 from .runner import execute
-from .toy_scene import ROLES, compose_scene
+from .toy_scene import MAX_WINDOWS, ROLES, Density, compose_scene
 
-FORMATS = ("ade20k", "cityscapes", "cocostuff")
+FORMATS = TOY_FORMATS
 SPLITS = ("train", "val")
 MANIFEST = "toy_manifest.json"
 
@@ -81,6 +87,13 @@ CITIES = {"train": ("aachen", "bremen", "hamburg"), "val": ("frankfurt", "lindau
 ADE_DIRS = {"train": "training", "val": "validation"}
 COCO_FIRST_ID = {"train": 1, "val": 1_000_001}   # disjoint image ids, as in COCO
 JPEG_QUALITY = 90
+# Realistic presets: the real dataset's image size and a density tuned to its instances per image
+# (docs/scale.md). Each sets these ToyConfig fields; --n-train/--n-val stay the caller's.
+PRESETS = {
+    "ade20k-real": {"fmt": "ade20k", "width": 683, "height": 512, "objects": 1.0, "max_windows": 4},
+    "cityscapes-real": {"fmt": "cityscapes", "width": 2048, "height": 1024, "objects": 3.5, "max_windows": 80},
+    "cocostuff-real": {"fmt": "cocostuff", "width": 640, "height": 480, "objects": 1.3, "max_windows": 4},
+}
 
 
 @dataclass(frozen=True)
@@ -91,6 +104,8 @@ class ToyConfig:
     width: int = 256
     height: int = 256
     seed: int = 0
+    objects: float = 1.0   # scene density (toy_scene.Density): scales every object count range
+    max_windows: int = MAX_WINDOWS
     n_jobs: int = 1        # parallel image workers; never changes the output
 
     def __post_init__(self) -> None:
@@ -101,11 +116,27 @@ class ToyConfig:
                              f"n_val={self.n_val})")
         if self.width < 32 or self.height < 32:
             raise InputError(f"toy image size {self.width}x{self.height} is too small: use at least 32x32")
+        if not 0.0 < self.objects <= 10.0 or self.max_windows < 0:
+            raise InputError(f"toy density objects={self.objects}, max_windows={self.max_windows}: "
+                             "need 0 < objects ≤ 10 and max_windows ≥ 0")
+
+    @classmethod
+    def preset(cls, name: str, **overrides) -> ToyConfig:
+        """The config of a realistic preset (`PRESETS`), with `overrides` (n_train, n_val, seed, …)."""
+        if name not in PRESETS:
+            raise InputError(f"toy preset {name!r}: choose one of {', '.join(PRESETS)}")
+        return cls(**{**PRESETS[name], **overrides})
+
+    def density(self) -> Density:
+        return Density(self.objects, self.max_windows)
 
     def params(self) -> dict:
-        """Everything that determines the output (not n_jobs)."""
+        """Everything that determines the output (not n_jobs). The density appears only when it
+        differs from the default, so a default dataset's manifest is what it always was."""
         p = asdict(self)
         del p["n_jobs"]
+        if self.density() == Density():
+            del p["objects"], p["max_windows"]
         return p
 
     def count(self, split: str) -> int:
@@ -341,7 +372,7 @@ def render_image(cfg: ToyConfig, split: str, index: int) -> tuple:
     rng = np.random.default_rng([cfg.seed, SPLITS.index(split), index])
     kind = "street" if cfg.fmt == "cityscapes" or rng.random() < 0.6 else "park"
     canvas, photo = compose_scene(rng, cfg.height, cfg.width, kind, ego=cfg.fmt == "cityscapes",
-                                  force_group=index == 0)
+                                  force_group=index == 0, density=cfg.density())
     return canvas, photo, kind
 
 

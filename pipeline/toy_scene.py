@@ -10,6 +10,11 @@ label map, which is what makes shape retrieval on real data harder than matching
 
 Everything random comes from the one `numpy.random.Generator` passed in, and drawing is OpenCV
 rasterisation into the object's bounding box, so a scene is a pure function of its generator.
+
+A `Density` scales how crowded a scene is (the count range of every object spawn, and the cap on
+a scene's windows), so the realistic presets of `toy.py` can match a real dataset's instances per
+image. The default density draws exactly what the grammar always drew: a scaled count range is
+only computed when the scale differs from 1, so the generator sees the same calls.
 """
 
 from __future__ import annotations
@@ -30,6 +35,25 @@ SCENE_KINDS = ("street", "park")
 # ADE20K stores instance ids in one byte; leave headroom under 255 for every format.
 MAX_OBJECTS = 240
 MAX_WINDOWS = 80
+
+
+
+@dataclass(frozen=True)
+class Density:
+    """How crowded a scene is. `objects` multiplies the count range of every object spawn
+    (vehicles, people, trees, poles, park spawns, crowd members); `max_windows` caps the window
+    instances of a scene (windows beyond it are not painted)."""
+
+    objects: float = 1.0
+    max_windows: int = MAX_WINDOWS
+
+    def count(self, rng: np.random.Generator, lo: int, hi: int) -> int:
+        """A spawn count drawn from [lo, hi) scaled by `objects` (the unscaled call when it is 1)."""
+        if self.objects != 1.0:
+            lo = round(lo * self.objects)
+            hi = max(lo + 1, round(hi * self.objects))
+        return int(rng.integers(lo, hi))
+
 
 Texture = Callable[[np.random.Generator, int, int], np.ndarray]   # (rng, h, w) -> h×w×3 float32
 Prim = tuple
@@ -169,8 +193,8 @@ def rasterise(prims: list[Prim], h: int, w: int):
 class Canvas:
     """A photo under construction plus, per pixel, its role index and object index (0 = none)."""
 
-    def __init__(self, h: int, w: int):
-        self.h, self.w = h, w
+    def __init__(self, h: int, w: int, density: Density = Density()):
+        self.h, self.w, self.density = h, w, density
         self.image = np.zeros((h, w, 3), np.float32)
         self.role = np.zeros((h, w), np.uint8)
         self.obj = np.zeros((h, w), np.int32)
@@ -268,7 +292,7 @@ def _building(cv: Canvas, rng, x0: float, x1: float, top: float, base: float) ->
         margin_x = (bw - nx * cell) / 2
         for j in range(ny):
             for i in range(nx):
-                if cv.n_windows >= MAX_WINDOWS:
+                if cv.n_windows >= cv.density.max_windows:
                     break
                 wx, wy = x0 + margin_x + i * cell, top + cell * 0.4 + j * cell
                 cv.n_windows += 1
@@ -507,7 +531,7 @@ def _car_group(cv: Canvas, rng, view: View, lo: float, hi: float) -> None:
     """A row of parked cars too far to tell apart: one crowd object (Cityscapes `cargroup`)."""
     obj = cv.new_object("car", group=True)
     d = rng.uniform(0.12, 0.25)
-    y, n = view.y_at(d), int(rng.integers(3, 7))
+    y, n = view.y_at(d), cv.density.count(rng, 3, 7)
     W = max(3.0, view.h * d * 0.35)
     x = rng.uniform(lo, max(lo, hi - n * W * 0.7))
     for k in range(n):
@@ -518,7 +542,7 @@ def _person_group(cv: Canvas, rng, view: View, x_of: Callable[[float, float], fl
     """A crowd of overlapping pedestrians: one crowd object (Cityscapes `persongroup`, COCO iscrowd)."""
     obj = cv.new_object("person", group=True)
     d = rng.uniform(0.15, 0.35)
-    for k in range(int(rng.integers(4, 9))):
+    for k in range(cv.density.count(rng, 4, 9)):
         dd = d + rng.uniform(-0.03, 0.03)
         _person(cv, rng, x_of(dd, k), view.y_at(dd), max(6.0, view.h * dd * 0.45), obj)
 
@@ -581,23 +605,23 @@ def _street_items(cv: Canvas, rng, st: _Street, force_group: bool) -> list[tuple
     vehicles = ((0.15, _bus_side, 1.1, 1.5), (0.3, _truck_side, 0.9, 1.2), (0.55, _car_side, 0.6, 0.8),
                 (1.0, _car_rear, 0.3, 0.42))
     items = []
-    for _ in range(int(rng.integers(1, 5))):
+    for _ in range(cv.density.count(rng, 1, 5)):
         d = rng.uniform(0.12, 1.0)
         y = view.y_at(d)
         x = vx + rng.uniform(-0.7, 0.7) * st.road_half(y)
         u = rng.random()
         _, fn, lo, hi = next(v for v in vehicles if u < v[0])
         items.append((y, lambda fn=fn, x=x, y=y, s=h * d * rng.uniform(lo, hi): fn(cv, rng, x, y, s)))
-    for _ in range(int(rng.integers(1, 6))):
+    for _ in range(cv.density.count(rng, 1, 6)):
         d = rng.uniform(0.12, 1.0)
         x, y = st.on_walk(rng, d, _pick(rng, (-1, 1)))
         items.append((y, lambda x=x, y=y, d=d: _person(cv, rng, x, y, h * d * rng.uniform(0.3, 0.42))))
-    for _ in range(int(rng.integers(1, 5))):
+    for _ in range(cv.density.count(rng, 1, 5)):
         d = rng.uniform(0.1, 0.9)
         y = view.y_at(d)
         x = vx + _pick(rng, (-1, 1)) * st.walk_half(y) * rng.uniform(0.95, 1.15)
         items.append((y, lambda x=x, y=y, d=d: _tree(cv, rng, x, y, h * d * rng.uniform(0.7, 1.1))))
-    for _ in range(int(rng.integers(0, 3))):
+    for _ in range(cv.density.count(rng, 0, 3)):
         x, y = st.on_walk(rng, d := rng.uniform(0.15, 0.9), _pick(rng, (-1, 1)), 0.02, 0.12)
         items.append((y, lambda x=x, y=y, d=d: _pole_with_head(cv, rng, x, y, h * d * rng.uniform(0.6, 0.85))))
     for p, fn, size in ((0.45, _bicycle, 0.22), (0.3, _bench, 0.3), (0.5, _clutter, 0.15), (0.5, _plant, 0.12)):
@@ -647,7 +671,7 @@ def _park(cv: Canvas, rng, view: View, force_group: bool) -> None:
     spawn = ((1, 5, _tree, 0.7, 0.08, 0.8), (1, 5, _plant, 0.14, 0.15, 1.0), (2, 7, _person, 0.38, 0.12, 1.0),
              (0, 3, _dog, 0.12, 0.2, 1.0), (0, 3, _bench, 0.3, 0.2, 0.9), (0, 2, _bicycle, 0.22, 0.2, 1.0))
     for lo, hi, fn, size, d0, d1 in spawn:
-        for _ in range(int(rng.integers(lo, hi))):
+        for _ in range(cv.density.count(rng, lo, hi)):
             d = rng.uniform(d0, d1)
             x = on_path(d) + rng.normal(0, 0.25) * w if fn in (_person, _dog, _bicycle) else rng.uniform(0, w)
             y = view.y_at(d)
@@ -664,14 +688,14 @@ def _paint_far_to_near(items: list[tuple[float, Callable[[], None]]]) -> None:
 
 
 def compose_scene(rng: np.random.Generator, h: int, w: int, kind: str, *, ego: bool = False,
-                  force_group: bool = False) -> tuple[Canvas, np.ndarray]:
+                  force_group: bool = False, density: Density = Density()) -> tuple[Canvas, np.ndarray]:
     """Draw one scene; returns the canvas (roles, objects) and the finished RGB photo (H×W×3 uint8).
 
     `force_group` guarantees a crowd object (a car row or a pedestrian crowd) in the scene.
     """
     if kind not in SCENE_KINDS:
         raise ValueError(f"unknown scene kind {kind!r}")
-    cv = Canvas(h, w)
+    cv = Canvas(h, w, density)
     view = View(h, w, h * rng.uniform(0.36, 0.55), w * rng.uniform(0.3, 0.7))
     _sky(cv, rng, view)
     if rng.random() < (0.35 if kind == "street" else 0.8):

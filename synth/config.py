@@ -4,7 +4,12 @@
 training setting, with the schedule already turned into step counts for the work directory's
 number of training images. The trainer reads nothing else; `config.json` in the run folder is
 `TrainConfig.to_dict()`, and `--resume` refuses a run whose saved config differs in a field that
-changes the result (`RESUME_FREE` lists the ones that may change between sessions).
+changes the model or the data (`RESUME_FREE` lists the ones that may change between sessions).
+
+`--resume` starts from the run's saved config (`resolve_resumed`), so only the flags given change
+anything. A new schedule length (`--steps`, `--epochs`) extends or shortens the run: the
+learning-rate schedule is a pure function of (step, total), so it is simply recomputed over the
+new total, and the trainer appends the change to `history` (in config.json and every checkpoint).
 
 Per-dataset training settings follow the official code (reference §5.4): batch is the global
 batch over all processes; epochs are `niter` at constant lr then `niter_decay` of linear decay.
@@ -37,9 +42,12 @@ TRAIN_PRESETS: dict[str, dict] = {
                 log_every=10, sample_every=100, checkpoint_every=200),
 }
 
-# Fields that may change on --resume without changing the math of the run.
+# Fields that may change on --resume without changing the model or the data: where and how fast
+# it runs, what it writes, the precision, and the schedule's length (recorded in `history`).
+SCHEDULE_LENGTH = frozenset({"steps", "niter", "niter_decay", "total_steps", "decay_start"})
 RESUME_FREE = frozenset({"workers", "device", "log_every", "sample_every", "checkpoint_every", "keep_checkpoints",
-                         "tensorboard", "steps", "vgg_weights", "segnet", "n_sample"})
+                         "tensorboard", "vgg_weights", "segnet", "n_sample", "amp", "channels_last", "notes",
+                         "history"}) | SCHEDULE_LENGTH
 
 
 @dataclass(frozen=True)
@@ -82,6 +90,7 @@ class TrainConfig:
     ema: bool = True
     ema_decay: float = 0.999
     amp: str = "auto"                       # bf16 autocast on GPUs, off on CPUs
+    channels_last: bool | None = None       # NHWC activations and weights; None = on GPUs only
     device: str = "auto"
     seed: int = 0
     # logging and checkpoints
@@ -92,6 +101,8 @@ class TrainConfig:
     keep_checkpoints: int = 3
     tensorboard: bool = True
     notes: tuple[str, ...] = field(default=(), compare=False)
+    # schedule changes of --resume, oldest first: {"step", "steps_before", "steps_after", "decay_start"}
+    history: tuple[dict, ...] = field(default=(), compare=False)
 
     @property
     def steps_per_epoch(self) -> int:
@@ -102,6 +113,7 @@ class TrainConfig:
         d["net"] = self.net.to_dict()
         d["load_size"] = list(self.load_size)
         d["notes"] = list(self.notes)
+        d["history"] = [dict(h) for h in self.history]
         return d
 
     @classmethod
@@ -113,15 +125,16 @@ class TrainConfig:
         d["net"] = NetworkPreset.from_dict(d["net"])
         d["load_size"] = tuple(d["load_size"])
         d["notes"] = tuple(d.get("notes", ()))
+        d["history"] = tuple(dict(h) for h in d.get("history", ()))
         return cls(**d)
 
     def resume_key(self) -> dict:
         """The fields a resumed run must share with the run it continues."""
-        return {k: v for k, v in self.to_dict().items() if k not in RESUME_FREE and k != "notes"}
+        return {k: v for k, v in self.to_dict().items() if k not in RESUME_FREE}
 
 
 _TRAIN_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)} - {"net", "notes", "n_train", "total_steps",
-                                                                     "decay_start"} | {"epochs"}
+                                                                     "decay_start", "history"} | {"epochs"}
 _NET_FIELDS = {f.name for f in dataclasses.fields(NetworkPreset)} - {"name"}
 
 
@@ -182,6 +195,30 @@ def resolve_config(preset: str, *, n_train: int, toml: str | Path | None = None,
     cfg = TrainConfig(net=net, preset=preset, **fields)
     cfg = _check_and_finish(cfg, n_train, notes)
     return cfg
+
+
+def resolve_resumed(saved: TrainConfig, *, n_train: int, preset: str | None = None, toml: str | Path | None = None,
+                    overrides: dict | None = None, network: dict | None = None) -> TrainConfig:
+    """The config of `--resume`: the run's saved settings, then the TOML file and the flags given
+    now (None values ignored). A given `steps` or `epochs` replaces the saved schedule length;
+    the trainer refuses any change outside RESUME_FREE against the checkpoint."""
+    if preset is not None and preset != saved.preset:
+        raise InputError(f"--preset {preset}: run {saved.name!r} was trained with preset {saved.preset!r}; "
+                         "leave --preset out to resume it, or start a new run with another --name")
+    given = {k: v for k, v in (overrides or {}).items() if v is not None}
+    net_given = {k: v for k, v in (network or {}).items() if v is not None}
+    if toml is not None:
+        data = read_toml(toml)
+        net_given = {**data.pop("network"), **net_given}
+        given = {**data, **given}
+    for k in [k for k in given if k in _NET_FIELDS]:
+        net_given[k] = given.pop(k)
+    fields = {k: getattr(saved, k) for k in _TRAIN_FIELDS - {"preset", "epochs"}}
+    if "steps" in given or "epochs" in given:
+        fields.pop("steps")
+    net = {k: getattr(saved.net, k) for k in _NET_FIELDS}
+    cfg = resolve_config(saved.preset, n_train=n_train, overrides={**fields, **given}, network={**net, **net_given})
+    return dataclasses.replace(cfg, history=saved.history)
 
 
 def split_epochs(epochs: int, niter: int, niter_decay: int) -> tuple[int, int]:
@@ -254,8 +291,10 @@ def format_config(cfg: TrainConfig) -> str:
         + (f" + seg x{cfg.lambda_seg:g} ({cfg.segnet})" if cfg.seg_loss else "")
         + ("; retrieval path GAN" + (" + seg" if cfg.seg_loss else "") if cfg.retrieval_loss
            else "; no retrieval loss"),
-        f"  EMA {cfg.ema_decay if cfg.ema else 'off'}, amp {cfg.amp}, device {cfg.device}, seed {cfg.seed}; "
+        f"  EMA {cfg.ema_decay if cfg.ema else 'off'}, amp {cfg.amp}, channels_last "
+        f"{'auto' if cfg.channels_last is None else cfg.channels_last}, device {cfg.device}, seed {cfg.seed}; "
         f"log/sample/checkpoint every {cfg.log_every}/{cfg.sample_every}/{cfg.checkpoint_every} steps",
     ]
     lines += [f"  note: {s}" for s in cfg.notes]
+    lines += [f"  extended at step {h['step']}: {h['steps_before']} -> {h['steps_after']} steps" for h in cfg.history]
     return "\n".join(lines)

@@ -15,9 +15,9 @@ import contextlib
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.utils.parametrizations import spectral_norm
 
 from .init import init_weights
+from .norms import spectral_norm
 from .presets import NetworkPreset
 
 KERNEL, PAD = 4, 2  # pad = ceil((4 - 1) / 2) as in pix2pixHD/SPADE

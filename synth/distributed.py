@@ -8,12 +8,22 @@ on CPUs, where torch's needs CUDA). Two generator passes per phase and the D fre
 phase stay plain autograd this way, with no unused-parameter bookkeeping. Only rank 0 writes files
 and logs (`Dist.rank0`).
 
+Preemption: clusters stop jobs with SIGTERM (SLURM also sends SIGUSR1 ahead of a time limit when
+asked with `--signal`), a terminal with SIGINT. `StopSignals` turns all three into a request that
+the loop reads after each step, so a stop never lands between the G and the D update; the
+processes agree on it with one tiny all-reduce (`agree_on_stop`), so every rank stops after the
+same step and rank 0 writes one consistent checkpoint. Data-loader workers ignore the signals
+(`ignore_stop_signals`): SLURM and a terminal signal the whole process group, and a worker
+killed mid-batch would make the main process fail instead of stopping.
+
 `resolve_device` is the one place where `--device auto` becomes a device, for every command.
 """
 
 from __future__ import annotations
 
 import os
+import signal
+import threading
 from dataclasses import dataclass
 
 import torch
@@ -136,6 +146,53 @@ def sync_batchnorm(module: nn.Module, device: torch.device) -> nn.Module:
         else:
             sync_batchnorm(child, device)
     return module
+
+
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGUSR1") if hasattr(signal, name))
+
+
+class StopSignals:
+    """While entered, SIGINT, SIGTERM and SIGUSR1 only set `signum` (the first one received; 0 =
+    none) for the loop to act on at the next step boundary. A SIGINT after a request raises
+    KeyboardInterrupt at once, without a checkpoint (a second Ctrl-C). Handlers are installed
+    only in the main thread (the only one Python delivers signals to); the previous ones return
+    on exit."""
+
+    def __init__(self):
+        self.signum = 0
+        self._previous: dict = {}
+
+    def __enter__(self) -> "StopSignals":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {s: signal.signal(s, self._request) for s in STOP_SIGNALS}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, signal.SIG_DFL if handler is None else handler)
+        self._previous = {}
+
+    def _request(self, signum: int, frame) -> None:
+        if signum == signal.SIGINT and self.signum:
+            raise KeyboardInterrupt
+        self.signum = self.signum or signum
+
+
+def ignore_stop_signals(worker_id: int = 0) -> None:
+    """A data-loader worker's `worker_init_fn`: the main process handles the stop signals and ends
+    its workers when it stops."""
+    for s in STOP_SIGNALS:
+        signal.signal(s, signal.SIG_IGN)
+
+
+def agree_on_stop(signum: int, d: Dist, device: torch.device) -> int:
+    """The largest stop signal number any process has received (0 = none), the same on every
+    rank: one all-reduce of one integer per step (a few µs, against a step of 0.1 s or more)."""
+    if d.world_size == 1:
+        return signum
+    flag = torch.tensor([signum], dtype=torch.int64, device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return int(flag.item())
 
 
 def average_gradients(params: list[nn.Parameter], world_size: int) -> None:

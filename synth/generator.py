@@ -13,10 +13,9 @@ import contextlib
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.utils.parametrizations import spectral_norm
 
 from .init import init_weights
-from .norms import make_norm, resize_guidance, resize_label_map
+from .norms import make_norm, resize_guidance, resize_label_map, spectral_norm
 from .presets import UPSAMPLING, NetworkPreset
 
 

@@ -8,8 +8,11 @@ a picture with a trained run:
   the run's config                             → its label table (`LabelChannels`)
   the guidance bake's manifest (val, else train) → search and composition settings
 
-and then does the two jobs the three commands had each written for themselves:
+and then does the jobs the three commands had each written for themselves:
 
+  `read_label_file(path)`  a label map as users have it (class ids in any of the dataset's id
+                         spaces, or a colour map in its palette: pipeline/label_maps.py) →
+                         native ids, checked against the class table
   `guidance(label_map)`  label map → decomposition with the store's rules → retrieval (FAISS
                          prefilter + exact rerank) → a `LabelMapGuidance`, whose per-segment
                          choice the caller may redraw before composing the guidance image
@@ -29,8 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import InputError
-from ..pipeline.datasets import read_index_png
+from ..pipeline.label_maps import MAX_SIDE, LabelMapFile, aspect_note, read_label_map
 from ..workdir import SPLITS, WorkDir
 from .checkpoint import find_snapshot, load_snapshot
 from .config import TrainConfig
@@ -144,34 +146,22 @@ class LoadedRun:
 
     # ---------------------------------------------------------------- label maps in
 
-    def read_label_file(self, path: str | Path) -> np.ndarray:
-        """A label PNG in the work dir's dataset format → H×W int32 native ids (0 = void), checked
-        against the dataset's class table (unknown ids are listed). COCO-Stuff files hold
-        stuffthingmap values (v → class v + 1, 255 → void); the others native ids."""
-        raw = read_index_png(path)
-        if self.dataset == "cocostuff":
-            bad = sorted(int(v) for v in np.unique(raw) if not (0 <= v <= 181 or v == 255))
-            if bad:
-                raise InputError(f"{path}: values {bad[:12]} are not COCO-Stuff stuffthingmap values (0..181, 255 = "
-                                 "unlabeled)")
-            raw = np.where(raw == 255, 0, raw + 1).astype(np.int32)
-        known = set(self.class_ids) | {0}
-        unknown = sorted(int(v) for v in np.unique(raw) if int(v) not in known)
-        if unknown:
-            raise InputError(f"{path}: class ids {unknown[:12]}{' …' if len(unknown) > 12 else ''} are not in the "
-                             f"{self.dataset} class table of {self.work.root}; write native class ids (0 = void)")
-        return raw.astype(np.int32)
+    def read_label_file(self, source: str | Path | bytes, fmt: str = "auto", *, where: str | None = None,
+                        max_side: int = MAX_SIDE) -> LabelMapFile:
+        """A label map as users have it (a PNG path or its bytes: class ids in any of the dataset's
+        id spaces, or a colour map in its palette; `fmt` auto/ids/trainids/color, see
+        pipeline/label_maps.py) → native ids, checked against the dataset's class table. Any size
+        from 8 to `max_side` px a side; `label_note` says when the model size stretches it."""
+        return read_label_map(source, self.dataset, fmt, class_ids=self.class_ids, where=where, max_side=max_side)
+
+    def label_note(self, label_map: np.ndarray, where: str = "label map") -> str:
+        """What resizing `label_map` to the model size does to it, when it stretches the scene; "" otherwise."""
+        return aspect_note(label_map.shape, self.size, where)
 
     def check_classes(self, label_map: np.ndarray, where: str) -> None:
         """InputError when the label map uses a class the run's label table lacks; the message
         lists the classes the run covers."""
         self.channels.check(np.unique(label_map), where, fix=self.table_fix(), names=self.names)
-
-    def read_label_map(self, path: str | Path) -> np.ndarray:
-        """`read_label_file`, then `check_classes`: a label map this run can draw."""
-        label_map = self.read_label_file(path)
-        self.check_classes(label_map, str(path))
-        return label_map
 
     def table_fix(self) -> str:
         """What to do about a class the run's label table lacks: the classes it does cover."""

@@ -7,6 +7,13 @@ Both share one interface, `norm(x, label_map, guidance)`:
 The output is BN(x)·(1 + γ) + β with a parameter-free BatchNorm2d. Under DDP the trainer swaps
 it for SyncBatchNorm with `torch.nn.SyncBatchNorm.convert_sync_batchnorm`, as the official
 `spectralspadesyncbatch3x3` does. No conv in this module has spectral norm (reference §8.12).
+
+`spectral_norm` is the spectral normalisation of G's residual blocks, D's middle layers and the
+segmentation network: torch's parametrization (same buffers, same state-dict keys, the same
+numbers in fp32), except that its power iteration and σ = uᵀWv always run in fp32. Under CUDA
+autocast `torch.mv` runs in bf16/fp16, which leaves σ with about three significant digits, and
+D's gradients move by several percent for a change of σ that small (docs/deviations.md); the
+convolution that uses W/σ still runs in the autocast dtype.
 """
 
 from __future__ import annotations
@@ -14,6 +21,26 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils import parametrize
+from torch.nn.utils.parametrizations import _SpectralNorm
+
+
+class FP32SpectralNorm(_SpectralNorm):
+    """torch's spectral-norm parametrization, computed with autocast off (in the weight's fp32)."""
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        device = weight.device.type
+        if not (torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device)):
+            return super().forward(weight)  # also the meta device (`resail model summary`)
+        with torch.autocast(device, enabled=False):
+            return super().forward(weight)
+
+
+def spectral_norm(module: nn.Module) -> nn.Module:
+    """`torch.nn.utils.parametrizations.spectral_norm(module)` for a conv or linear layer (the
+    same random u, v draws), with σ in fp32 under autocast."""
+    parametrize.register_parametrization(module, "weight", FP32SpectralNorm(module.weight))
+    return module
 
 
 def resize_label_map(label_map: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

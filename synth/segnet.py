@@ -3,7 +3,11 @@
 An OASIS-discriminator-style U-Net without the extra "fake" class: an encoder of residual blocks
 that halve the resolution (widths 3 → 128, 128, 256, 256, 512, 512 at full size), a decoder of
 residual blocks that double it and take the mirrored encoder output as a skip connection, and a
-1×1 head to one logit per label-map channel. Every conv carries spectral norm.
+1×1 head to one logit per label-map channel. Every conv inside the blocks carries spectral norm;
+the head is a plain 1×1 conv applied to the last block's output with no activation before it,
+as in the official network (reference §6.5). Checkpoints written before this layout (a LeakyReLU
+and a spectral-norm head) are refused with a clear error: their logits differ by about a third
+for the same body weights (docs/deviations.md), so they are retrained, not converted.
 
 The official weights and recipe are not published, so `train_segnet` trains it here as a plain
 segmenter on real training images; checkpoints hold a state dict and a JSON-able config and load
@@ -23,7 +27,6 @@ from typing import Iterable, Iterator
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.utils.parametrizations import spectral_norm
 from tqdm.auto import tqdm
 
 from ..errors import InputError
@@ -31,6 +34,7 @@ from .checkpoint import read_segnet_checkpoint, save_segnet_checkpoint
 from .init import init_weights
 from .labels import LabelChannels
 from .losses import balanced_cross_entropy
+from .norms import spectral_norm
 from .presets import NetworkPreset
 
 log = logging.getLogger(__name__)
@@ -94,7 +98,7 @@ class SegNet(nn.Module):
         dec_out = rev[1:] + (self.channels[0] // 2,)
         dec_in = (rev[0],) + tuple(o + s for o, s in zip(dec_out[:-1], rev[1:]))
         self.decoder = nn.ModuleList(SegResBlock(cin, cout, "up") for cin, cout in zip(dec_in, dec_out))
-        self.head = _sn_conv(dec_out[-1], num_classes, 1)
+        self.head = nn.Conv2d(dec_out[-1], num_classes, 1)
 
     @property
     def depth(self) -> int:
@@ -116,7 +120,7 @@ class SegNet(nn.Module):
         h = self.decoder[0](skips[-1])
         for blk, skip in zip(self.decoder[1:], reversed(skips[:-1])):
             h = blk(torch.cat([h, skip], dim=1))
-        return self.head(F.leaky_relu(h, 0.2))  # B×K×H×W
+        return self.head(h)  # B×K×H×W
 
     def features(self, image: torch.Tensor) -> torch.Tensor:
         """B×3×H×W image in [−1, 1] → B×channels[-1] image descriptor: the deepest encoder output
@@ -225,10 +229,18 @@ def save_checkpoint(path: str | Path, segnet: SegNet, optimizer: torch.optim.Opt
                            optimizer=optimizer.state_dict() if optimizer is not None else None)
 
 
+def _check_head(path: str | Path, state_dict: dict) -> None:
+    if "head.parametrizations.weight.original" in state_dict:
+        raise InputError(f"{path}: a segmentation network with the former head (LeakyReLU + spectral-norm 1×1 "
+                         "conv), not the official plain 1×1 conv; train it again with `resail segnet train` "
+                         "(to a new checkpoint path)")
+
+
 def load_segnet(path: str | Path, map_location: torch.device | str = "cpu") -> SegNet:
     """A trained SegNet from a checkpoint, in eval mode."""
     ckpt = read_segnet_checkpoint(path, map_location)
     cfg = ckpt["config"]
+    _check_head(path, ckpt["state_dict"])
     with torch.device(map_location):
         net = SegNet(int(cfg["num_classes"]), tuple(cfg["channels"]), cfg.get("label_ids"))
     net.load_state_dict(ckpt["state_dict"])
@@ -250,6 +262,7 @@ def train_segnet(segnet: SegNet, batches: Iterable, config: SegnetTrainConfig = 
         if ckpt["config"] != segnet.config():
             raise InputError(f"{checkpoint}: checkpoint of a different network {ckpt['config']} (want "
                              f"{segnet.config()}); delete it or choose another path")
+        _check_head(checkpoint, ckpt["state_dict"])
         segnet.load_state_dict(ckpt["state_dict"])
         if ckpt.get("optimizer"):
             opt.load_state_dict(ckpt["optimizer"])

@@ -8,10 +8,15 @@ with every other region's match unchanged (paper Fig. 5) and runs G again. Sessi
 small LRU dict keyed by the id that /api/generate returns; an evicted session answers 404 and the
 page generates anew.
 
-The label maps going in are PNGs in the dataset's own label-file format, exactly what
-`resail synthesize --label` reads (`LoadedRun.read_label_file`): the page encodes its canvas that way.
-The palette offers the classes of the run's label table only (all of the dataset's for a preset
-without one), and G takes the map through that table.
+The label maps going in are read exactly as `resail synthesize --label` reads them
+(`LoadedRun.read_label_file`, pipeline/label_maps.py): class ids in any of the dataset's id spaces
+or a colour map in its palette, `?format=auto|ids|trainids|color` (auto by default; the page sends
+its own canvas as `ids`, in the dataset's label-file format). The size rule is synthesize's: any
+map from 8 px to `max_side` a side, resized to the model size with nearest neighbour, with a note
+in the answer when that stretches it. The downloads give the map G took, at the model size, in
+either form: `label.png` as dataset ids (what synthesize reads back), `label_color.png` in the
+palette. The palette offers the classes of the run's label table only (all of the dataset's for a
+preset without one), and G takes the map through that table.
 Uploads are checked before decoding (PNG signature, byte size, header size) so that a bad file
 gets a 4xx and a message for the page, never a server error.
 
@@ -25,7 +30,6 @@ import base64
 import collections
 import logging
 import struct
-import tempfile
 import threading
 import time
 import uuid
@@ -37,8 +41,8 @@ from PIL import Image
 
 from ..artifacts import encode_png
 from ..errors import InputError, ResailError, StageError
-from ..pipeline.classes import class_table
 from ..pipeline.guidance import LabelMapGuidance
+from ..pipeline.label_maps import LABEL_FORMATS, MAX_SIDE, LabelMapFile, LabelSizeError, encode_label_map, palette_lut
 from ..pipeline.store import SegmentStore
 from .data import resize_nearest
 from .inference import LoadedRun, segment_choices
@@ -69,7 +73,7 @@ class ServeConfig:
     device: str = "cpu"                # or auto, cuda, cuda:N
     max_sessions: int = 16             # label maps kept for region edits (LRU)
     max_upload_bytes: int = 8 << 20
-    max_side: int = 4096               # label maps larger than this on a side are refused
+    max_side: int = MAX_SIDE           # label maps larger than this on a side are refused
     max_variants: int = 8
 
     def __post_init__(self):
@@ -87,7 +91,6 @@ class Session:
 
     id: str
     guidance_state: LabelMapGuidance
-    label_png: bytes                  # the label map as received (dataset label-file format)
     label_map: np.ndarray             # H×W native ids at the model size (G's input)
     seed: int | None
     k: int
@@ -99,6 +102,8 @@ class Session:
     before: list[int] = field(default_factory=list)
     timings: dict = field(default_factory=dict)
     variants: list[np.ndarray] = field(default_factory=list)   # chosen ranks of the last variants
+    read_as: str = ""                 # how the upload was read (format, and what `auto` saw)
+    notes: list[str] = field(default_factory=list)             # e.g. stretched to the model size
 
 
 def png_size(data: bytes) -> tuple[int, int]:
@@ -109,12 +114,9 @@ def png_size(data: bytes) -> tuple[int, int]:
 
 
 def _palette(dataset: str, ids: list[int]) -> dict[int, tuple[int, int, int]]:
-    try:
-        lut = class_table(dataset).palette(max(ids, default=0) + 1)
-        return {c: tuple(int(v) for v in lut[c]) for c in ids}
-    except InputError:  # a folder dataset has no shipped table: spread colours, stable per id
-        rng = np.random.default_rng(0)
-        return {c: tuple(int(v) for v in rng.integers(30, 256, 3)) for c in ids}
+    """The page's colours: the palette `label_color.png` is written in and colour uploads are read in."""
+    lut = palette_lut(dataset, max(ids, default=0) + 1)
+    return {c: tuple(int(v) for v in lut[c]) for c in ids}
 
 
 class Synthesizer:
@@ -155,6 +157,7 @@ class Synthesizer:
         run = self.run
         return {"run": self.cfg.run, "snapshot": run.snapshot.name, "dataset": run.dataset, "width": W, "height": H,
                 "k": self.cfg.k, "label_format": "cocostuff" if run.dataset == "cocostuff" else "native",
+                "label_formats": [f for f in LABEL_FORMATS if f != "trainids" or run.dataset == "cityscapes"],
                 "max_upload_bytes": self.cfg.max_upload_bytes, "max_variants": self.cfg.max_variants,
                 "classes": [{"id": c, "name": run.names.get(c, str(c)), "is_thing": run.is_thing.get(c, False),
                              "color": list(self.colors[c])} for c in self.class_ids],
@@ -162,41 +165,38 @@ class Synthesizer:
 
     # ---------------------------------------------------------------- label maps in
 
-    def read_label_png(self, data: bytes) -> np.ndarray:
-        """Uploaded PNG bytes → H×W native ids, checked: PNG, size, aspect ratio, class ids."""
+    def read_label_png(self, data: bytes, fmt: str = "auto") -> LabelMapFile:
+        """Uploaded PNG bytes → H×W native ids, checked: PNG, byte size, side limits (from the
+        header, before decoding), format (`fmt`, see pipeline/label_maps.py), class ids."""
         if len(data) > self.cfg.max_upload_bytes:
             raise UploadError(f"upload of {len(data):,} bytes is over the {self.cfg.max_upload_bytes:,}-byte limit",
                               status=413)
-        w, h = png_size(data)
-        W, H = self.size
-        if w > self.cfg.max_side or h > self.cfg.max_side:
-            raise UploadError(f"label map is {w}x{h}; the limit is {self.cfg.max_side} px a side", status=413)
-        if min(w, h) < 8 or abs(w / h - W / H) > 0.02 * W / H:
-            raise UploadError(f"label map is {w}x{h}; this run synthesises {W}x{H}: upload a label map of that "
-                              "aspect ratio (resized with nearest neighbour)")
-        with tempfile.TemporaryDirectory(prefix="resail-serve-") as tmp:
-            path = Path(tmp) / "upload.png"
-            path.write_bytes(data)
-            try:
-                label_map = self.run.read_label_file(path)
-            except InputError as e:  # name the upload, not the temp file
-                raise UploadError(str(e).replace(str(path), "uploaded label map")) from None
+        png_size(data)
+        where = "uploaded label map"
         try:
-            self.run.check_classes(label_map, "uploaded label map")
+            read = self.run.read_label_file(data, fmt, where=where, max_side=self.cfg.max_side)
+            self.run.check_classes(read.label_map, where)
+        except LabelSizeError as e:
+            raise UploadError(str(e), status=413 if e.too_large else 422) from None
         except InputError as e:
             raise UploadError(str(e)) from None
-        return label_map
+        return read
 
-    def editor_label_map(self, label_map: np.ndarray) -> dict:
-        """A label map for the page's editor: native ids at the model size, base64 little-endian uint16."""
+    def editor_label_map(self, label_map: np.ndarray, read: LabelMapFile | None = None) -> dict:
+        """A label map for the page's editor: native ids at the model size, base64 little-endian
+        uint16; with how an upload was read and whether the model size stretched it."""
         W, H = self.size
         small = resize_nearest(label_map, W, H).astype("<u2")
-        return {"width": W, "height": H, "ids": base64.b64encode(small.tobytes()).decode()}
+        out = {"width": W, "height": H, "ids": base64.b64encode(small.tobytes()).decode()}
+        if read is not None:
+            note = self.run.label_note(label_map, "uploaded label map")
+            out.update(read_as=f"{read.format}: {read.how}", notes=[note] if note else [])
+        return out
 
     def val_label_map(self, i: int) -> np.ndarray:
         if not 0 <= i < len(self.val):
             raise UploadError(f"val label map {i} does not exist (0..{len(self.val) - 1})", status=404)
-        return self.run.read_label_file(Path(self.val[i][1]))
+        return self.run.read_label_file(Path(self.val[i][1]), "ids").label_map
 
     # ---------------------------------------------------------------- synthesis
 
@@ -209,18 +209,21 @@ class Synthesizer:
                          generate_ms=round(1000 * (time.perf_counter() - t1), 1))
         s.version += 1
 
-    def generate(self, data: bytes, seed: int | None = None, k: int | None = None) -> Session:
-        """Decompose, retrieve, compose and run G on an uploaded label PNG; a new session."""
+    def generate(self, data: bytes, seed: int | None = None, k: int | None = None, fmt: str = "auto") -> Session:
+        """Decompose, retrieve, compose and run G on an uploaded label PNG (read as `fmt`); a new session."""
         k = self.cfg.k if k is None else k
         if not 1 <= k <= 1000:
             raise UploadError(f"k={k}: choose 1..1000")
         with self.lock:
             t0 = time.perf_counter()
-            label_map = self.read_label_png(data)
+            read = self.read_label_png(data, fmt)
+            label_map = read.label_map
             g = self.run.guidance(label_map, k=k, where="uploaded label map")
             if seed is not None:
                 g.resample(np.arange(len(g.segments)), seed)
-            s = Session(uuid.uuid4().hex[:16], g, data, self.run.at_size(label_map), seed, k)
+            note = self.run.label_note(label_map, "uploaded label map")
+            s = Session(uuid.uuid4().hex[:16], g, self.run.at_size(label_map), seed, k,
+                        read_as=f"{read.format}: {read.how}", notes=[note] if note else [])
             s.before = g.matches()
             s.timings["retrieve_ms"] = round(1000 * (time.perf_counter() - t0), 1)
             self._render(s)
@@ -324,7 +327,7 @@ class Synthesizer:
         H, W = g.segment_map.shape
         base = f"/api/session/{s.id}"
         return {"session": s.id, "version": s.version, "seed": s.seed, "k": s.k, "width": W, "height": H,
-                "timings": s.timings, "segments": segments,
+                "timings": s.timings, "segments": segments, "read_as": s.read_as, "notes": s.notes,
                 "segment_map": base64.b64encode(g.segment_map.astype("<i2").tobytes()).decode(),
                 "images": {name: f"{base}/{name}.png?v={s.version}" for name in ("guidance", "output", "label")}}
 
@@ -343,13 +346,9 @@ class Synthesizer:
     def image_png(self, sid: str, name: str) -> bytes:
         with self.lock:
             s = self.session(sid)
-            if name == "label":
-                return s.label_png
-            if name == "label_color":
-                lut = np.zeros((max(self.class_ids, default=0) + 1, 3), np.uint8)
-                for c, col in self.colors.items():
-                    lut[c] = col
-                return encode_png(lut[np.clip(s.label_map, 0, len(lut) - 1)])
+            if name in ("label", "label_color"):  # the map G took, as dataset ids or in the palette
+                fmt = "ids" if name == "label" else "color"
+                return encode_png(encode_label_map(s.label_map, self.run.dataset, fmt))
             return encode_png({"guidance": s.guidance, "output": s.image}[name])
 
     def thumbnail(self, match_id: int) -> bytes:
@@ -410,10 +409,16 @@ def create_app(synth: Synthesizer):
     async def info(request):
         return JSONResponse(synth.info())
 
+    def label_format(request: Request) -> str:
+        fmt = request.query_params.get("format", "") or "auto"
+        if fmt not in LABEL_FORMATS:
+            raise UploadError(f"format={fmt!r}: choose one of {', '.join(LABEL_FORMATS)}", status=400)
+        return fmt
+
     async def label(request):
         data = await body_png(request)
-        lm = await run_in_threadpool(synth.read_label_png, data)
-        return JSONResponse(synth.editor_label_map(lm))
+        read = await run_in_threadpool(synth.read_label_png, data, label_format(request))
+        return JSONResponse(synth.editor_label_map(read.label_map, read))
 
     async def val(request):
         lm = await run_in_threadpool(synth.val_label_map, request.path_params["i"])
@@ -421,8 +426,8 @@ def create_app(synth: Synthesizer):
 
     async def generate(request):
         data = await body_png(request)
-        seed, k = int_param(request, "seed"), int_param(request, "k")
-        return JSONResponse(await run_in_threadpool(lambda: synth.state(synth.generate(data, seed, k))))
+        seed, k, fmt = int_param(request, "seed"), int_param(request, "k"), label_format(request)
+        return JSONResponse(await run_in_threadpool(lambda: synth.state(synth.generate(data, seed, k, fmt))))
 
     async def state(request):
         sid = request.path_params["sid"]

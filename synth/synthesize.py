@@ -12,14 +12,20 @@ only). `resample` then draws again, with `resample_seed`, for the listed segment
 every other segment keeps its match (local editing, paper Fig. 5). The same arguments give the
 same bytes.
 
-The label PNG is in the dataset's own label-file format: native class ids (ADE20K, Cityscapes
-labelIds, folder), or COCO-Stuff stuffthingmap values (v → class v + 1, 255 → void). G takes
-them through the run's label table (from its snapshot); a class the table lacks is an error
-that lists the classes the run covers.
+The label PNG is read as users have it (`LoadedRun.read_label_file`, pipeline/label_maps.py):
+class ids in any of the dataset's id spaces (ADE20K ids, Cityscapes labelIds or trainIds,
+COCO-Stuff stuffthingmap values, folder native ids) or a colour map in the dataset's palette,
+told apart by `label_format` (auto by default, with the rules and their one ambiguity documented
+there). Any size from 8 to 4096 px a side: it is decomposed at its own size and resized to the
+model size with nearest neighbour, as the trainer resizes the dataset's maps, with a warning when
+that stretches it. G takes it through the run's label table (from its snapshot); a class the
+table lacks is an error that lists the classes the run covers. `label_out` writes the map G took
+(at the model size, pixel for pixel with the image) as dataset ids or in the palette.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,7 +34,10 @@ import numpy as np
 from ..artifacts import write_png_atomic
 from ..errors import InputError
 from ..pipeline.datasets import read_index_png
+from ..pipeline.label_maps import LABEL_FORMATS, LABEL_OUT_FORMATS, encode_label_map
 from .inference import LoadedRun, SegmentChoice, segment_choices
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -45,10 +54,18 @@ class SynthesizeConfig:
     resample_seed: int | None = None        # default: (seed or 0) + 1
     guidance_out: Path | None = None
     device: str = "cpu"                     # or auto, cuda, cuda:N
+    label_format: str = "auto"              # auto, ids, trainids or color (pipeline/label_maps.py)
+    label_out: Path | None = None           # also write the label map G took, at the model size
+    label_out_format: str = "ids"           # ids (the dataset's label-file format) or color
 
     def __post_init__(self):
         if self.k < 1:
             raise InputError(f"--k {self.k}: must be at least 1")
+        if self.label_format not in LABEL_FORMATS:
+            raise InputError(f"--label-format {self.label_format!r}: choose one of {', '.join(LABEL_FORMATS)}")
+        if self.label_out_format not in LABEL_OUT_FORMATS:
+            raise InputError(f"--label-out-format {self.label_out_format!r}: choose one of "
+                             f"{', '.join(LABEL_OUT_FORMATS)}")
         if self.resample_seed is not None and not self.resample:
             raise InputError("--resample-seed without --resample: name the segments to draw again")
 
@@ -62,6 +79,9 @@ class SynthesisResult:
     segments: list[SegmentChoice] = field(default_factory=list)
     out: Path | None = None
     guidance_out: Path | None = None
+    label_out: Path | None = None
+    label_read_as: str = ""  # how the label file was read (format, and what `auto` saw)
+    notes: list[str] = field(default_factory=list)  # e.g. the label map was stretched to the model size
 
 
 def _read_instance_map(path: Path, label_map: np.ndarray, label_path: Path) -> np.ndarray:
@@ -75,9 +95,13 @@ def _read_instance_map(path: Path, label_map: np.ndarray, label_path: Path) -> n
 def synthesize(cfg: SynthesizeConfig) -> SynthesisResult:
     """Decompose, retrieve, compose, generate; writes `cfg.out` (and `cfg.guidance_out`)."""
     run = LoadedRun.load(cfg.work, cfg.run, cfg.checkpoint, cfg.device)
-    label_map = run.read_label_file(cfg.label)
+    read = run.read_label_file(cfg.label, cfg.label_format)
+    label_map = read.label_map
     instance_map = _read_instance_map(cfg.instance, label_map, cfg.label) if cfg.instance is not None else None
     run.check_classes(label_map, str(cfg.label))
+    notes = [n for n in [run.label_note(label_map, str(cfg.label))] if n]
+    for note in notes:
+        log.warning("synthesize: %s", note)
 
     g = run.guidance(label_map, instance_map, k=cfg.k, where=str(cfg.label))
     try:
@@ -97,8 +121,12 @@ def synthesize(cfg: SynthesizeConfig) -> SynthesisResult:
     write_png_atomic(cfg.out, image)
     if cfg.guidance_out is not None:
         write_png_atomic(cfg.guidance_out, guidance)
+    if cfg.label_out is not None:
+        write_png_atomic(cfg.label_out, encode_label_map(label_small, run.dataset, cfg.label_out_format))
     return SynthesisResult(image, guidance, label_small.astype(np.int32), segment_map, segments, Path(cfg.out),
-                           None if cfg.guidance_out is None else Path(cfg.guidance_out))
+                           None if cfg.guidance_out is None else Path(cfg.guidance_out),
+                           None if cfg.label_out is None else Path(cfg.label_out),
+                           f"{read.format}: {read.how}", notes)
 
 
 def format_segments(result: SynthesisResult) -> str:

@@ -7,12 +7,31 @@ Every step, on one batch (label map m, real x, distorted GT I_d, retrieval guida
             hinge_fake(D(m, x̂_d)) + hinge_real(D(m, x)) + hinge_fake(D(m, x̂_r)) + hinge_real(D(m, x))
   EMA       G_ema ← β·G_ema + (1 − β)·G, BN statistics copied
 
+In each phase D sees [x̂_d; x̂_r; x] concatenated in one call, as the official trainer feeds it
+fake and real together (it makes one call per fake, with x twice; one call of 3B runs x once).
+D is batch-independent (per-sample InstanceNorm, no BatchNorm), so every slice equals its own
+call; what changes is one kernel launch per layer instead of three, and one spectral-norm power
+iteration per phase instead of three (the official code does two). In the G phase the real rows
+ride along through D's backward pass, which costs input-gradient work the three-call path skipped
+(BENCHMARKS.md has the CPU figures).
+
+Precision: `--amp bf16` autocasts both phases to bfloat16 (the default on GPUs; on CPUs it runs
+but is slower than fp32 without bf16 instructions, so `auto` leaves it off there), and
+`channels_last` stores weights and activations NHWC (the layout tensor cores want; default on
+GPUs only). Both are tested on the CPU against fp32 (tests/test_train.py).
+
 `ResailTrainer` holds the networks, optimisers and the math of one step; `train` is the loop
 around it, a flat sequence of phases as in edm's training loop: setup (processes, run folder,
 data, networks, resume point), then per step the update, logging (one `stats.jsonl` row per
 tick), samples and checkpoints. The learning rate (`get_lr`) and the EMA rate (`ema_beta`) are
 pure functions of the step counter, and the data order is one too (`StepBatchSampler`), so a
 resumed run needs only the counter and the saved tensors.
+
+Stopping: SIGINT, SIGTERM and SIGUSR1 end the loop after the current step with a checkpoint
+(`StopSignals`, synth/distributed.py); the summary names the signal. A crash or SIGKILL resumes
+from the last periodic checkpoint. `--resume` with another schedule length extends (or
+shortens) the run: `get_lr` over the new total, the change appended to the config's `history`
+and logged as an `"event": "schedule"` row in stats.jsonl.
 
 Multi-process training (torchrun) lives in synth/distributed.py: rank 0's weights everywhere,
 one flat gradient all-reduce per phase, synchronised BatchNorm, and only rank 0 writes.
@@ -22,8 +41,10 @@ last N kept) are synth/checkpoint.py's formats; this module only decides when to
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import signal
 import time
 from pathlib import Path
 
@@ -41,8 +62,11 @@ from .data import StepBatchSampler, SynthDataset, label_palette, one_hot, to_uin
 from .discriminator import build_discriminator
 from .distributed import (
     Dist,
+    StopSignals,
+    agree_on_stop,
     average_gradients,
     broadcast_from_rank0,
+    ignore_stop_signals,
     init_distributed,
     mean_over_processes,
     resolve_device,
@@ -71,6 +95,21 @@ def ema_beta(step: int, decay: float) -> float:
     return min(decay, (1 + step) / (10 + step))
 
 
+# ---------------------------------------------------------------- precision
+
+
+def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of `--amp` on `device` (None = fp32). `auto` is bf16 on GPUs and off on
+    CPUs (bf16 runs there, slower than fp32 without bf16 instructions). fp16 on the CPU is
+    refused: it needs loss scaling and CPUs have no fast fp16 kernels; bf16 needs neither."""
+    if amp == "auto":
+        amp = "bf16" if device.type == "cuda" else "off"
+    if amp == "fp16" and device.type != "cuda":
+        raise InputError("--amp fp16 needs a GPU (on the CPU fp16 needs loss scaling and has no fast kernels); "
+                         "use --amp bf16 (fp32's range, no scaling) or --amp off on the CPU")
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
+
+
 # ---------------------------------------------------------------- one training step
 
 
@@ -88,15 +127,12 @@ class ResailTrainer:
         if d.world_size > 1:
             self.G = sync_batchnorm(self.G, device)
             broadcast_from_rank0([*self.G.state_dict().values(), *self.D.state_dict().values()])
-        self.channels_last = device.type == "cuda"
+        self.channels_last = cfg.channels_last if cfg.channels_last is not None else device.type == "cuda"
         if self.channels_last:
             for net in (self.G, self.D, self.G_ema):
                 net.to(memory_format=torch.channels_last)
-        amp = cfg.amp if cfg.amp != "auto" else ("bf16" if device.type == "cuda" else "off")
-        if amp != "off" and device.type != "cuda":
-            raise InputError(f"amp {amp!r} needs a GPU; use --amp off (or auto) on the CPU")
-        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
-        self.scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
+        self.amp_dtype = autocast_dtype(cfg.amp, device)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16)
         self.vgg = vgg.to(device) if vgg is not None else None
         self.seg = seg.to(device) if seg is not None else None
         self.opt_G = torch.optim.Adam(self.G.parameters(), lr=cfg.lr_G, betas=(cfg.beta1, cfg.beta2))
@@ -115,25 +151,34 @@ class ResailTrainer:
                 out[k] = batch[k].to(self.device, non_blocking=True)
         return {k: v.contiguous(memory_format=fmt) for k, v in out.items()}
 
+    def discriminate(self, m: torch.Tensor, fakes: list[torch.Tensor],
+                     real: torch.Tensor) -> tuple[list[list[list[torch.Tensor]]], list[list[torch.Tensor]]]:
+        """D on [fakes…; real] in one call; returns D's outputs per fake and for the real batch,
+        each sliced back to B rows (per scale, [features…, logits])."""
+        n = real.shape[0]
+        outs = self.D(torch.cat([m] * (len(fakes) + 1)), torch.cat([*fakes, real]))  # (k+1)B×…
+        parts = [[[f[i * n:(i + 1) * n] for f in scale] for scale in outs] for i in range(len(fakes) + 1)]
+        return parts[:-1], parts[-1]
+
     def generator_loss(self, x: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         cfg, m, real = self.cfg, x["label_map"], x["image"]
         terms = {}
         with self._autocast():
-            fake_d = self.G(m, x["distorted"])
-            out_fake = self.D(m, fake_d)
-            with torch.no_grad():
-                out_real = self.D(m, real)
-            terms["G_gan_d"] = hinge_g(out_fake)
-            terms["G_fm"] = feature_matching(out_fake, out_real)
+            fakes = [self.G(m, x["distorted"])]
+            if cfg.retrieval_loss:
+                fakes.append(self.G(m, x["guidance"]))
+            (out_d, *out_r), out_real = self.discriminate(m, fakes, real)
+            fake_d = fakes[0]
+            terms["G_gan_d"] = hinge_g(out_d)
+            terms["G_fm"] = feature_matching(out_d, out_real)  # the real features are detached
             if self.vgg is not None:
                 terms["G_vgg"] = self.vgg(fake_d.float(), real.float())
             if self.seg is not None:
                 terms["G_seg_d"] = self.seg(fake_d, m)
-            if cfg.retrieval_loss:
-                fake_r = self.G(m, x["guidance"])
-                terms["G_gan_r"] = hinge_g(self.D(m, fake_r))
+            if out_r:
+                terms["G_gan_r"] = hinge_g(out_r[0])
                 if self.seg is not None:
-                    terms["G_seg_r"] = self.seg(fake_r, m)
+                    terms["G_seg_r"] = self.seg(fakes[1], m)
         weight = {"G_fm": cfg.lambda_feat, "G_vgg": cfg.lambda_vgg, "G_seg_d": cfg.lambda_seg,
                   "G_seg_r": cfg.lambda_seg}
         total = sum(weight.get(k, 1.0) * v.float() for k, v in terms.items())
@@ -144,13 +189,15 @@ class ResailTrainer:
         terms = {}
         with self._autocast():
             with torch.no_grad():
-                fake_d = self.G(m, x["distorted"])
-                fake_r = self.G(m, x["guidance"]) if self.cfg.retrieval_loss else None
-            terms["D_real"] = hinge_d_real(self.D(m, x["image"]))
-            terms["D_fake_d"] = hinge_d_fake(self.D(m, fake_d))
+                fakes = [self.G(m, x["distorted"])]
+                if self.cfg.retrieval_loss:
+                    fakes.append(self.G(m, x["guidance"]))
+            (out_d, *out_r), out_real = self.discriminate(m, fakes, x["image"])
+            terms["D_real"] = hinge_d_real(out_real)
+            terms["D_fake_d"] = hinge_d_fake(out_d)
             total = terms["D_real"].float() + terms["D_fake_d"].float()
-            if fake_r is not None:
-                terms["D_fake_r"] = hinge_d_fake(self.D(m, fake_r))
+            if out_r:
+                terms["D_fake_r"] = hinge_d_fake(out_r[0])
                 total = total + terms["D_fake_r"].float() + terms["D_real"].float()  # the real term counts twice
         return total, terms
 
@@ -217,15 +264,27 @@ def save_checkpoint(run_dir: Path, trainer: ResailTrainer, step: int, keep: int)
                                {"rng": rng_state(), **trainer.state_dict()}, keep)
 
 
-def load_state(path: Path, trainer: ResailTrainer) -> int:
-    """Restore a full state into `trainer` (after checking it belongs to the same run); returns its step."""
-    ckpt, saved = read_state(path)
-    want, have = trainer.cfg.resume_key(), saved.resume_key()
+def resume_config(cfg: TrainConfig, saved: TrainConfig, step: int, path: Path) -> TrainConfig:
+    """`cfg` for continuing the checkpoint at `path` (config `saved`, at `step`). Changes to the
+    model or the data are refused; a new schedule length is appended to `history`."""
+    want, have = cfg.resume_key(), saved.resume_key()
     diff = sorted(k for k in set(want) | set(have) if want.get(k) != have.get(k))
     if diff:
         detail = ", ".join(f"{k}: checkpoint {have.get(k)!r} vs now {want.get(k)!r}" for k in diff[:4])
         raise InputError(f"{path}: checkpoint of a different configuration (preset {saved.preset!r}; {detail}); "
                          "resume with the run's own settings or start a new run with another --name")
+    history = saved.history
+    if (cfg.total_steps, cfg.decay_start) != (saved.total_steps, saved.decay_start):
+        if cfg.total_steps <= step:
+            raise InputError(f"{path}: the run is at step {step}, and a schedule of {cfg.total_steps} steps ends "
+                             "there; pass a larger --steps (or --epochs) to extend it")
+        history += ({"step": step, "steps_before": saved.total_steps, "steps_after": cfg.total_steps,
+                     "decay_start": cfg.decay_start},)
+    return dataclasses.replace(cfg, history=history)
+
+
+def load_state(ckpt: dict, trainer: ResailTrainer, path: Path) -> int:
+    """Restore the full state `ckpt` (read from `path`) into `trainer`; returns its step."""
     try:
         trainer.load_state_dict(ckpt)
     except (RuntimeError, KeyError, ValueError) as e:
@@ -290,7 +349,8 @@ def _loader(dataset: SynthDataset, cfg: TrainConfig, d: Dist, device: torch.devi
     sampler = StepBatchSampler(len(dataset), cfg.batch_size, seed=cfg.seed, total_steps=end, start_step=step,
                                rank=d.rank, world_size=d.world_size)
     return torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.workers,
-                                       pin_memory=device.type == "cuda", persistent_workers=False)
+                                       pin_memory=device.type == "cuda", persistent_workers=False,
+                                       worker_init_fn=ignore_stop_signals)
 
 
 # ---------------------------------------------------------------- logging and samples
@@ -335,8 +395,9 @@ def write_sample_grid(path: Path, trainer: ResailTrainer, batch: dict, palette: 
 
 class RunOutputs:
     """What rank 0 writes into the run folder: config.json, stats.jsonl (+ TensorBoard), sample
-    grids of a fixed batch. `open` trims ticks logged after the resume point (a crash after them
-    lost their training), so a resumed run's stats.jsonl reads as one run."""
+    grids of a fixed batch. Opening trims the rows logged after the resume point (a crash after
+    them lost their training) and a schedule event at it (it is logged again), so a resumed
+    run's stats.jsonl reads as one run."""
 
     def __init__(self, run_dir: Path, cfg: TrainConfig, work: Path, dataset: str, step: int):
         self.run_dir, self.stats = run_dir, run_dir / "stats.jsonl"
@@ -354,8 +415,9 @@ class RunOutputs:
     def _trim_stats(self, step: int) -> None:
         if not self.stats.exists():
             return
-        rows = [line for line in self.stats.read_text().splitlines()
-                if line.strip() and json.loads(line)["step"] <= step]
+        rows = [line for line in self.stats.read_text().splitlines() if line.strip()]
+        rows = [r for r, row in zip(rows, map(json.loads, rows))
+                if row["step"] < step or (row["step"] == step and "event" not in row)]
         write_bytes_atomic(self.stats, "".join(r + "\n" for r in rows).encode())
 
     def _open_tensorboard(self, enabled: bool):
@@ -375,6 +437,11 @@ class RunOutputs:
         if self.tb is not None:
             for k, v in row.items():
                 self.tb.add_scalar(k, v, row["step"])
+
+    def event(self, row: dict) -> None:
+        """A stats row that is not a tick (e.g. a schedule change): it has "event" and "step"."""
+        with open(self.stats, "a") as f:
+            f.write(json.dumps(row) + "\n")
 
     def sample(self, trainer: ResailTrainer, step: int) -> None:
         write_sample_grid(self.run_dir / "samples" / f"{step:08d}.png", trainer, self.sample_batch, self.palette)
@@ -398,50 +465,63 @@ def _check_finite(losses: dict[str, float], step: int, run_dir: Path) -> None:
 
 def train(cfg: TrainConfig, work: str | Path, *, resume: bool = False, progress: bool = True,
           stop_after: int | None = None) -> dict:
-    """Train (or with `resume`, continue) the run `WORK/runs/cfg.name`. `stop_after` ends this
-    session after that many total steps, with a checkpoint, as an interruption would.
-    Returns a summary: steps, seconds, samples/s, the last tick's stats and the run folder."""
-    # ---- setup: processes and device, the run folder, data, networks, the resume point
+    """Train (or with `resume`, continue or extend) the run `WORK/runs/cfg.name`. `stop_after`
+    ends this session after that many total steps, with a checkpoint, as an interruption would.
+    Returns a summary: steps (the run's), steps_this_session, total_steps, seconds, samples/s,
+    the last tick's stats, the run folder, complete, and stopped_by (the signal's name or None)."""
+    # ---- setup: processes and device, the run folder, the resume point, data, networks
     work = Path(work)
     d, device = _processes(cfg)
     run_dir = WorkDir(work).run(cfg.name)
     resume_from = _resume_point(run_dir, resume)
+    state, extended = None, None
+    if resume_from is not None:
+        state, saved = read_state(resume_from)
+        cfg = resume_config(cfg, saved, int(state["step"]), resume_from)
+        extended = cfg.history[-1] if len(cfg.history) > len(saved.history) else None
     dataset = _training_set(work, cfg)
     vgg, seg = build_losses(cfg, device)
     trainer = ResailTrainer(cfg, device, d, vgg=vgg, seg=seg)
-    step = start_step = load_state(resume_from, trainer) if resume_from else 0
+    step = start_step = load_state(state, trainer, resume_from) if state is not None else 0
     if resume_from and d.rank0:
         log.info("resumed %s at step %d", resume_from, step)
     torch.manual_seed(cfg.seed + 1_000_003 * d.rank + step)  # nothing random in the step yet; per-rank anyway
     end = cfg.total_steps if stop_after is None else min(cfg.total_steps, stop_after)
     loader = _loader(dataset, cfg, d, device, step, end)
     outputs = RunOutputs(run_dir, cfg, work, dataset.dataset, step) if d.rank0 else None
-    ticks, last_row = Ticks(cfg), {}
+    if extended is not None and outputs is not None:
+        outputs.event({"step": step, "event": "schedule", **extended})
+        log.info("run extended at step %d: %d -> %d steps, lr decay from step %d", step,
+                 extended["steps_before"], extended["steps_after"], extended["decay_start"])
+    ticks, last_row, stopped = Ticks(cfg), {}, 0
     bar = tqdm(total=cfg.total_steps, initial=step, unit="step", desc=f"train {cfg.name}",
                disable=not (progress and d.rank0), dynamic_ncols=True)
     try:
-        for batch in loader:
-            # ---- one step: G phase, D phase, EMA (the math is ResailTrainer's)
-            losses = mean_over_processes(trainer.step(batch, step), d)
-            _check_finite(losses, step, run_dir)
-            step += 1
-            ticks.add(losses)
-            bar.update(1)
-            # ---- logging: one stats row per tick, written by rank 0
-            if step % cfg.log_every == 0 or step == end:
-                last_row = ticks.row(step)
-                if outputs is not None:
-                    outputs.log(last_row, bar)
-            # ---- samples and checkpoints, by rank 0
-            if outputs is not None and (step % cfg.sample_every == 0 or step == end):
-                outputs.sample(trainer, step)
-            if d.rank0 and (step % cfg.checkpoint_every == 0 or step == end):
-                save_checkpoint(run_dir, trainer, step, cfg.keep_checkpoints)
-    except KeyboardInterrupt:
-        if d.rank0 and step > start_step:
-            save_checkpoint(run_dir, trainer, step, cfg.keep_checkpoints)
-            log.warning("interrupted at step %d; checkpoint written, continue with --resume", step)
-        raise
+        with StopSignals() as stop:
+            for batch in loader:
+                # ---- one step: G phase, D phase, EMA (the math is ResailTrainer's)
+                losses = mean_over_processes(trainer.step(batch, step), d)
+                _check_finite(losses, step, run_dir)
+                step += 1
+                ticks.add(losses)
+                bar.update(1)
+                # ---- logging: one stats row per tick, written by rank 0
+                if step % cfg.log_every == 0 or step == end:
+                    last_row = ticks.row(step)
+                    if outputs is not None:
+                        outputs.log(last_row, bar)
+                # ---- a stop signal on any process stops every one after this step
+                stopped = agree_on_stop(stop.signum, d, device) if step < end else 0
+                # ---- samples and checkpoints, by rank 0
+                if outputs is not None and (step % cfg.sample_every == 0 or step == end):
+                    outputs.sample(trainer, step)
+                if d.rank0 and (step % cfg.checkpoint_every == 0 or step == end or stopped):
+                    save_checkpoint(run_dir, trainer, step, cfg.keep_checkpoints)
+                if stopped:
+                    if d.rank0:
+                        log.warning("%s: stopped at step %d of %d; checkpoint written, continue with --resume",
+                                    signal.Signals(stopped).name, step, cfg.total_steps)
+                    break
     finally:
         bar.close()
         dataset.close()
@@ -451,9 +531,23 @@ def train(cfg: TrainConfig, work: str | Path, *, resume: bool = False, progress:
     # ---- summary
     seconds = time.perf_counter() - ticks.t_start
     done = step - start_step
-    return {"run_dir": str(run_dir), "steps": step, "steps_this_session": done, "seconds": round(seconds, 3),
-            "samples_per_s": done * cfg.batch_size / seconds if seconds > 0 else 0.0, "last": last_row,
-            "complete": step >= cfg.total_steps}
+    return {"run_dir": str(run_dir), "steps": step, "steps_this_session": done, "total_steps": cfg.total_steps,
+            "seconds": round(seconds, 3), "samples_per_s": done * cfg.batch_size / seconds if seconds > 0 else 0.0,
+            "last": last_row, "complete": step >= cfg.total_steps,
+            "stopped_by": signal.Signals(stopped).name if stopped else None}
+
+
+def saved_config(work: str | Path, name: str) -> TrainConfig:
+    """The config run `name` was last trained with (its config.json): the base of `--resume`."""
+    path = WorkDir(work).require_run(name) / "config.json"
+    try:
+        return TrainConfig.from_dict(json.loads(path.read_text()))
+    except FileNotFoundError:
+        raise InputError(f"{path}: missing, so {path.parent} cannot be resumed; start a new run with "
+                         "another --name") from None
+    except (ValueError, KeyError, TypeError, InputError) as e:
+        raise InputError(f"{path}: unreadable run config ({e}); restore it or start a new run with "
+                         "another --name") from e
 
 
 def dry_run(cfg: TrainConfig, work: str | Path) -> Path:

@@ -40,3 +40,54 @@ def test_index_imports_nothing_from_pipeline_but_the_store():
     found = {name for path in (ROOT / "index").glob("*.py") for name in _imports(path)
              if name.startswith("resail.pipeline")}
     assert found <= {"resail.pipeline.store"}
+
+
+# docs/architecture.md, "Layers": a module imports only from its own layer and those above it.
+LAYERS = [
+    ("errors", "artifacts", "workdir"),
+    ("pipeline.classes", "pipeline.datasets", "pipeline.decompose", "pipeline.store", "pipeline.compose",
+     "pipeline.distort", "pipeline.toy_scene", "pipeline.label_maps", "index.descriptors", "index.score"),
+    ("index.shards", "index.build", "index.search", "index.query"),
+    ("pipeline.runner", "pipeline.segments_stage", "pipeline.toy", "pipeline.guidance", "pipeline.bake"),
+    ("synth",),
+    ("cli", "demo"),
+]
+
+
+def _layer_of(module: str) -> int | None:
+    name = module.removeprefix("resail.")
+    best = None
+    for i, members in enumerate(LAYERS):
+        for m in members:
+            if name == m or name.startswith(m + "."):
+                best = i
+    return best
+
+
+def _package_modules():
+    for path in sorted(ROOT.rglob("*.py")):
+        rel = path.relative_to(ROOT)
+        if rel.parts[0] in ("tests", "benchmarks", "docs", "build", ".venv") or rel.name == "__init__.py":
+            continue
+        yield "resail." + ".".join(rel.with_suffix("").parts), path
+
+
+def test_every_module_has_a_layer():
+    assert [m for m, _ in _package_modules() if _layer_of(m) is None] == []
+
+
+def test_no_module_imports_a_lower_layer():
+    wrong = []
+    for module, path in _package_modules():
+        own = _layer_of(module)
+        for name in _imports(path):
+            layer = _layer_of(name) if name.startswith("resail.") else None
+            if layer is not None and layer > own:
+                wrong.append(f"{module} (layer {own}) imports {name} (layer {layer})")
+    assert wrong == []
+
+
+def test_inference_side_never_imports_the_trainer():
+    for module, path in _package_modules():
+        if module in ("resail.synth.inference", "resail.synth.eval", "resail.synth.synthesize", "resail.synth.serve"):
+            assert "resail.synth.train" not in _imports(path), module

@@ -215,9 +215,48 @@ def test_spectral_norm_placement_discriminator():
                                   for x in ("image_path.0.0", "label_path.0.0", "head")}
 
 
-def test_spectral_norm_on_every_segnet_conv():
+def test_spectral_norm_on_every_segnet_block_conv_not_the_head():
     S = build_segnet(tiny_preset(PRESETS["toy"]))
-    assert spectral_names(S) == conv_names(S) and len(conv_names(S)) > 20
+    assert spectral_names(S) == conv_names(S) - {"head"} and len(conv_names(S)) > 20
+
+
+def _cuda_like_mv(monkeypatch):
+    """Make torch.mv behave as under CUDA autocast, where it runs in bf16 (CPU autocast leaves it
+    in fp32, so without this the CPU could not show the difference the fp32 σ makes)."""
+    mv = torch.mv
+
+    def lowered(mat, vec):
+        if torch.is_autocast_enabled("cpu"):
+            return mv(mat.bfloat16(), vec.bfloat16())
+        return mv(mat, vec)
+
+    monkeypatch.setattr(torch, "mv", lowered)
+
+
+def _sigma(conv: nn.Module) -> torch.Tensor:
+    sn = conv.parametrizations.weight[0]
+    w = conv.parametrizations.weight.original.flatten(1)
+    return torch.vdot(sn._u, torch.mv(w, sn._v))
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_spectral_norm_sigma_is_fp32_under_bf16_autocast(monkeypatch, training):
+    """σ and the power iteration run in fp32 inside autocast; the conv itself stays in bf16."""
+    _cuda_like_mv(monkeypatch)
+    torch.manual_seed(0)
+    fp32 = ResBlock(64, 32, 3, norm_hidden=2).conv_0.train(training)
+    mixed = ResBlock(64, 32, 3, norm_hidden=2).conv_0.train(training)
+    mixed.load_state_dict(fp32.state_dict())
+    w32 = fp32.weight  # a power step in training mode, then W/σ
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        w_mixed = mixed.weight
+        out = mixed(torch.rand(1, 64, 8, 8))
+        lowered_sigma = _sigma(fp32)  # what torch's own parametrization computes under CUDA autocast
+    assert w_mixed.dtype == torch.float32 and torch.equal(w_mixed, w32)
+    assert torch.equal(mixed.parametrizations.weight[0]._u, fp32.parametrizations.weight[0]._u)
+    assert out.dtype == torch.bfloat16
+    sigma = _sigma(fp32)
+    assert sigma.dtype == torch.float32 and lowered_sigma != sigma  # the check can fail
 
 
 def test_init_is_xavier_normal_gain_002_with_zero_bias():

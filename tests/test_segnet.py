@@ -47,6 +47,31 @@ def test_segnet_shapes_and_widths():
     assert [b.conv1.in_channels for b in net.decoder] == [16, 32, 16, 16]
 
 
+def test_head_is_a_plain_1x1_conv_on_the_last_block_output():
+    """Official layout (reference §6.5): no spectral norm and no activation before the head."""
+    torch.manual_seed(0)
+    net = SegNet(5, (8, 8, 16, 16)).eval()
+    assert type(net.head) is torch.nn.Conv2d and net.head.kernel_size == (1, 1)
+    assert not hasattr(net.head, "parametrizations") and net.head.in_channels == 4
+    seen = {}
+    net.decoder[-1].register_forward_hook(lambda m, i, o: seen.update(last=o))
+    x = torch.rand(2, 3, 32, 48) * 2 - 1
+    logits = net(x)
+    assert (seen["last"] < 0).any()  # a LeakyReLU before the head would have changed these
+    assert torch.equal(logits, net.head(seen["last"]))
+
+
+def test_checkpoint_with_the_former_head_is_refused(tmp_path):
+    net = SegNet(3, (4, 4))
+    save_checkpoint(tmp_path / "s.pt", net, None, 0, SegnetTrainConfig())
+    state = torch.load(tmp_path / "s.pt", weights_only=True)
+    head = state["state_dict"]
+    head["head.parametrizations.weight.original"] = head.pop("head.weight")
+    torch.save(state, tmp_path / "old.pt")
+    with pytest.raises(InputError, match="former head"):
+        load_segnet(tmp_path / "old.pt")
+
+
 def test_confusion_and_miou_by_hand():
     target = torch.tensor([0, 0, 1, 1, 2, 2, 3])
     pred = torch.tensor([0, 1, 1, 1, 2, 0, 2])

@@ -241,8 +241,10 @@ async function loadEditorMap(answer) {
 
 async function uploadFile(file) {
   await busy(async () => {
-    await loadEditorMap(await api("/api/label", { method: "POST", body: file, headers: { "Content-Type": "image/png" } }));
-    message(`loaded ${file.name}`, true);
+    const q = new URLSearchParams({ format: $("upload-format").value });
+    const answer = await api(`/api/label?${q}`, { method: "POST", body: file, headers: { "Content-Type": "image/png" } });
+    await loadEditorMap(answer);
+    message([`loaded ${file.name} (${answer.read_as})`, ...answer.notes].join(" · "), true);
   });
   $("upload").value = "";
 }
@@ -280,7 +282,7 @@ function updateButtons() {
 async function generate() {
   await busy(async () => {
     const png = await greyPNG(labelFileValues(), S.W, S.H);
-    const q = new URLSearchParams();
+    const q = new URLSearchParams({ format: "ids" });  // the canvas, in the dataset's label-file format
     if ($("seed").value !== "") q.set("seed", $("seed").value);
     if ($("k").value !== "") q.set("k", $("k").value);
     S.selected = -1;
@@ -391,6 +393,7 @@ async function start() {
   selectClass(info.classes[0].id);
   S.ids = new Uint16Array(S.W * S.H).fill(info.classes[0].id);
   drawEditor();
+  for (const f of info.label_formats) $("upload-format").insertAdjacentHTML("beforeend", `<option value="${f}">${f}</option>`);
   const sel = $("val-select");
   info.val.forEach((id, i) => sel.insertAdjacentHTML("beforeend", `<option value="${i}">${escapeHtml(id)}</option>`));
   sel.disabled = !info.val.length;
