@@ -24,6 +24,9 @@ log = logging.getLogger("resail")
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True, "max_content_width": 100}
 PRESET_NAMES = tuple(PRESETS)
+SEED = click.IntRange(0, 2**32 - 1)  # numpy's seed range: a negative or huge seed is a usage error
+MAX_SIDE = 4096  # --size: well above any preset (Cityscapes 512x256), far below running out of memory
+SEGMENTERS = ("drn-d-105", "upernet-r101", "deeplabv2-r101")  # resail.synth.segmenters.SEGMENTERS, without torch
 
 
 class Size(click.ParamType):
@@ -40,7 +43,21 @@ class Size(click.ParamType):
                 raise ValueError
         except ValueError:
             self.fail(f"{value!r} is not a size like 256x256 (width x height, positive integers)", param, ctx)
+        if max(w, h) > MAX_SIDE:
+            self.fail(f"{value!r}: at most {MAX_SIDE} pixels a side", param, ctx)
         return w, h
+
+
+def run_name_option(value):
+    """A click callback: `--name`/`--run` must be one folder name under WORK/runs (exit 2 otherwise)."""
+    from .workdir import check_run_name
+
+    if value is None:
+        return None
+    try:
+        return check_run_name(value)
+    except ResailError as e:
+        raise click.BadParameter(str(e)) from None
 
 
 class ShardSpec(click.ParamType):
@@ -147,7 +164,7 @@ def data():
 @click.option("--n-val", type=click.IntRange(1, 100_000), default=40, help="Validation images.")
 @click.option("--size", type=Size(), default=None,
               help="Image size WxH [default: 256x256; 512x256 for cityscapes; the --preset's].")
-@click.option("--seed", type=int, default=0, help="Random seed; the same seed writes identical bytes.")
+@click.option("--seed", type=SEED, default=0, help="Random seed; the same seed writes identical bytes.")
 @click.option("--jobs", type=click.IntRange(1, 1024), default=1, help="Parallel worker processes (same bytes).")
 @backend_options
 @common
@@ -240,10 +257,18 @@ def index_build(dataset, root, work, splits, jobs, shard, merge, preserved_ratio
                f"{sum(s['n'] for s in im['shards'].values())} train segments -> {work / 'index'}")
 
 
+# The formats of pipeline/label_maps.py, without importing it (the CLI's choices, light to import).
+LABEL_FORMATS = ("auto", "ids", "trainids", "color")
+LABEL_FORMAT_HELP = ("How to read --label: class ids in the dataset's label-file format (ids), Cityscapes trainIds, "
+                     "a colour map in the dataset's palette (color), or auto: told apart from the pixels (a Cityscapes "
+                     "map holding only 0..18 is ambiguous and must be named).")
+
+
 @index.command("query", context_settings=CONTEXT)
 @click.argument("work", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--label", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True,
-              help="Label map PNG of class ids.")
+              help="Label map PNG: class ids or a colour map (see --label-format).")
+@click.option("--label-format", type=click.Choice(LABEL_FORMATS), default="auto", help=LABEL_FORMAT_HELP)
 @click.option("--instance", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="Instance PNG: one id per thing instance, 0 = none (class = majority label under it).")
 @click.option("--k", type=click.IntRange(1, 1000), default=10, help="Matches per segment.")
@@ -256,20 +281,26 @@ def index_build(dataset, root, work, splits, jobs, shard, merge, preserved_ratio
 @click.option("--preview", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write a PNG mosaic: query mask | crops of the best matches, one row per segment.")
 @common
-def index_query(work, label, instance, k, k_prefilter, max_score, exact, device, preview):
+def index_query(work, label, label_format, instance, k, k_prefilter, max_score, exact, device, preview):
     """Print the best training matches for every segment of a label map."""
     from .index.build import RetrievalIndex
-    from .index.query import format_matches, write_preview
+    from .index.query import check_queryable, format_matches, write_preview
     from .index.search import SearchConfig
-    from .pipeline.datasets import read_index_png
     from .pipeline.guidance import query_label_map
+    from .pipeline.label_maps import read_instance_map, read_store_label_map
 
     if k_prefilter < k:
         raise click.BadParameter(f"--k-prefilter {k_prefilter} must be at least --k {k}", param_hint="--k-prefilter")
     cfg = SearchConfig(k=k, k_prefilter=k_prefilter, max_score=max_score, exact=exact)
     index = RetrievalIndex(work, device=device)
-    instance_map = read_index_png(instance) if instance is not None else None
-    matches = query_label_map(index, read_index_png(label), instance_map, cfg, where=str(label))
+    read = read_store_label_map(work, label, label_format)
+    log.info("index query: %s read as %s (%s)", label, read.format, read.how)
+    instance_map = read_instance_map(instance, read.label_map, str(label)) if instance is not None else None
+    matches = query_label_map(index, read.label_map, instance_map, cfg, where=str(label))
+    absent = check_queryable(index, matches, str(label))
+    if absent:
+        log.warning("index query: %s: classes %s have no training segments in %s; their segments match nothing "
+                    "(black guidance)", label, absent, work)
     click.echo(format_matches(matches))
     if preview is not None:
         click.echo(f"preview -> {write_preview(index, matches, preview)}")
@@ -300,10 +331,10 @@ def guidance():
 @guidance.command("bake", context_settings=CONTEXT)
 @click.argument("work", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--split", type=click.Choice(("train", "val")), required=True, help="Split to bake.")
-@click.option("--k", type=int, default=10, help="Matches kept per segment (top-k).")
+@click.option("--k", type=click.IntRange(1, 1000), default=10, help="Matches kept per segment (top-k).")
 @click.option("--choose", type=click.Choice(("top1", "sample")), default="top1",
               help="Match pasted per segment: the best, or one drawn among the top-k (diversity).")
-@click.option("--seed", type=int, default=0, help="Seed of --choose sample (reproducible per segment).")
+@click.option("--seed", type=SEED, default=0, help="Seed of --choose sample (reproducible per segment).")
 @click.option("--compose", "compose_mode", type=click.Choice(("clean", "official")), default="clean",
               help="Composition rules: clean (clipped, no sums) or the official summed formula.")
 @click.option("--size", type=Size(), default=None,
@@ -324,6 +355,9 @@ def guidance_bake(work, split, k, choose, seed, compose_mode, size, k_prefilter,
     from .pipeline.bake import BakeConfig, bake
     from .pipeline.runner import parallel_backend
 
+    if k_prefilter < k:
+        raise click.BadParameter(f"--k-prefilter {k_prefilter} must be at least --k {k}", param_hint="--k-prefilter")
+
     cfg = BakeConfig(work=work, split=split, k=k, choose=choose, seed=seed, compose_mode=compose_mode, size=size,
                      k_prefilter=k_prefilter, max_score=max_score, exclude_same_image=exclude_same_image,
                      jobs=jobs, shard=shard, merge=merge, n_preview=n_preview, rebuild=rebuild)
@@ -341,7 +375,7 @@ def guidance_bake(work, split, k, choose, seed, compose_mode, size, k_prefilter,
 @click.argument("work", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Output PNG grid.")
 @click.option("--n", type=click.IntRange(1, 1000), default=8, help="Training images (rows) to show.")
-@click.option("--seed", type=int, default=0, help="Seed of the distortions.")
+@click.option("--seed", type=SEED, default=0, help="Seed of the distortions.")
 @click.option("--color-ref", type=click.Choice(("topk", "class")), default="topk",
               help="Colour reference: a random top-k match (official) or any training segment of the class.")
 @click.option("--size", type=Size(), default=None, help="Image size WxH [default: the baked guidance size].")
@@ -360,7 +394,8 @@ def guidance_preview_distort(work, out, n, seed, color_ref, size):
 @click.argument("work", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--preset", type=click.Choice(PRESET_NAMES), default=None,
               help="Dataset preset (network size, resolution, schedule); required for a new run.")
-@click.option("--name", default=None, help="Run name: the run lives in WORK/runs/NAME/ [default: the preset].")
+@click.option("--name", default=None, callback=lambda ctx, p, v: run_name_option(v),
+              help="Run name: the run lives in WORK/runs/NAME/ [default: the preset].")
 @click.option("--steps", type=click.IntRange(1), default=None,
               help="Total training steps (instead of epochs); with --resume, a new total extends the run.")
 @click.option("--epochs", type=click.IntRange(1), default=None,
@@ -376,6 +411,10 @@ def guidance_preview_distort(work, out, n, seed, color_ref, size):
 @click.option("--norm", type=click.Choice(("resail", "spade")), default=None,
               help="Generator normalisation; spade = the paper's baseline ablation.")
 @click.option("--no-retrieval-loss", is_flag=True, help="Drop the retrieval-guidance path (the paper's ablation).")
+@click.option("--recipe", type=click.Choice(("resail", "official")), default=None,
+              help="official: the official run's choices where this project departs from them (void as a "
+                   "seg-loss class, no seg loss on ADE20K, PIL resizing, fp32; docs/deviations.md) "
+                   "[default: resail].")
 @click.option("--color-ref", type=click.Choice(("topk", "class")), default=None,
               help="Colour reference of the distorted GT: a random top-k match (official) or any training "
                    "segment of the class (the paper's wording) [default: topk].")
@@ -393,12 +432,12 @@ def guidance_preview_distort(work, out, n, seed, color_ref, size):
               help="Mixed precision [default: auto = bf16 on GPUs, off on CPUs; fp16 needs a GPU].")
 @click.option("--channels-last/--no-channels-last", default=None,
               help="NHWC weights and activations [default: on GPUs only].")
-@click.option("--seed", type=int, default=None, help="Random seed [default: 0].")
+@click.option("--seed", type=SEED, default=None, help="Random seed [default: 0].")
 @click.option("--device", default=None, help="cpu, cuda, cuda:N [default: auto].")
 @common
 def train(work, preset, name, steps, epochs, config_file, resume, dry_run, batch_size, workers, norm,
-          no_retrieval_loss, color_ref, distort_p, no_vgg, vgg_weights, seg_loss, segnet, amp, channels_last, seed,
-          device):
+          no_retrieval_loss, recipe, color_ref, distort_p, no_vgg, vgg_weights, seg_loss, segnet, amp, channels_last,
+          seed, device):
     """Train a RESAIL generator on a work directory's caches (torchrun for several processes).
 
     SIGINT, SIGTERM and SIGUSR1 stop it after the current step with a checkpoint (exit code 128 +
@@ -426,6 +465,7 @@ def train(work, preset, name, steps, epochs, config_file, resume, dry_run, batch
     if no_retrieval_loss:
         overrides["retrieval_loss"] = False
     overrides["color_ref"] = color_ref
+    overrides["recipe"] = recipe
     if distort_p is not None:
         overrides.update(p_color=distort_p[0], p_resolution=distort_p[1], p_shape=distort_p[2])
     if no_vgg:
@@ -452,16 +492,17 @@ def train(work, preset, name, steps, epochs, config_file, resume, dry_run, batch
                    f"{summary['total_steps']}; {summary['samples_per_s']:.2f} samples/s; last G "
                    f"{last.get('G', float('nan')):.4f}, D {last.get('D', float('nan')):.4f}) -> {summary['run_dir']} "
                    "(samples/, checkpoints/, stats.jsonl)")
-    if summary["stopped_by"]:
-        if rank0:
-            click.echo(f"stopped by {summary['stopped_by']} at step {summary['steps']}: checkpoint written; "
-                       f"continue with `resail train {work} --name {cfg.name} --resume`", err=True)
-        raise click.exceptions.Exit(128 + signal.Signals[summary["stopped_by"]].value)
+    if summary["stopped_by"]:  # a stop, not a finish: exit 128 + the signal's number, as the shell would
+        stopped = ResailError(f"stopped by {summary['stopped_by']} at step {summary['steps']}: checkpoint written; "
+                              f"continue with `resail train {work} --name {cfg.name} --resume`")
+        stopped.exit_code = 128 + signal.Signals[summary["stopped_by"]].value
+        raise stopped
 
 
 @cli.command("eval", context_settings=CONTEXT)
 @click.argument("work", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--run", "run_name", required=True, help="Run name under WORK/runs/.")
+@click.option("--run", "run_name", required=True, callback=lambda ctx, p, v: run_name_option(v),
+              help="Run name under WORK/runs/.")
 @click.option("--checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="Generator snapshot to evaluate [default: the run's latest].")
 @click.option("--split", type=click.Choice(("val", "train")), default="val", help="Split to generate and score.")
@@ -472,20 +513,31 @@ def train(work, preset, name, steps, epochs, config_file, resume, dry_run, batch
 @click.option("--seg/--no-seg", default=True, help="mIoU and pixel accuracy with a segmentation network.")
 @click.option("--segnet", "segnet_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Segmentation network checkpoint [default: WORK/segnet/PRESET.pt from `resail segnet train`].")
+@click.option("--segmenter", default=None, metavar="NAME",
+              help="Score with a classic segmenter instead, for numbers comparable with published ones: "
+                   f"{', '.join(SEGMENTERS)} (from the authors' weight files) or torchscript:PATH.")
+@click.option("--segmenter-weights", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="The --segmenter's weight file; for upernet-r101 twice: the encoder file, then the decoder file.")
+@click.option("--upernet-scales", type=click.Choice(("multi", "single")), default="multi",
+              help="upernet-r101: the authors' five test scales, or one pass at the image's own size.")
 @click.option("--batch-size", type=click.IntRange(1), default=8, help="Images per batch.")
 @click.option("--limit", type=click.IntRange(1), default=None, help="Evaluate only the first N images.")
 @click.option("--grid", "n_grid", type=click.IntRange(0), default=8, help="Rows of the image grid.")
 @click.option("--workers", type=click.IntRange(0), default=0, help="Data-loading worker processes.")
 @click.option("--device", default="auto", help="torch device: auto (cuda when available), cpu, cuda, cuda:1 ...")
 @common
-def eval_(work, run_name, checkpoint, split, fid, kid, inception_weights, seg, segnet_path, batch_size, limit,
-          n_grid, workers, device):
+def eval_(work, run_name, checkpoint, split, fid, kid, inception_weights, seg, segnet_path, segmenter,
+          segmenter_weights, upernet_scales, batch_size, limit, n_grid, workers, device):
     """FID, KID, mIoU and pixel accuracy of a trained run; images, grid and report in WORK/eval/NAME/."""
     from .synth.eval import EvalConfig, format_metrics, run_eval
     from .workdir import WorkDir
 
+    if segmenter is not None and segmenter not in SEGMENTERS and not segmenter.startswith("torchscript:"):
+        raise click.BadParameter(f"{segmenter!r}: choose {', '.join(SEGMENTERS)} or torchscript:PATH",
+                                 param_hint="--segmenter")
     cfg = EvalConfig(work=work, run=run_name, split=split, checkpoint=checkpoint, fid=fid, kid=kid,
-                     inception_weights=inception_weights, seg=seg, segnet=segnet_path, batch_size=batch_size,
+                     inception_weights=inception_weights, seg=seg, segnet=segnet_path, segmenter=segmenter,
+                     segmenter_weights=segmenter_weights, upernet_scales=upernet_scales, batch_size=batch_size,
                      device=device, limit=limit, n_grid=n_grid, workers=workers)
     log.info("eval: %s", ", ".join(f"{k}={v}" for k, v in cfg.to_dict().items()))
     m = run_eval(cfg, progress=progress_enabled())
@@ -494,26 +546,32 @@ def eval_(work, run_name, checkpoint, split, fid, kid, inception_weights, seg, s
 
 @cli.command(context_settings=CONTEXT)
 @click.argument("work", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--run", "run_name", required=True, help="Run name under WORK/runs/.")
+@click.option("--run", "run_name", required=True, callback=lambda ctx, p, v: run_name_option(v),
+              help="Run name under WORK/runs/.")
 @click.option("--label", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True,
-              help="Label map PNG in the dataset's label format (native class ids; COCO-Stuff stuffthingmap values).")
+              help="Label map PNG: class ids or a colour map (see --label-format); any size, resized to the model's.")
+@click.option("--label-format", type=click.Choice(LABEL_FORMATS), default="auto", help=LABEL_FORMAT_HELP)
 @click.option("--instance", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="Instance PNG: one id per thing instance, 0 = none (class = majority label under it).")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Output PNG.")
+@click.option("--label-out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the label map G took (at the model size) here.")
+@click.option("--label-out-format", type=click.Choice(("ids", "color")), default="ids",
+              help="--label-out as class ids in the dataset's label-file format, or in the dataset's palette.")
 @click.option("--checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="Generator snapshot [default: the run's latest].")
-@click.option("--seed", type=int, default=None,
+@click.option("--seed", type=SEED, default=None,
               help="Draw each segment's match among its top-k with this seed [default: the best match].")
 @click.option("--k", type=click.IntRange(1, 1000), default=10, help="Matches retrieved per segment.")
 @click.option("--resample", default=None, metavar="I,J,...",
               help="Segment indices (as printed) whose match is drawn again; every other segment keeps its match.")
-@click.option("--resample-seed", type=int, default=None, help="Seed of --resample [default: --seed + 1].")
+@click.option("--resample-seed", type=SEED, default=None, help="Seed of --resample [default: --seed + 1].")
 @click.option("--guidance-out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the composed guidance image here.")
 @click.option("--device", default="auto", help="torch device: auto (cuda when available), cpu, cuda, cuda:1 ...")
 @common
-def synthesize(work, run_name, label, instance, out, checkpoint, seed, k, resample, resample_seed, guidance_out,
-               device):
+def synthesize(work, run_name, label, label_format, instance, out, label_out, label_out_format, checkpoint, seed, k,
+               resample, resample_seed, guidance_out, device):
     """Synthesize a photo from a new label map with a trained run; prints the segments and their matches."""
     from .synth.synthesize import SynthesizeConfig, format_segments
     from .synth.synthesize import synthesize as run_synthesis
@@ -525,10 +583,13 @@ def synthesize(work, run_name, label, instance, out, checkpoint, seed, k, resamp
                                  param_hint="--resample") from None
     cfg = SynthesizeConfig(work=work, run=run_name, label=label, out=out, instance=instance, checkpoint=checkpoint,
                            seed=seed, k=k, resample=indices, resample_seed=resample_seed, guidance_out=guidance_out,
-                           device=device)
+                           device=device, label_format=label_format, label_out=label_out,
+                           label_out_format=label_out_format)
     result = run_synthesis(cfg)
+    log.info("synthesize: %s read as %s", label, result.label_read_as)
     click.echo(format_segments(result))
-    click.echo(f"image -> {result.out}" + (f", guidance -> {result.guidance_out}" if result.guidance_out else ""))
+    click.echo(f"image -> {result.out}" + (f", guidance -> {result.guidance_out}" if result.guidance_out else "")
+               + (f", label map -> {result.label_out}" if result.label_out else ""))
 
 
 # ---------------------------------------------------------------- model / segnet
@@ -606,7 +667,8 @@ def segnet_train(work, preset, steps, batch_size, lr, no_balance, checkpoint_eve
 
 @cli.command(context_settings=CONTEXT)
 @click.argument("work", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--run", "run_name", required=True, help="Run name under WORK/runs/.")
+@click.option("--run", "run_name", required=True, callback=lambda ctx, p, v: run_name_option(v),
+              help="Run name under WORK/runs/.")
 @click.option("--checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="Generator snapshot [default: the run's latest].")
 @click.option("--host", default="127.0.0.1", help="Address to bind; anything but localhost exposes the page.")
@@ -636,7 +698,7 @@ def serve(work, run_name, checkpoint, host, port, k, max_sessions, device):
               help="Folder for the toy dataset and the work directory.")
 @click.option("--n-train", type=click.IntRange(1, 100_000), default=200, help="Toy training images.")
 @click.option("--n-val", type=click.IntRange(1, 100_000), default=40, help="Toy validation images.")
-@click.option("--seed", type=int, default=0, help="Random seed.")
+@click.option("--seed", type=SEED, default=0, help="Random seed.")
 @click.option("--jobs", type=click.IntRange(1, 1024), default=2, help="Parallel worker processes.")
 @click.option("--train-steps", type=click.IntRange(1), default=120, help="Generator training steps (toy preset).")
 @click.option("--segnet-steps", type=click.IntRange(1), default=150, help="Segmentation network training steps.")
@@ -651,8 +713,6 @@ def demo(out, n_train, n_val, seed, jobs, train_steps, segnet_steps):
 
 
 # ---------------------------------------------------------------- segment
-
-SEGMENTERS = ("drn-d-105", "upernet-r101", "deeplabv2-r101")  # resail.synth.segmenters.SEGMENTERS, without torch
 
 
 @cli.command(context_settings=CONTEXT)
@@ -709,6 +769,12 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # an unexpected failure: still one line, the traceback behind --debug
         if debug:
             raise
+        from .artifacts import is_disk_full
+
+        if is_disk_full(e):
+            click.echo(f"error: the disk is full ({type(e).__name__}: {e}); free space and rerun the same command",
+                       err=True)
+            return 1
         click.echo(f"error: {type(e).__name__}: {e} (rerun with --debug for the traceback)", err=True)
         return 1
 

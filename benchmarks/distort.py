@@ -1,18 +1,22 @@
-"""Distorted ground truth throughput on the toy ADE20K set at 256×256, as the trainer builds it.
+"""Distorted ground truth throughput on the toy ADE20K set, as the trainer builds it.
 
-Builds (or reuses, `--keep DIR`) a toy ADE20K work dir (200 train images, ~45 segments each),
-its segment store, index and train matches, then times `GuidanceComposer.distorted_gt`, the call
-the trainer's data-loader workers make per image (photo read and resize, segment map, colour
-transfer to a top-k reference, resolution, TPS shape warp on every segment, composition):
+Builds (or reuses, `--keep DIR`) a toy ADE20K work dir (200 train images, ~45 segments each, at
+`--native` W×H, default 256×256), its segment store, index and train matches, then times
+`GuidanceComposer.distorted_gt`, the call the trainer's data-loader workers make per image
+(photo read, segment map, colour transfer to a top-k reference and resolution at the original
+resolution, the resize to `--load`, the crop to `--crop`, TPS shape warp on every segment in the
+crop, composition; the crop offsets drawn first, as the trainer does):
 
   (a) 1 worker and 2 worker processes (each loads its own composer, as a DataLoader worker
       does; OpenCV single-threaded), images/s of wall time and images per CPU second;
   (b) a baseline in the same run, 1 worker: the straightforward way (`naive_segment`), each
-      segment distorted on the whole 256×256 canvas with numpy/OpenCV calls (numpy lαβ transfer
-      with the reference's statistics recomputed, whole-canvas resampling, the TPS map at every
-      canvas pixel), then composed. (a)/(b) is the speed-up of the windowed, compiled path.
+      segment distorted on whole canvases with numpy/OpenCV calls (numpy lαβ transfer with the
+      reference's statistics recomputed and whole-image resampling at the original resolution,
+      the whole-image resize, the TPS map at every pixel of the crop), then composed. (a)/(b) is
+      the speed-up of the windowed, compiled path.
 
-    python benchmarks/distort.py [--images 100] [--keep DIR]
+    python benchmarks/distort.py [--images 100] [--keep DIR]                    # 256², no resize
+    python benchmarks/distort.py --native 512x384 --load 286 --crop 256        # ADE20K-like
 
 The machine may be shared: the load average is recorded before and after. The last line is
 one JSON object with the headline figures.
@@ -52,51 +56,60 @@ from resail.workdir import WorkDir
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the shared fixture builders (tests/builders)
 from builders.work import baked_work  # noqa: E402
 
-SIZE = (256, 256)
 
-
-def toy_work(base: Path, n_train: int) -> Path:
+def toy_work(base: Path, n_train: int, native: tuple[int, int]) -> Path:
     """The toy work dir under `base`, train split baked (reused when a `--keep` folder holds one)."""
     if WorkDir(base / "work").matches_table("train").exists():
         return base / "work"
-    return baked_work(base, n_train=n_train, n_val=8, size=SIZE, splits=("train",), jobs=2)
+    return baked_work(base, n_train=n_train, n_val=8, size=native, splits=("train",), jobs=2)
 
 
-def naive_segment(photo, mask, ref, rng, cfg=DistortConfig()):
-    """One segment the straightforward way, on the whole canvas with numpy/OpenCV calls: numpy
-    lαβ transfer (reference statistics recomputed), whole-canvas resampling, TPS map evaluated
-    at every canvas pixel. Same draws and same distortions as `distort_segment`."""
-    d = draw_segments(rng, cfg, 1)[0]
-    canvas = photo * mask[..., None]
+def naive_segment(image, source, query, ref, d, canvas, crop, cfg=DistortConfig()):
+    """One segment the straightforward way, on whole images with numpy/OpenCV calls: numpy lαβ
+    transfer (reference statistics recomputed) and resampling of the whole original-resolution
+    image, the whole image resized to the canvas and cropped, the TPS map evaluated at every
+    pixel of the crop. The same steps in the same order as `distort_segments`."""
+    mask = np.zeros(image.shape[:2], bool)
+    h, w = source.mask.shape
+    mask[source.y0:source.y0 + h, source.x0:source.x0 + w] = source.mask
+    content = image * mask[..., None]
     if d.color and ref is not None:
-        src_lab = rgb_to_lab(canvas[mask])
+        src_lab = rgb_to_lab(content[mask])
         ref_lab = rgb_to_lab(ref[0][ref[1]])
         gain = np.maximum(ref_lab.std(0), 1e-10) / np.maximum(src_lab.std(0), 1e-10)
         lab = (src_lab - src_lab.mean(0)) * gain + ref_lab.mean(0)
-        canvas[mask] = np.clip(lab_to_rgb(lab), 0, 255).astype(np.uint8)
+        content[mask] = np.clip(lab_to_rgb(lab), 0, 255).astype(np.uint8)
     if d.resolution:
-        canvas = resample_resolution(canvas, d.r)
-    src = contour_points(mask, cfg.n_points) if d.shape else None
+        content = resample_resolution(content, d.r)
+    oy, ox, ch, cw = crop
+    content = cv2.resize(content, canvas, interpolation=cv2.INTER_AREA)[oy:oy + ch, ox:ox + cw]
+    src = contour_points(query, cfg.n_points) if d.shape else None
     if src is None:
-        return canvas, mask
+        return content, query
     dst = src.copy()
-    for index, shift in zip(d.moved, d.unit_shifts * cfg.shift_scale * np.sqrt(mask.sum())):
+    for index, shift in zip(d.moved, d.unit_shifts * cfg.shift_scale * np.sqrt(query.sum())):
         dst[index] = src[index] + shift
     if degenerate_targets(dst):
-        return canvas, mask
-    map_x, map_y = tps_source_map(fit_tps(src, dst), (0, 0, *mask.shape))
-    warped = cv2.remap(canvas, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
-    warped_mask = cv2.remap(mask.view(np.uint8), map_x, map_y, cv2.INTER_NEAREST).view(bool)
+        return content, query
+    map_x, map_y = tps_source_map(fit_tps(src, dst), (0, 0, *query.shape))
+    warped = cv2.remap(content, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+    warped_mask = cv2.remap(query.view(np.uint8), map_x, map_y, cv2.INTER_NEAREST).view(bool)
     return warped, warped_mask
 
 
-def baseline_gt(comp, row: int, rng: np.random.Generator) -> np.ndarray:
-    """Every segment distorted with `naive_segment` on the whole canvas, then composed."""
-    photo = comp.photo(row)
-    seg_map, rows, _ = comp.segment_map(row)
+def baseline_gt(comp, row: int, rng: np.random.Generator, crop: tuple[int, int, int, int]) -> np.ndarray:
+    """Every segment distorted with `naive_segment` (the same draws as `distorted_gt`), composed."""
+    image = comp.original(row)
+    seg_map, rows, boxes = comp.segment_map(row)
+    oy, ox, ch, cw = crop
+    seg_map = seg_map[oy:oy + ch, ox:ox + cw]
+    draws = draw_segments(rng, DistortConfig(), len(rows))
+    u_ref = rng.random(len(rows))
     pieces = []
-    for i, r in enumerate(rows):
-        content, mask = naive_segment(photo, seg_map == i, comp.color_reference(int(r), rng, "topk"), rng)
+    for i, (r, box) in enumerate(zip(rows, boxes)):
+        ref = comp.color_reference(int(r), float(u_ref[i]), "topk")
+        source = comp.segment_source(int(r), box)
+        content, mask = naive_segment(image, source, seg_map == i, ref, draws[i], comp.size, crop)
         pieces.append(Piece(i, 0, 0, content, mask))
     return compose(seg_map, comp.is_thing[rows], pieces, comp.mode)
 
@@ -110,31 +123,36 @@ def _init(barrier) -> None:
     cv2.setNumThreads(1)
 
 
+def _item(comp, row: int, rng: np.random.Generator, crop: int, method: str) -> np.ndarray:
+    """One image's distorted GT as the trainer asks for it: the crop offsets drawn first."""
+    W, H = comp.size
+    oy, ox = int(rng.integers(0, H - crop + 1)), int(rng.integers(0, W - crop + 1))
+    if method == "windowed":
+        return comp.distorted_gt(row, rng, crop=(oy, ox, crop, crop))
+    return baseline_gt(comp, row, rng, (oy, ox, crop, crop))
+
+
 def _run(args) -> tuple[int, float, int, float]:
     """Distort `rows` in this process: (images, CPU seconds, segments, wall seconds), the
     composer's loading and a two-image warm-up left out of the timing; every worker starts its
     timed loop at the same moment (a barrier), so the walls overlap."""
-    work, rows, seed, method = args
-    comp = load_composer(Path(work), "train", size=SIZE)
+    work, rows, seed, method, load, crop = args
+    comp = load_composer(Path(work), "train", size=(load, load))
     try:
         for row in rows[:2]:  # warm-up: numba kernels loaded from their cache, first reads
-            comp.distorted_gt(int(row), np.random.default_rng([seed, int(row), 1]))
+            _item(comp, int(row), np.random.default_rng([seed, int(row), 1]), crop, method)
         _BARRIER.wait()
         start, wall = time.process_time(), time.perf_counter()
         for row in rows:
-            rng = np.random.default_rng([seed, int(row)])
-            if method == "windowed":
-                comp.distorted_gt(int(row), rng)
-            else:
-                baseline_gt(comp, int(row), rng)
+            _item(comp, int(row), np.random.default_rng([seed, int(row)]), crop, method)
         cpu, wall = time.process_time() - start, time.perf_counter() - wall
         return len(rows), cpu, int(comp.n_segments[rows].sum()), wall
     finally:
         comp.close()
 
 
-def rate(work: Path, rows: np.ndarray, workers: int, method: str) -> dict:
-    chunks = [(str(work), rows[i::workers], 0, method) for i in range(workers)]
+def rate(work: Path, rows: np.ndarray, workers: int, method: str, load: int, crop: int) -> dict:
+    chunks = [(str(work), rows[i::workers], 0, method, load, crop) for i in range(workers)]
     ctx = mp.get_context("fork")
     with ProcessPoolExecutor(workers, ctx, initializer=_init, initargs=(ctx.Barrier(workers),)) as pool:
         done = list(pool.map(_run, chunks))
@@ -149,21 +167,25 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=100, help="images timed per measurement")
     ap.add_argument("--n-train", type=int, default=200)
     ap.add_argument("--keep", type=Path, default=None, help="work folder to keep and reuse (default: a temp dir)")
+    ap.add_argument("--native", default="256x256", help="W×H of the toy images (the original resolution)")
+    ap.add_argument("--load", type=int, default=256, help="side of the training canvas (the load size)")
+    ap.add_argument("--crop", type=int, default=256, help="side of the random crop (the network size)")
     args = ap.parse_args()
+    native = tuple(int(v) for v in args.native.lower().split("x"))
     base = args.keep or Path(tempfile.mkdtemp(prefix="resail_bench_distort_"))
-    work = toy_work(base, args.n_train)
-    comp = load_composer(work, "train", size=SIZE)
+    work = toy_work(base, args.n_train, native)
+    comp = load_composer(work, "train", size=(args.load, args.load))
     rows = comp.ok_images()[: args.images]
     comp.close()
-    result = {"bench": "distort", "size": f"{SIZE[0]}x{SIZE[1]}", "images": len(rows), "cpus": os.cpu_count(),
-              "load_avg_1min_before": round(os.getloadavg()[0], 2)}
+    result = {"bench": "distort", "native": f"{native[0]}x{native[1]}", "load": args.load, "crop": args.crop,
+              "images": len(rows), "cpus": os.cpu_count(), "load_avg_1min_before": round(os.getloadavg()[0], 2)}
     for workers in (1, 2):
-        r = rate(work, rows, workers, "windowed")
+        r = rate(work, rows, workers, "windowed", args.load, args.crop)
         result.update({f"{k}_{workers}w": v for k, v in r.items() if k != "segments_per_image"})
         result["segments_per_image"] = r["segments_per_image"]
         print(f"distorted GT, {workers} worker(s): {r['images_per_s']} images/s "
               f"({r['ms_per_image_cpu']} CPU ms/image)", file=sys.stderr)
-    b = rate(work, rows, 1, "baseline")
+    b = rate(work, rows, 1, "baseline", args.load, args.crop)
     result["baseline_images_per_s_1w"] = b["images_per_s"]
     result["speedup_vs_baseline_1w"] = round(result["images_per_s_1w"] / b["images_per_s"], 2)
     print(f"baseline (naive whole-canvas distortion), 1 worker: {b['images_per_s']} images/s",

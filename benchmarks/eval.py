@@ -6,6 +6,8 @@ weights cannot be downloaded here; timing does not depend on the weight values, 
 *values* printed are meaningless). Two evals of the same images: cold (real-image Inception
 statistics computed) and warm (read from the cache, as every later eval of a run is). The
 Fréchet distance's 2048×2048 `scipy.linalg.sqrtm` is a fixed cost per eval, reported apart.
+With `--segmenter` (a classic segmenter), each image costs that segmenter's `predict` twice
+(generated and real); its seconds per 100 images on the CPU are `benchmarks/segmenters.py`'s.
 
     python benchmarks/eval.py [--n-val 100] [--threads 1] [--batch-size 8]
 

@@ -36,7 +36,6 @@ from pathlib import Path
 import cv2
 import faiss
 import numpy as np
-import torch
 
 from resail.index.build import RetrievalIndex, build_index
 from resail.index.descriptors import resize_mask_nearest
@@ -102,6 +101,8 @@ def make_segments(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray
 
 def float_ssd_topk(train_canon, train_bbox, q_canon, q_bbox, k, chunk=1024):
     """(a) official-style exact score with float32 SSD over 128×128 crops, chunked."""
+    import torch  # here only: benchmarks/scale.py imports this module for its masks and recall
+
     n = train_canon.shape[0]
     q = torch.from_numpy(np.unpackbits(q_canon, axis=1).astype(np.float32))  # Q×16384
     q_area = q.sum(1)
@@ -206,6 +207,8 @@ def main(argv=None):
     if args.quick:
         args.queries = min(args.queries, 100)
         args.ssd_queries = min(args.ssd_queries, 10)
+    import torch
+
     faiss.omp_set_num_threads(args.threads)
     torch.set_num_threads(args.threads)
 

@@ -2,14 +2,19 @@
 
 Reads the train split of the segment store (docs/segment-store.md) through its one reader,
 `pipeline.store.SegmentStore` (the only thing index/ takes from pipeline/), and writes
-`WORK/index/c{class:04d}.faiss` + `manifest.json` (written last). The stage is skipped when the
-manifest matches the store's fingerprint and the build parameters.
+`WORK/index/c{class:04d}.faiss` + `manifest.json` (written last). The manifest records the
+segment store's fingerprint (`upstream`) and every shard file's size and mtime; the stage is
+skipped when both still hold and the parameters match, rebuilt when the store changed, and a
+changed parameter asks for `--rebuild`. A build writes `WORK/index.new/` and swaps it in whole
+once finished (`artifacts.commit_dir`), so a failed build leaves the previous index usable.
+`RetrievalIndex` opens an index only through `WorkDir.require_index`, which checks that chain.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,10 +22,17 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from ..artifacts import MANIFEST, file_fingerprint, write_manifest
+from ..artifacts import (
+    MANIFEST,
+    check_files,
+    commit_dir,
+    ensure_free_space,
+    recover_dir,
+    write_manifest,
+)
 from ..errors import StageError
 from ..pipeline.store import SegmentStore
-from ..workdir import WorkDir
+from ..workdir import INDEX_LOCK, WorkDir
 from .score import as_words, popcounts
 from .shards import (
     IVF_THRESHOLD,
@@ -105,16 +117,6 @@ def order_hash(segment_ids: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(segment_ids, dtype=np.int64).tobytes()).hexdigest()[:16]
 
 
-def store_fingerprint(work: Path) -> dict:
-    """What the index depends on: the segments stage's manifest and the train files themselves."""
-    wd = WorkDir(work)
-    return {
-        "segments_manifest": (wd.segments_manifest() or {}).get("fingerprint"),
-        "train_parquet": file_fingerprint(wd.segments_table("train")),
-        "train_h5": file_fingerprint(wd.segments_h5("train")),
-    }
-
-
 # ------------------------------------------------------------------ build
 
 
@@ -133,21 +135,51 @@ def build_index(
     stored as CPU indexes so they load anywhere.
     """
     work = Path(work)
-    out = WorkDir(work).index
-    table = read_store_table(work)
-    params = {"R": table.R, "r": table.r, "ivf_threshold": int(ivf_threshold), "seed": int(seed),
-              "store": store_fingerprint(work)}
-    if not rebuild:
-        existing = _read_index_manifest(work)
-        if existing is not None and existing.get("stage") == STAGE and existing.get("params") == params:
-            log.info("index: up to date (%s); skipped", out / MANIFEST)
-            return existing
-    out.mkdir(parents=True, exist_ok=True)
-    (out / MANIFEST).unlink(missing_ok=True)  # a half-rebuilt folder must not look finished
+    wd = WorkDir(work)
+    with wd.lock(INDEX_LOCK, "the retrieval index"):
+        recover_dir(wd.index)
+        seg = wd.require_segments()
+        table = read_store_table(work)
+        params = {"R": table.R, "r": table.r, "ivf_threshold": int(ivf_threshold), "seed": int(seed)}
+        upstream = {"segments": seg["fingerprint"]}
+        if not rebuild and _up_to_date(wd, params, upstream):
+            log.info("index: up to date (%s); skipped", wd.index / MANIFEST)
+            return wd.index_manifest()
+        manifest = _build(wd, table, params, upstream, device, progress)
+        commit_dir(wd.index_staging, wd.index)
+    log.info("index: %d shards, %d segments -> %s", len(manifest["shards"]), table.segment_id.size, wd.index)
+    return manifest
 
-    classes = np.unique(table.class_id)
+
+def _up_to_date(wd: WorkDir, params: dict, upstream: dict) -> bool:
+    """Whether the finished index was built with `params` from the current store and is intact.
+    Anything else rebuilds it: its parameters are no command-line flags (R and r follow the store,
+    the IVF threshold and seed are library arguments), so there is no --rebuild to ask for."""
+    m = wd.index_manifest()
+    if m is None or m.get("stage") != STAGE:
+        return False
+    if (m.get("params") or {}) != params or (m.get("upstream") or {}) != upstream:
+        log.info("index: the segment store or the parameters changed since %s was built; rebuilding", wd.index)
+        return False
+    try:
+        check_files(wd.index, m, "rebuilding")
+    except StageError as e:
+        log.warning("index: %s", e)
+        return False
+    return True
+
+
+def _build(wd: WorkDir, table: StoreTable, params: dict, upstream: dict, device: str, progress: bool) -> dict:
+    """Every class shard (and the size windows of IVF shards) in the staging folder, manifest last."""
+    out = wd.index_staging
+    if out.exists():
+        shutil.rmtree(out)  # a killed build's leftovers: the index has no parts to resume
+    out.mkdir(parents=True)
     with table.store() as store:
         prefilter = np.array(store.prefilter_packed())  # N×128 bytes: the whole split in RAM, sliced per class
+    # Flat shards hold the codes once; IVF windows hold each code up to three more times.
+    ensure_free_space(out, 4 * prefilter.nbytes, "the index shards")
+    classes = np.unique(table.class_id)
     shards: dict[str, dict] = {}
     written: set[Path] = set()
     t_start = time.perf_counter()
@@ -157,6 +189,7 @@ def build_index(
         rows = rows[order]
         codes = prefilter[rows]
         t0 = time.perf_counter()
+        ivf_threshold, seed = params["ivf_threshold"], params["seed"]
         entry = _build_class(out, class_id, codes, choose_params(rows.size, ivf_threshold), seed, written)
         entry["windows"] = {}
         if entry["kind"] == "ivf":
@@ -166,20 +199,18 @@ def build_index(
                 entry["windows"][str(j)] = {"start": start, "stop": stop, **window}
         entry.update(build_s=round(time.perf_counter() - t0, 4), order_hash=order_hash(table.segment_id[rows]))
         shards[str(class_id)] = entry
-    for stale in set(out.glob("c*.faiss")) - written:
-        stale.unlink()
-    manifest = write_manifest(
+    return write_manifest(
         out,
         STAGE,
         params,
+        upstream=upstream,
+        files=sorted(p.name for p in written),
         device=device,
         counts={"classes": len(shards), "segments": int(table.segment_id.size)},
         bytes=int(sum(s["bytes"] + sum(w["bytes"] for w in s["windows"].values()) for s in shards.values())),
         build_s=round(time.perf_counter() - t_start, 3),
         shards=shards,
     )
-    log.info("index: %d shards, %d segments -> %s", len(shards), table.segment_id.size, out)
-    return manifest
 
 
 def _build_class(out: Path, class_id: int, codes: np.ndarray, params: ShardParams, seed: int, written: set,
@@ -188,13 +219,6 @@ def _build_class(out: Path, class_id: int, codes: np.ndarray, params: ShardParam
     n_bytes = write_shard(path, build_shard(codes, params, seed=seed))
     written.add(path)
     return {"n": int(codes.shape[0]), "bytes": n_bytes, **params.to_json()}
-
-
-def _read_index_manifest(work: Path) -> dict | None:
-    try:
-        return WorkDir(work).index_manifest()
-    except StageError:
-        return None
 
 
 # ------------------------------------------------------------------ loading
@@ -263,18 +287,14 @@ class RetrievalIndex:
     """The built index of a work directory. Shards load lazily, one class at a time, and each is
     checked against the manifest (row count, kind, bits, size-order hash) as it loads."""
 
-    def __init__(self, work: Path, *, device: str = "cpu", check_store: bool = True):
+    def __init__(self, work: Path, *, device: str = "cpu"):
         self.work = Path(work)
         wd = WorkDir(work)
         self.folder = wd.index
-        manifest = wd.require_index()
-        if manifest.get("stage") != STAGE:
-            raise StageError(f"{self.folder}: {MANIFEST} is not an index manifest; {REBUILD_HINT}")
+        manifest = wd.require_index()  # the chain: index ← segment store, every file as written
         self.manifest = manifest
         self.R = int(manifest["params"]["R"])
         self.r = int(manifest["params"]["r"])
-        if check_store and manifest["params"].get("store") != store_fingerprint(self.work):
-            raise StageError(f"{self.folder}: the index was built from another segment store; {REBUILD_HINT}")
         self.table = read_store_table(self.work)
         if (self.table.R, self.table.r) != (self.R, self.r):
             raise StageError(f"{self.folder}: index built at R={self.R}, r={self.r} but the store has "

@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 
 from ..artifacts import write_png_atomic
+from ..errors import InputError
 from ..pipeline.store import SegmentStore
 from .build import RetrievalIndex
 from .descriptors import descriptors
@@ -43,6 +44,14 @@ def query_segments(index: RetrievalIndex, segments: list, cfg: SearchConfig = Se
         bbox_area=np.array([s.h * s.w for s in segments], np.int64),
     )
     return search(index, batch, cfg)
+
+
+def check_queryable(index: RetrievalIndex, m: LabelMapMatches, where: str) -> list[int]:
+    """The classes of `m`'s segments without training segments in the index (their segments
+    match nothing: black guidance, as in a bake); an InputError when the map has no segment."""
+    if not m.segments:
+        raise InputError(f"{where}: no segment to query (only void pixels?); label at least one region")
+    return sorted({int(s.class_id) for s in m.segments if not index.has_class(s.class_id)})
 
 
 def format_matches(m: LabelMapMatches, class_names: dict[int, str] | None = None) -> str:

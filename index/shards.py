@@ -10,7 +10,7 @@ hash of that order so a changed store can never be paired with an old shard.
 
 Small shards use `IndexBinaryFlat` (exact Hamming); above `ivf_threshold` rows an
 `IndexBinaryIVF` with nlist ≈ √n lists, trained on a seeded sample, is used; its nprobe default
-is recorded in the manifest. An IVF class also gets *size-window sub-shards*
+(`choose_params`) is recorded in the manifest. An IVF class also gets *size-window sub-shards*
 `c{class:04d}.w{j:02d}.faiss`: window j holds the rows of bbox-area octaves j-1..j+1, a contiguous
 row range, so a query of octave j finds its whole size band inside window j with little
 over-fetch (measured: asking the whole-class IVF for K'·n/|band| hits costs 4× more, the
@@ -34,6 +34,7 @@ from ..errors import StageError
 IVF_THRESHOLD = 20_000
 TRAIN_POINTS_PER_LIST = 32
 KMEANS_ITERATIONS = 10
+NPROBE_MAX = 48  # lists probed by default in the largest shards (see `choose_params`)
 
 
 @dataclass(frozen=True)
@@ -77,16 +78,21 @@ def size_windows(bbox_area_sorted: np.ndarray) -> dict[int, tuple[int, int]]:
 
 
 def choose_params(n: int, ivf_threshold: int = IVF_THRESHOLD) -> ShardParams:
-    """Flat below the threshold; above it ~√n lists (lists of ~√n rows) and nprobe ≈ nlist/6.
+    """Flat below the threshold; above it ~√n lists (lists of ~√n rows) and nprobe ≈ nlist/6,
+    at most `NPROBE_MAX`.
 
-    With lists of √n rows a query scans nprobe·√n codes plus nlist centroids, so the cost of
-    the prefilter grows like √n instead of n. nlist/6 was tuned with benchmarks/retrieval.py
-    (N = 100k, K' = 256): nlist/8 gave recall@10 0.980, nlist/5 0.991 at +35 % time.
+    A query scans nprobe lists of √n rows plus the nlist centroids. With nprobe = nlist/6 that is
+    a sixth of the shard, so the cost grows like n; nlist/6 was tuned with
+    benchmarks/retrieval.py at N = 100k (K' = 256: nlist/8 gave recall@10 0.980, nlist/5 0.991 at
+    +35 % time). Above nlist = 6·NPROBE_MAX (windows of ~80k rows) the probe count stops growing,
+    so the cost grows like √n, the length of a list: benchmarks/scale.py measured, on a 1M-segment
+    class (windows of 250k rows, nlist 500), 1.35 ms/query with nlist/6 = 84 probes against
+    0.92 ms with 48, recall@1 1.000 → 0.997 and recall@10 0.993 → 0.987 (docs/scale.md).
     """
     if n < ivf_threshold:
         return ShardParams("flat")
     nlist = int(round(math.sqrt(n)))
-    return ShardParams("ivf", nlist=nlist, nprobe=max(8, min(nlist, int(math.ceil(nlist / 6)))))
+    return ShardParams("ivf", nlist=nlist, nprobe=max(8, min(nlist, NPROBE_MAX, int(math.ceil(nlist / 6)))))
 
 
 def build_shard(codes: np.ndarray, params: ShardParams, *, seed: int = 0) -> faiss.IndexBinary:

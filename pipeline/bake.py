@@ -9,16 +9,26 @@ Outputs in `WORK/guidance/`:
 - `{split}_manifest.json`, written last.
 
 The retrieval runs once per split, batched over the whole split. The composition runs through
-the stage runner (`runner.py`): parts of `PART_IMAGES` images, each written atomically to
-`{split}.parts/`, sharded by `--shard I/N` over contiguous image ranges and merged by `--merge`
-(or by a run without either flag) once every shard has finished. The composition itself — the
-rules, the choice of match per segment — lives in `guidance.py`, which the trainer shares.
+the stage runner (`runner.py`): parts of `PART_IMAGES` images (fewer for large sizes, so a part
+holds at most `PART_BYTES`), each written atomically to `{split}.new/parts/`, sharded by `--shard
+I/N` over contiguous image ranges and merged by `--merge` (or by a run without either flag) once
+every shard has finished. The composition itself — the rules, the choice of match per segment —
+lives in `guidance.py`, which the trainer shares.
+
+Lineage and replacement. The manifest records the fingerprints of the segment store and index
+the bake read (`upstream`) and the size and mtime of the matches table and the cache. A bake is
+up to date when its parameters, its upstream and its files all still hold; a changed parameter
+asks for `--rebuild`; a rebuilt store or index, or a damaged file, bakes again. Everything is
+written in `{split}.new/` first; only a complete bake (its manifest written there) replaces the
+split's files, by renames, manifest last (`_commit`): a killed or failed bake leaves the previous
+one usable, and the next bake finishes a commit a crash interrupted. One process bakes a split
+at a time (`WORK/locks/guidance-{split}.lock`, shared by the jobs of a sharded bake).
 """
 
 from __future__ import annotations
 
-import errno
 import logging
+import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -30,14 +40,25 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from ..artifacts import atomic_path, fingerprint, write_manifest, write_png_atomic
+from ..artifacts import (
+    atomic_path,
+    check_files,
+    commit_dir,
+    ensure_free_space,
+    fingerprint,
+    param_changes,
+    read_manifest,
+    remove_temporaries,
+    write_manifest,
+    write_png_atomic,
+)
 from ..errors import InputError, StageError
 from ..index.build import RetrievalIndex
 from ..index.search import QueryBatch, SearchConfig, search
 from ..workdir import WorkDir
 from .classes import class_table
 from .compose import MODES
-from .guidance import CHOICES, GuidanceComposer, open_composer
+from .guidance import CHOICES, SEED_MAX, GuidanceComposer, open_composer
 from .runner import Parts, check_shard, run_job
 from .store import SegmentStore
 
@@ -45,6 +66,7 @@ log = logging.getLogger(__name__)
 
 STAGE = "guidance"
 PART_IMAGES = 64
+PART_BYTES = 2**28  # a part's images stay in memory until written: at most 256 MiB (64 images up to ~1k×1k)
 SEARCH_BATCH = 8192
 # Training size (W, H) of each dataset preset (reference §5.4); the toy data uses the ADE20K reader.
 PRESET_SIZE = {"ade20k": (256, 256), "ade20k-outdoor": (256, 256), "cityscapes": (512, 256),
@@ -76,6 +98,8 @@ class BakeConfig:
             raise InputError(f"--split {self.split!r}: choose train or val")
         if not 1 <= self.k <= self.k_prefilter:
             raise InputError(f"--k {self.k}: must be between 1 and the prefilter size {self.k_prefilter}")
+        if not 0 <= self.seed <= SEED_MAX:
+            raise InputError(f"--seed {self.seed}: must be between 0 and {SEED_MAX}")
         if self.choose not in CHOICES:
             raise InputError(f"--choose {self.choose!r}: choose one of {', '.join(CHOICES)}")
         if self.compose_mode not in MODES:
@@ -92,12 +116,6 @@ class BakeConfig:
 
 
 # ---------------------------------------------------------------- retrieval
-
-
-def _inputs_key(wd: WorkDir) -> dict:
-    seg, idx = wd.require_segments(), wd.require_index()
-    return {"segments": seg.get("fingerprint"), "index": idx.get("fingerprint"),
-            "dataset": seg.get("params", {}).get("dataset")}
 
 
 def retrieve_split(work: Path, split: str, cfg: BakeConfig, progress: bool = False) -> pa.Table:
@@ -133,12 +151,20 @@ def retrieve_split(work: Path, split: str, cfg: BakeConfig, progress: bool = Fal
 # ---------------------------------------------------------------- composition
 
 
-def _composer(cfg: BakeConfig, size: tuple[int, int]) -> GuidanceComposer:
-    return open_composer(cfg.work, cfg.split, size, mode=cfg.compose_mode, k=cfg.k, choose=cfg.choose, seed=cfg.seed)
+def _composer(cfg: BakeConfig, size: tuple[int, int], matches: Path) -> GuidanceComposer:
+    return open_composer(cfg.work, cfg.split, size, mode=cfg.compose_mode, k=cfg.k, choose=cfg.choose, seed=cfg.seed,
+                         matches_path=matches)
 
 
-def _bake_part(cfg: BakeConfig, size: tuple[int, int], image_rows: np.ndarray, path: Path, key: str) -> int:
-    comp = _composer(cfg, size)
+def part_images(size: tuple[int, int]) -> int:
+    """Images per part: `PART_IMAGES`, fewer when that many would exceed `PART_BYTES` in memory."""
+    W, H = size
+    return max(1, min(PART_IMAGES, PART_BYTES // (W * H * 3)))
+
+
+def _bake_part(cfg: BakeConfig, size: tuple[int, int], image_rows: np.ndarray, path: Path, key: str,
+               matches: Path) -> int:
+    comp = _composer(cfg, size, matches)
     try:
         W, H = size
         images = np.zeros((len(image_rows), H, W, 3), np.uint8)
@@ -161,38 +187,75 @@ def bake(cfg: BakeConfig, *, progress: bool = False) -> dict:
     """Run the bake stage for one split; returns its manifest (or the existing one when up to date),
     or a `complete: False` summary after a `--shard` run without `--merge`."""
     wd = WorkDir(cfg.work)
-    inputs = _inputs_key(wd)
-    SegmentStore(wd.root, cfg.split).close()  # a clear error when the split is absent
-    size = cfg.size or PRESET_SIZE.get(inputs["dataset"] or "", (256, 256))
-    params = {"split": cfg.split, **cfg.search_params(), **cfg.compose_params(size), "inputs": inputs}
-    done = wd.guidance_manifest(cfg.split)
-    if done is not None and done.get("fingerprint") == fingerprint({"stage": STAGE, "params": params}) \
-            and not cfg.rebuild:
-        log.info("guidance %s is up to date: %s", cfg.split, wd.guidance)
-        return done
-    wd.guidance.mkdir(parents=True, exist_ok=True)
+    wd.require_segments()  # first: a folder that is no work directory gets no lock file either
+    with wd.lock(f"guidance-{cfg.split}", f"the {cfg.split} guidance", shard=cfg.shard, merge=cfg.merge):
+        if cfg.shard is None or cfg.merge:  # the lock is exclusive: finish a commit a crash interrupted
+            _recover(wd, cfg.split)
+        idx = wd.require_index()  # the chain it reads: index ← segment store, every file as written
+        seg = wd.segments_manifest()
+        upstream = {"segments": seg["fingerprint"], "index": idx["fingerprint"]}
+        SegmentStore(wd.root, cfg.split).close()  # a clear error when the split is absent
+        dataset = seg.get("params", {}).get("dataset")
+        size = cfg.size or PRESET_SIZE.get(dataset or "", (256, 256))
+        params = {"split": cfg.split, **cfg.search_params(), **cfg.compose_params(size)}
+        done = wd.guidance_manifest(cfg.split)
+        if done is not None and not cfg.rebuild and _up_to_date(wd, cfg.split, done, params, upstream):
+            log.info("guidance %s is up to date: %s", cfg.split, wd.guidance)
+            return done
+        return _bake(wd, cfg, size, params, upstream, dataset, progress)
+
+
+def _up_to_date(wd: WorkDir, split: str, done: dict, params: dict, upstream: dict) -> bool:
+    """Whether the finished bake still holds: other parameters need --rebuild; a rebuilt store or
+    index, or a damaged file, bakes again."""
+    old = done.get("params") or {}
+    if "upstream" not in done:
+        log.warning("guidance %s: baked by an older resail (no lineage); baking again", split)
+        return False
+    if old != params:
+        raise StageError(f"{wd.guidance}: split {split!r} was baked with other parameters ({param_changes(old, params)}"
+                         "); rerun with --rebuild to replace it (the current guidance stays usable until the new bake "
+                         "is complete)")
+    if (done.get("upstream") or {}) != upstream:
+        log.warning("guidance %s: the segment store or index changed since it was baked; baking again", split)
+        return False
+    try:
+        check_files(wd.guidance, done, "baking again")
+    except StageError as e:
+        log.warning("guidance %s: %s", split, e)
+        return False
+    return True
+
+
+def _bake(wd: WorkDir, cfg: BakeConfig, size: tuple[int, int], params: dict, upstream: dict, dataset: str | None,
+          progress: bool) -> dict:
+    """Retrieve, compose and merge into the split's staging folder, then commit it."""
+    staging = wd.guidance_staging(cfg.split)
+    if cfg.rebuild and cfg.shard is None and not cfg.merge and staging.exists():
+        shutil.rmtree(staging)  # start afresh; the finished bake stays until replaced
+    staging.mkdir(parents=True, exist_ok=True)
     timings = {}
 
     t0 = time.perf_counter()
-    matches_path = wd.matches_table(cfg.split)
-    search_key = fingerprint({"search": cfg.search_params(), "inputs": inputs})
-    if cfg.rebuild or not _matches_current(matches_path, search_key):
-        table = retrieve_split(wd.root, cfg.split, cfg, progress)
-        table = table.replace_schema_metadata({"resail_key": search_key})
-        with atomic_path(matches_path) as tmp:
-            pq.write_table(table, tmp)
+    matches_path = wd.matches_table(cfg.split, staging)
+    search_key = fingerprint({"search": cfg.search_params(), "upstream": upstream})
+    if not _matches_current(matches_path, search_key):
+        if not cfg.rebuild and _matches_current(wd.matches_table(cfg.split), search_key):
+            _link_or_copy(wd.matches_table(cfg.split), matches_path)  # only the composition changed
+        else:
+            table = retrieve_split(wd.root, cfg.split, cfg, progress)
+            table = table.replace_schema_metadata({"resail_key": search_key})
+            with atomic_path(matches_path) as tmp:
+                pq.write_table(table, tmp)
     timings["retrieve_s"] = round(time.perf_counter() - t0, 3)
 
     t0 = time.perf_counter()
-    key = fingerprint(params)
-    parts_dir = wd.guidance_parts(cfg.split)
-    if cfg.rebuild and parts_dir.exists():
-        shutil.rmtree(parts_dir)
+    key = fingerprint({"params": params, "upstream": upstream})
     with SegmentStore(wd.root, cfg.split) as store:
         status = np.asarray(store.images["status"].to_pylist())
     ok_rows = np.flatnonzero(status == "ok")
-    parts = Parts(parts_dir, len(ok_rows), PART_IMAGES, key, "part-{a:08d}-{b:08d}.h5")
-    ranges = run_job(parts, _bake_part, lambda a, b: (cfg, size, ok_rows[a:b], parts.path(a, b), key),
+    parts = Parts(wd.guidance_parts(cfg.split), len(ok_rows), part_images(size), key, "part-{a:08d}-{b:08d}.h5")
+    ranges = run_job(parts, _bake_part, lambda a, b: (cfg, size, ok_rows[a:b], parts.path(a, b), key, matches_path),
                      shard=cfg.shard, merge=cfg.merge, jobs=cfg.jobs, progress=progress, desc=f"compose {cfg.split}")
     timings["compose_s"] = round(time.perf_counter() - t0, 3)
     if ranges is None:
@@ -200,26 +263,61 @@ def bake(cfg: BakeConfig, *, progress: bool = False) -> dict:
                 "complete": False}
 
     t0 = time.perf_counter()
-    h5_path = wd.guidance_h5(cfg.split)
-    try:
-        _merge(parts, ranges, h5_path, size, ok_rows, cfg)
-    except OSError as e:
-        if e.errno != errno.ENOSPC:
-            raise
-        raise StageError(f"{h5_path}: disk full while writing the guidance cache; free "
-                         "space and rerun (the previous cache, if any, is intact)") from e
+    h5_path = wd.guidance_h5(cfg.split, staging)
+    W, H = size
+    ensure_free_space(staging, len(ok_rows) * W * H * 3, f"the {cfg.split} guidance cache")
+    _merge(parts, ranges, h5_path, size, ok_rows, cfg)
     timings["merge_s"] = round(time.perf_counter() - t0, 3)
-    previews = write_previews(cfg, size, ok_rows[:cfg.n_preview], inputs["dataset"])
-    shutil.rmtree(parts_dir)
-    counts = _match_counts(matches_path)
-    return write_manifest(wd.guidance, STAGE, params, name=wd.guidance_manifest_name(cfg.split),
-                          images=int(len(ok_rows)), previews=len(previews), timings=timings, **counts)
+    previews = write_previews(cfg, size, ok_rows[:cfg.n_preview], dataset, wd.guidance_preview(cfg.split, staging),
+                              matches_path)
+    shutil.rmtree(parts.folder)
+    manifest = write_manifest(staging, STAGE, params, name=wd.guidance_manifest_name(cfg.split), upstream=upstream,
+                              files=[matches_path.name, h5_path.name], images=int(len(ok_rows)),
+                              previews=len(previews), timings=timings, **_match_counts(matches_path))
+    _commit(wd, cfg.split)
+    return manifest
+
+
+def _commit(wd: WorkDir, split: str) -> None:
+    """Move a complete bake (its manifest written in the staging folder) over the split's files:
+    files first, previews, the manifest last. Rerunnable: a file already moved is skipped."""
+    staging, name = wd.guidance_staging(split), wd.guidance_manifest_name(split)
+    for final in (wd.matches_table(split), wd.guidance_h5(split)):
+        if (staging / final.name).exists():
+            os.replace(staging / final.name, final)
+    new_preview, preview = wd.guidance_preview(split, staging), wd.guidance_preview(split)
+    if new_preview.exists():
+        commit_dir(new_preview, preview)
+    elif not (read_manifest(staging, name) or {}).get("previews") and preview.exists():
+        shutil.rmtree(preview)  # this bake wrote none: the previous bake's previews would mislead
+    os.replace(staging / name, wd.guidance / name)
+    shutil.rmtree(staging)
+
+
+def _recover(wd: WorkDir, split: str) -> None:
+    """Finish the commit of a complete bake a crash interrupted; drop killed writes' temporaries."""
+    if (wd.guidance_staging(split) / wd.guidance_manifest_name(split)).exists():
+        _commit(wd, split)
+    if wd.guidance.is_dir():
+        remove_temporaries(wd.guidance, prefix=f".{wd.guidance_manifest_name(split)}.")
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    with atomic_path(dst) as tmp:
+        tmp.unlink()
+        try:
+            os.link(src, tmp)
+        except OSError:
+            shutil.copy2(src, tmp)
 
 
 def _matches_current(path: Path, key: str) -> bool:
     if not path.exists():
         return False
-    meta = pq.read_schema(path).metadata or {}
+    try:
+        meta = pq.read_schema(path).metadata or {}
+    except (OSError, ValueError):  # a damaged table (pyarrow's ArrowInvalid is a ValueError)
+        return False
     return meta.get(b"resail_key", b"").decode() == key
 
 
@@ -244,14 +342,14 @@ def _match_counts(path: Path) -> dict:
     return {"matched_segments": int((t["rank"].to_numpy() == 0).sum()), "match_rows": t.num_rows}
 
 
-def write_previews(cfg: BakeConfig, size, image_rows, dataset: str | None) -> list[Path]:
-    """A few PNG rows (colourised label | guidance | real photo) for a person to judge at a glance."""
+def write_previews(cfg: BakeConfig, size, image_rows, dataset: str | None, out_dir: Path,
+                   matches: Path) -> list[Path]:
+    """A few PNG rows (colourised label | guidance | real photo) in `out_dir`, for a person to judge at a glance."""
     if not len(image_rows):
         return []
     table = class_table(dataset if dataset in ("ade20k", "ade20k-outdoor", "cityscapes", "cocostuff") else "ade20k")
-    out_dir = WorkDir(cfg.work).guidance_preview(cfg.split)
     out_dir.mkdir(exist_ok=True)
-    comp = _composer(cfg, size)
+    comp = _composer(cfg, size, matches)
     written = []
     try:
         for row in image_rows:

@@ -5,6 +5,10 @@ ADE20K 1..150, Cityscapes labelIds 1..33, COCO-Stuff 1..182 (stuffthingmap value
 Void is native id 0 in all three (ADE20K "other", Cityscapes "unlabeled", COCO-Stuff PNG 255,
 which readers map to 0) and never becomes a segment (DESIGN.md; the official code decomposed
 Cityscapes' class 0 like any other, we do not).
+
+Colours: Cityscapes' are the official ones; ADE20K and COCO-Stuff have no official palette, so
+their tables carry fixed colours of the project. `ade20k_palette150` is the 150-colour palette
+most ADE20K tools use, which colour-coded maps may also come in (pipeline/label_maps.py).
 """
 
 from __future__ import annotations

@@ -598,6 +598,13 @@ def list_split(reader: Reader, split: str) -> list[ImageRecord]:
     dup = [a.image_id for a, b in zip(recs, recs[1:]) if a.image_id == b.image_id]
     if dup:
         raise InputError(f"{reader.root}: image id {dup[0]!r} appears twice in split {split}; image ids must be unique")
+    for r in recs:
+        try:
+            r.image_id.encode("utf-8")
+        except UnicodeEncodeError:  # bytes the file system could not decode: the tables store UTF-8
+            raw = (r.image_path or r.label_path).encode("utf-8", "surrogateescape")
+            shown = raw.decode("utf-8", "backslashreplace")
+            raise InputError(f"{shown}: the file name is not valid UTF-8; rename the file (and its label)") from None
     return recs
 
 

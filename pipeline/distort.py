@@ -7,9 +7,18 @@ matches or class) and composing the distorted segments belong to the caller, so 
 touches the segment store or the index. It runs inside PyTorch data-loader workers on the CPU:
 numpy, OpenCV and small numba kernels (`cache=True`), no torch, no per-pixel Python loops.
 
-Order, as in the official code: colour transfer → resolution → shape warp. Everything happens at
-the resolution of the image passed in (the official code warps at crop resolution after the
-dataset transform; call this after resizing to the training size to match it).
+Order and resolutions, as in the official code (method §4.4): colour transfer and resolution at
+the image's original resolution → the photo's resize to the training size → the crop → the TPS
+warp at crop resolution, with control points from the query mask in the crop. The resolution
+step is then much milder than at the training size (this project's order until issue 20): r ~
+U(0.5, 1) at the original resolution cuts frequencies the ×0.56 shrink (ADE20K 512 → 286) would
+mostly remove anyway, so the distorted segment keeps 96 % of the upper half of the training
+grid's spectrum instead of 52 % (docs/deviations.md, benchmarks/deviations.py). Each segment
+works in windows around its bounding box: `distort_appearance` at the original resolution,
+`to_canvas` (the photo's resize of that window, placed where the resize of the whole image puts
+it), then the warp on the crop (`_warp_on_crop`); `distort_segments` runs them in order. Colour
+transfer on the original's pixels is the dearer part: ~1.4× the CPU of the old order at 512×384
+(docs/deviations.md).
 
 Design choices (and what they cost):
 
@@ -52,12 +61,14 @@ Design choices (and what they cost):
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable, NamedTuple, Sequence
 
 import cv2
 import numba
 import numpy as np
+from PIL import Image
 
 from .compose import Piece
 
@@ -730,95 +741,187 @@ def draw_segments(rng: np.random.Generator, cfg: DistortConfig, n: int) -> list[
     return [SegmentDraws(*flags[i], float(r[i]), moved[i], unit_shifts[i]) for i in range(n)]
 
 
-def distort_segment(
-    image: np.ndarray,
-    mask: np.ndarray,
-    ref: tuple[np.ndarray, np.ndarray] | LabStats | None,
-    rng: np.random.Generator | None,
-    cfg: DistortConfig = DistortConfig(),
-    *,
-    draws: SegmentDraws | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Distorted canvas (H×W×3 uint8, black outside) and warped mask (H×W bool) of one segment.
+class SegmentSource(NamedTuple):
+    """One query segment as `distort_segments` takes it: its mask on its bounding box in the
+    original image, placed at (y0, x0), and its query box on the canvas (the training size, before
+    the crop), (y0, x0, y1, x1): where its query mask was painted in the segment map."""
 
-    ref = (rgb crop, mask crop) of the colour reference or its `LabStats`, or None to skip colour
-    transfer. The random numbers come from `draws` when given (see `draw_segments`), else from
-    `rng`.
-    """
-    mask = _as_bool(mask)
-    d = draws if draws is not None else draw_segments(rng, cfg, 1)[0]
-    height, width = mask.shape
-    canvas = np.zeros((height, width, 3), np.uint8)
-    box = _bbox(mask)
-    if box is None:
-        return canvas, mask.copy()
-    margin = RESOLUTION_MARGIN if d.resolution else 0
-    y0, x0 = max(0, box[0] - margin), max(0, box[1] - margin)
-    y1, x1 = min(height, box[2] + margin), min(width, box[3] + margin)
-    window_mask = mask[y0:y1, x0:x1]
-    window = _segment_on_black(image[y0:y1, x0:x1], window_mask)  # segment on black
-    if d.color and ref is not None:
-        window = color_transfer(window, window_mask, ref)
-    if d.resolution:
-        window = resample_resolution(window, d.r)
-    canvas[y0:y1, x0:x1] = window
-    if not d.shape:
-        return canvas, mask.copy()
-    warp = shape_distort(
-        canvas,
-        mask,
-        d.moved,
-        d.unit_shifts,
-        shift_scale=cfg.shift_scale,
-        n_points=cfg.n_points,
-        support=mask,
-        support_margin=margin,  # the resolution step blurs content ≤ 6 px past the mask
-    )
-    return warp.content, warp.mask if warp.warped else mask.copy()
+    y0: int
+    x0: int
+    mask: np.ndarray  # h×w bool, the bounding box of the segment in the original image
+    box: tuple[int, int, int, int]
+
+
+class Geometry(NamedTuple):
+    """Where a segment is distorted (see `_geometry`)."""
+
+    window: tuple[int, int, int, int]  # (y0, x0, y1, x1) at the original resolution: bbox and margins
+    spread: int  # px that content may reach past the segment's query mask on the canvas
+
+
+def _geometry(source: SegmentSource, resolution: bool, shape: tuple[int, int], scale: tuple[float, float]) -> Geometry:
+    """The original-resolution window: the bbox with a black margin that covers the resolution
+    step's spread (≤ 6 px, see RESOLUTION_MARGIN) and the canvas resize's kernel (≤ 2 canvas px),
+    so its border is black for both, widened by a few px until its edges fall (nearly) on edges
+    of canvas pixels: resized on its own, the window then gives the canvas pixels the resize of
+    the whole image gives (`to_canvas`). On the canvas, content reaches the resolution spread
+    times the scale, plus the kernel, plus a pixel each for rounding and for the query mask,
+    which the segment map stretched to its rounded box."""
+    h, w = source.mask.shape
+    blur = RESOLUTION_MARGIN if resolution else 0
+    if scale == (1.0, 1.0):
+        return Geometry((max(0, source.y0 - blur), max(0, source.x0 - blur), min(shape[0], source.y0 + h + blur),
+                         min(shape[1], source.x0 + w + blur)), blur)
+    least = blur + math.ceil(2 * max(1.0, 1 / min(scale))) + 1
+    (y0, y1), (x0, x1) = (_aligned_edges(a, a + n, least, s, size)
+                          for a, n, s, size in ((source.y0, h, scale[0], shape[0]), (source.x0, w, scale[1], shape[1])))
+    return Geometry((y0, x0, y1, x1), int(np.ceil(blur * max(scale))) + 4)
+
+
+def _aligned_edges(start: int, end: int, least: int, scale: float, size: int) -> tuple[int, int]:
+    """[start − m, end + m') within [0, size): m, m' ≥ `least`, each the first of the next
+    ⌈1/scale⌉ + 1 candidates whose edge, times `scale`, lies closest to a whole number."""
+    steps = range(math.ceil(1 / scale) + 2)  # plain Python: called twice per segment, on a few numbers
+
+    def off_grid(edge: int) -> float:
+        return abs(edge * scale - round(edge * scale))
+
+    lo = min((start - least - k for k in steps), key=off_grid)
+    hi = min((end + least + k for k in steps), key=off_grid)
+    return max(0, lo), min(size, hi)
+
+
+def distort_appearance(
+    image: np.ndarray, source: SegmentSource, ref: tuple[np.ndarray, np.ndarray] | LabStats | None,
+    draws: SegmentDraws, window: tuple[int, int, int, int],
+) -> np.ndarray:
+    """Colour and resolution steps of one segment at the original resolution (method §4.1–4.2):
+    the segment on black in `window` (y0, x0, y1, x1) of the image, which holds its bounding box,
+    colour transferred to `ref` (when drawn and given) and down/up-sampled by r (when drawn)."""
+    wy0, wx0, wy1, wx1 = window
+    h, w = source.mask.shape
+    mask = np.zeros((wy1 - wy0, wx1 - wx0), bool)
+    mask[source.y0 - wy0 : source.y0 - wy0 + h, source.x0 - wx0 : source.x0 - wx0 + w] = source.mask
+    content = _segment_on_black(image[wy0:wy1, wx0:wx1], mask)
+    if draws.color and ref is not None:
+        content = color_transfer(content, mask, ref)
+    if draws.resolution:
+        content = resample_resolution(content, draws.r)
+    return content
+
+
+def to_canvas(
+    content: np.ndarray, window: tuple[int, int, int, int], scale: tuple[float, float],
+    resize: Callable[[np.ndarray, tuple], np.ndarray],
+) -> tuple[np.ndarray, int, int]:
+    """An original-resolution window on the canvas: resized by the image's own scale with
+    `resize(image, (width, height))`, the photo's resize, and placed where the resize of the whole
+    image puts it (edges rounded to whole canvas pixels). Returns (content, y0, x0) on the canvas."""
+    y0, x0, y1, x1 = (round(v * s) for v, s in zip(window, scale + scale))
+    size = (max(1, x1 - x0), max(1, y1 - y0))
+    return resize(content, size), y0, x0
 
 
 def distort_segments(
     image: np.ndarray,
+    sources: Sequence[SegmentSource],
     segment_map: np.ndarray,
-    boxes: Sequence[tuple[int, int, int, int]],
     rng: np.random.Generator,
     cfg: DistortConfig = DistortConfig(),
     reference: Callable[[int, float], tuple[np.ndarray, np.ndarray] | LabStats | None] | None = None,
+    *,
+    canvas: tuple[int, int] | None = None,
+    origin: tuple[int, int] = (0, 0),
+    resize: Callable[[np.ndarray, tuple], np.ndarray] | None = None,
 ) -> list[Piece]:
-    """Distort every segment of one image: one `compose.Piece` per segment, in index order.
+    """Distort the segments of one image, as the official code orders it (method §4.4): colour and
+    resolution at the original resolution, the resize to the canvas, the crop, the TPS warp on
+    the crop. Returns one `compose.Piece` per segment with pixels in the crop, in index order,
+    placed in crop coordinates.
 
-    image: H×W×3 uint8. segment_map: H×W int, the index of the segment owning each pixel (−1:
-    none). boxes[i] = (y0, x0, y1, x1): segment i's query box, which sizes the window it is
-    distorted in. reference(i, u) gives segment i's colour reference from one uniform draw u —
-    (rgb crop, mask crop), its LabStats, or None — and is called only for the segments whose
-    colour step is drawn. The thing/stuff flag plays no part here (every segment gets the same
-    three steps, as official); the compositor uses it.
+    image: the original H×W×3 uint8. sources[i]: segment i's mask and query box (`SegmentSource`).
+    canvas: the (W, H) the image is resized to, with resize(image, (W, H)), the photo's resize
+    (default: the image's own size, nothing resized; INTER_AREA). segment_map: the crop (h×w int,
+    −1 none) of the canvas segment map, whose top-left pixel is `origin` (y, x) on the canvas: it
+    gives each segment's query mask for the warp's control points, as official. reference(i, u)
+    gives segment i's colour reference from one uniform draw u — (rgb crop, mask crop), its
+    LabStats, or None — and is called only for segments in the crop whose colour step is drawn.
+    The thing/stuff flag plays no part here (every segment gets the same steps, as official); the
+    compositor uses it.
 
     Deterministic for the state of `rng`: every segment's distortion draws (`draw_segments`),
     then one uniform per segment for its colour reference, whatever each segment's outcome.
     """
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"distort_segments: image must be H×W×3 uint8, got {image.shape} {image.dtype}")
-    if segment_map.shape != image.shape[:2]:
-        raise ValueError(f"distort_segments: segment map {segment_map.shape} and image {image.shape[:2]} differ")
-    if segment_map.size and segment_map.max() >= len(boxes):
-        raise ValueError(f"distort_segments: segment {segment_map.max()} has no box ({len(boxes)} boxes)")
-    H, W = segment_map.shape
-    draws = draw_segments(rng, cfg, len(boxes))
-    u_ref = rng.random(len(boxes)).tolist()
-    reach = cfg.shift_range * cfg.shift_scale
+    if segment_map.size and segment_map.max() >= len(sources):
+        raise ValueError(f"distort_segments: segment {segment_map.max()} has no source ({len(sources)} given)")
+    width, height = canvas or image.shape[1::-1]
+    scale = (height / image.shape[0], width / image.shape[1])
+    resize = resize or resize_area
+    draws = draw_segments(rng, cfg, len(sources))
+    u_ref = rng.random(len(sources)).tolist()
     pieces = []
-    for i, (y0, x0, y1, x1) in enumerate(boxes):
-        # Distort inside a window around the query box, not the whole canvas: the cost then
-        # follows the segment's size. The margin holds the resolution blur and twice the
-        # largest control-point shift, so content lost past it is negligible.
-        pad = RESOLUTION_MARGIN + int(np.ceil(2 * reach * np.sqrt((y1 - y0) * (x1 - x0)))) + 2
-        wy0, wx0, wy1, wx1 = max(0, y0 - pad), max(0, x0 - pad), min(H, y1 + pad), min(W, x1 + pad)
-        mask = segment_map[wy0:wy1, wx0:wx1] == i
-        ref = reference(i, u_ref[i]) if draws[i].color and reference is not None else None
-        content, warped = distort_segment(image[wy0:wy1, wx0:wx1], mask, ref, None, cfg, draws=draws[i])
-        pieces.append(Piece(i, wy0, wx0, content, warped))
+    for i, source in enumerate(sources):
+        box = _crop_box(source.box, origin, segment_map.shape)
+        if box is None:  # cropped away: nothing of it reaches the crop
+            continue
+        d = draws[i]
+        geo = _geometry(source, d.resolution, image.shape[:2], scale)
+        ref = reference(i, u_ref[i]) if d.color and reference is not None else None
+        content = distort_appearance(image, source, ref, d, geo.window)
+        wy0, wx0 = geo.window[:2]
+        if scale != (1.0, 1.0):
+            content, wy0, wx0 = to_canvas(content, geo.window, scale, resize)
+        pieces.append(_warp_on_crop(i, content, wy0 - origin[0], wx0 - origin[1], box, segment_map, d, cfg,
+                                    geo.spread))
     return pieces
+
+
+def _crop_box(box: tuple[int, int, int, int], origin: tuple[int, int],
+              shape: tuple[int, int]) -> tuple[int, int, int, int] | None:
+    """A canvas box (y0, x0, y1, x1) in crop coordinates, clipped to the crop; None when outside."""
+    y0, x0 = max(0, box[0] - origin[0]), max(0, box[1] - origin[1])
+    y1, x1 = min(shape[0], box[2] - origin[0]), min(shape[1], box[3] - origin[1])
+    return (y0, x0, y1, x1) if y0 < y1 and x0 < x1 else None
+
+
+def _warp_on_crop(i: int, window: np.ndarray, wy0: int, wx0: int, box: tuple[int, int, int, int],
+                  segment_map: np.ndarray, d: SegmentDraws, cfg: DistortConfig, spread: int) -> Piece:
+    """Segment i's content (a window at (wy0, wx0) in crop pixels) warped with its query mask in
+    the crop. The warp runs in a window around the query box holding the content's spread and
+    twice the largest control-point shift, so content lost past it is negligible and the cost
+    follows the segment's size."""
+    H, W = segment_map.shape
+    y0, x0, y1, x1 = box
+    reach = cfg.shift_range * cfg.shift_scale
+    pad = spread + int(np.ceil(2 * reach * np.sqrt((y1 - y0) * (x1 - x0)))) + 2
+    py0, px0, py1, px1 = max(0, y0 - pad), max(0, x0 - pad), min(H, y1 + pad), min(W, x1 + pad)
+    content = np.zeros((py1 - py0, px1 - px0, 3), np.uint8)
+    sy0, sx0 = max(py0, wy0), max(px0, wx0)
+    sy1, sx1 = min(py1, wy0 + window.shape[0]), min(px1, wx0 + window.shape[1])
+    if sy0 < sy1 and sx0 < sx1:
+        content[sy0 - py0 : sy1 - py0, sx0 - px0 : sx1 - px0] = window[sy0 - wy0 : sy1 - wy0, sx0 - wx0 : sx1 - wx0]
+    mask = segment_map[py0:py1, px0:px1] == i
+    if d.shape:
+        warp = shape_distort(content, mask, d.moved, d.unit_shifts, shift_scale=cfg.shift_scale,
+                             n_points=cfg.n_points, support=mask, support_margin=spread)
+        if warp.warped:
+            content, mask = warp.content, warp.mask
+    return Piece(i, py0, px0, content, mask)
+
+
+# --- resizing to the training size ---------------------------------------------------------------
+
+
+def resize_area(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """The project's photo resize: OpenCV INTER_AREA (area averaging when shrinking), size = (W, H)."""
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+
+
+def resize_bicubic_pil(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """The official photo resize: PIL bicubic (its kernel widens by the shrink factor: antialiased)."""
+    return np.array(Image.fromarray(image).resize(size, Image.BICUBIC))
 
 
 # --- helpers -------------------------------------------------------------------------------------

@@ -34,7 +34,7 @@ from .classes import ClassTable
 from .compose import Piece, compose, stretch_crop
 from .datasets import read_rgb
 from .decompose import Segment, decompose, thing_lut
-from .distort import DistortConfig, LabStats, distort_segments, lab_stats
+from .distort import DistortConfig, LabStats, SegmentSource, distort_segments, lab_stats
 from .store import SegmentStore
 
 if TYPE_CHECKING:
@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from ..index.search import SearchConfig, SearchResult
 
 CHOICES = ("top1", "sample")
+SEED_MAX = 2**32 - 1  # seeds of the match draws (`_uniform`) and of numpy: 0..2³²−1
 
 
 # ---------------------------------------------------------------- matches → one choice per segment
@@ -231,17 +232,43 @@ class GuidanceComposer:
             self._class_rows = {int(c): order[a:b] for c, a, b in zip(np.unique(cls), bounds[:-1], bounds[1:])}
         return self._class_rows.get(class_id, np.zeros(0, np.int64))
 
+    def original(self, image_row: int, image: np.ndarray | None = None) -> np.ndarray:
+        """The photo at the segment store's resolution (that of its bounding boxes): `image` as read
+        (the file when None), shrunk with INTER_AREA as the store's `max_side` did if it differs."""
+        image = read_rgb(self.image_path[image_row]) if image is None else image
+        h, w = (int(v) for v in self.image_hw[image_row])
+        if image.shape[:2] != (h, w):
+            image = cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA)
+        return image
+
     def distorted_gt(self, image_row: int, rng: np.random.Generator, distort_cfg: DistortConfig | None = None,
-                     color_ref: str = "topk", photo: np.ndarray | None = None) -> np.ndarray:
-        """Distorted ground truth of one image (H×W×3 uint8): its own segments after colour,
-        resolution and shape distortion (method §4, `distort.distort_segments`), composed with the
-        same rules as the guidance. Segments without a colour reference are still distorted in
+                     color_ref: str = "topk", image: np.ndarray | None = None,
+                     crop: tuple[int, int, int, int] | None = None, resize=None) -> np.ndarray:
+        """Distorted ground truth of one image, in the official order (method §4.4): its own
+        segments colour- and resolution-distorted at the original resolution, resized to the
+        target size with the photo's `resize(image, (W, H))` (default INTER_AREA), cropped to
+        `crop` = (y0, x0, h, w) of the target canvas (default: all of it), TPS-warped on the crop
+        and composed there with the same rules as the guidance: h×w×3 uint8. `image` is the photo
+        as read (the file when None). Segments without a colour reference are still distorted in
         resolution and shape. Deterministic for the state of `rng`."""
-        photo = self.photo(image_row) if photo is None else photo
+        image = self.original(image_row, image)
         seg_map, rows, boxes = self.segment_map(image_row)
-        pieces = distort_segments(photo, seg_map, boxes, rng, distort_cfg or DistortConfig(),
-                                  lambda i, u: self.color_reference_stats(int(rows[i]), u, color_ref))
+        W, H = self.size
+        oy, ox, h, w = crop or (0, 0, H, W)
+        seg_map = seg_map[oy:oy + h, ox:ox + w]
+        sources = [self.segment_source(int(row), box) for row, box in zip(rows, boxes)]
+        pieces = distort_segments(image, sources, seg_map, rng, distort_cfg or DistortConfig(),
+                                  lambda i, u: self.color_reference_stats(int(rows[i]), u, color_ref),
+                                  canvas=self.size, origin=(oy, ox), resize=resize)
         return compose(seg_map, self.is_thing[rows], pieces, self.mode)
+
+    def segment_source(self, row: int, box: tuple[int, int, int, int]) -> SegmentSource:
+        """Segment `row`'s mask on its bounding box at the store's resolution, and its target box."""
+        y0, x0, h, w = (int(v) for v in self.bbox[row])
+        mask = self.store.crop(row)[1]
+        if mask.shape != (h, w):  # a stored crop is capped at crop_max_side: back to the box, nearest
+            mask = cv2.resize(mask.view(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST).view(bool)
+        return SegmentSource(y0, x0, mask, box)
 
     def label_preview(self, image_row: int, table: ClassTable) -> np.ndarray:
         seg_map, rows, _ = self.segment_map(image_row)
@@ -251,9 +278,10 @@ class GuidanceComposer:
 
 
 def open_composer(work: Path, split: str, size: tuple[int, int], *, mode: str = "clean", k: int = 10,
-                  choose: str = "top1", seed: int = 0) -> GuidanceComposer:
-    """A composer over `split` with the top-k of its matches table and one chosen rank per segment."""
-    matches = pq.read_table(WorkDir(work).matches_table(split))
+                  choose: str = "top1", seed: int = 0, matches_path: Path | None = None) -> GuidanceComposer:
+    """A composer over `split` with the top-k of its matches table (the baked one, or the table at
+    `matches_path`, e.g. a bake's staging copy) and one chosen rank per segment."""
+    matches = pq.read_table(matches_path or WorkDir(work).matches_table(split))
     comp = GuidanceComposer(Path(work), split, tuple(size), mode)
     comp.ids, _ = dense_matches(matches, comp.segment_id, k)
     comp.chosen = choose_ranks(comp.ids, comp.segment_id, choose, seed)
@@ -285,7 +313,7 @@ def preview_distort(work: Path, out: Path, *, n: int = 8, seed: int = 0, color_r
         rows = []
         for image_row in comp.ok_images()[:n]:
             photo = comp.photo(int(image_row))
-            rows.append(np.concatenate([photo, comp.distorted_gt(int(image_row), rng, color_ref=color_ref, photo=photo),
+            rows.append(np.concatenate([photo, comp.distorted_gt(int(image_row), rng, color_ref=color_ref),
                                         comp.compose(int(image_row))], axis=1))
     finally:
         comp.close()

@@ -13,7 +13,11 @@ forms, so `read_label_map(source, dataset, fmt)` takes:
 | `color`    | RGB palette     | RGB, the official colours   | RGB palette                           | RGB palette |
 
 `ids` is always the dataset's own label-file format, so a file `--label-out-format ids` wrote reads
-back. `auto` (the default) decides from the pixels:
+back. For COCO-Stuff that is the stuffthingmap PNGs' values, 0..181 with 255 unlabeled (what the
+dataset ships and SPADE reads), while the store's native id is value + 1 (1..182, void 0; DESIGN.md):
+`ids` converts both ways. Native 1..182 files (OASIS's shift) are not an id space here: 182 is
+refused as a stuffthingmap value, smaller ones would read one class off. `auto` (the default)
+decides from the pixels:
 
 1. A single-channel PNG (8/16-bit grey, or palette-indexed: the index is the id, as in COCO-Stuff's
    indexed stuffthingmaps) holds class ids. Only Cityscapes has two id spaces, and they overlap:
@@ -57,7 +61,9 @@ import numpy as np
 from PIL import Image
 
 from ..errors import InputError
+from ..workdir import WorkDir
 from .classes import ade20k_palette150, cityscapes_train_ids, class_table
+from .datasets import read_index_png
 
 LABEL_FORMATS = ("auto", "ids", "trainids", "color")
 LABEL_OUT_FORMATS = ("ids", "color")
@@ -282,9 +288,25 @@ def read_label_map(source: str | Path | bytes, dataset: str, fmt: str = "auto", 
     return decode_label_pixels(pixels, dataset, fmt, class_ids=class_ids, where=where)
 
 
+def read_store_label_map(work: str | Path, source: str | Path | bytes, fmt: str = "auto", **kwargs) -> LabelMapFile:
+    """`read_label_map` with the dataset and class table of WORK's segment store."""
+    manifest = WorkDir(work).require_segments()
+    return read_label_map(source, manifest["params"]["dataset"], fmt, class_ids=manifest["classes"]["ids"], **kwargs)
+
+
+def read_instance_map(path: str | Path, label_map: np.ndarray, label_where: str) -> np.ndarray:
+    """An instance PNG (one id per thing instance, 0 = none) that must match `label_map` pixel for pixel."""
+    inst = read_index_png(path)
+    if inst.shape != label_map.shape[:2]:
+        raise InputError(f"{path}: instance map is {inst.shape[1]}x{inst.shape[0]} but the label map {label_where} is "
+                         f"{label_map.shape[1]}x{label_map.shape[0]}; they must match pixel for pixel")
+    return inst
+
+
 def decode_label_pixels(pixels: np.ndarray, dataset: str, fmt: str = "auto", *, class_ids: Sequence[int] = (),
                         where: str = "label map") -> LabelMapFile:
     """`read_label_map` on decoded pixels: H×W ids or H×W×3 colours."""
+    how = "the dataset's class ids"
     if pixels.ndim == 3:
         grey = bool((pixels[..., 0] == pixels[..., 1]).all() and (pixels[..., 1] == pixels[..., 2]).all())
         if fmt in ("auto", "color"):
@@ -297,12 +319,11 @@ def decode_label_pixels(pixels: np.ndarray, dataset: str, fmt: str = "auto", *, 
                 raise InputError(why)
         elif not grey:
             raise InputError(f"{where}: an RGB image with colours, not class ids; pass --label-format color (or auto)")
-        pixels = pixels[..., 0].astype(np.int32)
+        pixels, how = pixels[..., 0].astype(np.int32), "class ids saved as grey RGB"
     elif fmt == "color":
         raise InputError(f"{where}: a single-channel image holds class ids, not colours; pass --label-format ids "
                          "(or auto)")
-    how = "the dataset's class ids"
-    if fmt in ("auto", "color"):
+    if fmt == "auto":
         fmt, how = _cityscapes_id_space(pixels, where) if dataset == "cityscapes" else ("ids", how)
     native = ids_to_native(pixels, dataset, fmt, where)
     if class_ids:

@@ -22,14 +22,19 @@ simple.
 
 **Dask.** `parallel_backend("dask", scheduler)` (the `--backend dask [--scheduler ADDRESS]` of
 every parallel command) connects a `distributed.Client` to the scheduler at ADDRESS, or starts a
-local cluster of `jobs` single-threaded worker processes when no address is given, and routes
-every task of the enclosed stage through joblib's dask backend (`joblib.parallel_config`): one
-task per part, spread over the whole cluster, whatever `jobs` says. Nothing else changes: parts
-are written atomically by the workers and carry the job's key, results come back in part order,
-so the artifacts are byte-identical to a `--jobs 1` run. A worker that dies mid-task leaves no
-part file behind (a part exists only once complete); dask reruns the task on another worker, and
-when it gives up (`KilledWorker`) the stage stops with one line, and rerunning the same command
-recomputes only the missing parts. dask is an optional extra (`pip install 'resail[dask]'`).
+local cluster of `jobs` single-threaded worker processes when no address is given, and sends
+every task of the enclosed stage to that client: one task per part, spread over the whole
+cluster, whatever `jobs` says. Nothing else changes: parts are written atomically by the workers
+and carry the job's key, results come back in part order, so the artifacts are byte-identical to
+a `--jobs 1` run. A worker that dies mid-task leaves no part file behind (a part exists only once
+complete); dask reruns the task on another worker, and when it gives up (`KilledWorker`) the
+stage stops with one line, and rerunning the same command recomputes only the missing parts.
+dask is an optional extra (`pip install 'resail[dask]'`).
+
+The tasks go to `Client.submit` rather than through joblib's dask backend
+(`joblib.parallel_config(backend="dask")`): joblib 1.6 learns a task's end only from a callback
+that its dask backend never calls for a task dask itself failed, so a `KilledWorker` there waits
+forever instead of stopping the stage (tests/test_dask.py kills the workers to check this).
 """
 
 from __future__ import annotations
@@ -42,7 +47,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import h5py
-from joblib import Parallel, delayed, parallel_config
+from joblib import Parallel, delayed
 from tqdm import tqdm
 
 from ..artifacts import write_json_atomic
@@ -52,7 +57,7 @@ BACKEND = "loky"
 BACKENDS = ("loky", "dask")
 CONNECT_TIMEOUT_S = 10          # an unreachable --scheduler fails after this long, with one line
 DASK_MISSING = "--backend dask needs dask.distributed, which is not installed: pip install 'resail[dask]'"
-_session = {"backend": BACKEND}  # the backend of the enclosing `parallel_backend`, for `execute`
+_session: dict[str, Any] = {"client": None}  # the dask client of the enclosing `parallel_backend`
 
 
 def shard_range(n_items: int, i: int, n: int) -> tuple[int, int]:
@@ -111,21 +116,31 @@ class Parts:
 def execute(fn: Callable, calls: Iterable[tuple], *, jobs: int = 1, backend: str = BACKEND) -> Iterator[Any]:
     """`fn(*args)` for each args of `calls`, results in order; in worker processes when jobs > 1,
     on the cluster's workers inside `parallel_backend("dask")`."""
-    if _session["backend"] == "dask":
-        return _on_dask(fn, calls)
+    if _session["client"] is not None:
+        return _on_dask(_session["client"], fn, calls)
     if jobs == 1:
         return (fn(*args) for args in calls)
     return Parallel(n_jobs=jobs, backend=backend, return_as="generator")(delayed(fn)(*args) for args in calls)
 
 
-def _on_dask(fn: Callable, calls: Iterable[tuple]) -> Iterator[Any]:
-    from distributed.scheduler import KilledWorker
+def _on_dask(client, fn: Callable, calls: Iterable[tuple]) -> Iterator[Any]:
+    """Every call as one task of the cluster; results in order. The remaining tasks are cancelled
+    when the caller stops early or a task fails."""
+    from distributed import KilledWorker
+    from distributed.comm import CommClosedError
 
+    futures = [client.submit(fn, *args, pure=False) for args in calls]
     try:
-        yield from Parallel(n_jobs=-1, return_as="generator")(delayed(fn)(*args) for args in calls)
+        for future in futures:
+            yield future.result()
     except KilledWorker as e:
         raise StageError(f"a dask worker died while computing a part ({e.args[0] if e.args else e}); the parts "
                          "already written are complete and kept: rerun the same command to compute the rest") from e
+    except CommClosedError as e:
+        raise StageError(f"lost the connection to the dask scheduler ({e}); the parts already written are "
+                         "complete and kept: rerun the same command to compute the rest") from e
+    finally:
+        client.cancel(futures)
 
 
 @contextmanager
@@ -141,12 +156,12 @@ def parallel_backend(backend: str = BACKEND, scheduler: str | None = None, jobs:
             raise InputError("--scheduler needs --backend dask")
         yield
         return
-    with _dask_client(scheduler, jobs), parallel_config(backend="dask"):
-        _session["backend"] = "dask"
+    with _dask_client(scheduler, jobs) as client:
+        _session["client"] = client
         try:
             yield
         finally:
-            _session["backend"] = BACKEND
+            _session["client"] = None
 
 
 @contextmanager
@@ -156,7 +171,7 @@ def _dask_client(scheduler: str | None, jobs: int) -> Iterator[Any]:
     except ImportError as e:
         raise InputError(DASK_MISSING) from e
     if scheduler is None:
-        with LocalCluster(n_workers=jobs, threads_per_worker=1, processes=True, dashboard_address=None,
+        with LocalCluster(n_workers=jobs, threads_per_worker=1, processes=True, dashboard_address=":0",
                           silence_logs=logging.WARNING) as cluster, Client(cluster) as client:
             yield client
         return

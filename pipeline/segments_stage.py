@@ -2,7 +2,7 @@
 
 The stage runner (`runner.py`) cuts each split's images (by sorted image id) into parts of
 `PART_IMAGES` consecutive images; each part is decoded, decomposed and encoded by one task, which
-writes `segments/parts/{split}/{start:08d}-{stop:08d}.h5` atomically. `--shard I/N` computes the
+writes `segments.new/parts/{split}/{start:08d}-{stop:08d}.h5` atomically. `--shard I/N` computes the
 images [K·I//N, K·(I+1)//N) of every split of K images; the merge checks that every shard of every
 split has finished, streams the parts into `{split}.h5` / `{split}.parquet` /
 `{split}_images.parquet` (segment ids: train rows first, then val), writes `manifest.json` last
@@ -41,6 +41,7 @@ from ..artifacts import (
     fingerprint,
     param_changes,
     recover_dir,
+    remove_temporaries,
     write_json_atomic,
     write_manifest,
 )
@@ -57,6 +58,7 @@ log = logging.getLogger("resail")
 STAGE = "segments"
 PART_IMAGES = 32
 ON_ERROR = ("fail", "skip")
+WORK_FILES = ("parts", "state.json")  # the staging folder's resume state, dropped when it replaces the store
 UNCOVERED = ("official", "components")
 
 
@@ -207,7 +209,7 @@ def build_segments(cfg: SegmentsConfig, *, progress: bool = False,
 
     with wd.lock(INDEX_LOCK, "the segment store", shard=cfg.shard, merge=cfg.merge):
         if cfg.shard is None or cfg.merge:  # the lock is exclusive: finish a swap a crash interrupted
-            recover_dir(wd.segments, drop=("parts",))
+            recover_dir(wd.segments, drop=WORK_FILES)
         if _up_to_date(wd, params, inputs, cfg.rebuild):
             log.info("segments: up to date in %s (use --rebuild to redo)", wd.segments)
             return wd.segments_manifest()
@@ -223,7 +225,7 @@ def build_segments(cfg: SegmentsConfig, *, progress: bool = False,
             log.info("segments: shard %d/%d done; run with --merge once every shard has finished", *cfg.shard)
             return None
         manifest = _merge(reader, records, parts, wd, params, inputs, cfg, unlisted)
-        commit_dir(wd.segments_staging, wd.segments, drop=("parts",))
+        commit_dir(wd.segments_staging, wd.segments, drop=WORK_FILES)
     log.info("segments: %s in %.1fs -> %s", ", ".join(
         f"{s} {c['segments']} segments from {c['images_ok']} images" for s, c in manifest["counts"].items()),
         time.perf_counter() - t0, wd.segments)
@@ -251,9 +253,9 @@ def _up_to_date(wd: WorkDir, params: dict, inputs: dict, rebuild: bool) -> bool:
     if m is None or rebuild:
         return False
     if m.get("stage") != STAGE or m.get("params") != params:
-        raise StageError(f"{wd.segments} was built with other parameters ({param_changes(m.get('params') or {}, params)}"
-                         "); rerun with --rebuild to replace it (the current store stays usable until the new one is "
-                         "complete), or use another --work")
+        changes = param_changes(m.get("params") or {}, params)
+        raise StageError(f"{wd.segments} was built with other parameters ({changes}); rerun with --rebuild to replace "
+                         "it (the current store stays usable until the new one is complete), or use another --work")
     if m.get("inputs") != inputs:
         log.warning("segments: the dataset files changed since %s was built; rebuilding", wd.segments)
         return False
@@ -307,6 +309,7 @@ def _merge(reader, records, parts, wd: WorkDir, params, inputs, cfg, unlisted: l
     """Merge every split's parts into the staging folder and write its manifest there, last."""
     t0 = time.perf_counter()
     out = wd.segments_staging
+    remove_temporaries(out)  # a killed merge's half-written files would otherwise move in with the store
     # The merge copies the parts: check for room first (HDF5 copes badly with a full disk).
     ensure_free_space(out, sum(p.stat().st_size for ps in parts.values() for p in ps), "the segment store merge")
     counts, skipped, first_id, files = {}, {}, 0, []

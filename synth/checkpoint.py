@@ -22,7 +22,6 @@ or foreign file into one line that names it and the fix.
 
 from __future__ import annotations
 
-import errno
 import random
 import re
 from dataclasses import dataclass
@@ -32,7 +31,7 @@ import numpy as np
 import torch
 
 from ..artifacts import atomic_path
-from ..errors import InputError, StageError
+from ..errors import DiskFullError, InputError
 from ..workdir import WorkDir
 from .config import TrainConfig
 from .generator import Generator, build_generator
@@ -72,11 +71,9 @@ def write_checkpoint(path: str | Path, ckpt: dict, rerun: str = "rerun with --re
     try:
         with atomic_path(path) as tmp:
             torch.save(ckpt, tmp)
-    except OSError as e:
-        if e.errno != errno.ENOSPC:
-            raise
-        raise StageError(f"{path}: disk full while writing a checkpoint; the previous checkpoints are intact. "
-                         f"Free space and {rerun}") from e
+    except DiskFullError as e:  # atomic_path's reading of ENOSPC and of torch's "file write failed"
+        raise DiskFullError(f"{path}: disk full while writing a checkpoint; the previous checkpoints are intact. "
+                            f"Free space and {rerun}") from e
 
 
 # ---------------------------------------------------------------- a run's checkpoints

@@ -13,6 +13,11 @@ new total, and the trainer appends the change to `history` (in config.json and e
 
 Per-dataset training settings follow the official code (reference §5.4): batch is the global
 batch over all processes; epochs are `niter` at constant lr then `niter_decay` of linear decay.
+
+`recipe` names the choices where this project departs from the official run on purpose
+(docs/deviations.md): `resail` (default) keeps them; `official` restores the official ones that
+a config can express: void counted as a class in the segmentation loss, no segmentation loss on
+ADE20K, PIL bicubic photo and PIL nearest label resizing, fp32 (no autocast).
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from .presets import NORMS, NetworkPreset, get_preset
 PREPROCESS = ("resize_crop", "fixed")
 AMP = ("auto", "off", "bf16", "fp16")
 COLOR_REFS = ("topk", "class")
+RECIPES = ("resail", "official")
 
 # Training fields of each preset; the network side lives in synth/presets.py.
 TRAIN_PRESETS: dict[str, dict] = {
@@ -55,6 +61,7 @@ class TrainConfig:
     net: NetworkPreset
     preset: str = "toy"
     name: str = "run"
+    recipe: str = "resail"                  # or "official": the official run's choices (docs/deviations.md)
     # data
     batch_size: int = 4                     # global batch (all processes together)
     preprocess: str = "resize_crop"         # resize to load_size, random crop to net size; or 'fixed' resize
@@ -174,7 +181,7 @@ def resolve_config(preset: str, *, n_train: int, toml: str | Path | None = None,
     fields.update(explicit)
     notes = []
     if "seg_loss" not in explicit:  # the preset's choice bends to what is available
-        if explicit.get("segnet") is not None:
+        if explicit.get("segnet") is not None and not _official_ade20k(fields.get("recipe"), preset):
             fields["seg_loss"] = True
         elif fields.get("seg_loss"):
             fields["seg_loss"] = False
@@ -227,6 +234,29 @@ def split_epochs(epochs: int, niter: int, niter_decay: int) -> tuple[int, int]:
     return const, epochs - const
 
 
+def _official_ade20k(recipe: str | None, preset: str) -> bool:
+    return recipe == "official" and preset == "ade20k"
+
+
+def _check_recipe(cfg: TrainConfig, notes: list[str]) -> TrainConfig:
+    """The official recipe trains in fp32 and, on ADE20K, without the segmentation loss (its
+    seg-loss path raised for ADE20K, reference §8.6)."""
+    if cfg.recipe not in RECIPES:
+        raise InputError(f"recipe {cfg.recipe!r}: choose one of {RECIPES}")
+    if cfg.recipe != "official":
+        return cfg
+    if cfg.amp in ("bf16", "fp16"):
+        raise InputError(f"--amp {cfg.amp} with --recipe official: the official run trains in fp32; "
+                         "drop --amp or use --recipe resail")
+    if _official_ade20k(cfg.recipe, cfg.preset) and cfg.seg_loss:
+        raise InputError("--seg-loss with --recipe official on ade20k: the official ADE20K run had no "
+                         "segmentation loss; drop --seg-loss or use --recipe resail")
+    if _official_ade20k(cfg.recipe, cfg.preset) and cfg.segnet is not None:
+        notes.append("--segnet unused: the official ADE20K run had no segmentation loss (recipe official)")
+        cfg = dataclasses.replace(cfg, segnet=None)
+    return dataclasses.replace(cfg, amp="off")
+
+
 def _check_and_finish(cfg: TrainConfig, n_train: int, notes: list[str]) -> TrainConfig:
     net = cfg.net
     if cfg.batch_size < 1:
@@ -237,6 +267,7 @@ def _check_and_finish(cfg: TrainConfig, n_train: int, notes: list[str]) -> Train
         raise InputError(f"amp {cfg.amp!r}: choose one of {AMP}")
     if cfg.color_ref not in COLOR_REFS:
         raise InputError(f"color_ref {cfg.color_ref!r}: choose one of {COLOR_REFS}")
+    cfg = _check_recipe(cfg, notes)
     for field_name in ("p_color", "p_resolution", "p_shape"):
         if not 0.0 <= getattr(cfg, field_name) <= 1.0:
             raise InputError(f"{field_name} = {getattr(cfg, field_name)}: a probability must lie in [0, 1]")
@@ -278,7 +309,8 @@ def format_config(cfg: TrainConfig) -> str:
     """The resolved config in one short block."""
     n = cfg.net
     lines = [
-        f"run {cfg.name!r}: preset {cfg.preset}, {n.width}x{n.height}, norm {n.norm}, ngf {n.ngf}, ndf {n.ndf}, "
+        f"run {cfg.name!r}: preset {cfg.preset}, recipe {cfg.recipe}, {n.width}x{n.height}, norm {n.norm}, "
+        f"ngf {n.ngf}, ndf {n.ndf}, "
         f"{n.semantic_nc} label channels" + (" (channel = native id)" if n.label_ids is None else
                                              f" (label table of native ids {n.label_ids[1]}..{n.label_ids[-1]})"),
         f"  data: {cfg.n_train} images, batch {cfg.batch_size}, {cfg.preprocess} (load {cfg.load_size[0]}x"

@@ -1,7 +1,7 @@
 """Training and evaluation batches from a work directory's caches.
 
 One item of `SynthDataset` is one image of a split, as tensors at the network size:
-  image      3×H×W float in [−1, 1]   the real photo (reader → area resize)
+  image      3×H×W float in [−1, 1]   the real photo (reader → the recipe's photo resize)
   label      H×W int64                label-map channel of each pixel: the native class id through
                                       the preset's label table (reader → nearest resize → table;
                                       channel = native id for presets without a table), 0 = void
@@ -11,13 +11,20 @@ One item of `SynthDataset` is one image of a split, as tensors at the network si
   edges      1×H×W float {0, 1}       instance boundaries (`instance_edges`; zeros without instances)
   index      int                      row in the split (= row of the guidance cache)
 
-Training items are resized to the load size, then cropped and flipped identically (reference
-§4.4: the distortion runs at the load size, before the crop). Every random number of an item
-comes from `default_rng([seed, epoch, index])`, so an item never depends on the worker count,
-on the worker that builds it, or on what was drawn before: keys are `(epoch, index)` pairs
-handed out by `StepBatchSampler`, a pure function of the step counter. The label goes out as
-channel ids; `one_hot` builds the B×L×H×W map on the device, which saves moving 151-channel
-floats through the loader. `LabelChannels.to_native` turns channel ids back into native ids.
+Training items are resized to the load size, then cropped and flipped identically. The distorted
+ground truth follows the official order (reference §4.4): colour and resolution distortion at
+the photo's original resolution, the photo's resize, the crop, then the TPS warp on the crop
+(`GuidanceComposer.distorted_gt`); only its flip comes after the warp (the official code flips
+before it: the same distribution of warps, mirrored). Resizes follow the config's `recipe`:
+`resail` shrinks the photo with OpenCV INTER_AREA and picks label pixels by `floor(i·n/N)`;
+`official` uses PIL bicubic and PIL nearest (pixel centres), as the official transform does.
+
+Every random number of an item comes from `default_rng([seed, epoch, index])`, so an item never
+depends on the worker count, on the worker that builds it, or on what was drawn before: keys are
+`(epoch, index)` pairs handed out by `StepBatchSampler`, a pure function of the step counter.
+The label goes out as channel ids; `one_hot` builds the B×L×H×W map on the device, which saves
+moving 151-channel floats through the loader. `LabelChannels.to_native` turns channel ids back
+into native ids.
 
 Readers, the composer and the h5 cache open lazily in each worker (h5 handles do not survive a fork).
 """
@@ -35,7 +42,7 @@ from torch.utils.data import Dataset, Sampler
 
 from ..errors import InputError, StageError
 from ..pipeline.datasets import records_for_ids
-from ..pipeline.distort import DistortConfig
+from ..pipeline.distort import DistortConfig, resize_area, resize_bicubic_pil
 from ..pipeline.guidance import load_composer, open_guidance
 from ..workdir import WorkDir
 from .config import TrainConfig
@@ -101,14 +108,25 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
     return ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
 
 
-def resize_nearest(a: np.ndarray, width: int, height: int) -> np.ndarray:
-    """Nearest resize of an integer map by index (no dtype limits, exact for any id)."""
+PHOTO_RESIZE = {"resail": resize_area, "official": resize_bicubic_pil}
+
+
+def resize_nearest(a: np.ndarray, width: int, height: int, *, pil: bool = False) -> np.ndarray:
+    """Nearest resize of an integer map by index (no dtype limits, exact for any id): output pixel
+    i takes input ⌊i·n/N⌋, or with `pil` the pixel under its centre as PIL's NEAREST finds it
+    (the running sum (i + ½)·n/N of its affine scaler, floored: the same indices bit for bit)."""
     h, w = a.shape[:2]
     if (h, w) == (height, width):
         return a
-    ys = np.minimum((np.arange(height) * h) // height, h - 1)
-    xs = np.minimum((np.arange(width) * w) // width, w - 1)
-    return a[ys[:, None], xs[None, :]]
+    return a[_nearest_indices(h, height, pil)[:, None], _nearest_indices(w, width, pil)[None, :]]
+
+
+def _nearest_indices(n_in: int, n_out: int, pil: bool) -> np.ndarray:
+    if pil:
+        scale = n_in / n_out
+        centres = np.cumsum(np.r_[0.5 * scale, np.full(n_out - 1, scale)])  # sequential sums, as PIL adds
+        return np.minimum(centres.astype(np.int64), n_in - 1)
+    return np.minimum((np.arange(n_out) * n_in) // n_out, n_in - 1)
 
 
 def instance_edges(instance_map: np.ndarray | None, shape: tuple[int, int]) -> np.ndarray:
@@ -140,6 +158,8 @@ class SynthDataset(Dataset):
         self.with_distorted = train if with_distorted is None else with_distorted
         self.with_edges = cfg.instance_edges
         self.color_ref = cfg.color_ref
+        self.photo_resize = PHOTO_RESIZE[cfg.recipe]
+        self.pil_nearest = cfg.recipe == "official"
         self.distort_cfg = DistortConfig(p_color=cfg.p_color, p_resolution=cfg.p_resolution, p_shape=cfg.p_shape)
 
         seg = segments_params(self.work)
@@ -194,22 +214,24 @@ class SynthDataset(Dataset):
         flip = bool(rng.random() < 0.5) and self.flip
 
         sample = self.reader.load(self.records[index])
-        photo = cv2.resize(sample.image, (W, H), interpolation=cv2.INTER_AREA)
-        label = resize_nearest(sample.label_map, W, H).astype(np.int64)
+        photo = self.photo_resize(sample.image, (W, H))
+        label = resize_nearest(sample.label_map, W, H, pil=self.pil_nearest).astype(np.int64)
         guidance = self._cache["guidance"][index]
         if guidance.shape[:2] != (H, W):
             guidance = cv2.resize(guidance, (W, H), interpolation=cv2.INTER_LINEAR)
         planes = {"image": photo, "label": label, "guidance": guidance}
-        if self.with_distorted:
-            planes["distorted"] = self._composer.distorted_gt(int(self.rows[index]), rng, self.distort_cfg,
-                                                              color_ref=self.color_ref, photo=photo)
         if self.with_edges:
-            inst = None if sample.instance_map is None else resize_nearest(sample.instance_map, W, H)
+            inst = None if sample.instance_map is None else resize_nearest(sample.instance_map, W, H,
+                                                                            pil=self.pil_nearest)
             planes["edges"] = instance_edges(inst, (H, W))
+        planes = {name: a[oy:oy + h, ox:ox + w] for name, a in planes.items()}
+        if self.with_distorted:  # built on the crop: its warp runs after it
+            planes["distorted"] = self._composer.distorted_gt(
+                int(self.rows[index]), rng, self.distort_cfg, color_ref=self.color_ref, image=sample.image,
+                crop=(oy, ox, h, w), resize=self.photo_resize)
 
         item = {"index": index}
         for name, a in planes.items():
-            a = a[oy:oy + h, ox:ox + w]
             if flip:
                 a = a[:, ::-1]
             if name == "label":

@@ -20,17 +20,31 @@ Protocol (written into `metrics.json` with every result):
   numbers computed on the same number of images.
 * KID: unbiased MMD² with the cubic polynomial kernel (x·y/2048 + 1)³ on the same features,
   mean and std over 100 random subsets of min(1000, N) images per side (seed 0).
-* Segmentation: a segmentation network (the work dir's `resail segnet train` checkpoint by
-  default) on the generated and on the real images at the model size; per pixel the argmax over
-  the dataset's classes only (void and unused channels excluded); label-map void pixels
-  ignored. One confusion matrix over the split, in the segmenter's label channels (its label
-  table, which need not be the generator's: labels are remapped through native ids); IoU_c =
+* Segmentation, by default: the project's segmentation network (the work dir's `resail segnet
+  train` checkpoint) on the generated and on the real images at the model size; per pixel the
+  argmax over the dataset's classes only (void and unused channels excluded); label-map void
+  pixels ignored. One confusion matrix over the split, in the segmenter's label channels (its
+  label table, which need not be the generator's: labels are remapped through native ids); IoU_c =
   TP/(TP + FP + FN), mIoU = mean over classes whose union is non-empty; pixel accuracy =
   correct / non-void pixels; per-class rows name the native class. The real-image numbers are
   the upper bound the segmenter allows.
+* Segmentation with `segmenter` (numbers comparable with published ones): one of the classic
+  segmenters published mIoU uses — `drn-d-105` (Cityscapes), `upernet-r101` (ADE20K, the
+  authors' five test scales or `upernet_scales="single"`), `deeplabv2-r101` (COCO-Stuff) — from
+  its authors' weight files, or `torchscript:PATH` (synth/segmenters), each run exactly as its
+  authors' evaluation code runs it, on the same generated and real images. The ground truth is
+  mapped into the segmenter's id space (`pipeline.label_maps.eval_id_space`): Cityscapes labelIds
+  → trainIds 0..18 (the other labelIds ignored), ADE20K 1..150 (0 ignored), COCO-Stuff native
+  1..182 → stuffthingmap values 0..181 (void ignored). The argmax runs over all the segmenter's
+  classes, as published; a prediction outside the id space (ADE20K's 0) counts as a miss. Same
+  confusion matrix and scores as above, over the id space's classes. The generated images reach
+  the segmenter as the uint8 RGB pixels saved as PNG, never through a lossy format.
 
 Outputs in `WORK/eval/NAME/`: `images/{image_id}.png`, `grid.png` (label | guidance |
-generated | real), `per_class_iou.csv`, `report.md`, and `metrics.json`, written last.
+generated | real), `per_class_iou.csv`, `report.md`, and `metrics.json`, written last. Its
+`protocol` records what a reader needs to compare the numbers: the segmenter, its weight files'
+SHA-256, scales, input size, resize, normalisation and id space; the FID implementation and the
+Inception weights' SHA-256; the number of images, their format (PNG) and the real reference set.
 """
 
 from __future__ import annotations
@@ -50,6 +64,7 @@ from tqdm.auto import tqdm
 
 from ..artifacts import atomic_path, fingerprint, write_bytes_atomic, write_json_atomic, write_png_atomic
 from ..errors import InputError
+from ..pipeline.label_maps import ADE20K, IdSpace, eval_id_space
 from ..workdir import WorkDir
 from .data import SynthDataset, check_label_table, label_palette, to_uint8
 from .inception import FEATURE_DIM, find_weights, inception_features, load_inception, sha256_of
@@ -62,6 +77,9 @@ log = logging.getLogger(__name__)
 
 PROTOCOL_VERSION = 1
 FID_STATS = "fid_stats"   # WORK/eval/fid_stats/: cached real-image statistics, shared by every run
+IMAGE_FORMAT = "PNG, 8-bit RGB, lossless (never JPEG): every metric sees exactly the saved pixels"
+UPERNET_SCALES = ("multi", "single")
+PUBLISHED_FOR = {"drn-d-105": "cityscapes", "upernet-r101": "ade20k", "deeplabv2-r101": "cocostuff"}
 
 
 # ---------------------------------------------------------------- metrics (pure functions)
@@ -164,6 +182,9 @@ class EvalConfig:
     inception_weights: Path | None = None  # default: torch hub cache
     seg: bool = True
     segnet: Path | None = None            # default: WORK/segnet/{preset}.pt when it exists
+    segmenter: str | None = None          # a classic segmenter (synth/segmenters) instead of the segnet
+    segmenter_weights: tuple[Path, ...] = ()
+    upernet_scales: str = "multi"
     batch_size: int = 8
     device: str = "cpu"
     limit: int | None = None
@@ -179,9 +200,21 @@ class EvalConfig:
             raise InputError(f"--limit {self.limit}: must be at least 1")
         if self.kid and not self.fid:
             object.__setattr__(self, "kid", False)  # KID reuses the Inception features
+        if self.upernet_scales not in UPERNET_SCALES:
+            raise InputError(f"--upernet-scales {self.upernet_scales!r}: choose multi or single")
+        if self.segmenter is None:
+            if self.segmenter_weights:
+                raise InputError("--segmenter-weights without --segmenter: name the segmenter they belong to")
+        elif self.segnet is not None or not self.seg:
+            raise InputError(f"--segmenter {self.segmenter} scores the images instead of the segmentation network: "
+                             f"pass it without {'--segnet' if self.seg else '--no-seg'}")
+        object.__setattr__(self, "segmenter_weights", tuple(Path(w) for w in self.segmenter_weights))
 
     def to_dict(self) -> dict:
-        return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
+        def plain(v):
+            return str(v) if isinstance(v, Path) else [plain(x) for x in v] if isinstance(v, tuple) else v
+
+        return {k: plain(v) for k, v in asdict(self).items()}
 
 
 def find_segnet(work: Path, preset: str, dataset: str, path: Path | None) -> Path | None:
@@ -237,6 +270,39 @@ class Segmenter:
         return out
 
 
+class SegmenterScorer:
+    """A classic segmenter (synth/segmenters: the published three, or `torchscript:PATH`) scoring
+    images in its id space; accumulates one confusion matrix per source like `Segmenter`.
+
+    `labels` is the label table of the label maps handed to `add` (the generator's); they go to
+    native ids, then into `space` (−1 = ignored). Matrix position p < K is `space.ids[p]`; position
+    K collects predictions outside the space (never a class of its own, so they count as misses)."""
+
+    def __init__(self, segmenter, space: IdSpace, labels: LabelChannels):
+        self.segmenter, self.space, self.labels = segmenter, space, labels
+        self.K = K = len(space.ids)
+        self.position = np.full(max(256, max(space.ids, default=0) + 1), K, np.int64)   # id → matrix position
+        self.position[list(space.ids)] = np.arange(K)
+        self.conf = {"generated": np.zeros((K + 1, K + 1), np.int64), "real": np.zeros((K + 1, K + 1), np.int64)}
+
+    def add(self, source: str, images_u8: np.ndarray, label: torch.Tensor) -> None:
+        """B×H×W×3 uint8 images and their B×H×W label maps (channel ids of `labels`)."""
+        target = self.space.from_native(self.labels.to_native(label.cpu().numpy()))     # B×H×W, −1 ignored
+        for rgb, t in zip(images_u8, target):
+            keep = t >= 0
+            pred = self.position[self.segmenter.predict(rgb)[keep]]
+            cell = self.position[t[keep]] * (self.K + 1) + pred
+            self.conf[source] += np.bincount(cell, minlength=(self.K + 1) ** 2).reshape(self.K + 1, self.K + 1)
+
+    def scores(self) -> dict[str, dict]:
+        out = {}
+        for k, c in self.conf.items():
+            s = segmentation_scores(c, range(self.K))
+            s["iou"] = {self.space.ids[p]: v for p, v in s["iou"].items()}   # keyed by the space's ids
+            out[k] = s
+        return out
+
+
 def _load_real_features(path: Path) -> np.ndarray | None:
     if not path.exists():
         return None
@@ -251,13 +317,39 @@ def _save_real_features(path: Path, features: np.ndarray) -> None:
 
 @dataclass
 class _Scorers:
-    """What scores the images: the Inception (with its weight file) and the segmenter, or None."""
+    """What scores the images: the Inception (with its weight file) and the segmenter, or None;
+    the segmenter's protocol and the classes its per-class rows list (ids and names)."""
 
     inception: torch.nn.Module | None = None
     weights: Path | None = None
     weights_sha: str | None = None
-    segmenter: Segmenter | None = None
+    segmenter: Segmenter | SegmenterScorer | None = None
     segnet_path: Path | None = None
+    seg_protocol: dict | None = None
+    class_ids: list[int] | None = None
+    names: dict[int, str] | None = None
+
+
+def _family(dataset: str) -> str:
+    return "ade20k" if dataset in ADE20K else dataset
+
+
+def _load_classic(cfg: EvalConfig, run: LoadedRun, sc: _Scorers) -> _Scorers:
+    """The classic segmenter `cfg.segmenter`, refused unless it segments the run's dataset."""
+    from .segmenters import load_segmenter
+
+    made_for = PUBLISHED_FOR.get(cfg.segmenter)
+    if made_for is not None and made_for != _family(run.dataset):
+        raise InputError(f"--segmenter {cfg.segmenter} segments {made_for}, but run {run.name!r} is of "
+                         f"{run.dataset}; use " + ", ".join(f"{n} for {d}" for n, d in PUBLISHED_FOR.items())
+                         + ", or torchscript:PATH (predicting the dataset's evaluation ids)")
+    seg = load_segmenter(cfg.segmenter, cfg.segmenter_weights, run.device, upernet_scales=cfg.upernet_scales)
+    space = eval_id_space(run.dataset, run.class_ids, run.names)
+    sc.segmenter = SegmenterScorer(seg, space, run.channels)
+    sc.class_ids, sc.names = list(space.ids), dict(zip(space.ids, space.names))
+    sc.seg_protocol = {**seg.protocol, "id_space": space.name,
+                       "argmax": "over every class the segmenter predicts, as published"}
+    return sc
 
 
 def _load_scorers(cfg: EvalConfig, run: LoadedRun) -> _Scorers:
@@ -269,6 +361,8 @@ def _load_scorers(cfg: EvalConfig, run: LoadedRun) -> _Scorers:
         sc.inception = load_inception(sc.weights, device)
     if not cfg.seg:
         return sc
+    if cfg.segmenter is not None:
+        return _load_classic(cfg, run, sc)
     sc.segnet_path = find_segnet(work, run.config.preset, run.dataset, cfg.segnet)
     if sc.segnet_path is None:
         log.warning("eval: no segmentation network in %s (train one with `resail segnet train %s`, or pass "
@@ -282,6 +376,12 @@ def _load_scorers(cfg: EvalConfig, run: LoadedRun) -> _Scorers:
         raise InputError(f"--segnet {sc.segnet_path}: needs image sides divisible by {k}, the model makes "
                          f"{W}x{H}; pass a segmentation network of fewer levels or --no-seg")
     sc.segmenter = Segmenter(segnet, run.channels, run.class_ids, device)
+    sc.class_ids, sc.names = run.class_ids, run.names
+    sc.seg_protocol = {"segmenter": "segnet", "checkpoint": str(sc.segnet_path),
+                       "weights": [{"file": sc.segnet_path.name, "sha256": sha256_of(sc.segnet_path)}],
+                       "input": "RGB / 127.5 - 1 at the model size", "scales": [1.0], "resize": "none",
+                       "id_space": "native ids, through the segmentation network's label table",
+                       "argmax": "over the dataset's classes only (void and unused channels excluded)"}
     return sc
 
 
@@ -371,13 +471,15 @@ def run_eval(cfg: EvalConfig, *, progress: bool = False) -> dict:
     metrics["per_class_iou"] = []
     if sc.segmenter is not None:
         scores = sc.segmenter.scores()
-        metrics["segmentation"] = {"segnet": str(sc.segnet_path),
+        where = {"segnet": str(sc.segnet_path)} if sc.segnet_path is not None else {}
+        metrics["segmentation"] = {"segmenter": sc.seg_protocol["segmenter"], "id_space": sc.seg_protocol["id_space"],
+                                   **where,
                                    **{k: {m: v for m, v in s.items() if m != "iou"} for k, s in scores.items()}}
-        metrics["per_class_iou"] = _per_class(scores, run.class_ids, run.names)
+        metrics["per_class_iou"] = _per_class(scores, sc.class_ids, sc.names)
     timings["total_s"] = time.perf_counter() - t_start
     metrics["timings"] = {k: round(v, 3) for k, v in timings.items()}
     metrics["images_per_s"] = round(n / timings["total_s"], 3)
-    metrics["protocol"] = _protocol(cfg, wd, sc.weights, sc.weights_sha, real_cache, need_real, n)
+    metrics["protocol"] = _protocol(cfg, run, sc, ids, real_cache, need_real)
     metrics["config"] = cfg.to_dict()
     metrics["written_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
@@ -398,10 +500,18 @@ def _per_class(scores: dict, class_ids: list[int], names: dict[int, str]) -> lis
     return rows
 
 
-def _protocol(cfg: EvalConfig, wd: WorkDir, weights, weights_sha, real_cache, recomputed: bool, n: int) -> dict:
+def _protocol(cfg: EvalConfig, run: LoadedRun, sc: _Scorers, ids: list[str], real_cache, recomputed: bool) -> dict:
+    wd, (W, H), n = run.work, run.size, len(ids)
     bake = (wd.guidance_manifest(cfg.split) or {}).get("params", {})
     p = {
         "version": PROTOCOL_VERSION,
+        "n_images": n,
+        "image_format": IMAGE_FORMAT,
+        "input_size": [W, H],
+        "real_reference": {"dataset": run.dataset, "split": cfg.split, "n_images": n,
+                           "images": f"the first {n} images of the split in store order, each photo resized to "
+                                     f"{W}x{H} with cv2.INTER_AREA (the trainer's resize)",
+                           "image_ids_fingerprint": fingerprint(ids)},
         "generator": "G_ema in eval mode (BatchNorm running statistics), no gradient, float32",
         "guidance": {"cache": str(wd.guidance_h5(cfg.split)),
                      **{k: bake.get(k) for k in ("compose_mode", "choose", "k", "seed", "size", "max_score")}},
@@ -411,20 +521,27 @@ def _protocol(cfg: EvalConfig, wd: WorkDir, weights, weights_sha, real_cache, re
         "real_images": "split photos resized to the model size with cv2.INTER_AREA (the trainer's resize), uint8",
     }
     if cfg.fid:
-        p["fid"] = {"features": "TF-ported FID Inception pool3, 2048-d; bilinear resize to 299 (align_corners="
+        p["fid"] = {"implementation": "resail synth/eval.py with pytorch-fid's conventions (its features are "
+                                      "checked against pytorch-fid's InceptionV3 in tests/test_eval.py)",
+                    "features": "TF-ported FID Inception pool3, 2048-d; bilinear resize to 299 (align_corners="
                                 "False), [0,1] -> [-1,1]",
                     "frechet": "np.cov (ddof 1); scipy.linalg.sqrtm; +1e-6 on the diagonals if not finite",
-                    "inception_weights": str(weights), "inception_sha256": weights_sha,
+                    "inception_weights": str(sc.weights), "inception_sha256": sc.weights_sha,
                     "real_stats_cache": str(real_cache), "real_stats_recomputed": recomputed,
                     "kid": "unbiased MMD^2, kernel (x.y/2048+1)^3, 100 subsets of min(1000, N), seed 0"
                     if cfg.kid else None}
         if n < FEATURE_DIM:
             p["fid"]["note"] = (f"{n} images < {FEATURE_DIM} feature dimensions: the covariances are rank-deficient "
                                 "and FID is biased upward; compare only at equal N")
-    if cfg.seg:
-        p["segmentation"] = ("argmax over the dataset's classes (void excluded); void label pixels ignored; one "
-                             "confusion matrix per split; IoU = TP/(TP+FP+FN), mIoU over classes with a non-empty "
-                             "union; pixel accuracy over non-void pixels; real images give the upper bound")
+    if sc.seg_protocol is not None:
+        p["segmentation"] = {
+            **sc.seg_protocol, "input_size": [W, H],
+            "images": "the generated PNGs' pixels and the real reference images, both at the input size",
+            "ground_truth": f"the split's label maps nearest-resized to {W}x{H}, mapped to "
+                            f"{sc.seg_protocol['id_space']}",
+            "scores": "one confusion matrix per source over the split; IoU = TP/(TP+FP+FN); mIoU = mean over classes "
+                      "with a non-empty union; pixel accuracy over non-ignored pixels; the real images give the "
+                      "segmenter's own ceiling"}
     return p
 
 
@@ -450,7 +567,7 @@ def format_report(m: dict) -> str:
         f"# resail eval: run `{m['run']}` (step {m['step'] if m['step'] is not None else '?'})",
         "",
         f"{m['n_images']} {m['split']} images at {m['resolution'][0]}x{m['resolution'][1]}, checkpoint "
-        f"`{m['checkpoint']}`.",
+        f"`{m['checkpoint']}`" + (f"; segmenter `{seg['segmenter']}`." if seg else "."),
         "",
         "| metric | generated | real (upper bound) |",
         "|---|---|---|",
@@ -482,7 +599,7 @@ def format_metrics(m: dict) -> str:
         parts.append(f"KID {m['kid']['mean']:.4f}±{m['kid']['std']:.4f}")
     seg = m.get("segmentation")
     if seg:
-        parts.append(f"mIoU {seg['generated']['miou']:.4f} (real {seg['real']['miou']:.4f}), pixel acc "
-                     f"{seg['generated']['pixel_acc']:.4f} (real {seg['real']['pixel_acc']:.4f})")
+        parts.append(f"{seg['segmenter']} mIoU {seg['generated']['miou']:.4f} (real {seg['real']['miou']:.4f}), "
+                     f"pixel acc {seg['generated']['pixel_acc']:.4f} (real {seg['real']['pixel_acc']:.4f})")
     return ", ".join(parts) + f" in {m['timings']['total_s']:.1f}s"
 

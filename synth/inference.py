@@ -126,6 +126,7 @@ class LoadedRun:
         device = device if isinstance(device, torch.device) else resolve_device(device)
         snap = load_snapshot(find_snapshot(wd.root, run, checkpoint), device)
         manifest = wd.require_segments()
+        wd.check_run_lineage(run)  # a warning when the run was trained on another segment store
         classes = manifest["classes"]
         ids = [int(c) for c in classes["ids"]]
         return cls(work=wd, name=run, snapshot=snap.path, step=snap.step, G=snap.G_ema, config=snap.config,

@@ -41,7 +41,7 @@ from PIL import Image
 
 from ..artifacts import encode_png
 from ..errors import InputError, ResailError, StageError
-from ..pipeline.guidance import LabelMapGuidance
+from ..pipeline.guidance import SEED_MAX, LabelMapGuidance
 from ..pipeline.label_maps import LABEL_FORMATS, MAX_SIDE, LabelMapFile, LabelSizeError, encode_label_map, palette_lut
 from ..pipeline.store import SegmentStore
 from .data import resize_nearest
@@ -60,6 +60,12 @@ class UploadError(InputError):
     def __init__(self, message: str, status: int = 422):
         super().__init__(message)
         self.status = status
+
+
+def check_seed(seed: int | None) -> None:
+    """A 400 for a seed outside 0..SEED_MAX (`resail synthesize --seed`'s range)."""
+    if seed is not None and not 0 <= seed <= SEED_MAX:
+        raise UploadError(f"seed={seed}: choose 0..{SEED_MAX}", status=400)
 
 
 @dataclass(frozen=True)
@@ -214,6 +220,7 @@ class Synthesizer:
         k = self.cfg.k if k is None else k
         if not 1 <= k <= 1000:
             raise UploadError(f"k={k}: choose 1..1000")
+        check_seed(seed)
         with self.lock:
             t0 = time.perf_counter()
             read = self.read_label_png(data, fmt)
@@ -249,6 +256,7 @@ class Synthesizer:
 
     def resample(self, sid: str, segment: int, seed: int | None = None) -> Session:
         """Draw another match for one segment; every other segment keeps its match."""
+        check_seed(seed)
         with self.lock:
             s = self.session(sid)
             i = self._segment_index(s, segment)
@@ -505,13 +513,33 @@ def create_app(synth: Synthesizer):
                                                          Exception: server_error})
 
 
+def check_port(host: str, port: int) -> None:
+    """InputError when `host:port` cannot be listened on (taken, or not an address of this machine)."""
+    import socket
+
+    try:
+        family, kind, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                          flags=socket.AI_PASSIVE)[0]
+    except socket.gaierror as e:
+        raise InputError(f"--host {host}: not an address of this machine ({e.strerror})") from None
+    with socket.socket(family, kind, proto) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn: a closing socket does not count
+        try:
+            s.bind(addr)
+        except OSError as e:
+            raise InputError(f"--port {port}: cannot listen on {host}:{port} ({e.strerror}); stop what uses it "
+                             "or choose another --port") from None
+
+
 def serve(cfg: ServeConfig, *, ready=None, log_level: str = "warning") -> None:
     """Load the run once, call `ready()`, then serve the page until interrupted."""
     import uvicorn
 
+    check_port(cfg.host, cfg.port)  # before the minutes of loading, and before `ready` says "open"
     synth = Synthesizer(cfg)
     try:
         log.info("serve: run %s (%s, %dx%d)", cfg.run, synth.run.snapshot.name, *synth.size)
+        check_port(cfg.host, cfg.port)
         if ready is not None:
             ready()
         uvicorn.run(create_app(synth), host=cfg.host, port=cfg.port, log_level=log_level)

@@ -33,8 +33,7 @@ import numpy as np
 
 from ..artifacts import write_png_atomic
 from ..errors import InputError
-from ..pipeline.datasets import read_index_png
-from ..pipeline.label_maps import LABEL_FORMATS, LABEL_OUT_FORMATS, encode_label_map
+from ..pipeline.label_maps import LABEL_FORMATS, LABEL_OUT_FORMATS, encode_label_map, read_instance_map
 from .inference import LoadedRun, SegmentChoice, segment_choices
 
 log = logging.getLogger(__name__)
@@ -84,20 +83,12 @@ class SynthesisResult:
     notes: list[str] = field(default_factory=list)  # e.g. the label map was stretched to the model size
 
 
-def _read_instance_map(path: Path, label_map: np.ndarray, label_path: Path) -> np.ndarray:
-    inst = read_index_png(path)
-    if inst.shape != label_map.shape:
-        raise InputError(f"{path}: instance map is {inst.shape[1]}x{inst.shape[0]} but the label map {label_path} is "
-                         f"{label_map.shape[1]}x{label_map.shape[0]}; they must match pixel for pixel")
-    return inst
-
-
 def synthesize(cfg: SynthesizeConfig) -> SynthesisResult:
     """Decompose, retrieve, compose, generate; writes `cfg.out` (and `cfg.guidance_out`)."""
     run = LoadedRun.load(cfg.work, cfg.run, cfg.checkpoint, cfg.device)
     read = run.read_label_file(cfg.label, cfg.label_format)
     label_map = read.label_map
-    instance_map = _read_instance_map(cfg.instance, label_map, cfg.label) if cfg.instance is not None else None
+    instance_map = read_instance_map(cfg.instance, label_map, str(cfg.label)) if cfg.instance is not None else None
     run.check_classes(label_map, str(cfg.label))
     notes = [n for n in [run.label_note(label_map, str(cfg.label))] if n]
     for note in notes:

@@ -312,7 +312,8 @@ def build_losses(cfg: TrainConfig, device: torch.device) -> tuple[VGGLoss | None
             raise InputError(f"--segnet {cfg.segnet}: its classes are another label table than preset "
                              f"{cfg.preset!r}'s (label_ids); train one with `resail segnet train --preset "
                              f"{cfg.preset}` (same label_ids)")
-        seg = SegmentationLoss(segnet, ignore_index=0)
+        void = None if cfg.recipe == "official" else 0  # the official loss counts void as a class
+        seg = SegmentationLoss(segnet, ignore_index=void)
     return vgg, seg
 
 
@@ -474,6 +475,7 @@ def train(cfg: TrainConfig, work: str | Path, *, resume: bool = False, progress:
     d, device = _processes(cfg)
     run_dir = WorkDir(work).run(cfg.name)
     resume_from = _resume_point(run_dir, resume)
+    run_lock = WorkDir(work).claim_run(cfg.name, resuming=resume_from is not None) if d.rank0 else None  # lineage
     state, extended = None, None
     if resume_from is not None:
         state, saved = read_state(resume_from)
@@ -519,14 +521,16 @@ def train(cfg: TrainConfig, work: str | Path, *, resume: bool = False, progress:
                     save_checkpoint(run_dir, trainer, step, cfg.keep_checkpoints)
                 if stopped:
                     if d.rank0:
-                        log.warning("%s: stopped at step %d of %d; checkpoint written, continue with --resume",
-                                    signal.Signals(stopped).name, step, cfg.total_steps)
+                        log.info("%s: stopped at step %d of %d; checkpoint written, continue with --resume",
+                                 signal.Signals(stopped).name, step, cfg.total_steps)
                     break
     finally:
         bar.close()
         dataset.close()
         if outputs is not None:
             outputs.close()
+        if run_lock is not None:
+            run_lock.release()
         shutdown(d)
     # ---- summary
     seconds = time.perf_counter() - ticks.t_start

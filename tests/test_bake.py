@@ -54,7 +54,7 @@ def test_bake_val_writes_contract_tables_cache_and_previews(work):
             work / "segments" / "val_images.parquet")["image_id"].to_pylist()
     assert len(list((g / "val_preview").glob("*.png"))) == 2
     assert m["images"] == 4 and (g / "val_manifest.json").exists()
-    assert not (g / "val.parts").exists()
+    assert not (g / "val.new").exists() and sorted(m["files"]) == ["val.h5", "val_matches.parquet"]
 
 
 def test_train_queries_never_retrieve_themselves(work):
@@ -64,12 +64,17 @@ def test_train_queries_never_retrieve_themselves(work):
     assert not np.any(t["segment_id"].to_numpy() == t["match_id"].to_numpy())
 
 
-def test_unchanged_bake_is_skipped_and_changed_parameter_rebakes(work):
+def test_unchanged_bake_is_skipped_and_changed_parameter_needs_rebuild(work):
     cfg = BakeConfig(work, "val", k=5, size=SIZE, n_preview=2)
     first = bake(cfg)
     assert bake(cfg)["written_at"] == first["written_at"]
-    other = bake(BakeConfig(work, "val", k=5, size=SIZE, n_preview=2, compose_mode="official"))
+    with pytest.raises(StageError, match=r"compose_mode \"clean\" → \"official\".*--rebuild"):
+        bake(BakeConfig(work, "val", k=5, size=SIZE, n_preview=2, compose_mode="official"))
+    assert WorkDir(work).require_guidance("val")["fingerprint"] == first["fingerprint"]  # untouched
+    other = bake(BakeConfig(work, "val", k=5, size=SIZE, n_preview=2, compose_mode="official", rebuild=True))
     assert other["params"]["compose_mode"] == "official"
+    assert WorkDir(work).require_guidance("val")["fingerprint"] == other["fingerprint"]
+    bake(BakeConfig(work, "val", k=5, size=SIZE, n_preview=2, rebuild=True))  # back to the bake the others read
 
 
 def test_sample_choice_is_reproducible_and_varies_with_seed():
@@ -127,7 +132,7 @@ def test_interrupted_bake_resumes_to_the_same_cache(work, monkeypatch):
     monkeypatch.setattr(bake_mod, "_bake_part", crash_on_second)
     with pytest.raises(RuntimeError, match="injected"):
         bake(cfg)
-    parts = list((work / "guidance" / "train.parts").glob("part-*.h5"))
+    parts = list(WorkDir(work).guidance_parts("train").glob("part-*.h5"))
     assert len(parts) == 1
     monkeypatch.setattr(bake_mod, "_bake_part", real)
     bake(BakeConfig(work, "train", k=3, size=SIZE, n_preview=0))
@@ -157,7 +162,7 @@ def test_bad_input(work, tmp_path):
         if not f.name.startswith("val"):
             (no_val / "segments" / f.name).symlink_to(f)
     (no_val / "index").symlink_to(work / "index")
-    with pytest.raises(StageError, match="split 'val'"):
+    with pytest.raises(StageError, match="val.h5: missing.*index build"):
         bake(BakeConfig(no_val, "val"))
 
 
@@ -242,7 +247,7 @@ def test_shards_merge_like_one_run(work, monkeypatch):
     monkeypatch.setattr(bake_mod, "PART_IMAGES", 2)
     opts = dict(k=3, size=SIZE, n_preview=0, choose="sample", seed=11)
     wd = WorkDir(work)
-    bake(BakeConfig(work, "train", **opts))
+    bake(BakeConfig(work, "train", rebuild=True, **opts))
     with h5py.File(wd.guidance_h5("train")) as f:
         reference = f["guidance"][...], f["image_id"][...].tolist()
     wd.guidance_h5("train").unlink()

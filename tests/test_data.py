@@ -1,12 +1,17 @@
-"""Training data order, label helpers and config resolution (no work dir needed)."""
+"""Training data order, label helpers, config resolution and the recipe's resizes (a tiny toy work dir)."""
 
+import json
+
+import cv2
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
+from builders.work import baked_work
 from resail.errors import InputError
-from resail.synth.config import TrainConfig, resolve_config
-from resail.synth.data import StepBatchSampler, instance_edges, one_hot, resize_nearest
+from resail.synth.config import TrainConfig, format_config, resolve_config
+from resail.synth.data import StepBatchSampler, SynthDataset, instance_edges, one_hot, resize_nearest, to_tensor
 
 
 def test_rank_batches_union_to_the_global_batch_and_resume_skips_exactly():
@@ -61,3 +66,100 @@ def test_config_precedence_preset_toml_flags(tmp_path):
         resolve_config("toy", n_train=3)
     with pytest.raises(InputError, match="choose one"):
         resolve_config("toy", n_train=20, overrides={"steps": 5, "epochs": 2})
+
+
+# ---------------------------------------------------------------- the recipe: resizes, config
+
+
+TINY96 = dict(ngf=4, norm_hidden=4, ndf=4, width=96, height=96, segnet_channels=(4,) * 5)
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    """Toy ADE20K images at 192×160 (larger than the 104² load size), train guidance baked at 96²."""
+    return baked_work(tmp_path_factory.mktemp("data"), n_train=4, n_val=1, size=(192, 160), guidance_size=96,
+                      seed=2, splits=("train",), k=3)
+
+
+def recipe_config(recipe: str, **overrides):
+    flags = dict(recipe=recipe, batch_size=2, load_size=(104, 104), workers=0, steps=1, **overrides)
+    return resolve_config("toy", n_train=4, overrides=flags, network=TINY96)
+
+
+def test_pil_nearest_indices_are_pils():
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        (h, w), (H, W) = rng.integers(2, 700, 2), rng.integers(2, 300, 2)
+        a = rng.integers(0, 255, (h, w)).astype(np.uint8)
+        expected = np.asarray(Image.fromarray(a).resize((int(W), int(H)), Image.NEAREST))
+        assert np.array_equal(resize_nearest(a, W, H, pil=True), expected)
+        wide = a.astype(np.int32) * 300  # ids beyond uint8: PIL's 32-bit mode, the same pixels
+        assert np.array_equal(resize_nearest(wide, W, H, pil=True),
+                              np.asarray(Image.fromarray(wide).resize((int(W), int(H)), Image.NEAREST)))
+
+
+@pytest.mark.parametrize("recipe", ["resail", "official"])
+def test_recipe_chooses_the_photo_and_label_resize(work, recipe):
+    ds = SynthDataset(work, "train", recipe_config(recipe), train=False, with_distorted=False)
+    sample = ds.reader.load(ds.records[1])
+    if recipe == "official":
+        photo = np.array(Image.fromarray(sample.image).resize((96, 96), Image.BICUBIC))
+        label = np.asarray(Image.fromarray(sample.label_map.astype(np.int32)).resize((96, 96), Image.NEAREST))
+    else:
+        photo = cv2.resize(sample.image, (96, 96), interpolation=cv2.INTER_AREA)
+        label = resize_nearest(sample.label_map, 96, 96)
+    item = ds[1]
+    assert torch.equal(item["image"], to_tensor(photo))
+    assert np.array_equal(item["label"].numpy(), ds.channels.to_channels(label.astype(np.int64), "label"))
+    ds.close()
+
+
+@pytest.mark.parametrize("recipe", ["resail", "official"])
+def test_undistorted_gt_lies_on_the_photo_crop(work, recipe):
+    """With every distortion off, the distorted GT is the photo's own segments, resized by the
+    recipe's resize, cropped and flipped with the photo: it matches the photo inside them (up to
+    rounding; along segment borders each segment's resize blends with black, as official). A
+    photo flipped the other way would differ by ~0.3 on average."""
+    cfg = recipe_config(recipe, p_color=0.0, p_resolution=0.0, p_shape=0.0)
+    ds = SynthDataset(work, "train", cfg)
+    for key in [(0, 0), (1, 2), (3, 3)]:
+        item = ds[key]
+        lit = (item["distorted"] > -1).any(0)
+        assert lit.float().mean() > 0.5
+        diff = (item["distorted"] - item["image"]).abs().mean(0)[lit]
+        assert diff.median() < 0.01 and diff.mean() < 0.1, (key, float(diff.median()), float(diff.mean()))
+    ds.close()
+
+
+def test_cli_recipe_reaches_config_json(work):
+    from resail.cli import main
+
+    argv = ["train", str(work), "--preset", "toy", "--name", "official", "--recipe", "official", "--dry-run",
+            "--steps", "1", "--batch-size", "2", "-q"]
+    assert main(argv) == 0
+    saved = json.loads((work / "runs" / "official" / "config.json").read_text())
+    assert saved["recipe"] == "official" and saved["amp"] == "off"
+    assert TrainConfig.from_dict(saved).recipe == "official"
+
+
+def test_recipe_in_the_config_round_trip_and_rules(tmp_path):
+    official = recipe_config("official")
+    assert official.recipe == "official" and official.amp == "off"  # fp32, as the official run
+    assert TrainConfig.from_dict(official.to_dict()) == official
+    assert TrainConfig.from_dict(json.loads(json.dumps(official.to_dict()))) == official
+    assert recipe_config("resail").recipe == "resail" and recipe_config("resail").amp == "auto"
+    assert "recipe official" in format_config(official)
+    old = recipe_config("resail").to_dict()
+    del old["recipe"]  # a config.json written before the field: the project's own recipe
+    assert TrainConfig.from_dict(old).recipe == "resail"
+    with pytest.raises(InputError, match="recipe 'paper'"):
+        recipe_config("paper")
+    with pytest.raises(InputError, match="fp32"):
+        recipe_config("official", amp="bf16")
+    ade = resolve_config("ade20k", n_train=80, overrides={"recipe": "official", "segnet": "s.pt"})
+    assert not ade.seg_loss and ade.segnet is None and any("no segmentation loss" in n for n in ade.notes)
+    assert resolve_config("ade20k", n_train=80, overrides={"segnet": "s.pt"}).seg_loss  # resail: on with --segnet
+    with pytest.raises(InputError, match="official ADE20K run had no"):
+        resolve_config("ade20k", n_train=80, overrides={"recipe": "official", "segnet": "s.pt", "seg_loss": True})
+    city = resolve_config("cityscapes", n_train=30, overrides={"recipe": "official", "segnet": "s.pt"})
+    assert city.seg_loss  # the official Cityscapes run had it

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from resail.pipeline import distort as D
 from resail.pipeline.distort import (
     DistortConfig,
+    SegmentSource,
     color_transfer,
     contour_points,
     degenerate_targets,
@@ -336,23 +337,40 @@ def test_repeated_moved_index_keeps_last_shift():
 # --- the whole image --------------------------------------------------------------------------------
 
 
-def distort_masks(image, masks, refs, rng, cfg=DistortConfig()):
-    """`distort_segments` over full-canvas query masks (disjoint): per segment, its (content, mask)
-    pasted back on a full canvas. refs[i] is segment i's colour reference, whatever its draw."""
-    segment_map = np.full(image.shape[:2], -1, np.int32)
-    boxes = []
+def sources_of(masks) -> list[SegmentSource]:
+    """Segment sources of full-image masks (disjoint), at one resolution: canvas box = bbox."""
+    sources = []
+    for mask in masks:
+        ys, xs = np.nonzero(mask)
+        y0, x0, y1, x1 = (int(ys.min()), int(xs.min()), int(ys.max()) + 1, int(xs.max()) + 1) if ys.size else (0, 0, 1, 1)
+        sources.append(SegmentSource(y0, x0, mask[y0:y1, x0:x1], (y0, x0, y1, x1)))
+    return sources
+
+
+def segment_map_of(masks) -> np.ndarray:
+    segment_map = np.full(masks[0].shape, -1, np.int32)
     for i, mask in enumerate(masks):
         segment_map[mask] = i
-        ys, xs = np.nonzero(mask)
-        boxes.append((ys.min(), xs.min(), ys.max() + 1, xs.max() + 1) if ys.size else (0, 0, 1, 1))
-    out = []
-    for piece in distort_segments(image, segment_map, boxes, rng, cfg, lambda i, u: refs[i]):
+    return segment_map
+
+
+def on_canvas(pieces, shape, n):
+    """Per segment index < n: its piece's (content, mask) pasted on a blank canvas of `shape`."""
+    out = [(np.zeros((*shape, 3), np.uint8), np.zeros(shape, bool)) for _ in range(n)]
+    for piece in pieces:
         h, w = piece.mask.shape
-        content, mask = np.zeros_like(image), np.zeros(image.shape[:2], bool)
+        content, mask = out[piece.query]
         content[piece.y0:piece.y0 + h, piece.x0:piece.x0 + w] = piece.rgb
         mask[piece.y0:piece.y0 + h, piece.x0:piece.x0 + w] = piece.mask
-        out.append((content, mask))
     return out
+
+
+def distort_masks(image, masks, refs, rng, cfg=DistortConfig()):
+    """`distort_segments` over full-canvas query masks (disjoint), at one resolution and without a
+    crop: per segment, its (content, mask) on a full canvas. refs[i] is segment i's colour
+    reference, whatever its draw."""
+    pieces = distort_segments(image, sources_of(masks), segment_map_of(masks), rng, cfg, lambda i, u: refs[i])
+    return on_canvas(pieces, image.shape[:2], len(masks))
 
 
 def scene(seed: int = 11):
@@ -409,7 +427,7 @@ def test_colour_reference_draws_follow_every_distortion_draw():
         def reference(i, u, seen=seen):
             seen[i] = u
 
-        distort_segments(image, segment_map, [(0, 0, H, W)] * 3, np.random.default_rng(seed), cfg, reference)
+        distort_segments(image, sources_of(masks), segment_map, np.random.default_rng(seed), cfg, reference)
         rng = np.random.default_rng(seed)
         draws = D.draw_segments(rng, cfg, 3)
         u = rng.random(3)
@@ -418,15 +436,101 @@ def test_colour_reference_draws_follow_every_distortion_draw():
 
 def test_bad_inputs_and_config():
     image, masks, refs = scene()
-    segment_map = np.where(masks[0], 0, np.where(masks[1], 1, 2)).astype(np.int32)
-    boxes = [(0, 0, H, W)] * 3
-    with pytest.raises(ValueError, match="no box"):
-        distort_segments(image, segment_map, boxes[:2], np.random.default_rng(0))
+    segment_map = segment_map_of(masks)
+    sources = sources_of(masks)
+    with pytest.raises(ValueError, match="no source"):
+        distort_segments(image, sources[:2], segment_map, np.random.default_rng(0))
     with pytest.raises(ValueError, match="uint8"):
-        distort_segments(image.astype(np.float32), segment_map, boxes, np.random.default_rng(0))
-    with pytest.raises(ValueError, match="segment map"):
-        distort_segments(image, segment_map[:10], boxes, np.random.default_rng(0))
+        distort_segments(image.astype(np.float32), sources, segment_map, np.random.default_rng(0))
     with pytest.raises(ValueError, match="p_shape"):
         DistortConfig(p_shape=1.5)
     with pytest.raises(ValueError, match="res_range"):
         DistortConfig(res_range=(0.0, 1.0))
+
+
+# --- resolutions and crop: the official order (method §4.4) ---------------------------------------
+
+
+def stripes(period: float, size: int) -> np.ndarray:
+    """size×size grey vertical stripes, cos of `period` px along x, amplitude 60 around 128."""
+    row = 128 + 60 * np.cos(2 * np.pi * np.arange(size) / period)
+    return np.repeat(np.repeat(row[None, :, None], size, 0), 3, 2).astype(np.uint8)
+
+
+def stripe_amplitude(image: np.ndarray, period: float) -> float:
+    """Amplitude of the stripes of `period` px in `image`, away from its 8-px border."""
+    values = image[8:-8, 8:-8, 0].astype(float).mean(axis=0)
+    x = np.arange(8, image.shape[1] - 8)
+    values -= values.mean()
+    return 2 * float(np.hypot((values * np.cos(2 * np.pi * x / period)).mean(),
+                              (values * np.sin(2 * np.pi * x / period)).mean()))
+
+
+@pytest.mark.parametrize("resize", [D.resize_area, D.resize_bicubic_pil])
+def test_colour_and_resolution_run_at_the_original_resolution_before_the_resize(resize):
+    """Stripes of 6 px in a 128² original are 3 px on the 64² canvas. Down/up-sampling by r = 0.5
+    at the original resolution keeps them (they lie below 0.5 × its Nyquist frequency); at the
+    canvas resolution, after the resize, it would wipe them out (they lie above 0.5 × its)."""
+    n = 64
+    image = stripes(6, 2 * n)
+    source = SegmentSource(0, 0, np.ones((2 * n, 2 * n), bool), (0, 0, n, n))
+    cfg = DistortConfig(p_color=0, p_shape=0, res_range=(0.5, 0.5))
+    (piece,) = distort_segments(image, [source], np.zeros((n, n), np.int32), np.random.default_rng(0), cfg,
+                                canvas=(n, n), resize=resize)
+    plain = resize(image, (n, n))
+    assert stripe_amplitude(plain, 3) > 40
+    assert stripe_amplitude(piece.rgb, 3) > 0.85 * stripe_amplitude(plain, 3)
+    assert stripe_amplitude(resample_resolution(plain, 0.5), 3) < 0.1 * stripe_amplitude(plain, 3)  # the old order
+    undistorted = distort_segments(image, [source], np.zeros((n, n), np.int32), np.random.default_rng(0),
+                                   DistortConfig(p_color=0, p_resolution=0, p_shape=0), canvas=(n, n), resize=resize)
+    assert np.array_equal(undistorted[0].rgb, plain)  # a whole-image segment: exactly the photo's resize
+
+
+@pytest.mark.parametrize("size", [96, 70])
+def test_undistorted_segments_are_the_photos_resize_on_the_canvas(size):
+    """Undistorted, each segment of a larger original lands where the resize of the whole image
+    puts it: inside its (eroded) query mask it is the photo's resize, exactly when the scale is
+    1/2, within a fraction of a level at another scale (where its window's edges fall between
+    canvas pixels, rounded)."""
+    rng = np.random.default_rng(3)
+    big = cv2.resize(textured(rng, (120, 140, 100), shape=(48, 48)), (192, 192), interpolation=cv2.INTER_CUBIC)
+    masks = [ellipse(91, 101, 50, 60, (192, 192))]
+    masks.append(~masks[0])
+    small = [cv2.resize(m.view(np.uint8), (size, size), interpolation=cv2.INTER_NEAREST).view(bool) for m in masks]
+    sources = [s._replace(box=(0, 0, size, size)) for s in sources_of(masks)]  # the whole crop is every box
+    cfg = DistortConfig(p_color=0, p_resolution=0, p_shape=0)
+    pieces = distort_segments(big, sources, segment_map_of(small), np.random.default_rng(0), cfg, canvas=(size, size))
+    photo = D.resize_area(big, (size, size))
+    for (content, mask), query in zip(on_canvas(pieces, (size, size), 2), small):
+        inner = cv2.erode(query.view(np.uint8), np.ones((5, 5), np.uint8)).view(bool)
+        diff = np.abs(content[inner].astype(int) - photo[inner])
+        assert np.array_equal(mask, query) and (diff.max() == 0 if size == 96 else diff.mean() < 0.5)
+
+
+def test_warp_runs_on_the_crop_with_the_cropped_mask():
+    """The TPS warp comes after the crop: control points from the query mask as cropped, content
+    outside the crop gone, exactly `shape_distort` on the cropped canvas (not the crop of a warp
+    of the whole canvas)."""
+    oy, ox, h, w = 30, 24, 48, 56
+    for seed in range(3):
+        image = textured(np.random.default_rng(seed), (120, 110, 100))
+        mask = ellipse(40, 40, 22, 30)  # cut by the crop's top and left edges
+        segment_map = np.where(mask, 0, -1).astype(np.int32)[oy:oy + h, ox:ox + w]
+        cfg = DistortConfig(p_color=0, p_resolution=0)
+        pieces = distort_segments(image, sources_of([mask]), segment_map, np.random.default_rng(seed), cfg,
+                                  origin=(oy, ox))
+        ((content, warped),) = on_canvas(pieces, (h, w), 1)
+        d = D.draw_segments(np.random.default_rng(seed), cfg, 1)[0]
+        crop = np.s_[oy:oy + h, ox:ox + w]
+        expected = shape_distort((image * mask[..., None])[crop], mask[crop], d.moved, d.unit_shifts)
+        assert expected.warped and np.array_equal(warped, expected.mask) and np.array_equal(content, expected.content)
+        before_crop = shape_distort(image * mask[..., None], mask, d.moved, d.unit_shifts)
+        assert not np.array_equal(before_crop.mask[crop], warped)
+
+
+def test_segments_outside_the_crop_give_no_piece():
+    masks = [ellipse(20, 20, 10, 10), ellipse(70, 70, 12, 12)]
+    image = textured(np.random.default_rng(0), (100, 100, 100))
+    segment_map = segment_map_of(masks)[50:, 50:]
+    pieces = distort_segments(image, sources_of(masks), segment_map, np.random.default_rng(0), origin=(50, 50))
+    assert [p.query for p in pieces] == [1]

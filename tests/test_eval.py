@@ -267,3 +267,108 @@ def test_eval_remaps_labels_to_a_segmenter_with_another_label_table(tiny_run, tm
     save_checkpoint(tmp_path / "narrow.pt", build_segnet(narrow), None, 0, SegnetTrainConfig())
     with pytest.raises(InputError, match="segmentation network has no label channel"):
         run_eval(EvalConfig(work, "tiny", fid=False, segnet=tmp_path / "narrow.pt", limit=2))
+
+
+# ---------------------------------------------------------------- classic segmenters
+
+
+class ConstantADE20K(torch.nn.Module):
+    """A TorchScript-able segmenter under the contract of synth/segmenters/torchscript.py: 150
+    ADE20K logits (id_offset 1) whose largest is always `favourite`, so its scores count by hand."""
+
+    def __init__(self, favourite: int):
+        super().__init__()
+        self.id_offset = 1
+        self.conv = torch.nn.Conv2d(3, 150, 1)
+        with torch.no_grad():
+            self.conv.weight.zero_()
+            self.conv.bias.zero_()
+            self.conv.bias[favourite - 1] = 1.0
+
+    def forward(self, x):
+        return self.conv(x)
+
+
+def test_eval_with_a_torchscript_segmenter_end_to_end(tiny_run, shared_tiny_run, tmp_path, capsys, monkeypatch):
+    """The toy val maps (ADE20K ids) against a segmenter that always says sky: mIoU and pixel
+    accuracy equal the hand count, on the generated and on the real images; the segmenter sees
+    exactly the saved PNGs' pixels; the protocol names the segmenter, its file's SHA-256, the
+    input size, the image format and the real reference."""
+    from resail.pipeline.datasets import make_reader
+    from resail.synth.inception import sha256_of
+    from resail.synth.segmenters.torchscript import TorchScriptSegmenter
+
+    work, _ = tiny_run
+    sky = 3
+    path = tmp_path / "const.pt"
+    torch.jit.script(ConstantADE20K(sky)).save(str(path))
+    seen, predict = [], TorchScriptSegmenter.predict
+    monkeypatch.setattr(TorchScriptSegmenter, "predict", lambda self, rgb: seen.append(rgb.copy()) or predict(self, rgb))
+    m = run_eval(EvalConfig(work, "tiny", fid=False, segmenter=f"torchscript:{path}", n_grid=0, device="cpu"))
+    val_ids = pq.read_table(work / "segments" / "val_images.parquet")["image_id"].to_pylist()
+    saved = [cv2.cvtColor(cv2.imread(str(work / "eval" / "tiny" / "images" / f"{i}.png")), cv2.COLOR_BGR2RGB)
+             for i in val_ids]
+    assert len(seen) == 8   # one batch: the 4 generated images, then the 4 real ones
+    for got, want in zip(seen[:4], saved):
+        np.testing.assert_array_equal(got, want)
+
+    reader = make_reader("ade20k", shared_tiny_run.root)
+    gt = np.concatenate([reader.load(r).label_map.ravel() for r in reader.records("val")])  # 96×96 = model size
+    valid = gt[gt > 0]
+    classes = set(np.unique(valid).tolist()) | {sky}
+    iou_sky = (valid == sky).sum() / valid.size
+    seg = m["segmentation"]
+    assert seg["segmenter"] == "torchscript:const.pt" and seg["id_space"].startswith("ADE20K 1..150")
+    for side in ("generated", "real"):   # a constant segmenter cannot tell them apart
+        assert seg[side]["pixel_acc"] == pytest.approx(iou_sky)
+        assert seg[side]["miou"] == pytest.approx(iou_sky / len(classes))
+        assert seg[side]["n_pixels"] == valid.size
+    rows = {r["id"]: r for r in m["per_class_iou"]}
+    assert set(rows) == classes and rows[sky]["name"] == "sky" and rows[sky]["iou_real"] == pytest.approx(iou_sky)
+
+    p = m["protocol"]
+    assert p["n_images"] == m["n_images"] == 4 and p["input_size"] == [SIZE, SIZE]
+    assert p["image_format"].startswith("PNG") and p["real_reference"]["n_images"] == 4
+    assert p["real_reference"]["split"] == "val" and "INTER_AREA" in p["real_reference"]["images"]
+    ps = p["segmentation"]
+    assert ps["segmenter"] == "torchscript:const.pt" and ps["weights"] == [{"file": "const.pt",
+                                                                             "sha256": sha256_of(path)}]
+    assert ps["input_size"] == [SIZE, SIZE] and ps["scales"] == [1.0] and "resize" in ps
+    assert "nearest-resized" in ps["ground_truth"] and ps["id_space"] == seg["id_space"]
+    assert "fid" not in p
+
+    # the CLI, and flags that do not go together
+    assert main(["eval", str(work), "--run", "tiny", "--no-fid", "--limit", "2", "--grid", "0", "--quiet",
+                 "--device", "cpu", "--segmenter", f"torchscript:{path}"]) == 0
+    assert "torchscript:const.pt mIoU" in capsys.readouterr().out
+    assert main(["eval", str(work), "--run", "tiny", "--no-fid", "--segmenter", "segformer"]) == 2
+    weights = tmp_path / "drn.pth"
+    weights.write_bytes(b"not read: the dataset check comes first")
+    assert main(["eval", str(work), "--run", "tiny", "--no-fid", "--quiet", "--segmenter", "drn-d-105",
+                 "--segmenter-weights", str(weights)]) == 1
+    assert "drn-d-105 segments cityscapes, but run 'tiny' is of ade20k" in capsys.readouterr().err
+    with pytest.raises(InputError, match="without --segnet"):
+        EvalConfig(work, "tiny", segmenter=f"torchscript:{path}", segnet=tmp_path / "x.pt")
+    with pytest.raises(InputError, match="--segmenter-weights without --segmenter"):
+        EvalConfig(work, "tiny", segmenter_weights=(weights,))
+
+
+def test_classic_scores_map_cityscapes_labelids_to_trainids():
+    """The ground truth (labelIds, through an identity label table) meets the segmenter's trainIds:
+    labelIds without a trainId are ignored, a prediction outside 0..18 is a miss."""
+    from resail.pipeline.label_maps import eval_id_space
+    from resail.synth.eval import SegmenterScorer
+    from resail.synth.labels import LabelChannels
+
+    class Stub:
+        def predict(self, rgb):
+            return np.array([[0, 13, 5, 10], [0, 2, 13, 255]], np.uint8)   # trainIds
+
+    label = torch.tensor([[[7, 26, 0, 23], [8, 1, 26, 33]]])   # road car unlabeled sky / sidewalk ego car bicycle
+    scorer = SegmenterScorer(Stub(), eval_id_space("cityscapes"), LabelChannels(None, 35))
+    scorer.add("real", np.zeros((1, 2, 4, 3), np.uint8), label)
+    s = scorer.scores()["real"]
+    assert s["n_pixels"] == 6 and s["pixel_acc"] == pytest.approx(4 / 6)
+    # road, sidewalk, car, sky, bicycle; building (2) was predicted only on the ignored ego-vehicle pixel
+    assert s["iou"] == {0: 0.5, 1: 0.0, 13: 1.0, 10: 1.0, 18: 0.0}
+    assert s["miou"] == pytest.approx(2.5 / 5)

@@ -1,4 +1,5 @@
 import json
+import os
 
 import numpy as np
 import pytest
@@ -7,6 +8,7 @@ from builders.formats import ADE_THING, ade_scene, write_ade
 from builders.store import write_fake_store
 from resail.errors import StageError
 from resail.index.build import RetrievalIndex, build_index
+from resail.workdir import WorkDir
 
 
 def make_store(work, seed=0, n=60):
@@ -33,9 +35,12 @@ def test_build_writes_shards_and_manifest_then_skips(tmp_path):
     again = build_index(tmp_path, progress=False, ivf_threshold=40)
     assert again["written_at"] == m["written_at"]
     assert (tmp_path / "index" / "c0001.faiss").stat().st_mtime_ns == mtime
-    assert build_index(tmp_path, progress=False, ivf_threshold=1000)["shards"]["1"]["kind"] == "flat"
+    m = build_index(tmp_path, progress=False, ivf_threshold=1000)  # no flag sets it: another value rebuilds
+    assert m["shards"]["1"]["kind"] == "flat" and m["upstream"]["segments"] == WorkDir(tmp_path).require_segments()[
+        "fingerprint"]
     assert sorted(p.name for p in (tmp_path / "index").glob("*.faiss")) == ["c0001.faiss", "c0012.faiss"]
-    assert not list((tmp_path / "index").glob(".*tmp"))
+    assert sorted(m["files"]) == ["c0001.faiss", "c0012.faiss"]
+    assert not list((tmp_path / "index").glob(".*tmp")) and not (tmp_path / "index.new").exists()
 
 
 def test_missing_store_is_a_clear_error(tmp_path):
@@ -49,7 +54,7 @@ def test_changed_store_needs_rebuild(tmp_path):
     make_store(tmp_path)
     build_index(tmp_path, progress=False)
     make_store(tmp_path, seed=1)
-    with pytest.raises(StageError, match="--rebuild"):
+    with pytest.raises(StageError, match="another segment store.*rerun `resail index build"):
         RetrievalIndex(tmp_path)
     build_index(tmp_path, progress=False)  # the new fingerprint triggers a rebuild by itself
     RetrievalIndex(tmp_path).shard(1)
@@ -72,7 +77,7 @@ def test_shard_manifest_mismatch_is_a_clear_error(tmp_path):
         RetrievalIndex(tmp_path).shard(1)
 
 
-@pytest.mark.parametrize("damage", ["garbage", "truncated", "missing", "window"])
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "missing", "window", "same size"])
 def test_corrupt_shard_file_is_a_clear_error(tmp_path, damage):
     make_store(tmp_path)
     build_index(tmp_path, progress=False, ivf_threshold=40)
@@ -83,13 +88,22 @@ def test_corrupt_shard_file_is_a_clear_error(tmp_path, damage):
         shard.write_bytes(b"not a faiss index" * 10)
     elif damage == "truncated":
         shard.write_bytes(shard.read_bytes()[:200])
-    else:
+    elif damage == "missing":
         shard.unlink()
-    index = RetrievalIndex(tmp_path)
-    with pytest.raises(StageError, match=f"{shard.name}.*--rebuild"):
-        index.shard(1)
-    index.shard(12)  # other shards still load
-    build_index(tmp_path, progress=False, ivf_threshold=40, rebuild=True)
+    else:  # bytes damaged behind the manifest's back (size and mtime kept): caught as the shard loads
+        st = shard.stat()
+        shard.write_bytes(b"x" * st.st_size)
+        os.utime(shard, ns=(st.st_atime_ns, st.st_mtime_ns))
+        index = RetrievalIndex(tmp_path)
+        with pytest.raises(StageError, match="c0001.faiss: corrupt shard file.*--rebuild"):
+            index.shard(1)
+        index.shard(12)  # other shards still load
+    if damage != "same size":
+        with pytest.raises(StageError, match=f"{shard.name}.*index is damaged.*--rebuild"):
+            RetrievalIndex(tmp_path)
+        build_index(tmp_path, progress=False, ivf_threshold=40)  # a damaged index is rebuilt by itself
+    else:
+        build_index(tmp_path, progress=False, ivf_threshold=40, rebuild=True)
     assert RetrievalIndex(tmp_path).shard(1).n == 50
 
 

@@ -108,6 +108,36 @@ def test_segmentation_loss_uses_all_classes_and_trains_only_the_input():
     assert fake.grad is not None and seg.segnet.w.grad is None
 
 
+def test_void_is_a_class_only_under_the_official_recipe(tmp_path):
+    """resail ignores void pixels (label 0) in L_seg; the official loss, which `--recipe official`
+    restores, counts void as one more class: it changes the value and sends gradient there."""
+    from resail.synth.config import resolve_config
+    from resail.synth.segnet import SegnetTrainConfig, build_segnet, save_checkpoint
+    from resail.synth.train import build_losses
+
+    network = dict(ngf=4, norm_hidden=4, ndf=4, width=96, height=96, segnet_channels=(4,) * 5)
+    segnet_path = tmp_path / "segnet.pt"
+    cfg = {recipe: resolve_config("toy", n_train=4, network=network,
+                                  overrides=dict(recipe=recipe, batch_size=2, segnet=str(segnet_path)))
+           for recipe in ("resail", "official")}
+    torch.manual_seed(0)
+    save_checkpoint(segnet_path, build_segnet(cfg["resail"].net), None, 0, SegnetTrainConfig())
+    seg = {recipe: build_losses(c, torch.device("cpu"))[1] for recipe, c in cfg.items()}
+    assert seg["resail"].ignore_index == 0 and seg["official"].ignore_index is None
+
+    label = torch.randint(1, cfg["resail"].net.semantic_nc, (1, 96, 96))
+    label[:, :10] = 0  # ~10 % void pixels
+    label_map = F.one_hot(label, cfg["resail"].net.semantic_nc).permute(0, 3, 1, 2).float()
+    grads = {}
+    for recipe, loss in seg.items():
+        fake = (torch.rand(1, 3, 96, 96, generator=torch.Generator().manual_seed(1)) * 2 - 1).requires_grad_()
+        value = loss(fake, label_map)
+        value.backward()
+        grads[recipe] = (float(value.detach()), fake.grad)
+    assert grads["resail"][0] != pytest.approx(grads["official"][0], rel=1e-4)
+    assert not torch.allclose(grads["resail"][1], grads["official"][1])
+
+
 # ---------------------------------------------------------------- VGG
 
 

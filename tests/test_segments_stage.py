@@ -63,7 +63,7 @@ def test_crash_then_resume_is_byte_identical(ade, tmp_path, reference):
     build_segments(cfg, on_part=lambda *a: resumed.append(a))
     assert resumed[0] == ("train", 9, 11)          # the three finished parts were not redone
     assert _bytes(tmp_path) == reference
-    assert not (tmp_path / "segments/parts").exists()
+    assert not (tmp_path / "segments/parts").exists() and not (tmp_path / "segments.new").exists()
 
 
 def test_jobs_and_shards_do_not_change_the_output(ade, tmp_path, reference):
@@ -121,3 +121,15 @@ def test_cli_build_and_one_line_errors(ade, tmp_path, capsys):
     assert len(err) == 1 and "--image-list" in err[0]
     assert main(["index", "build", "--dataset", "ade20k", "--root", str(ade), "--work", str(tmp_path),
                  "--shard", "3/2"]) == 2
+
+
+def test_a_killed_merge_leaves_nothing_behind_in_the_store(ade, tmp_path, reference):
+    """A merge killed mid-write leaves a temporary file in segments.new/; the next merge drops it,
+    so the store that replaces segments/ holds only its own files, byte-identical."""
+    assert build_segments(SegmentsConfig("ade20k", ade, tmp_path, shard=(0, 1))) is None
+    leftover = tmp_path / "segments.new" / ".train.h5.k1ll3d.tmp"
+    leftover.write_bytes(b"half a merge")
+    m = build_segments(SegmentsConfig("ade20k", ade, tmp_path, merge=True))
+    assert sorted(p.name for p in (tmp_path / "segments").iterdir()) == sorted([*OUTPUTS, "manifest.json"])
+    assert sorted(m["files"]) == sorted(OUTPUTS) and _bytes(tmp_path) == reference
+    assert not (tmp_path / "segments.new").exists()

@@ -1,6 +1,7 @@
 """`resail serve` through Starlette's test client on a tiny toy run: generate, region info,
-resample and choose (only that region's guidance changes), variants, downloads, and bad uploads
-(not a PNG, wrong size, unknown class ids, oversized) answered with a 4xx and a message."""
+resample and choose (only that region's guidance changes), variants, downloads in both label-map
+forms, colour uploads, and bad uploads (not a PNG, too small, unknown class ids or colours,
+oversized) answered with a 4xx and a message."""
 
 import base64
 import io
@@ -13,6 +14,7 @@ from PIL import Image
 from builders.runs import TINY_SIZE as SIZE
 from resail.cli import main
 from resail.errors import InputError
+from resail.pipeline.label_maps import encode_label_map
 from resail.synth.presets import get_preset
 from resail.synth.serve import ServeConfig, Synthesizer, create_app
 
@@ -59,7 +61,7 @@ def test_page_info_and_editor_label_maps(served):
     # the palette offers the classes of the run's label table (the toy preset's), named by native id
     assert [c["id"] for c in info["classes"]] == list(get_preset("toy").label_ids[1:])
     assert info["classes"][0]["name"] == "building" and len(info["classes"][0]["color"]) == 3
-    assert info["val"] and info["label_format"] == "native"
+    assert info["val"] and info["label_format"] == "native" and info["label_formats"] == ["auto", "ids", "color"]
     # an upload comes back as native ids at the model size, for the editor
     big = np.kron(label, np.ones((2, 2), np.uint8))  # 192×192: resized to 96×96 with nearest neighbour
     r = client.post("/api/label", content=png(big))
@@ -82,8 +84,17 @@ def test_generate_then_region_info_and_downloads(served):
     guidance = decode(client.get(st["images"]["guidance"]))
     output = decode(client.get(st["images"]["output"]))
     assert guidance.shape == output.shape == (SIZE, SIZE, 3) and guidance.any()
-    assert client.get(st["images"]["label"]).content == png(label)  # the label PNG as sent
-    assert decode(client.get(f"/api/session/{st['session']}/label_color.png")).shape == (SIZE, SIZE, 3)
+    # the map G took, in both forms: dataset ids, and the palette the page paints with
+    np.testing.assert_array_equal(decode(client.get(st["images"]["label"])), label)
+    color = decode(client.get(f"/api/session/{st['session']}/label_color.png"))
+    np.testing.assert_array_equal(color, encode_label_map(label, "ade20k", "color"))
+    assert st["read_as"].startswith("ids") and st["notes"] == []
+    # ... and the colour form, uploaded, is recognised and gives the same map and the same picture
+    from_color = client.post("/api/generate", content=png(color), headers={"content-type": "image/png"}).json()
+    assert from_color["read_as"].startswith("color")
+    assert client.get(from_color["images"]["output"]).content == client.get(st["images"]["output"]).content
+    editor = client.post("/api/label", content=png(color), params={"format": "color"}).json()
+    np.testing.assert_array_equal(np.frombuffer(base64.b64decode(editor["ids"]), "<u2").reshape(SIZE, SIZE), label)
     # the same label map gives the same bytes (deterministic, like `resail synthesize`)
     again = generate(client, label)
     assert client.get(again["images"]["output"]).content == client.get(st["images"]["output"]).content
@@ -173,14 +184,16 @@ def test_bad_uploads_get_a_4xx_and_a_message(served):
 
     for url in ("/api/generate", "/api/label"):
         refused(b"GIF89a not a png at all", 415, "not a PNG", url)
-        refused(png(np.zeros((SIZE, 2 * SIZE), np.uint8)), 422, "96x96", url)            # wrong aspect
+        refused(png(np.zeros((4, SIZE), np.uint8)), 422, "at least 8 px a side", url)    # too small
         unknown = label.copy()
         unknown[:4, :4] = 200                                                             # ADE20K stops at 150
         refused(png(unknown), 422, "[200]", url)
         wall = label.copy()
         wall[:4, :4] = 1                                                                  # ADE20K, not in the toy table
         refused(png(wall), 422, "class id 1 (wall) not in the label table of preset 'toy'", url)
-        refused(png(np.dstack([label] * 3)), 422, "single-channel", url)                  # colours, not ids
+        stray = encode_label_map(label, "ade20k", "color")
+        stray[:2, :3] = (1, 2, 3)                                                         # not a palette colour
+        refused(png(stray), 422, "1 colour(s) are not in the ade20k palette: (1,2,3) on 6 px", url)
         noise = np.random.default_rng(0).integers(0, 150, (300, 300), dtype=np.uint8)   # > 64 KiB
         refused(png(noise), 413, "limit", url)
         refused(png(np.zeros((1024, 1024), np.uint8)), 413, "512 px", url)               # small file, huge map
@@ -189,6 +202,10 @@ def test_bad_uploads_get_a_4xx_and_a_message(served):
     refused(png(np.zeros((SIZE, SIZE), np.uint8)), 422, "no segment", "/api/generate")   # only void
     r = client.post("/api/generate", content=png(label), params={"seed": "x"})
     assert r.status_code == 400 and "integer" in r.json()["error"]
+    r = client.post("/api/generate", content=png(label), params={"format": "jpeg"})
+    assert r.status_code == 400 and "auto, ids, trainids, color" in r.json()["error"]
+    r = client.post("/api/label", content=png(label), params={"format": "trainids"})
+    assert r.status_code == 422 and "only Cityscapes" in r.json()["error"]
     # the server still answers
     assert client.get("/api/info").status_code == 200
 

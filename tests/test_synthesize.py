@@ -1,6 +1,7 @@
 """Synthesize from a user's label map on a tiny toy run: end to end, reproducible by seed, local
-resampling that leaves the other segments' guidance alone, and bad input; the loaded run that
-synthesize, eval and serve share, and that none of them imports the trainer."""
+resampling that leaves the other segments' guidance alone, colour maps in and the label map out in
+both forms, and bad input; the loaded run that synthesize, eval and serve share, and that none of
+them imports the trainer."""
 
 import subprocess
 import sys
@@ -119,6 +120,28 @@ def test_synthesize_cli_prints_segments_and_rejects_bad_input(run, tmp_path, cap
         synthesize(SynthesizeConfig(work, "tiny", label, out, resample=(999,)))
     with pytest.raises(InputError, match="no such run"):
         synthesize(SynthesizeConfig(work, "nope", label, out))
+
+
+def test_synthesize_reads_colour_maps_and_writes_the_label_map_it_took(run, tmp_path, capsys):
+    work, label = run
+    a = synthesize(SynthesizeConfig(work, "tiny", label, tmp_path / "a.png", k=5, label_out=tmp_path / "a_ids.png"))
+    assert a.label_read_as.startswith("ids") and a.label_out == tmp_path / "a_ids.png"
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "a_ids.png")), a.label_map)  # ADE20K ids
+    # the colour form of the map, written by the CLI, reads back as the same map and gives the same bytes
+    color = tmp_path / "a_color.png"
+    assert main(["synthesize", str(work), "--run", "tiny", "--label", str(label), "--out", str(tmp_path / "c.png"),
+                 "--k", "5", "--label-out", str(color), "--label-out-format", "color", "--quiet"]) == 0
+    assert f"label map -> {color}" in capsys.readouterr().out
+    assert np.asarray(Image.open(color)).shape == (SIZE, SIZE, 3)
+    b = synthesize(SynthesizeConfig(work, "tiny", color, tmp_path / "b.png", k=5))
+    assert b.label_read_as.startswith("color")
+    np.testing.assert_array_equal(b.label_map, a.label_map)
+    assert (tmp_path / "b.png").read_bytes() == (tmp_path / "a.png").read_bytes()
+    assert main(["synthesize", str(work), "--run", "tiny", "--label", str(color), "--out", str(tmp_path / "d.png"),
+                 "--label-format", "ids", "--quiet"]) == 1
+    assert "not class ids; pass --label-format color" in capsys.readouterr().err
+    with pytest.raises(InputError, match="--label-out-format"):
+        SynthesizeConfig(work, "tiny", label, tmp_path / "e.png", label_out_format="jpeg")
 
 
 def test_loaded_run_generates_what_synthesize_writes(run, tmp_path):

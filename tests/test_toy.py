@@ -290,3 +290,39 @@ def test_cli_writes_dataset(tmp_path):
     assert res.exit_code == 0, res.output
     lab = Image.open(next((tmp_path / "t" / "stuffthingmaps_trainval2017" / "val2017").iterdir()))
     assert lab.size == (48, 40)
+
+
+# ------------------------------------------------------------------ realistic presets and density
+
+
+def test_realistic_presets_and_density():
+    from resail.cli import TOY_PRESETS
+    from resail.pipeline.toy import PRESETS, render_image
+
+    assert set(PRESETS) == set(TOY_PRESETS)
+    cfg = ToyConfig.preset("cityscapes-real", n_train=3, n_val=1)
+    assert (cfg.fmt, cfg.width, cfg.height, cfg.n_train) == ("cityscapes", 2048, 1024, 3)
+    with pytest.raises(InputError, match="toy preset"):
+        ToyConfig.preset("kitti-real")
+    for bad in ({"objects": 0.0}, {"max_windows": -1}):
+        with pytest.raises(InputError, match="density"):
+            ToyConfig(**bad)
+    # the default density leaves the manifest's parameters as they always were
+    assert "objects" not in ToyConfig().params() and ToyConfig(objects=2.0).params()["objects"] == 2.0
+
+    def objects(**density):
+        c = ToyConfig(width=128, height=96, **density)
+        return sum(len(np.unique(render_image(c, "train", i)[0].obj)) for i in range(6))
+
+    assert objects(objects=0.5, max_windows=0) < objects() < objects(objects=3.0)
+
+
+def test_cli_realistic_preset(tmp_path):
+    args = ["--quiet", "data", "toy", "--n-train", "1", "--n-val", "1"]
+    res = CliRunner().invoke(cli, [*args, str(tmp_path / "t"), "--format", "cocostuff", "--realistic",
+                                   "--size", "64x48"])
+    assert res.exit_code == 0, res.output
+    params = json.loads((tmp_path / "t" / MANIFEST).read_text())["params"]
+    assert (params["fmt"], params["width"], params["objects"]) == ("cocostuff", 64, 1.3)
+    res = CliRunner().invoke(cli, [*args, str(tmp_path / "u"), "--format", "cityscapes", "--preset", "ade20k-real"])
+    assert res.exit_code == 2 and "does not match" in res.output

@@ -1,0 +1,305 @@
+"""The GPU check: one command, at most 8 minutes on one GPU, the JSON summary as the last line.
+
+Sections, in this order, each skipped (and said so in the JSON) when the time budget is short:
+
+1. **steps**: the full ADE20K (256×256) and Cityscapes (512×256) presets, the trainer's whole
+   step (G phase with both guidances, D phase on the concatenated batch, EMA) on a fixed random
+   batch with a random-init VGG19 (the cost of the real one) and, for Cityscapes, whose preset
+   trains with it, a random-init segmentation network: ms/step and peak memory for fp32 vs
+   bf16 autocast + channels_last at batch 1/2/4/8 (a batch that runs out of memory ends that
+   precision's series). 2 warm-up steps, then the median of 3 timed steps.
+2. **compile**: the same step with `torch.compile` on G and D (ADE20K, bf16 + channels_last,
+   batch 4): compile time, ms/step, and the ratio to eager; an error is recorded, not raised.
+3. **faiss**: when faiss-gpu is installed, one class of 100k segments (benchmarks/retrieval.py's
+   mask generator) in a flat shard, 1,000 held-out queries searched on the CPU and on the GPU:
+   whether the top-k after the exact rerank is identical (ids and scores, row by row) and
+   ms/query each.
+4. **toy**: `train()` on the toy preset (a 24-image toy work dir, 128×128) for `--toy-seconds`
+   (default 180), stopped by SIGUSR1 as a cluster would (the preemption path on a GPU): steps,
+   samples/s, last losses, and the newest sample grid copied to OUT/toy_samples.png.
+5. **torchrun**: with more than one visible GPU, the toy run for 200 steps through
+   `torchrun --nproc_per_node=N` against one process at the same global batch: samples/s each.
+
+    python benchmarks/gpu.py [--out DIR] [--budget-s 470] [--toy-seconds 180] [--skip SECTION ...]
+
+Without CUDA it prints that, then a JSON line, and exits 0. Figures go to BENCHMARKS.md by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+SECTIONS = ("steps", "compile", "faiss", "toy", "torchrun")
+BATCHES = (1, 2, 4, 8)
+PRESETS = ("ade20k", "cityscapes")
+# seconds each section needs at least to be worth starting
+NEEDS = {"steps": 60, "compile": 150, "faiss": 60, "toy": 60, "torchrun": 90}
+
+
+class Budget:
+    def __init__(self, seconds: float):
+        self.end = time.monotonic() + seconds
+
+    def left(self) -> float:
+        return self.end - time.monotonic()
+
+
+# ---------------------------------------------------------------- 1–2: the trainer's step
+
+
+def fake_batch(cfg, batch: int, seed: int = 0) -> dict:
+    """Random label map (blocks of 16×16 px) and images in [-1, 1], on the CPU like a loader's."""
+    g = torch.Generator().manual_seed(seed)
+    h, w = cfg.net.height, cfg.net.width
+    coarse = torch.randint(0, cfg.net.semantic_nc, (batch, 1, h // 16, w // 16), generator=g).float()
+    label = torch.nn.functional.interpolate(coarse, size=(h, w), mode="nearest")[:, 0].long()
+    return {"label": label, **{k: torch.rand(batch, 3, h, w, generator=g) * 2 - 1
+                               for k in ("image", "guidance", "distorted")}}
+
+
+def make_trainer(preset: str, precision: str):
+    from resail.synth.config import resolve_config
+    from resail.synth.losses import SegmentationLoss, VGGLoss
+    from resail.synth.segnet import build_segnet
+    from resail.synth.train import ResailTrainer
+
+    amp, channels_last = ("off", False) if precision == "fp32" else ("bf16", True)
+    cfg = resolve_config(preset, n_train=1000, overrides={"steps": 10_000, "amp": amp, "channels_last": channels_last,
+                                                         "vgg": True, "seg_loss": False, "device": "cuda"})
+    device = torch.device("cuda")
+    seg = None
+    if preset == "cityscapes":  # the preset trains with the segmentation loss; a random net costs the same
+        seg = SegmentationLoss(build_segnet(cfg.net, device), ignore_index=0)
+    return ResailTrainer(cfg, device, vgg=VGGLoss.random_init(), seg=seg)
+
+
+def time_step(trainer, batch: dict, warmup: int = 2, timed: int = 3) -> float:
+    """Median ms of `timed` steps after `warmup` ones."""
+    for i in range(warmup):
+        trainer.step(batch, i)
+    torch.cuda.synchronize()
+    times = []
+    for i in range(timed):
+        t0 = time.perf_counter()
+        trainer.step(batch, warmup + i)
+        torch.cuda.synchronize()
+        times.append((time.perf_counter() - t0) * 1000)
+    return statistics.median(times)
+
+
+def steps_section(budget: Budget, reserve: float) -> dict:
+    out = {}
+    for preset in PRESETS:
+        for precision in ("fp32", "bf16_channels_last"):
+            trainer = make_trainer(preset, precision)
+            for batch in BATCHES:
+                key = f"{preset}_{precision}_b{batch}"
+                if budget.left() - reserve < 15:
+                    out[key] = {"skipped": "time budget"}
+                    continue
+                torch.cuda.reset_peak_memory_stats()
+                try:
+                    ms = time_step(trainer, fake_batch(trainer.cfg, batch))
+                except torch.OutOfMemoryError:
+                    out[key] = {"oom": True}
+                    break
+                out[key] = {"ms_per_step": round(ms, 1), "samples_per_s": round(batch * 1000 / ms, 2),
+                            "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2)}
+                print(f"{key}: {out[key]}", flush=True)
+            del trainer  # before the next one is built, so its peak memory is its own
+            torch.cuda.empty_cache()
+    return out
+
+
+def compile_section() -> dict:
+    preset, batch = "ade20k", 4
+    trainer = make_trainer(preset, "bf16_channels_last")
+    data = fake_batch(trainer.cfg, batch)
+    eager_ms = time_step(trainer, data)
+    trainer.G, trainer.D = torch.compile(trainer.G), torch.compile(trainer.D)
+    out = {"preset": preset, "batch": batch, "eager_ms_per_step": round(eager_ms, 1)}
+    try:
+        t0 = time.perf_counter()
+        trainer.step(data, 0)  # compiles the G phase's and the D phase's graphs
+        torch.cuda.synchronize()
+        out["compile_s"] = round(time.perf_counter() - t0, 1)
+        ms = time_step(trainer, data)
+        out.update(compiled_ms_per_step=round(ms, 1), speedup=round(eager_ms / ms, 2))
+    except Exception as e:  # the figure is whether it works: the error is the result
+        out["error"] = f"{type(e).__name__}: {str(e)[:300]}"
+    del trainer
+    torch.cuda.empty_cache()
+    print(f"compile: {out}", flush=True)
+    return out
+
+
+# ---------------------------------------------------------------- 3: faiss-gpu vs faiss-cpu
+
+
+def _segments(args) -> tuple:
+    from retrieval import make_segments  # benchmarks/retrieval.py
+
+    return make_segments(*args)
+
+
+def faiss_section(n: int = 100_000, n_queries: int = 1000) -> dict:
+    import multiprocessing
+
+    import numpy as np
+
+    from resail.index.build import RetrievalIndex, build_index
+    from resail.index.search import QueryBatch, SearchConfig, search
+    from resail.index.shards import gpu_available
+
+    if not gpu_available():
+        return {"skipped": "faiss-gpu is not installed (or sees no GPU)"}
+    from builders.store import write_fake_store
+
+    chunks = 32
+    with multiprocessing.get_context("spawn").Pool(min(16, os.cpu_count() or 1)) as pool:  # CPU work: all cores
+        parts = pool.map(_segments, [(n // chunks, seed) for seed in range(chunks)] + [(n_queries, 10_000)])
+    canon, pre, bbox = (np.concatenate([p[i] for p in parts[:-1]]) for i in range(3))
+    q_canon, q_pre, q_bbox = parts[-1]
+    out = {"n": int(len(bbox)), "queries": n_queries}
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp) / "work"
+        write_fake_store(work, masks=canon, prefilter=pre, class_id=np.ones(len(bbox), np.int32), bbox_area=bbox,
+                         crop_side=2)
+        build_index(work, progress=False, ivf_threshold=10**9)  # a flat shard: the kind faiss-gpu searches
+        queries = QueryBatch(class_id=np.ones(n_queries, np.int64), canonical=q_canon, prefilter=q_pre,
+                             bbox_area=q_bbox)
+        results = {}
+        for device in ("cpu", "cuda"):
+            index = RetrievalIndex(work, device=device)
+            search(index, QueryBatch(queries.class_id[:8], q_canon[:8], q_pre[:8], q_bbox[:8]), SearchConfig())
+            t0 = time.perf_counter()
+            results[device] = search(index, queries, SearchConfig())
+            out[f"{device}_ms_per_query"] = round((time.perf_counter() - t0) * 1000 / n_queries, 4)
+    cpu, gpu = results["cpu"], results["cuda"]
+    same_rows = (cpu.segment_id == gpu.segment_id).all(axis=1)
+    out.update(identical_topk=bool(same_rows.all()), identical_rows=round(float(same_rows.mean()), 4),
+               scores_equal=bool(np.allclose(cpu.score, gpu.score, equal_nan=True)))
+    print(f"faiss: {out}", flush=True)
+    return out
+
+
+# ---------------------------------------------------------------- 4–5: the toy preset end to end
+
+
+def toy_work_dir(base: Path) -> Path:
+    from train import toy_work  # benchmarks/train.py: 24 + 6 toy images, guidance at 128×128
+
+    return toy_work(base, 24, 6)
+
+
+def toy_section(base: Path, out_dir: Path, seconds: float) -> dict:
+    from resail.synth.config import resolve_config
+    from resail.synth.data import count_images
+    from resail.synth.train import train
+
+    work = toy_work_dir(base)
+    cfg = resolve_config("toy", n_train=count_images(work, "train"), overrides={
+        "name": "gpu-toy", "steps": 1_000_000, "workers": min(8, os.cpu_count() or 1), "device": "cuda",
+        "log_every": 50, "sample_every": 200, "checkpoint_every": 10**9, "tensorboard": False})
+    timer = threading.Timer(seconds, os.kill, (os.getpid(), signal.SIGUSR1))
+    timer.start()
+    try:
+        summary = train(cfg, work, progress=False)
+    finally:
+        timer.cancel()
+    samples = sorted((Path(summary["run_dir"]) / "samples").glob("*.png"))
+    if samples:
+        shutil.copyfile(samples[-1], out_dir / "toy_samples.png")
+    last = summary["last"]
+    out = {"seconds": summary["seconds"], "steps": summary["steps"],
+           "samples_per_s": round(summary["samples_per_s"], 2), "stopped_by": summary["stopped_by"],
+           "G": last.get("G"), "D": last.get("D"), "sample_grid": samples[-1].name if samples else None}
+    print(f"toy: {out}", flush=True)
+    return out
+
+
+def torchrun_section(base: Path, gpus: int, steps: int = 200) -> dict:
+    work = toy_work_dir(base)
+    out = {}
+    for n in (1, gpus):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}", "-m",
+               "resail.cli", "train", str(work),
+               "--preset", "toy", "--name", f"torchrun-{n}", "--steps", str(steps), "--batch-size", str(4 * gpus),
+               "--workers", "4", "-q"]
+        t0 = time.perf_counter()
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        rows = [json.loads(line) for line in (work / "runs" / f"torchrun-{n}" / "stats.jsonl").read_text().splitlines()
+                if line.strip()] if done.returncode == 0 else []
+        ticks = [r for r in rows if "samples_per_s" in r][1:]  # the first tick holds the start-up
+        out[f"{n}_gpu"] = {"returncode": done.returncode, "wall_s": round(time.perf_counter() - t0, 1),
+                           "samples_per_s": round(statistics.median(r["samples_per_s"] for r in ticks), 2)
+                           if ticks else None, **({"stderr": done.stderr[-500:]} if done.returncode else {})}
+    print(f"torchrun: {out}", flush=True)
+    return out
+
+
+# ---------------------------------------------------------------- main
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, default=Path("gpu-bench"), help="folder for the toy sample grid")
+    ap.add_argument("--budget-s", type=float, default=470.0, help="wall-clock budget for everything")
+    ap.add_argument("--toy-seconds", type=float, default=180.0)
+    ap.add_argument("--skip", nargs="*", choices=SECTIONS, default=[])
+    args = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("no CUDA device visible: nothing to measure here; run this on a machine with a GPU")
+        print(json.dumps({"bench": "gpu", "cuda": False}))
+        return 0
+    budget = Budget(args.budget_s)
+    sys.path[:0] = [str(HERE), str(HERE.parent / "tests")]  # benchmarks/train.py, retrieval.py; tests/builders
+    args.out.mkdir(parents=True, exist_ok=True)
+    gpus = torch.cuda.device_count()
+    result = {"bench": "gpu", "cuda": True, "gpu": torch.cuda.get_device_name(), "gpus": gpus,
+              "torch": torch.__version__, "cpu_cores": os.cpu_count()}
+    base = Path(tempfile.mkdtemp(prefix="resail-gpu-bench-"))
+    toy_reserve = 0 if "toy" in args.skip else min(args.toy_seconds, NEEDS["toy"]) + 30
+    try:
+        for section in SECTIONS:
+            if section in args.skip:
+                result[section] = {"skipped": "--skip"}
+                continue
+            reserve = toy_reserve if SECTIONS.index(section) < SECTIONS.index("toy") else 0
+            if budget.left() - reserve < NEEDS[section]:
+                result[section] = {"skipped": f"time budget ({budget.left():.0f} s left)"}
+                continue
+            if section == "steps":
+                result[section] = steps_section(budget, reserve)
+            elif section == "compile":
+                result[section] = compile_section()
+            elif section == "faiss":
+                result[section] = faiss_section()
+            elif section == "toy":
+                result[section] = toy_section(base, args.out, min(args.toy_seconds, budget.left() - 30))
+            elif gpus < 2:
+                result[section] = {"skipped": "one GPU visible"}
+            else:
+                result[section] = torchrun_section(base, gpus)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,660 @@
+"""Scale: what the offline stages cost at the real datasets' resolution, measured on realistic
+synthetic data and extrapolated to the full datasets; and the retrieval index of one class at
+COCO-person size and at 1M segments.
+
+Data: `resail data toy --preset {ade20k,cityscapes,cocostuff}-real` (docs/scale.md), generated
+once into KEEP/data (default 2,000 + 200 ADE20K-like, 300 + 50 Cityscapes-like, 2,000 + 85
+COCO-like images: the real train:val ratios). For each dataset, every offline stage runs from a
+fresh work dir with 1 and with 2 jobs, each stage in its own child process:
+
+  segments      `resail index build` stage 1 (decomposition into the segment store)
+  index         `resail index build` stage 2 (FAISS shards; one process, jobs do not apply)
+  bake_train    `resail guidance bake --split train` at the preset's training size
+  bake_val      `resail guidance bake --split val`
+  distort       `GuidanceComposer.distorted_gt` (the trainer's per-image work) in 1 / 2 worker
+                processes, timed from a barrier as in benchmarks/distort.py
+
+and, with 1 job, on the first half of the images (the half run shows whether a stage's cost per
+image grows with the dataset, and gives the growth of its RSS per image). It reports images/s,
+the bytes per image of every artifact, and peak RSS: the stage's main
+process (its VmHWM; `getrusage` would report the parent's size, which a child inherits through
+fork and exec), its largest worker and the whole process tree (both sampled every 50 ms with
+psutil; shared pages count once per process, so the tree sum is an upper bound), and the
+baseline of a child that only imports the stages.
+
+Extrapolation to the full datasets (ADE20K 20,210 + 2,000; Cityscapes 2,975 + 500; COCO-Stuff
+118,287 + 5,000) on 2, 16 and 64 cores, assumptions (printed with the table):
+  * the parallel part of a stage (decomposition, guidance composition) costs its measured 1-job
+    seconds per image, divided by cores × the parallel efficiency measured from 1 to 2 jobs
+    (held constant up to 64 cores: an optimistic assumption above one machine's disk);
+  * the serial parts (merges, the index build, the bake's retrieval) run in one process; the
+    index build and the retrieval are charged per class at the full class size, with the cost
+    curves (build seconds and ms/query against class size) measured by the retrieval part of
+    this script and calibrated to the realistic run;
+  * disk is linear in images (bytes per image of each artifact), the index per class;
+  * peak RAM: workers hold one part at a time (constant); the main process grows linearly
+    with the dataset at the rate measured between the half and the whole set.
+
+Retrieval: one class of synthetic realistic masks (benchmarks/retrieval.py) at COCO-person size
+(262,465: the person instances of COCO 2017 train, from instances_train2017.json; a figure
+recalled, not recounted here) and at 1,000,000 segments (plus 10k and 100k for the cost curve):
+build seconds, index bytes, RAM of the build and of the loaded index, ms/query of the prefilter
++ rerank (c) and of the exact scan (b), recall@1/@10 of (c) against (b).
+
+    python benchmarks/scale.py [--keep DIR] [--quick] [--skip-retrieval] [--skip-stages]
+
+Last line: one JSON object with the headline figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import psutil  # with dask[distributed], in the dev extras
+
+HERE = Path(__file__).resolve()
+sys.path.insert(0, str(HERE.parent))  # benchmarks/retrieval.py (mask generator, recall)
+sys.path.insert(0, str(HERE.parents[1] / "tests"))  # tests/builders (fake segment stores)
+
+DATASETS = {  # reader name: preset, measured train/val images, full train/val images
+    "ade20k": {"preset": "ade20k-real", "n": (2000, 200), "full": (20210, 2000)},
+    "cityscapes": {"preset": "cityscapes-real", "n": (300, 50), "full": (2975, 500)},
+    "cocostuff": {"preset": "cocostuff-real", "n": (2000, 85), "full": (118287, 5000)},
+}
+QUICK_N = {"ade20k": (60, 10), "cityscapes": (12, 4), "cocostuff": (60, 6)}
+CORES = (2, 16, 64)
+COCO_PERSON = 262_465
+RETRIEVAL_SIZES = (10_000, 100_000, COCO_PERSON, 1_000_000)
+MASK_CHUNK = 50_000
+TARGETS = {"ade20k_2_cores_min": 30, "ade20k_16_cores_min": 5, "cocostuff_2_cores_h": 3, "ade20k_disk_gb": 10,
+           "cocostuff_disk_gb": 60, "stage_rss_gb": 8, "retrieval_1m_ms": 1.0, "retrieval_1m_recall1": 0.99}
+GB = 1e9
+
+
+# ================================================================== child side: one stage
+
+
+def _stage_segments(a: dict) -> dict:
+    from resail.pipeline.segments_stage import SegmentsConfig, build_segments
+
+    m = build_segments(SegmentsConfig(a["dataset"], Path(a["root"]), Path(a["work"]), jobs=a["jobs"]))
+    return {"merge_s": m.get("merge_seconds", 0.0), "counts": m["counts"]}
+
+
+def _stage_index(a: dict) -> dict:
+    from resail.index.build import build_index
+
+    m = build_index(Path(a["work"]), progress=False)
+    return {"shards": {c: {"n": s["n"], "kind": s["kind"], "build_s": s.get("build_s", 0.0)}
+                       for c, s in m["shards"].items()}, "bytes": m.get("bytes", 0)}
+
+
+def _stage_bake(a: dict) -> dict:
+    from resail.pipeline.bake import BakeConfig, bake
+
+    m = bake(BakeConfig(Path(a["work"]), a["split"], jobs=a["jobs"], n_preview=0))
+    return {"timings": m["timings"], "images": m["images"], "match_rows": m.get("match_rows")}
+
+
+def _distort_worker(args) -> tuple[int, float, float]:
+    work, rows, barrier = args
+    import cv2
+
+    from resail.pipeline.guidance import load_composer
+
+    cv2.setNumThreads(1)
+    comp = load_composer(Path(work), "train")  # at the bake's (the preset's) training size
+    try:
+        for row in rows[:2]:  # warm-up: numba caches, first reads
+            comp.distorted_gt(int(row), np.random.default_rng([1, int(row)]))
+        barrier.wait()
+        cpu, wall = time.process_time(), time.perf_counter()
+        for row in rows:
+            comp.distorted_gt(int(row), np.random.default_rng([0, int(row)]))
+        return len(rows), time.process_time() - cpu, time.perf_counter() - wall
+    finally:
+        comp.close()
+
+
+def _stage_distort(a: dict) -> dict:
+    import multiprocessing as mp
+
+    from resail.pipeline.guidance import load_composer
+
+    comp = load_composer(Path(a["work"]), "train")
+    rows = comp.ok_images()[: a["images"]]
+    comp.close()
+    ctx = mp.get_context("fork")
+    with ctx.Manager() as manager:
+        barrier = manager.Barrier(a["jobs"])
+        with ctx.Pool(a["jobs"]) as pool:
+            done = pool.map(_distort_worker, [(a["work"], rows[i::a["jobs"]], barrier) for i in range(a["jobs"])])
+    images = sum(d[0] for d in done)
+    return {"images": images, "wall_s": max(d[2] for d in done), "cpu_s": sum(d[1] for d in done)}
+
+
+def _stage_toy(a: dict) -> dict:
+    from resail.pipeline.toy import ToyConfig, make_toy_dataset
+
+    cfg = ToyConfig.preset(a["preset"], n_train=a["n_train"], n_val=a["n_val"], n_jobs=a["jobs"])
+    root = make_toy_dataset(Path(a["out"]), cfg)
+    return {"root": str(root)}
+
+
+def _stage_retrieval_build(a: dict) -> dict:
+    from resail.index.build import build_index
+
+    m = build_index(Path(a["work"]), progress=False)
+    shard = m["shards"]["1"]
+    return {"bytes": int(m["bytes"]), "kind": shard["kind"], "nlist": shard.get("nlist", 0),
+            "nprobe": shard.get("nprobe", 0), "windows": len(shard.get("windows", {}))}
+
+
+def _stage_retrieval_query(a: dict) -> dict:
+    import faiss
+
+    from resail.index.build import RetrievalIndex
+    from resail.index.search import QueryBatch, SearchConfig, search
+    from retrieval import recall
+
+    faiss.omp_set_num_threads(a["threads"])
+    q = np.load(a["queries"])
+    nq = q["canon"].shape[0]
+    index = RetrievalIndex(Path(a["work"]))
+    t0 = time.perf_counter()
+    index.shard(1)
+    load_s = time.perf_counter() - t0
+    batch = QueryBatch(np.ones(nq, np.int64), q["canon"], q["pre"], q["bbox"])
+    cfg = SearchConfig(k=10, k_prefilter=256)
+    warm = QueryBatch(np.ones(8, np.int64), q["canon"][:8], q["pre"][:8], q["bbox"][:8])
+    search(index, warm, cfg), search(index, warm, SearchConfig(k=10, exact=True))
+    t0 = time.perf_counter()
+    approx = search(index, batch, cfg)
+    c_ms = (time.perf_counter() - t0) * 1000 / nq
+    n_exact = min(nq, a["exact_queries"])
+    sub = QueryBatch(np.ones(n_exact, np.int64), q["canon"][:n_exact], q["pre"][:n_exact], q["bbox"][:n_exact])
+    t0 = time.perf_counter()
+    exact = search(index, sub, SearchConfig(k=10, exact=True))
+    b_ms = (time.perf_counter() - t0) * 1000 / n_exact
+    ids, sc = approx.segment_id[:n_exact], approx.score[:n_exact]
+    return {"load_s": round(load_s, 2), "c_ms_per_query": round(c_ms, 4), "b_ms_per_query": round(b_ms, 3),
+            "queries": nq, "exact_queries": n_exact,
+            "recall_at_1": round(recall(exact.segment_id, exact.score, ids, sc, 1), 4),
+            "recall_at_10": round(recall(exact.segment_id, exact.score, ids, sc, 10), 4)}
+
+
+def _stage_noop(a: dict) -> dict:
+    import resail.index.build  # noqa: F401  (the imports every stage pays for)
+    import resail.pipeline.bake  # noqa: F401
+    import resail.pipeline.segments_stage  # noqa: F401
+
+    return {}
+
+
+STAGES = {"segments": _stage_segments, "index": _stage_index, "bake": _stage_bake, "distort": _stage_distort,
+          "toy": _stage_toy, "retrieval_build": _stage_retrieval_build, "retrieval_query": _stage_retrieval_query,
+          "noop": _stage_noop}
+
+
+class TreeRSS:
+    """Peak RSS of this process's children (largest one) and of the whole tree, sampled."""
+
+    def __init__(self, period: float = 0.05):
+        self.me, self.period, self.worker, self.tree = psutil.Process(), period, 0, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.period):
+            rss = []
+            for child in self.me.children(recursive=True):
+                try:
+                    rss.append(child.memory_info().rss)
+                except psutil.Error:  # exited between the listing and the read
+                    pass
+            self.worker = max([self.worker, *rss])
+            self.tree = max(self.tree, self.me.memory_info().rss + sum(rss))
+
+    def __enter__(self) -> TreeRSS:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def vm_hwm_mb() -> float:
+    """Peak RSS of this process since its exec (VmHWM), MB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def child_main(spec: str) -> None:
+    """Run one stage; print one JSON line with its result, wall seconds and peak RSS (MB)."""
+    a = json.loads(spec)
+    t0 = time.perf_counter()
+    with TreeRSS() as rss:
+        out = STAGES[a["stage"]](a)
+    wall = time.perf_counter() - t0
+    main = vm_hwm_mb()
+    out.update(wall_s=round(wall, 3), rss_main_mb=round(main, 1), rss_worker_mb=round(rss.worker / 2**20, 1),
+               rss_tree_mb=round(max(rss.tree / 2**20, main), 1))
+    print("RESULT " + json.dumps(out), flush=True)
+
+
+# ================================================================== parent side
+
+
+def run_stage(**spec) -> dict:
+    """One stage in a fresh child process (its own peak RSS, its own imports)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1"}
+    load = os.getloadavg()[0]
+    p = subprocess.run([sys.executable, str(HERE), "--child", json.dumps(spec, default=str)], env=env,
+                       capture_output=True, text=True)
+    lines = [line for line in p.stdout.splitlines() if line.startswith("RESULT ")]
+    if p.returncode != 0 or not lines:
+        sys.exit(f"stage {spec['stage']} failed (exit {p.returncode}):\n{p.stderr[-3000:]}")
+    out = json.loads(lines[-1][7:])
+    out["load_avg_before"] = round(load, 2)
+    print(f"  {spec['stage']:<16} {json.dumps({k: v for k, v in spec.items() if k in ('split', 'jobs', 'n')})} "
+          f"{out['wall_s']:.1f}s RSS main {out['rss_main_mb']:.0f} MB, worker {out['rss_worker_mb']:.0f} MB, "
+          f"tree {out['rss_tree_mb']:.0f} MB "
+          f"(load {load:.1f})", file=sys.stderr, flush=True)
+    return out
+
+
+def du(path: Path) -> int:
+    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
+
+
+def h5_sizes(path: Path) -> dict[str, int]:
+    with h5py.File(path, "r") as f:
+        return {k: int(f[k].id.get_storage_size()) for k in f.keys() if isinstance(f[k], h5py.Dataset)}
+
+
+def label_stats(dataset: str, root: Path, n: int = 100) -> dict:
+    """Classes, instances and pixels per image of the first n train label maps, as the reader sees them."""
+    from resail.pipeline.datasets import list_split, make_reader
+
+    reader = make_reader(dataset, root)
+    recs = list_split(reader, "train")[:n]
+    classes, instances = [], []
+    for rec in recs:
+        s = reader.load(rec)
+        classes.append(len(np.setdiff1d(np.unique(s.label_map), [0])))
+        instances.append(0 if s.instance_map is None else int(s.instance_map.max()))
+        size = s.label_map.shape
+    return {"images": len(recs), "classes_per_image": round(float(np.mean(classes)), 2),
+            "instances_per_image": round(float(np.mean(instances)), 2), "size": f"{size[1]}x{size[0]}"}
+
+
+def offline_stages(name: str, root: Path, work: Path, jobs: int) -> dict:
+    """segments, index, bake train, bake val from a fresh work dir, each in its own child."""
+    shutil.rmtree(work, ignore_errors=True)
+    r = {"segments": run_stage(stage="segments", dataset=name, root=root, work=work, jobs=jobs)}
+    r["index"] = run_stage(stage="index", work=work)
+    for split in ("train", "val"):
+        r[f"bake_{split}"] = run_stage(stage="bake", work=work, split=split, jobs=jobs)
+    return r
+
+
+def measure_dataset(name: str, base: Path, n: tuple[int, int], distort_images: int, jobs_list=(1, 2)) -> dict:
+    """Every stage with 1 and 2 jobs on n images, and with 1 job on the first half of them (the
+    toy images are a pure function of their index): the half run checks that the cost per image
+    does not grow with the dataset and gives each stage's RSS growth per image."""
+    info = DATASETS[name]
+    data = base / "data" / info["preset"]
+    t0 = time.perf_counter()
+    toy = run_stage(stage="toy", preset=info["preset"], out=data, n_train=n[0], n_val=n[1], jobs=2)
+    root = Path(toy["root"])
+    result = {"preset": info["preset"], "n_train": n[0], "n_val": n[1], "generate_s": round(time.perf_counter() - t0, 1),
+              "labels": label_stats(name, root), "dataset_bytes": du(data), "jobs": {}}
+    for jobs in jobs_list:
+        r = offline_stages(name, root, base / "work" / f"{name}-j{jobs}", jobs)
+        r["distort"] = run_stage(stage="distort", work=base / "work" / f"{name}-j{jobs}", jobs=jobs,
+                                 images=distort_images)
+        result["jobs"][str(jobs)] = r
+    result["artifacts"] = artifact_bytes(base / "work" / f"{name}-j{jobs_list[0]}")
+    half = (max(1, n[0] // 2), max(1, n[1] // 2))
+    toy = run_stage(stage="toy", preset=info["preset"], out=base / "data" / f"{info['preset']}-half",
+                    n_train=half[0], n_val=half[1], jobs=2)
+    result["half"] = {"n_train": half[0], "n_val": half[1],
+                      **offline_stages(name, Path(toy["root"]), base / "work" / f"{name}-half", 1)}
+    return result
+
+
+def artifact_bytes(work: Path) -> dict:
+    seg, out = work / "segments", {}
+    for split in ("train", "val"):
+        for k, v in h5_sizes(seg / f"{split}.h5").items():
+            out[f"segments/{split}.h5:{k}"] = v
+        out[f"segments/{split}.parquet"] = (seg / f"{split}.parquet").stat().st_size + \
+            (seg / f"{split}_images.parquet").stat().st_size
+        out[f"guidance/{split}.h5"] = (work / "guidance" / f"{split}.h5").stat().st_size
+        out[f"guidance/{split}_matches.parquet"] = (work / "guidance" / f"{split}_matches.parquet").stat().st_size
+    out["index"] = du(work / "index")
+    return out
+
+
+# ------------------------------------------------------------------ retrieval
+
+
+def retrieval_masks(base: Path, n: int, seed: int = 0) -> Path:
+    """n synthetic realistic masks (benchmarks/retrieval.py), made in chunks on 2 processes, cached
+    as an .npz of canon (packed R×R), pre (packed r×r) and bbox (areas)."""
+    from joblib import Parallel, delayed
+    from retrieval import make_segments
+
+    path = base / "retrieval" / f"masks_{n}_{seed}.npz"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        sizes = [min(MASK_CHUNK, n - s) for s in range(0, n, MASK_CHUNK)]
+        parts = Parallel(n_jobs=2)(delayed(make_segments)(m, [seed, i]) for i, m in enumerate(sizes))
+        canon, pre, bbox = (np.concatenate([p[j] for p in parts]) for j in range(3))
+        np.savez(path.with_suffix(".tmp.npz"), canon=canon, pre=pre, bbox=bbox)
+        os.replace(path.with_suffix(".tmp.npz"), path)
+    return path
+
+
+def measure_retrieval(base: Path, sizes, n_queries: int, exact_queries: int, threads: int) -> list[dict]:
+    from builders.store import write_fake_store
+
+    masks = np.load(retrieval_masks(base, max(sizes)))
+    qpath = retrieval_masks(base, n_queries, seed=1)  # held-out draws
+    out = []
+    for n in sizes:
+        work = base / "retrieval" / f"work_{n}"
+        shutil.rmtree(work, ignore_errors=True)
+        write_fake_store(work, masks=masks["canon"][:n], prefilter=masks["pre"][:n], class_id=np.ones(n, np.int32),
+                         bbox_area=masks["bbox"][:n], crop_side=2)
+        build = run_stage(stage="retrieval_build", work=work, n=n)
+        query = run_stage(stage="retrieval_query", work=work, queries=qpath, exact_queries=exact_queries,
+                          threads=threads, n=n)
+        out.append({"n": n, "build_s": build["wall_s"], "index_bytes": build["bytes"], "kind": build["kind"],
+                    "nlist": build["nlist"], "nprobe": build["nprobe"], "windows": build["windows"],
+                    "build_rss_mb": build["rss_main_mb"], "query_rss_mb": query["rss_main_mb"],
+                    **{k: query[k] for k in ("load_s", "c_ms_per_query", "b_ms_per_query", "queries", "exact_queries",
+                                             "recall_at_1", "recall_at_10")}})
+        shutil.rmtree(work, ignore_errors=True)
+    return out
+
+
+# ------------------------------------------------------------------ extrapolation
+
+
+def loglog(xs, ys):
+    """Piecewise power law through the points (x, y), extended with the end slopes."""
+    lx, ly = np.log(np.asarray(xs, float)), np.log(np.maximum(np.asarray(ys, float), 1e-9))
+
+    def f(x):
+        x = np.log(max(float(x), 1.0))
+        if x <= lx[0]:
+            return float(np.exp(ly[0]))  # below the smallest measured size: its cost (an upper bound)
+        j = min(max(int(np.searchsorted(lx, x)) - 1, 0), len(lx) - 2)
+        slope = (ly[j + 1] - ly[j]) / (lx[j + 1] - lx[j])
+        return float(np.exp(ly[j] + slope * (x - lx[j])))
+    return f
+
+
+def extrapolate(name: str, m: dict, retrieval: list[dict]) -> dict:
+    """Hours per stage, disk and peak RAM of the full dataset on 2, 16 and 64 cores."""
+    info = DATASETS[name]
+    (n_tr, n_va), (f_tr, f_va) = (m["n_train"], m["n_val"]), info["full"]
+    j1, j2 = m["jobs"]["1"], m["jobs"].get("2")
+    scale = {"train": f_tr / n_tr, "val": f_va / n_va}
+    images_m, images_f = n_tr + n_va, f_tr + f_va
+
+    def eff(stage_1, stage_2):
+        return min(1.0, stage_1 / stage_2 / 2) if stage_2 else 1.0
+
+    seg_par1 = j1["segments"]["wall_s"] - j1["segments"]["merge_s"]
+    seg_par2 = j2["segments"]["wall_s"] - j2["segments"]["merge_s"] if j2 else None
+    e_seg = eff(seg_par1, seg_par2)
+    comp1 = sum(j1[f"bake_{s}"]["timings"]["compose_s"] for s in ("train", "val"))
+    comp2 = sum(j2[f"bake_{s}"]["timings"]["compose_s"] for s in ("train", "val")) if j2 else None
+    e_comp = eff(comp1, comp2)
+    d1, d2 = j1["distort"], j2["distort"] if j2 else None
+    e_dist = eff(d1["wall_s"] / d1["images"], d2["wall_s"] / d2["images"]) if d2 else 1.0
+
+    # class sizes at full scale: the measured train shard sizes times the train scale
+    shards = j1["index"]["shards"]
+    n_full = {c: s["n"] * scale["train"] for c, s in shards.items()}
+    queries_m = j1["queries_per_class"]
+    idx_curve = loglog([r["n"] for r in retrieval], [r["build_s"] for r in retrieval]) if retrieval else None
+    q_curve = loglog([r["n"] for r in retrieval], [r["c_ms_per_query"] for r in retrieval]) if retrieval else None
+    bytes_curve = loglog([r["n"] for r in retrieval], [r["index_bytes"] / r["n"] for r in retrieval]) \
+        if retrieval else None
+
+    # index: per class, at the full class size (measured seconds scaled by the curve's growth)
+    index_m = j1["index"]["wall_s"]
+    if idx_curve:
+        cost_m = sum(idx_curve(s["n"]) for s in shards.values())
+        index_f = index_m * sum(idx_curve(n) for n in n_full.values()) / max(cost_m, 1e-9)
+    else:
+        index_f = index_m * scale["train"]
+
+    # retrieval inside the bake: queries of class c at the full class size, calibrated to the measured run
+    def retrieve_full(split):
+        meas = j1[f"bake_{split}"]["timings"]["retrieve_s"]
+        if not q_curve:
+            return meas * scale[split]
+        per_class = queries_m[split]
+        model_m = sum(q * q_curve(shards[c]["n"]) for c, q in per_class.items() if c in shards)
+        model_f = sum(q * scale[split] * q_curve(n_full[c]) for c, q in per_class.items() if c in n_full)
+        return meas * model_f / max(model_m, 1e-9)
+
+    serial = {
+        "segments_merge": j1["segments"]["merge_s"] * images_f / images_m,
+        "index": index_f,
+        "bake_retrieve": retrieve_full("train") + retrieve_full("val"),
+        "bake_merge": sum(j1[f"bake_{s}"]["timings"]["merge_s"] * scale[s] for s in ("train", "val")),
+    }
+    parallel_1core = {"segments": seg_par1 * images_f / images_m,
+                      "bake_compose": sum(j1[f"bake_{s}"]["timings"]["compose_s"] * scale[s] for s in ("train", "val"))}
+    effs = {"segments": e_seg, "bake_compose": e_comp}
+    table = {}
+    for cores in CORES:
+        hours = {k: v / 3600 for k, v in serial.items()}
+        for k, v in parallel_1core.items():
+            hours[k] = v / (cores * effs[k]) / 3600
+        total = sum(hours.values())
+        epoch = (f_tr * d1["wall_s"] / d1["images"]) / (cores * e_dist) / 3600
+        table[str(cores)] = {"hours": {k: round(v, 4) for k, v in hours.items()}, "total_h": round(total, 3),
+                             "distort_epoch_h": round(epoch, 4)}
+
+    # disk: bytes per image of each artifact, index per class
+    art = m["artifacts"]
+    disk = {}
+    for k, v in art.items():
+        if k == "index":
+            continue
+        split = "train" if "/train" in k else "val"
+        disk[k] = v * scale[split]
+    disk["index"] = sum(bytes_curve(n) * n for n in n_full.values()) if bytes_curve else art["index"] * scale["train"]
+    disk_total = sum(disk.values())
+
+    # RAM: the main process grows by its slope measured between the half and the whole set
+    # (1 job, so the main process does all the work); workers hold one part at a time (constant)
+    h = m["half"]
+    ram = {}
+    for stage in ("segments", "index", "bake_train", "bake_val"):
+        main, main_half = j1[stage]["rss_main_mb"], h[stage]["rss_main_mb"]
+        slope = max(0.0, (main - main_half) / (images_m - h["n_train"] - h["n_val"]))  # MB per image
+        worker = max(j[stage]["rss_worker_mb"] for j in m["jobs"].values())
+        ram[stage] = {"main_mb_half": main_half, "main_mb_measured": main, "mb_per_1000_images": round(slope * 1000, 1),
+                      "main_mb_full": round(main + slope * (images_f - images_m)), "worker_mb": worker}
+    return {"full_images": [f_tr, f_va], "scale": {k: round(v, 2) for k, v in scale.items()},
+            "efficiency": {"segments": round(e_seg, 3), "bake_compose": round(e_comp, 3), "distort": round(e_dist, 3)},
+            "largest_class_full": round(max(n_full.values())), "cores": table,
+            "disk_gb": {k: round(v / GB, 3) for k, v in disk.items()}, "disk_total_gb": round(disk_total / GB, 2),
+            "ram": ram, "peak_ram_gb_full": round(max(max(r["main_mb_full"], r["worker_mb"])
+                                                     for r in ram.values()) / 1024, 2),
+            "seconds_per_image_half_vs_whole": linearity(m)}
+
+
+def linearity(m: dict) -> dict:
+    """1-job seconds per image of each stage on the half set and on the whole set."""
+    h, j1 = m["half"], m["jobs"]["1"]
+    n_h, n_w = {"train": h["n_train"], "val": h["n_val"]}, {"train": m["n_train"], "val": m["n_val"]}
+    count = {"segments": lambda n: n["train"] + n["val"], "index": lambda n: n["train"],
+             "bake_train": lambda n: n["train"], "bake_val": lambda n: n["val"]}
+    return {s: [round(h[s]["wall_s"] / f(n_h), 4), round(j1[s]["wall_s"] / f(n_w), 4)] for s, f in count.items()}
+
+
+def queries_per_class(work: Path) -> dict[str, dict[str, int]]:
+    import pyarrow.parquet as pq
+
+    out = {}
+    for split in ("train", "val"):
+        c = pq.read_table(work / "segments" / f"{split}.parquet", columns=["class_id"])["class_id"].to_numpy()
+        ids, n = np.unique(c, return_counts=True)
+        out[split] = {str(int(i)): int(k) for i, k in zip(ids, n)}
+    return out
+
+
+# ------------------------------------------------------------------ report
+
+
+def print_tables(results: dict, retrieval: list[dict]) -> None:
+    print("\n== measured (realistic synthetic data) ==")
+    print("| dataset | images (train+val) | jobs | segments img/s | index s | bake train img/s | bake val img/s "
+          "| distort img/s | seg. per image | peak RSS main / worker MB |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for name, m in results.items():
+        for jobs, r in m["jobs"].items():
+            n_img = m["n_train"] + m["n_val"]
+            seg_per_img = sum(c["segments"] for c in r["segments"]["counts"].values()) / n_img
+            rss_main = max(r[s]["rss_main_mb"] for s in ("segments", "index", "bake_train", "bake_val"))
+            rss_w = max(r[s]["rss_worker_mb"] for s in ("segments", "bake_train", "bake_val"))
+            print(f"| {name} | {m['n_train']}+{m['n_val']} | {jobs} | {n_img / r['segments']['wall_s']:.1f} | "
+                  f"{r['index']['wall_s']:.1f} | {m['n_train'] / r['bake_train']['wall_s']:.1f} | "
+                  f"{m['n_val'] / r['bake_val']['wall_s']:.1f} | {r['distort']['images'] / r['distort']['wall_s']:.1f} | "
+                  f"{seg_per_img:.1f} | {rss_main:.0f} / {rss_w:.0f} |")
+    print("\n== bytes per image ==")
+    for name, m in results.items():
+        per = {k: v / (m["n_train"] if "/train" in k else m["n_val"]) for k, v in m["artifacts"].items()
+               if k != "index"}
+        per["index (per train image)"] = m["artifacts"]["index"] / m["n_train"]
+        print(f"{name}: " + ", ".join(f"{k} {v / 1e3:.1f} KB" for k, v in per.items()))
+    print("\n== extrapolated to the full datasets ==")
+    print("| dataset | cores | segments h | index h | bake retrieve h | bake compose h | merges h | total h "
+          "| distort h/epoch | disk GB | peak RAM GB |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for name, m in results.items():
+        x = m["extrapolated"]
+        for cores, t in x["cores"].items():
+            h = t["hours"]
+            print(f"| {name} | {cores} | {h['segments']:.2f} | {h['index']:.3f} | {h['bake_retrieve']:.2f} | "
+                  f"{h['bake_compose']:.2f} | {h['segments_merge'] + h['bake_merge']:.3f} | {t['total_h']:.2f} | "
+                  f"{t['distort_epoch_h']:.2f} | {x['disk_total_gb']:.1f} | {x['peak_ram_gb_full']:.1f} |")
+    print("\n== peak RSS of each stage's main process (1 job), MB: half set, whole set, per 1000 images, "
+          "full dataset; largest worker ==")
+    for name, m in results.items():
+        x = m["extrapolated"]
+        print(f"{name} (baseline {m['baseline_rss_mb']:.0f} MB): " + "; ".join(
+            f"{s} {r['main_mb_half']:.0f} / {r['main_mb_measured']:.0f} / {r['mb_per_1000_images']:.0f} / "
+            f"{r['main_mb_full']:.0f}; worker {r['worker_mb']:.0f}" for s, r in x["ram"].items()))
+        print(f"{name} seconds per image, half set vs whole set (1 job): " + ", ".join(
+            f"{s} {a:.4f} / {b:.4f}" for s, (a, b) in x["seconds_per_image_half_vs_whole"].items()))
+    if retrieval:
+        print("\n== retrieval, one class ==")
+        print("| N | index | build s | index MB | build RSS MB | query RSS MB | (c) ms/q | (b) ms/q | recall@1 | "
+              "recall@10 |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
+        for r in retrieval:
+            kind = r["kind"] + (f" nlist {r['nlist']} nprobe {r['nprobe']} + {r['windows']} windows"
+                                if r["kind"] == "ivf" else "")
+            print(f"| {r['n']:,} | {kind} | {r['build_s']:.1f} | {r['index_bytes'] / 1e6:.1f} | {r['build_rss_mb']:.0f} | "
+                  f"{r['query_rss_mb']:.0f} | {r['c_ms_per_query']:.3f} | {r['b_ms_per_query']:.1f} | "
+                  f"{r['recall_at_1']:.4f} | {r['recall_at_10']:.4f} |")
+
+
+def targets(results: dict, retrieval: list[dict]) -> dict:
+    out = {}
+    if "ade20k" in results:
+        x = results["ade20k"]["extrapolated"]
+        out["ade20k_2_cores_min"] = round(x["cores"]["2"]["total_h"] * 60, 1)
+        out["ade20k_16_cores_min"] = round(x["cores"]["16"]["total_h"] * 60, 1)
+        out["ade20k_disk_gb"] = x["disk_total_gb"]
+    if "cocostuff" in results:
+        x = results["cocostuff"]["extrapolated"]
+        out["cocostuff_2_cores_h"] = x["cores"]["2"]["total_h"]
+        out["cocostuff_disk_gb"] = x["disk_total_gb"]
+        out["stage_rss_gb"] = x["peak_ram_gb_full"]
+    big = [r for r in retrieval if r["n"] >= 1_000_000]
+    if big:
+        out["retrieval_1m_ms"] = big[0]["c_ms_per_query"]
+        out["retrieval_1m_recall1"] = big[0]["recall_at_1"]
+    met = {k: (v >= TARGETS[k] if k == "retrieval_1m_recall1" else v <= TARGETS[k]) for k, v in out.items()}
+    return {"value": out, "target": {k: TARGETS[k] for k in out}, "met": met}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--keep", type=Path, default=None, help="folder kept between runs (data, masks) [default: temp]")
+    ap.add_argument("--quick", action="store_true", help="smoke run: a few images, retrieval at 10k and 30k")
+    ap.add_argument("--datasets", default=",".join(DATASETS), help="comma-separated subset")
+    ap.add_argument("--skip-stages", action="store_true", help="retrieval only")
+    ap.add_argument("--skip-retrieval", action="store_true", help="stages only")
+    ap.add_argument("--retrieval-sizes", type=int, nargs="+", default=None)
+    ap.add_argument("--queries", type=int, default=500, help="retrieval queries timed (c)")
+    ap.add_argument("--exact-queries", type=int, default=200, help="of which timed for (b) and recall")
+    ap.add_argument("--threads", type=int, default=1, help="FAISS threads of the retrieval queries (1: OpenMP on a busy machine only adds waits)")
+    ap.add_argument("--distort-images", type=int, default=60)
+    ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child is not None:
+        return child_main(args.child)
+    base = args.keep or Path(tempfile.mkdtemp(prefix="resail_bench_scale_"))
+    base.mkdir(parents=True, exist_ok=True)
+    t_start = time.perf_counter()
+    machine = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+               "python": platform.python_version(), "load_avg_start": [round(x, 2) for x in os.getloadavg()]}
+    print(json.dumps({"machine": machine}), file=sys.stderr)
+    sizes = args.retrieval_sizes or ([10_000, 30_000] if args.quick else list(RETRIEVAL_SIZES))
+    retrieval = []
+    if not args.skip_retrieval:
+        print(f"retrieval, one class, N = {sizes}", file=sys.stderr)
+        retrieval = measure_retrieval(base, sizes, 200 if args.quick else args.queries,
+                                      50 if args.quick else args.exact_queries, args.threads)
+    results = {}
+    if not args.skip_stages:
+        baseline = run_stage(stage="noop")["rss_main_mb"]
+        for name in args.datasets.split(","):
+            n = QUICK_N[name] if args.quick else DATASETS[name]["n"]
+            print(f"{name}: {n[0]} + {n[1]} images ({DATASETS[name]['preset']})", file=sys.stderr)
+            m = measure_dataset(name, base, n, 20 if args.quick else args.distort_images)
+            m["baseline_rss_mb"] = baseline
+            m["jobs"]["1"]["queries_per_class"] = queries_per_class(base / "work" / f"{name}-j1")
+            m["extrapolated"] = extrapolate(name, m, retrieval)
+            results[name] = m
+    print_tables(results, retrieval)
+    verdict = targets(results, retrieval)
+    print("\ntargets: " + ", ".join(f"{k} {v} ({'met' if verdict['met'][k] else 'MISSED'}, target "
+                                     f"{verdict['target'][k]})" for k, v in verdict["value"].items()))
+    machine["load_avg_end"] = [round(x, 2) for x in os.getloadavg()]
+    if args.keep is None:
+        shutil.rmtree(base, ignore_errors=True)
+    print(json.dumps({"bench": "scale", "machine": machine, "wall_s": round(time.perf_counter() - t_start, 1),
+                      "targets": verdict, "retrieval": retrieval, "datasets": results}))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
