@@ -454,8 +454,8 @@ def train(work, preset, name, steps, epochs, config_file, resume, dry_run, batch
     if steps is not None and epochs is not None:
         raise click.BadParameter("give --steps or --epochs, not both", param_hint="--steps/--epochs")
     if preset is None and not (resume and name):
-        raise click.BadParameter("a new run needs --preset (--resume --name NAME reads the run's own)",
-                                 param_hint="--preset")
+        raise click.BadParameter("give --preset for a new run, or --resume --name NAME to continue a run "
+                                 "with its own preset", param_hint="--preset")
     if no_vgg and vgg_weights is not None:
         raise click.BadParameter("--vgg-weights with --no-vgg: choose one", param_hint="--vgg-weights")
     rank0 = int(os.environ.get("RANK", "0")) == 0
@@ -488,7 +488,8 @@ def train(work, preset, name, steps, epochs, config_file, resume, dry_run, batch
     summary = run_training(cfg, work, resume=resume, progress=progress_enabled())
     if rank0:
         last = summary["last"]
-        click.echo(f"trained {summary['steps_this_session']} steps this run (run total {summary['steps']}/"
+        n = summary["steps_this_session"]
+        click.echo(f"trained {n} step{'' if n == 1 else 's'} this run (run total {summary['steps']}/"
                    f"{summary['total_steps']}; {summary['samples_per_s']:.2f} samples/s; last G "
                    f"{last.get('G', float('nan')):.4f}, D {last.get('D', float('nan')):.4f}) -> {summary['run_dir']} "
                    "(samples/, checkpoints/, stats.jsonl)")

@@ -50,7 +50,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import resource
@@ -166,10 +165,10 @@ def _stage_retrieval_build(a: dict) -> dict:
 
 def _stage_retrieval_query(a: dict) -> dict:
     import faiss
+    from retrieval import recall
 
     from resail.index.build import RetrievalIndex
     from resail.index.search import QueryBatch, SearchConfig, search
-    from retrieval import recall
 
     faiss.omp_set_num_threads(a["threads"])
     q = np.load(a["queries"])
@@ -210,11 +209,16 @@ STAGES = {"segments": _stage_segments, "index": _stage_index, "bake": _stage_bak
           "noop": _stage_noop}
 
 
-class TreeRSS:
-    """Peak RSS of this process's children (largest one) and of the whole tree, sampled."""
+class TreeUsage:
+    """Sampled every 50 ms: the peak RSS of this process's children (the largest one) and of the
+    whole tree, the peak *anonymous* memory (RSS less file-backed and shared pages: what the
+    stage needs, whereas memmapped store pages it touched are reclaimable cache) of this process
+    and of its largest child, and the CPU seconds of the children (last reading of each)."""
 
     def __init__(self, period: float = 0.05):
-        self.me, self.period, self.worker, self.tree = psutil.Process(), period, 0, 0
+        self.me, self.period = psutil.Process(), period
+        self.worker = self.tree = self.anon_main = self.anon_worker = 0
+        self._cpu: dict[int, float] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -223,13 +227,23 @@ class TreeRSS:
             rss = []
             for child in self.me.children(recursive=True):
                 try:
-                    rss.append(child.memory_info().rss)
+                    with child.oneshot():
+                        m, t = child.memory_info(), child.cpu_times()
                 except psutil.Error:  # exited between the listing and the read
-                    pass
+                    continue
+                rss.append(m.rss)
+                self.anon_worker = max(self.anon_worker, m.rss - m.shared)
+                self._cpu[child.pid] = t.user + t.system
+            m = self.me.memory_info()
             self.worker = max([self.worker, *rss])
-            self.tree = max(self.tree, self.me.memory_info().rss + sum(rss))
+            self.tree = max(self.tree, m.rss + sum(rss))
+            self.anon_main = max(self.anon_main, m.rss - m.shared)
 
-    def __enter__(self) -> TreeRSS:
+    @property
+    def children_cpu_s(self) -> float:
+        return sum(self._cpu.values())
+
+    def __enter__(self) -> TreeUsage:
         self._thread.start()
         return self
 
@@ -249,13 +263,15 @@ def vm_hwm_mb() -> float:
 def child_main(spec: str) -> None:
     """Run one stage; print one JSON line with its result, wall seconds and peak RSS (MB)."""
     a = json.loads(spec)
-    t0 = time.perf_counter()
-    with TreeRSS() as rss:
+    t0, cpu0 = time.perf_counter(), time.process_time()
+    with TreeUsage() as use:
         out = STAGES[a["stage"]](a)
-    wall = time.perf_counter() - t0
-    main = vm_hwm_mb()
-    out.update(wall_s=round(wall, 3), rss_main_mb=round(main, 1), rss_worker_mb=round(rss.worker / 2**20, 1),
-               rss_tree_mb=round(max(rss.tree / 2**20, main), 1))
+    wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    main, mb = vm_hwm_mb(), 2**20
+    out.update(wall_s=round(wall, 3), cpu_main_s=round(cpu, 2), cpu_workers_s=round(use.children_cpu_s, 2),
+               rss_main_mb=round(main, 1), rss_worker_mb=round(use.worker / mb, 1),
+               rss_tree_mb=round(max(use.tree / mb, main), 1), anon_main_mb=round(use.anon_main / mb, 1),
+               anon_worker_mb=round(use.anon_worker / mb, 1))
     print("RESULT " + json.dumps(out), flush=True)
 
 
@@ -274,8 +290,9 @@ def run_stage(**spec) -> dict:
     out = json.loads(lines[-1][7:])
     out["load_avg_before"] = round(load, 2)
     print(f"  {spec['stage']:<16} {json.dumps({k: v for k, v in spec.items() if k in ('split', 'jobs', 'n')})} "
-          f"{out['wall_s']:.1f}s RSS main {out['rss_main_mb']:.0f} MB, worker {out['rss_worker_mb']:.0f} MB, "
-          f"tree {out['rss_tree_mb']:.0f} MB "
+          f"{out['wall_s']:.1f}s (CPU {out['cpu_main_s'] + out['cpu_workers_s']:.0f}s) RSS main "
+          f"{out['rss_main_mb']:.0f} MB (anon {out['anon_main_mb']:.0f}), worker {out['rss_worker_mb']:.0f} MB "
+          f"(anon {out['anon_worker_mb']:.0f}), tree {out['rss_tree_mb']:.0f} MB "
           f"(load {load:.1f})", file=sys.stderr, flush=True)
     return out
 
@@ -324,7 +341,8 @@ def measure_dataset(name: str, base: Path, n: tuple[int, int], distort_images: i
     t0 = time.perf_counter()
     toy = run_stage(stage="toy", preset=info["preset"], out=data, n_train=n[0], n_val=n[1], jobs=2)
     root = Path(toy["root"])
-    result = {"preset": info["preset"], "n_train": n[0], "n_val": n[1], "generate_s": round(time.perf_counter() - t0, 1),
+    result = {"preset": info["preset"], "n_train": n[0], "n_val": n[1],
+              "generate_s": round(time.perf_counter() - t0, 1),
               "labels": label_stats(name, root), "dataset_bytes": du(data), "jobs": {}}
     for jobs in jobs_list:
         r = offline_stages(name, root, base / "work" / f"{name}-j{jobs}", jobs)
@@ -332,12 +350,26 @@ def measure_dataset(name: str, base: Path, n: tuple[int, int], distort_images: i
                                  images=distort_images)
         result["jobs"][str(jobs)] = r
     result["artifacts"] = artifact_bytes(base / "work" / f"{name}-j{jobs_list[0]}")
+    result["crop_bytes_per_image"] = crop_bytes_per_image(base / "work" / f"{name}-j{jobs_list[0]}")
     half = (max(1, n[0] // 2), max(1, n[1] // 2))
     toy = run_stage(stage="toy", preset=info["preset"], out=base / "data" / f"{info['preset']}-half",
                     n_train=half[0], n_val=half[1], jobs=2)
     result["half"] = {"n_train": half[0], "n_val": half[1],
                       **offline_stages(name, Path(toy["root"]), base / "work" / f"{name}-half", 1)}
     return result
+
+
+def crop_bytes_per_image(work: Path, sides=(256, 192, 128, 96)) -> dict[int, float]:
+    """Bytes per image of the RGBA crops at other `--crop-max-side` values, exactly: a crop's size
+    is a function of its bbox (`pipeline.store.crop_size`)."""
+    import pyarrow.parquet as pq
+
+    from resail.pipeline.store import crop_size
+
+    t = pq.read_table(work / "segments" / "train.parquet", columns=["bbox_h", "bbox_w", "image_id"])
+    hw = list(zip(t["bbox_h"].to_pylist(), t["bbox_w"].to_pylist()))
+    n_images = len(set(t["image_id"].to_pylist()))
+    return {side: sum(4 * a * b for a, b in (crop_size(h, w, side) for h, w in hw)) / n_images for side in sides}
 
 
 def artifact_bytes(work: Path) -> dict:
@@ -373,11 +405,11 @@ def retrieval_masks(base: Path, n: int, seed: int = 0) -> Path:
     return path
 
 
-def measure_retrieval(base: Path, sizes, n_queries: int, exact_queries: int, threads: int) -> list[dict]:
+def measure_retrieval(base: Path, sizes, queries: int, exact_queries: int, threads: int) -> list[dict]:
     from builders.store import write_fake_store
 
     masks = np.load(retrieval_masks(base, max(sizes)))
-    qpath = retrieval_masks(base, n_queries, seed=1)  # held-out draws
+    qpath = retrieval_masks(base, queries, seed=1)  # held-out draws
     out = []
     for n in sizes:
         work = base / "retrieval" / f"work_{n}"
@@ -417,95 +449,106 @@ def extrapolate(name: str, m: dict, retrieval: list[dict]) -> dict:
     """Hours per stage, disk and peak RAM of the full dataset on 2, 16 and 64 cores."""
     info = DATASETS[name]
     (n_tr, n_va), (f_tr, f_va) = (m["n_train"], m["n_val"]), info["full"]
-    j1, j2 = m["jobs"]["1"], m["jobs"].get("2")
+    j1, j2 = m["jobs"]["1"], m["jobs"]["2"]
     scale = {"train": f_tr / n_tr, "val": f_va / n_va}
     images_m, images_f = n_tr + n_va, f_tr + f_va
-
-    def eff(stage_1, stage_2):
-        return min(1.0, stage_1 / stage_2 / 2) if stage_2 else 1.0
-
-    seg_par1 = j1["segments"]["wall_s"] - j1["segments"]["merge_s"]
-    seg_par2 = j2["segments"]["wall_s"] - j2["segments"]["merge_s"] if j2 else None
-    e_seg = eff(seg_par1, seg_par2)
-    comp1 = sum(j1[f"bake_{s}"]["timings"]["compose_s"] for s in ("train", "val"))
-    comp2 = sum(j2[f"bake_{s}"]["timings"]["compose_s"] for s in ("train", "val")) if j2 else None
-    e_comp = eff(comp1, comp2)
-    d1, d2 = j1["distort"], j2["distort"] if j2 else None
-    e_dist = eff(d1["wall_s"] / d1["images"], d2["wall_s"] / d2["images"]) if d2 else 1.0
+    bakes = ("bake_train", "bake_val")
 
     # class sizes at full scale: the measured train shard sizes times the train scale
     shards = j1["index"]["shards"]
     n_full = {c: s["n"] * scale["train"] for c, s in shards.items()}
-    queries_m = j1["queries_per_class"]
-    idx_curve = loglog([r["n"] for r in retrieval], [r["build_s"] for r in retrieval]) if retrieval else None
-    q_curve = loglog([r["n"] for r in retrieval], [r["c_ms_per_query"] for r in retrieval]) if retrieval else None
-    bytes_curve = loglog([r["n"] for r in retrieval], [r["index_bytes"] / r["n"] for r in retrieval]) \
-        if retrieval else None
+    curve = {k: loglog([r["n"] for r in retrieval], [f(r) for r in retrieval]) if retrieval else None
+             for k, f in (("build", lambda r: r["build_s"]), ("query", lambda r: r["c_ms_per_query"]),
+                          ("bytes", lambda r: r["index_bytes"] / r["n"]))}
 
-    # index: per class, at the full class size (measured seconds scaled by the curve's growth)
-    index_m = j1["index"]["wall_s"]
-    if idx_curve:
-        cost_m = sum(idx_curve(s["n"]) for s in shards.values())
-        index_f = index_m * sum(idx_curve(n) for n in n_full.values()) / max(cost_m, 1e-9)
-    else:
-        index_f = index_m * scale["train"]
+    def per_class(measured: float, cost, counts: dict, scale_q: float) -> float:
+        """A measured cost summed over classes, scaled to the full class sizes by a cost curve."""
+        if cost is None:
+            return measured * scale_q
+        model_m = sum(q * cost(shards[c]["n"]) for c, q in counts.items() if c in shards)
+        model_f = sum(q * scale_q * cost(n_full[c]) for c, q in counts.items() if c in n_full)
+        return measured * model_f / max(model_m, 1e-9)
 
-    # retrieval inside the bake: queries of class c at the full class size, calibrated to the measured run
-    def retrieve_full(split):
-        meas = j1[f"bake_{split}"]["timings"]["retrieve_s"]
-        if not q_curve:
-            return meas * scale[split]
-        per_class = queries_m[split]
-        model_m = sum(q * q_curve(shards[c]["n"]) for c, q in per_class.items() if c in shards)
-        model_f = sum(q * scale[split] * q_curve(n_full[c]) for c, q in per_class.items() if c in n_full)
-        return meas * model_f / max(model_m, 1e-9)
-
-    serial = {
+    ones = {c: 1 for c in shards}
+    queries = j1["queries_per_class"]
+    # 1-job seconds at full scale of each part: (seconds, runs in parallel?, stage it belongs to)
+    parts = {
+        "segments": (j1["segments"]["wall_s"] - j1["segments"]["merge_s"]) * images_f / images_m,
         "segments_merge": j1["segments"]["merge_s"] * images_f / images_m,
-        "index": index_f,
-        "bake_retrieve": retrieve_full("train") + retrieve_full("val"),
-        "bake_merge": sum(j1[f"bake_{s}"]["timings"]["merge_s"] * scale[s] for s in ("train", "val")),
+        "index": per_class(j1["index"]["wall_s"], curve["build"] and (lambda n: curve["build"](n)), ones, 1.0),
+        "bake_retrieve": sum(per_class(j1[b]["timings"]["retrieve_s"], curve["query"], queries[b[5:]], scale[b[5:]])
+                             for b in bakes),
+        "bake_compose": sum(j1[b]["timings"]["compose_s"] * scale[b[5:]] for b in bakes),
+        "bake_merge": sum(j1[b]["timings"]["merge_s"] * scale[b[5:]] for b in bakes),
     }
-    parallel_1core = {"segments": seg_par1 * images_f / images_m,
-                      "bake_compose": sum(j1[f"bake_{s}"]["timings"]["compose_s"] * scale[s] for s in ("train", "val"))}
-    effs = {"segments": e_seg, "bake_compose": e_comp}
-    table = {}
-    for cores in CORES:
-        hours = {k: v / 3600 for k, v in serial.items()}
-        for k, v in parallel_1core.items():
-            hours[k] = v / (cores * effs[k]) / 3600
-        total = sum(hours.values())
-        epoch = (f_tr * d1["wall_s"] / d1["images"]) / (cores * e_dist) / 3600
-        table[str(cores)] = {"hours": {k: round(v, 4) for k, v in hours.items()}, "total_h": round(total, 3),
-                             "distort_epoch_h": round(epoch, 4)}
+    parallel = {"segments", "bake_compose"}
+    stage_of = {"segments": ("segments",), "segments_merge": ("segments",), "index": ("index",),
+                "bake_retrieve": bakes, "bake_compose": bakes, "bake_merge": bakes}
 
-    # disk: bytes per image of each artifact, index per class
+    def total(r: dict, stages, key: str) -> float:
+        return sum(r[s][key] for s in stages)
+
+    # wall model: this machine's walls, parallel efficiency from the 1- and 2-job walls
+    par_wall = {"segments": (parts["segments"], j1["segments"]["wall_s"] - j1["segments"]["merge_s"],
+                             j2["segments"]["wall_s"] - j2["segments"]["merge_s"]),
+                "bake_compose": (parts["bake_compose"], sum(j1[b]["timings"]["compose_s"] for b in bakes),
+                                 sum(j2[b]["timings"]["compose_s"] for b in bakes))}
+    eff_wall = {k: min(1.0, a / b / 2) for k, (_, a, b) in par_wall.items()}
+    # CPU model (dedicated cores): a 1-job wall becomes CPU seconds by that stage's CPU/wall ratio;
+    # the parallel efficiency is the 1-job CPU over the 2-job CPU (the work parallelism adds)
+    rho = {p: total(j1, st, "cpu_main_s") / total(j1, st, "wall_s") for p, st in stage_of.items()}
+    eff_cpu = {k: min(1.0, (total(j1, stage_of[k], "cpu_main_s") + total(j1, stage_of[k], "cpu_workers_s"))
+                   / (total(j2, stage_of[k], "cpu_main_s") + total(j2, stage_of[k], "cpu_workers_s")))
+               for k in parallel}
+    d1, d2 = j1["distort"], j2["distort"]
+    distort_cpu_s, eff_dist = d1["cpu_s"] / d1["images"], min(1.0, (d1["wall_s"] / d1["images"]) /
+                                                               (d2["wall_s"] / d2["images"]) / 2)
+    models = {}
+    for model in ("cpu", "wall"):
+        table = {}
+        for cores in CORES:
+            hours = {}
+            for k, sec in parts.items():
+                sec = sec * rho[k] if model == "cpu" else sec
+                if k in parallel:
+                    sec /= cores * (eff_cpu[k] if model == "cpu" else eff_wall[k])
+                hours[k] = sec / 3600
+            dist = (distort_cpu_s if model == "cpu" else d1["wall_s"] / d1["images"]) * f_tr
+            table[str(cores)] = {"hours": {k: round(v, 4) for k, v in hours.items()},
+                                 "total_h": round(sum(hours.values()), 3),
+                                 "distort_epoch_h": round(dist / (cores * (1.0 if model == "cpu" else eff_dist)) / 3600,
+                                                          4)}
+        models[model] = table
+
+    # disk: bytes per image of each artifact, the index per class
     art = m["artifacts"]
-    disk = {}
-    for k, v in art.items():
-        if k == "index":
-            continue
-        split = "train" if "/train" in k else "val"
-        disk[k] = v * scale[split]
-    disk["index"] = sum(bytes_curve(n) * n for n in n_full.values()) if bytes_curve else art["index"] * scale["train"]
-    disk_total = sum(disk.values())
+    disk = {k: v * scale["train" if "/train" in k else "val"] for k, v in art.items() if k != "index"}
+    disk["index"] = per_class(art["index"], curve["bytes"] and (lambda n: curve["bytes"](n) * n), ones, 1.0)
 
-    # RAM: the main process grows by its slope measured between the half and the whole set
-    # (1 job, so the main process does all the work); workers hold one part at a time (constant)
+    # RAM: the main process grows by its slope between the half and the whole set (1 job: the main
+    # process does all the work); workers hold one part at a time (constant)
     h = m["half"]
+    n_half = h["n_train"] + h["n_val"]
     ram = {}
     for stage in ("segments", "index", "bake_train", "bake_val"):
-        main, main_half = j1[stage]["rss_main_mb"], h[stage]["rss_main_mb"]
-        slope = max(0.0, (main - main_half) / (images_m - h["n_train"] - h["n_val"]))  # MB per image
-        worker = max(j[stage]["rss_worker_mb"] for j in m["jobs"].values())
-        ram[stage] = {"main_mb_half": main_half, "main_mb_measured": main, "mb_per_1000_images": round(slope * 1000, 1),
-                      "main_mb_full": round(main + slope * (images_f - images_m)), "worker_mb": worker}
+        r = {}
+        for kind in ("rss", "anon"):
+            main, main_half = j1[stage][f"{kind}_main_mb"], h[stage][f"{kind}_main_mb"]
+            slope = max(0.0, (main - main_half) / (images_m - n_half))  # MB per image
+            r[kind] = {"half_mb": main_half, "whole_mb": main, "mb_per_1000_images": round(slope * 1000, 1),
+                       "full_mb": round(main + slope * (images_f - images_m)),
+                       "worker_mb": max(j[stage][f"{kind}_worker_mb"] for j in m["jobs"].values())}
+        ram[stage] = r
+    peak = {kind: round(max(max(r[kind]["full_mb"], r[kind]["worker_mb"]) for r in ram.values()) / 1024, 2)
+            for kind in ("rss", "anon")}
     return {"full_images": [f_tr, f_va], "scale": {k: round(v, 2) for k, v in scale.items()},
-            "efficiency": {"segments": round(e_seg, 3), "bake_compose": round(e_comp, 3), "distort": round(e_dist, 3)},
-            "largest_class_full": round(max(n_full.values())), "cores": table,
-            "disk_gb": {k: round(v / GB, 3) for k, v in disk.items()}, "disk_total_gb": round(disk_total / GB, 2),
-            "ram": ram, "peak_ram_gb_full": round(max(max(r["main_mb_full"], r["worker_mb"])
-                                                     for r in ram.values()) / 1024, 2),
+            "cpu_per_wall": {k: round(v, 3) for k, v in rho.items()},
+            "efficiency_wall": {k: round(v, 3) for k, v in eff_wall.items()} | {"distort": round(eff_dist, 3)},
+            "efficiency_cpu": {k: round(v, 3) for k, v in eff_cpu.items()},
+            "largest_class_full": round(max(n_full.values())), "cores": models["cpu"], "cores_wall": models["wall"],
+            "disk_gb": {k: round(v / GB, 3) for k, v in disk.items()},
+            "disk_total_gb": round(sum(disk.values()) / GB, 2),
+            "ram": ram, "peak_ram_gb_full": peak["anon"], "peak_rss_gb_full": peak["rss"],
             "seconds_per_image_half_vs_whole": linearity(m)}
 
 
@@ -535,17 +578,18 @@ def queries_per_class(work: Path) -> dict[str, dict[str, int]]:
 def print_tables(results: dict, retrieval: list[dict]) -> None:
     print("\n== measured (realistic synthetic data) ==")
     print("| dataset | images (train+val) | jobs | segments img/s | index s | bake train img/s | bake val img/s "
-          "| distort img/s | seg. per image | peak RSS main / worker MB |")
+          "| distort img/s | seg. per image | peak anon MB main / worker |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for name, m in results.items():
         for jobs, r in m["jobs"].items():
             n_img = m["n_train"] + m["n_val"]
             seg_per_img = sum(c["segments"] for c in r["segments"]["counts"].values()) / n_img
-            rss_main = max(r[s]["rss_main_mb"] for s in ("segments", "index", "bake_train", "bake_val"))
-            rss_w = max(r[s]["rss_worker_mb"] for s in ("segments", "bake_train", "bake_val"))
+            rss_main = max(r[s]["anon_main_mb"] for s in ("segments", "index", "bake_train", "bake_val"))
+            rss_w = max(r[s]["anon_worker_mb"] for s in ("segments", "bake_train", "bake_val"))
             print(f"| {name} | {m['n_train']}+{m['n_val']} | {jobs} | {n_img / r['segments']['wall_s']:.1f} | "
                   f"{r['index']['wall_s']:.1f} | {m['n_train'] / r['bake_train']['wall_s']:.1f} | "
-                  f"{m['n_val'] / r['bake_val']['wall_s']:.1f} | {r['distort']['images'] / r['distort']['wall_s']:.1f} | "
+                  f"{m['n_val'] / r['bake_val']['wall_s']:.1f} | "
+                  f"{r['distort']['images'] / r['distort']['wall_s']:.1f} | "
                   f"{seg_per_img:.1f} | {rss_main:.0f} / {rss_w:.0f} |")
     print("\n== bytes per image ==")
     for name, m in results.items():
@@ -553,26 +597,33 @@ def print_tables(results: dict, retrieval: list[dict]) -> None:
                if k != "index"}
         per["index (per train image)"] = m["artifacts"]["index"] / m["n_train"]
         print(f"{name}: " + ", ".join(f"{k} {v / 1e3:.1f} KB" for k, v in per.items()))
-    print("\n== extrapolated to the full datasets ==")
-    print("| dataset | cores | segments h | index h | bake retrieve h | bake compose h | merges h | total h "
-          "| distort h/epoch | disk GB | peak RAM GB |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for model, title in (("cores", "dedicated cores (CPU seconds)"), ("cores_wall", "this shared machine's walls")):
+        print(f"\n== extrapolated to the full datasets: {title} ==")
+        print("| dataset | cores | segments h | index h | bake retrieve h | bake compose h | merges h | total h "
+              "| distort h/epoch | disk GB | peak RAM GB (anon / RSS) |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|")
+        for name, m in results.items():
+            x = m["extrapolated"]
+            for cores, t in x[model].items():
+                h = t["hours"]
+                print(f"| {name} | {cores} | {h['segments']:.3f} | {h['index']:.3f} | {h['bake_retrieve']:.3f} | "
+                      f"{h['bake_compose']:.3f} | {h['segments_merge'] + h['bake_merge']:.3f} | {t['total_h']:.3f} | "
+                      f"{t['distort_epoch_h']:.3f} | {x['disk_total_gb']:.1f} | {x['peak_ram_gb_full']:.1f} / "
+                      f"{x['peak_rss_gb_full']:.1f} |")
+    print("\n== main process (1 job), MB: half set / whole set / per 1000 images / full dataset; largest worker ==")
     for name, m in results.items():
         x = m["extrapolated"]
-        for cores, t in x["cores"].items():
-            h = t["hours"]
-            print(f"| {name} | {cores} | {h['segments']:.2f} | {h['index']:.3f} | {h['bake_retrieve']:.2f} | "
-                  f"{h['bake_compose']:.2f} | {h['segments_merge'] + h['bake_merge']:.3f} | {t['total_h']:.2f} | "
-                  f"{t['distort_epoch_h']:.2f} | {x['disk_total_gb']:.1f} | {x['peak_ram_gb_full']:.1f} |")
-    print("\n== peak RSS of each stage's main process (1 job), MB: half set, whole set, per 1000 images, "
-          "full dataset; largest worker ==")
-    for name, m in results.items():
-        x = m["extrapolated"]
-        print(f"{name} (baseline {m['baseline_rss_mb']:.0f} MB): " + "; ".join(
-            f"{s} {r['main_mb_half']:.0f} / {r['main_mb_measured']:.0f} / {r['mb_per_1000_images']:.0f} / "
-            f"{r['main_mb_full']:.0f}; worker {r['worker_mb']:.0f}" for s, r in x["ram"].items()))
-        print(f"{name} seconds per image, half set vs whole set (1 job): " + ", ".join(
+        print(f"{name} (interpreter + imports: {m['baseline_rss_mb']:.0f} MB RSS)")
+        for kind in ("anon", "rss"):
+            print(f"  {kind}: " + "; ".join(
+                f"{s} {r[kind]['half_mb']:.0f} / {r[kind]['whole_mb']:.0f} / {r[kind]['mb_per_1000_images']:.0f} / "
+                f"{r[kind]['full_mb']:.0f}, worker {r[kind]['worker_mb']:.0f}" for s, r in x["ram"].items()))
+        print("  seconds per image, half set / whole set (1 job): " + ", ".join(
             f"{s} {a:.4f} / {b:.4f}" for s, (a, b) in x["seconds_per_image_half_vs_whole"].items()))
+        print(f"  CPU/wall of the 1-job stages: {x['cpu_per_wall']}; parallel efficiency (CPU) {x['efficiency_cpu']}, "
+              f"(wall) {x['efficiency_wall']}")
+        crops = m["crop_bytes_per_image"]
+        print(f"  crops per image at --crop-max-side {', '.join(f'{k}: {v / 1e3:.0f} KB' for k, v in crops.items())}")
     if retrieval:
         print("\n== retrieval, one class ==")
         print("| N | index | build s | index MB | build RSS MB | query RSS MB | (c) ms/q | (b) ms/q | recall@1 | "
@@ -581,7 +632,8 @@ def print_tables(results: dict, retrieval: list[dict]) -> None:
         for r in retrieval:
             kind = r["kind"] + (f" nlist {r['nlist']} nprobe {r['nprobe']} + {r['windows']} windows"
                                 if r["kind"] == "ivf" else "")
-            print(f"| {r['n']:,} | {kind} | {r['build_s']:.1f} | {r['index_bytes'] / 1e6:.1f} | {r['build_rss_mb']:.0f} | "
+            print(f"| {r['n']:,} | {kind} | {r['build_s']:.1f} | {r['index_bytes'] / 1e6:.1f} | "
+                  f"{r['build_rss_mb']:.0f} | "
                   f"{r['query_rss_mb']:.0f} | {r['c_ms_per_query']:.3f} | {r['b_ms_per_query']:.1f} | "
                   f"{r['recall_at_1']:.4f} | {r['recall_at_10']:.4f} |")
 
@@ -613,10 +665,13 @@ def main() -> None:
     ap.add_argument("--datasets", default=",".join(DATASETS), help="comma-separated subset")
     ap.add_argument("--skip-stages", action="store_true", help="retrieval only")
     ap.add_argument("--skip-retrieval", action="store_true", help="stages only")
+    ap.add_argument("--remeasure-retrieval", action="store_true",
+                    help="measure retrieval again even when KEEP/retrieval/results.json holds this setup")
     ap.add_argument("--retrieval-sizes", type=int, nargs="+", default=None)
     ap.add_argument("--queries", type=int, default=500, help="retrieval queries timed (c)")
     ap.add_argument("--exact-queries", type=int, default=200, help="of which timed for (b) and recall")
-    ap.add_argument("--threads", type=int, default=1, help="FAISS threads of the retrieval queries (1: OpenMP on a busy machine only adds waits)")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="FAISS threads of the retrieval queries (1: on a busy machine OpenMP only adds waits)")
     ap.add_argument("--distort-images", type=int, default=60)
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -631,9 +686,18 @@ def main() -> None:
     sizes = args.retrieval_sizes or ([10_000, 30_000] if args.quick else list(RETRIEVAL_SIZES))
     retrieval = []
     if not args.skip_retrieval:
-        print(f"retrieval, one class, N = {sizes}", file=sys.stderr)
-        retrieval = measure_retrieval(base, sizes, 200 if args.quick else args.queries,
-                                      50 if args.quick else args.exact_queries, args.threads)
+        setup = {"sizes": sizes, "queries": 200 if args.quick else args.queries,
+                 "exact_queries": 50 if args.quick else args.exact_queries, "threads": args.threads}
+        cache = base / "retrieval" / "results.json"
+        if cache.exists() and not args.remeasure_retrieval and json.loads(cache.read_text())["setup"] == setup:
+            retrieval = json.loads(cache.read_text())["results"]
+            print(f"retrieval: the results measured earlier in {cache} (--remeasure-retrieval to redo)",
+                  file=sys.stderr)
+        else:
+            print(f"retrieval, one class, N = {sizes}", file=sys.stderr)
+            retrieval = measure_retrieval(base, **setup)
+            cache.write_text(json.dumps({"setup": setup, "results": retrieval,
+                                         "load_avg": [round(x, 2) for x in os.getloadavg()]}))
     results = {}
     if not args.skip_stages:
         baseline = run_stage(stage="noop")["rss_main_mb"]

@@ -41,6 +41,7 @@ last N kept) are synth/checkpoint.py's formats; this module only decides when to
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -276,8 +277,8 @@ def resume_config(cfg: TrainConfig, saved: TrainConfig, step: int, path: Path) -
     history = saved.history
     if (cfg.total_steps, cfg.decay_start) != (saved.total_steps, saved.decay_start):
         if cfg.total_steps <= step:
-            raise InputError(f"{path}: the run is at step {step}, and a schedule of {cfg.total_steps} steps ends "
-                             "there; pass a larger --steps (or --epochs) to extend it")
+            raise InputError(f"{path}: the run is already at step {step}, where a {cfg.total_steps}-step schedule "
+                             "has ended; pass a larger --steps (or --epochs) to extend it")
         history += ({"step": step, "steps_before": saved.total_steps, "steps_after": cfg.total_steps,
                      "decay_start": cfg.decay_start},)
     return dataclasses.replace(cfg, history=history)
@@ -470,68 +471,65 @@ def train(cfg: TrainConfig, work: str | Path, *, resume: bool = False, progress:
     ends this session after that many total steps, with a checkpoint, as an interruption would.
     Returns a summary: steps (the run's), steps_this_session, total_steps, seconds, samples/s,
     the last tick's stats, the run folder, complete, and stopped_by (the signal's name or None)."""
-    # ---- setup: processes and device, the run folder, the resume point, data, networks
     work = Path(work)
-    d, device = _processes(cfg)
-    run_dir = WorkDir(work).run(cfg.name)
-    resume_from = _resume_point(run_dir, resume)
-    run_lock = WorkDir(work).claim_run(cfg.name, resuming=resume_from is not None) if d.rank0 else None  # lineage
-    state, extended = None, None
-    if resume_from is not None:
-        state, saved = read_state(resume_from)
-        cfg = resume_config(cfg, saved, int(state["step"]), resume_from)
-        extended = cfg.history[-1] if len(cfg.history) > len(saved.history) else None
-    dataset = _training_set(work, cfg)
-    vgg, seg = build_losses(cfg, device)
-    trainer = ResailTrainer(cfg, device, d, vgg=vgg, seg=seg)
-    step = start_step = load_state(state, trainer, resume_from) if state is not None else 0
-    if resume_from and d.rank0:
-        log.info("resumed %s at step %d", resume_from, step)
-    torch.manual_seed(cfg.seed + 1_000_003 * d.rank + step)  # nothing random in the step yet; per-rank anyway
-    end = cfg.total_steps if stop_after is None else min(cfg.total_steps, stop_after)
-    loader = _loader(dataset, cfg, d, device, step, end)
-    outputs = RunOutputs(run_dir, cfg, work, dataset.dataset, step) if d.rank0 else None
-    if extended is not None and outputs is not None:
-        outputs.event({"step": step, "event": "schedule", **extended})
-        log.info("run extended at step %d: %d -> %d steps, lr decay from step %d", step,
-                 extended["steps_before"], extended["steps_after"], extended["decay_start"])
-    ticks, last_row, stopped = Ticks(cfg), {}, 0
-    bar = tqdm(total=cfg.total_steps, initial=step, unit="step", desc=f"train {cfg.name}",
-               disable=not (progress and d.rank0), dynamic_ncols=True)
-    try:
-        with StopSignals() as stop:
-            for batch in loader:
-                # ---- one step: G phase, D phase, EMA (the math is ResailTrainer's)
-                losses = mean_over_processes(trainer.step(batch, step), d)
-                _check_finite(losses, step, run_dir)
-                step += 1
-                ticks.add(losses)
-                bar.update(1)
-                # ---- logging: one stats row per tick, written by rank 0
-                if step % cfg.log_every == 0 or step == end:
-                    last_row = ticks.row(step)
-                    if outputs is not None:
-                        outputs.log(last_row, bar)
-                # ---- a stop signal on any process stops every one after this step
-                stopped = agree_on_stop(stop.signum, d, device) if step < end else 0
-                # ---- samples and checkpoints, by rank 0
-                if outputs is not None and (step % cfg.sample_every == 0 or step == end):
-                    outputs.sample(trainer, step)
-                if d.rank0 and (step % cfg.checkpoint_every == 0 or step == end or stopped):
-                    save_checkpoint(run_dir, trainer, step, cfg.keep_checkpoints)
-                if stopped:
-                    if d.rank0:
-                        log.info("%s: stopped at step %d of %d; checkpoint written, continue with --resume",
-                                 signal.Signals(stopped).name, step, cfg.total_steps)
-                    break
-    finally:
-        bar.close()
-        dataset.close()
+    with contextlib.ExitStack() as cleanup:  # what setup opened is closed however the session ends
+        # ---- setup: processes and device, the run folder and its lock, the resume point, data, networks
+        d, device = _processes(cfg)
+        cleanup.callback(shutdown, d)
+        run_dir = WorkDir(work).run(cfg.name)
+        resume_from = _resume_point(run_dir, resume)
+        if d.rank0:  # one training process per run; records what it trains on (lineage.json)
+            cleanup.callback(WorkDir(work).claim_run(cfg.name, resuming=resume_from is not None).release)
+        state, extended = None, None
+        if resume_from is not None:
+            state, saved = read_state(resume_from)
+            cfg = resume_config(cfg, saved, int(state["step"]), resume_from)
+            extended = cfg.history[-1] if len(cfg.history) > len(saved.history) else None
+        dataset = _training_set(work, cfg)
+        cleanup.callback(dataset.close)
+        vgg, seg = build_losses(cfg, device)
+        trainer = ResailTrainer(cfg, device, d, vgg=vgg, seg=seg)
+        step = start_step = load_state(state, trainer, resume_from) if state is not None else 0
+        if resume_from and d.rank0:
+            log.info("resumed %s at step %d", resume_from, step)
+        torch.manual_seed(cfg.seed + 1_000_003 * d.rank + step)  # nothing random in the step yet; per-rank anyway
+        end = cfg.total_steps if stop_after is None else min(cfg.total_steps, stop_after)
+        loader = _loader(dataset, cfg, d, device, step, end)
+        outputs = RunOutputs(run_dir, cfg, work, dataset.dataset, step) if d.rank0 else None
         if outputs is not None:
-            outputs.close()
-        if run_lock is not None:
-            run_lock.release()
-        shutdown(d)
+            cleanup.callback(outputs.close)
+        if extended is not None and outputs is not None:
+            outputs.event({"step": step, "event": "schedule", **extended})
+            log.info("run extended at step %d: %d -> %d steps, lr decay from step %d", step,
+                     extended["steps_before"], extended["steps_after"], extended["decay_start"])
+        ticks, last_row, stopped = Ticks(cfg), {}, 0
+        bar = cleanup.enter_context(tqdm(total=cfg.total_steps, initial=step, unit="step", desc=f"train {cfg.name}",
+                                         disable=not (progress and d.rank0), dynamic_ncols=True))
+        stop = cleanup.enter_context(StopSignals())
+        for batch in loader:
+            # ---- one step: G phase, D phase, EMA (the math is ResailTrainer's)
+            losses = mean_over_processes(trainer.step(batch, step), d)
+            _check_finite(losses, step, run_dir)
+            step += 1
+            ticks.add(losses)
+            bar.update(1)
+            # ---- logging: one stats row per tick, written by rank 0
+            if step % cfg.log_every == 0 or step == end:
+                last_row = ticks.row(step)
+                if outputs is not None:
+                    outputs.log(last_row, bar)
+            # ---- a stop signal on any process stops every one after this step
+            stopped = agree_on_stop(stop.signum, d, device) if step < end else 0
+            # ---- samples and checkpoints, by rank 0
+            if outputs is not None and (step % cfg.sample_every == 0 or step == end):
+                outputs.sample(trainer, step)
+            if d.rank0 and (step % cfg.checkpoint_every == 0 or step == end or stopped):
+                save_checkpoint(run_dir, trainer, step, cfg.keep_checkpoints)
+            if stopped:
+                if d.rank0:
+                    log.info("%s: stopped at step %d of %d; checkpoint written, continue with --resume",
+                             signal.Signals(stopped).name, step, cfg.total_steps)
+                break
     # ---- summary
     seconds = time.perf_counter() - ticks.t_start
     done = step - start_step

@@ -292,16 +292,16 @@ def test_bf16_autocast_and_channels_last_track_fp32_on_the_cpu(work):
     step), not after the step's G update, and the step's D terms are only checked finite.
     Tolerances, relative to each term (terms under 0.1, the GAN terms at init, on a 0.1 scale):
     channels_last 1e-4, the same sums in another order (measured ≤ 2e-6); bf16 2e-2, 8 significant
-    bits, so 2^-9 ≈ 0.2% per rounding, over ~20 layers (measured ≤ 0.6% G phase, 0.2% D phase)."""
+    bits, so 2^-9 ≈ 0.2% per rounding, over ~20 layers (measured ≤ 0.6% G phase, 0.2% D phase).
+    Both together, the GPU default, run in benchmarks/gpu.py (bf16 costs 3-4× fp32 on CPUs)."""
     cfg = tiny_config("amp")
-    variants = {"channels_last": dict(channels_last=True), "bf16": dict(amp="bf16"),
-                "bf16_channels_last": dict(amp="bf16", channels_last=True)}
-    tolerance = {"channels_last": 1e-4, "bf16": 2e-2, "bf16_channels_last": 2e-2}
+    variants = {"channels_last": dict(channels_last=True), "bf16": dict(amp="bf16")}  # (bf16 is slow on CPUs)
+    tolerance = {"channels_last": 1e-4, "bf16": 2e-2}
     fp32 = ResailTrainer(cfg, torch.device("cpu"))
     trainers = {tag: ResailTrainer(tiny_config("amp", **over), torch.device("cpu")) for tag, over in variants.items()}
     for tag, trainer in trainers.items():
-        assert trainer.channels_last == ("channels_last" in tag)
-        assert trainer.amp_dtype == (torch.bfloat16 if "bf16" in tag else None)
+        assert trainer.channels_last == (tag == "channels_last")
+        assert trainer.amp_dtype == (torch.bfloat16 if tag == "bf16" else None)
         assert trainer.G.fc.weight.is_contiguous(
             memory_format=torch.channels_last if trainer.channels_last else torch.contiguous_format)
 
@@ -333,7 +333,7 @@ def test_extend_a_finished_run_recomputes_the_schedule_and_records_it(work, caps
 
     done = train(tiny_config("ext", steps=2), work, progress=False)
     assert done["complete"] and done["total_steps"] == 2
-    with pytest.raises(InputError, match="at step 2, and a schedule of 1 steps ends there"):
+    with pytest.raises(InputError, match="already at step 2, where a 1-step schedule has ended"):
         train(tiny_config("ext", steps=1), work, progress=False, resume=True)
     more = train(tiny_config("ext", steps=4), work, progress=False, resume=True)
     assert (more["steps"], more["steps_this_session"], more["total_steps"], more["complete"]) == (4, 2, 4, True)
@@ -357,6 +357,18 @@ def test_extend_a_finished_run_recomputes_the_schedule_and_records_it(work, caps
         resolve_resumed(saved_config(work, "ext"), preset="ade20k", n_train=6)
     assert main(["train", str(work), "--name", "ext", "--resume", "--steps", "8", "--batch-size", "3", "-q"]) == 1
     assert "different configuration" in capsys.readouterr().err
+
+
+def test_gpu_benchmark_without_cuda_says_so_and_exits_0():
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, str(root / "benchmarks" / "gpu.py")], capture_output=True, text=True,
+                          env={**os.environ, "CUDA_VISIBLE_DEVICES": ""}, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "no CUDA device" in done.stdout
+    assert json.loads(done.stdout.splitlines()[-1]) == {"bench": "gpu", "cuda": False}
 
 
 def _free_port() -> int:
