@@ -15,22 +15,26 @@ fresh work dir with 1 and with 2 jobs, each stage in its own child process:
                 processes, timed from a barrier as in benchmarks/distort.py
 
 and, with 1 job, on the first half of the images (the half run shows whether a stage's cost per
-image grows with the dataset, and gives the growth of its RSS per image). It reports images/s,
-the bytes per image of every artifact, and peak RSS: the stage's main
-process (its VmHWM; `getrusage` would report the parent's size, which a child inherits through
-fork and exec), its largest worker and the whole process tree (both sampled every 50 ms with
-psutil; shared pages count once per process, so the tree sum is an upper bound), and the
-baseline of a child that only imports the stages.
+image grows with the dataset, and gives the growth of its memory per image). Per stage: wall and
+CPU seconds (main process and workers), the bytes per image of every artifact, and peak memory:
+the main process's RSS (its VmHWM; `getrusage` would report the parent's size, which a child
+inherits through fork and exec), the largest worker's and the whole tree's RSS, and the peak
+*anonymous* memory (RSS less file-backed pages: the stores are memmapped, and the store pages a
+bake touches count in its RSS but are cache) of the main process and the largest worker, sampled
+every 50 ms with psutil.
 
 Extrapolation to the full datasets (ADE20K 20,210 + 2,000; Cityscapes 2,975 + 500; COCO-Stuff
-118,287 + 5,000) on 2, 16 and 64 cores, assumptions (printed with the table):
+118,287 + 5,000) on 2, 16 and 64 cores (docs/scale.md):
   * the parallel part of a stage (decomposition, guidance composition) costs its measured 1-job
-    seconds per image, divided by cores × the parallel efficiency measured from 1 to 2 jobs
-    (held constant up to 64 cores: an optimistic assumption above one machine's disk);
+    seconds per image, divided by cores × the parallel efficiency from 1 to 2 jobs, held
+    constant up to 64 cores (optimistic above one machine's disk);
   * the serial parts (merges, the index build, the bake's retrieval) run in one process; the
     index build and the retrieval are charged per class at the full class size, with the cost
-    curves (build seconds and ms/query against class size) measured by the retrieval part of
-    this script and calibrated to the realistic run;
+    curves (build seconds and CPU ms/query against class size) of the retrieval part,
+    calibrated to the realistic run;
+  * two timings: on dedicated cores (each 1-job wall turned into CPU seconds by its stage's
+    CPU/wall ratio, efficiency = 1-job CPU / 2-job CPU; the headline) and with this machine's
+    walls (efficiency from the 1- and 2-job walls);
   * disk is linear in images (bytes per image of each artifact), the index per class;
   * peak RAM: workers hold one part at a time (constant); the main process grows linearly
     with the dataset at the rate measured between the half and the whole set.
@@ -42,8 +46,11 @@ build seconds, index bytes, RAM of the build and of the loaded index, ms/query o
 + rerank (c) and of the exact scan (b), recall@1/@10 of (c) against (b).
 
     python benchmarks/scale.py [--keep DIR] [--quick] [--skip-retrieval] [--skip-stages]
+                               [--reuse] [--remeasure-retrieval]
 
-Last line: one JSON object with the headline figures.
+With --keep, the measurements are stored in KEEP/measured/ and KEEP/retrieval/results.json;
+`--reuse` reports from them (recomputing the extrapolation) instead of measuring again.
+Last line: one JSON object: the targets with their values, then every measured figure.
 """
 
 from __future__ import annotations
@@ -729,6 +736,7 @@ def main() -> None:
     machine["load_avg_end"] = [round(x, 2) for x in os.getloadavg()]
     if args.keep is None:
         shutil.rmtree(base, ignore_errors=True)
+    machine["reused_measurements"] = bool(args.reuse)
     print(json.dumps({"bench": "scale", "machine": machine, "wall_s": round(time.perf_counter() - t_start, 1),
                       "targets": verdict, "retrieval": retrieval, "datasets": results}))
 

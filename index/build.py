@@ -323,6 +323,11 @@ class RetrievalIndex:
             self._shards[class_id] = self._load(class_id)
         return self._shards[class_id]
 
+    def release(self, class_id: int) -> None:
+        """Drop a loaded shard (its canonical masks, 2 KB per training segment, are the bulk of a
+        loaded index); a later `shard(class_id)` loads it again."""
+        self._shards.pop(int(class_id), None)
+
     def _load(self, class_id: int) -> Shard:
         entry = self.manifest["shards"].get(str(class_id))
         if entry is None:

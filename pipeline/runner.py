@@ -140,7 +140,8 @@ def _on_dask(client, fn: Callable, calls: Iterable[tuple]) -> Iterator[Any]:
         raise StageError(f"lost the connection to the dask scheduler ({e}); the parts already written are "
                          "complete and kept: rerun the same command to compute the rest") from e
     finally:
-        client.cancel(futures)
+        if not all(f.done() for f in futures):  # stopped early: drop the tasks nobody will read
+            client.cancel(futures)
 
 
 @contextmanager
@@ -170,6 +171,8 @@ def _dask_client(scheduler: str | None, jobs: int) -> Iterator[Any]:
         from distributed import Client, LocalCluster
     except ImportError as e:
         raise InputError(DASK_MISSING) from e
+    if not logging.getLogger("resail").isEnabledFor(logging.DEBUG):  # dask's INFO chatter only with --debug
+        logging.getLogger("distributed").setLevel(logging.WARNING)
     if scheduler is None:
         with LocalCluster(n_workers=jobs, threads_per_worker=1, processes=True, dashboard_address=":0",
                           silence_logs=logging.WARNING) as cluster, Client(cluster) as client:
