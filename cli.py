@@ -218,6 +218,8 @@ def index():
 @click.option("--max-side", type=click.IntRange(1), default=None,
               help="Downscale images whose longest side exceeds this (area for RGB, nearest for labels).")
 @click.option("--crop-max-side", type=click.IntRange(1), default=256, help="Longest side of stored RGBA crops.")
+@click.option("--crop-codec", type=click.Choice(("jpeg", "raw")), default="jpeg",
+              help="How crops are stored: jpeg (RGB as JPEG q95 + exact mask, ~10x smaller) or raw (lossless RGBA).")
 @click.option("--image-list", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="Text file of image basenames to keep (required for ade20k-outdoor).")
 @click.option("--uncovered-things", type=click.Choice(("official", "components")), default="official",
@@ -230,7 +232,7 @@ def index():
 @backend_options
 @common
 def index_build(dataset, root, work, splits, jobs, shard, merge, preserved_ratio, max_side, crop_max_side,
-                image_list, uncovered_things, on_error, device, rebuild, backend, scheduler):
+                crop_codec, image_list, uncovered_things, on_error, device, rebuild, backend, scheduler):
     """Decompose train and val into segments, then build the FAISS shards per class."""
     from .index.build import build_index
     from .pipeline.runner import parallel_backend
@@ -238,8 +240,8 @@ def index_build(dataset, root, work, splits, jobs, shard, merge, preserved_ratio
 
     cfg = SegmentsConfig(dataset=dataset, root=root, work=work, splits=tuple(s.strip() for s in splits.split(",")),
                          jobs=jobs, shard=shard, merge=merge, preserved_ratio=preserved_ratio, max_side=max_side,
-                         crop_max_side=crop_max_side, image_list=image_list, on_error=on_error, rebuild=rebuild,
-                         uncovered_things=uncovered_things)
+                         crop_max_side=crop_max_side, crop_codec=crop_codec, image_list=image_list, on_error=on_error,
+                         rebuild=rebuild, uncovered_things=uncovered_things)
     log.info("index build, stage 1 (segments): %s", ", ".join(f"{k}={v}" for k, v in cfg.__dict__.items()))
     with parallel_backend(backend, scheduler, jobs):
         manifest = build_segments(cfg, progress=progress_enabled())

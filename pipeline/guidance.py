@@ -166,7 +166,7 @@ class GuidanceComposer:
         a = int(self.first_row[image_row])
         rows = np.arange(a, a + int(self.n_segments[image_row]))
         boxes = target_boxes(self.bbox[rows], tuple(self.image_hw[image_row]), self.size)
-        seg_map = paint_segment_map(self.size, boxes, lambda i: self.store.crop(int(rows[i]))[1],
+        seg_map = paint_segment_map(self.size, boxes, lambda i: self.store.crop_mask(int(rows[i])),
                                     self.is_thing[rows], self.area[rows])
         return seg_map, rows, boxes
 
@@ -265,7 +265,7 @@ class GuidanceComposer:
     def segment_source(self, row: int, box: tuple[int, int, int, int]) -> SegmentSource:
         """Segment `row`'s mask on its bounding box at the store's resolution, and its target box."""
         y0, x0, h, w = (int(v) for v in self.bbox[row])
-        mask = self.store.crop(row)[1]
+        mask = self.store.crop_mask(row)
         if mask.shape != (h, w):  # a stored crop is capped at crop_max_side: back to the box, nearest
             mask = cv2.resize(mask.view(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST).view(bool)
         return SegmentSource(y0, x0, mask, box)

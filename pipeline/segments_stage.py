@@ -51,7 +51,7 @@ from ..workdir import INDEX_LOCK, WorkDir
 from .datasets import SPLITS, ImageRecord, Reader, list_split, make_reader
 from .decompose import decompose, downscale, thing_lut
 from .runner import Parts, check_shard, run_job
-from .store import SegmentStore, encode_segments, merge_parts, write_part
+from .store import CROP_CODECS, SegmentStore, encode_segments, merge_parts, write_part
 
 log = logging.getLogger("resail")
 
@@ -74,6 +74,7 @@ class SegmentsConfig:
     preserved_ratio: float = 0.9
     max_side: int | None = None
     crop_max_side: int = 256
+    crop_codec: str = "jpeg"
     image_list: Path | None = None
     on_error: str = "fail"
     rebuild: bool = False
@@ -92,13 +93,15 @@ class SegmentsConfig:
             raise InputError(f"--splits {','.join(self.splits)}: choose from {', '.join(SPLITS)}")
         if self.crop_max_side < 1 or (self.max_side is not None and self.max_side < 1):
             raise InputError("--crop-max-side and --max-side must be positive")
+        if self.crop_codec not in CROP_CODECS:
+            raise InputError(f"--crop-codec {self.crop_codec!r}: choose one of {', '.join(CROP_CODECS)}")
 
     def params(self) -> dict:
         """What the output depends on (not jobs, shard, merge, rebuild or on_error)."""
         return {
             "dataset": self.dataset, "root": str(Path(self.root).resolve()),
             "splits": [s for s in SPLITS if s in self.splits], "preserved_ratio": self.preserved_ratio,
-            "max_side": self.max_side, "crop_max_side": self.crop_max_side,
+            "max_side": self.max_side, "crop_max_side": self.crop_max_side, "crop_codec": self.crop_codec,
             "image_list": _file_sha(self.image_list), "uncovered_things": self.uncovered_things,
             "R": R_CANONICAL, "r": R_PREFILTER, "part_images": PART_IMAGES,
         }
@@ -111,6 +114,7 @@ class _Job:
     preserved_ratio: float
     max_side: int | None
     crop_max_side: int
+    crop_codec: str
     on_error: str
     uncovered: str
     attrs: dict
@@ -143,7 +147,7 @@ def process_part(reader: Reader, records: list[ImageRecord], job: _Job, path: st
     lut = thing_lut(reader.table.thing_ids())
     uncovered = reader.uncovered_official if job.uncovered == "official" else "components"
     images, cols, canon, pre, crops = [], {k: [] for k in ("class_id", "is_thing", "bbox", "area")}, [], [], []
-    canon_area, crop_hw, image_row = [], [], []
+    canon_area, crop_hw, crop_nbytes, image_row = [], [], [], []
     for rec in records:
         row = {"image_id": rec.image_id, "image_path": rec.image_path, "label_path": rec.label_path,
                "instance_path": rec.instance_path, "height": 0, "width": 0, "n_segments": 0,
@@ -159,7 +163,7 @@ def process_part(reader: Reader, records: list[ImageRecord], job: _Job, path: st
             row.update(status="skipped", reason=str(e))
             images.append(row)
             continue
-        enc = encode_segments(image, segs, R_CANONICAL, R_PREFILTER, job.crop_max_side)
+        enc = encode_segments(image, segs, R_CANONICAL, R_PREFILTER, job.crop_max_side, job.crop_codec)
         row.update(height=label.shape[0], width=label.shape[1], n_segments=len(segs))
         cols["class_id"] += [sg.class_id for sg in segs]
         cols["is_thing"] += [sg.is_thing for sg in segs]
@@ -171,6 +175,7 @@ def process_part(reader: Reader, records: list[ImageRecord], job: _Job, path: st
         crops.append(enc.crops)
         canon_area.append(enc.canon_area)
         crop_hw.append(enc.crop_hw)
+        crop_nbytes.append(enc.crop_nbytes)
         images.append(row)
     hw = np.concatenate(crop_hw) if crop_hw else np.zeros((0, 2), np.int32)
     bbox = np.asarray(cols["bbox"], np.int64).reshape(-1, 4)
@@ -179,7 +184,9 @@ def process_part(reader: Reader, records: list[ImageRecord], job: _Job, path: st
         "y0": bbox[:, 0], "x0": bbox[:, 1], "h": bbox[:, 2], "w": bbox[:, 3],
         "area": np.asarray(cols["area"], np.int64),
         "canon_area": np.concatenate(canon_area) if canon_area else np.zeros(0, np.int64),
-        "crop_h": hw[:, 0], "crop_w": hw[:, 1], "image_row": np.asarray(image_row, np.int64),
+        "crop_h": hw[:, 0], "crop_w": hw[:, 1],
+        "crop_nbytes": np.concatenate(crop_nbytes) if crop_nbytes else np.zeros(0, np.int64),
+        "image_row": np.asarray(image_row, np.int64),
     }
     write_part(path, images, arrays,
                np.concatenate(canon) if canon else np.zeros((0, R_CANONICAL ** 2 // 8), np.uint8),
@@ -217,7 +224,8 @@ def build_segments(cfg: SegmentsConfig, *, progress: bool = False,
             shutil.rmtree(wd.segments_staging)  # start afresh; the finished store stays until replaced
         _check_parts(wd, params, key, cfg.rebuild)
 
-        job = _Job(cfg.preserved_ratio, cfg.max_side, cfg.crop_max_side, cfg.on_error, cfg.uncovered_things,
+        job = _Job(cfg.preserved_ratio, cfg.max_side, cfg.crop_max_side, cfg.crop_codec, cfg.on_error,
+                   cfg.uncovered_things,
                    {"key": key, "dataset": cfg.dataset})
         parts = {split: _run_split(reader, wd, split, recs, job, key, cfg, progress, on_part)
                  for split, recs in records.items()}
@@ -315,7 +323,7 @@ def _merge(reader, records, parts, wd: WorkDir, params, inputs, cfg, unlisted: l
     counts, skipped, first_id, files = {}, {}, 0, []
     for split, recs in records.items():
         attrs = {"R": R_CANONICAL, "r": R_PREFILTER, "crop_max_side": cfg.crop_max_side,
-                 "dataset": cfg.dataset, "split": split}
+                 "crop_codec": cfg.crop_codec, "dataset": cfg.dataset, "split": split}
         n_seg = merge_parts(parts[split], wd, split, first_id, attrs, folder=out)
         images = pq.read_table(wd.images_table(split, out), columns=["image_id", "status", "reason"])
         status = images.column("status").to_pylist()
