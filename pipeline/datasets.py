@@ -26,7 +26,9 @@ import contextlib
 import csv
 import json
 import logging
+import re
 import warnings
+from array import array
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -48,14 +50,15 @@ MAX_PIXELS = 2**27  # 134 Mpx (e.g. 16384×8192): far above any dataset's photos
 
 @dataclass(frozen=True)
 class ImageRecord:
-    """One image of a split, as listed; `annotations` carries COCO instance JSON entries."""
+    """One image of a split, as listed; `annotations` carries the image's COCO instance annotations
+    as the JSON text of their list (`coco_annotations` parses it in the worker that loads it)."""
 
     image_id: str
     split: str
     image_path: str
     label_path: str
     instance_path: str = ""
-    annotations: tuple = ()
+    annotations: bytes = b""
 
 
 @dataclass
@@ -388,33 +391,27 @@ class CocoStuffReader(Reader):
         maps = self._map_dir(split)
         by_stem = self._annotations(split)
         self.has_instances = by_stem is not None
-        out = [ImageRecord(p.stem, split, str(p), str(maps / f"{p.stem}.png"), "",
-                           tuple(by_stem.get(p.stem, ())) if by_stem is not None else ())
+        by_stem = by_stem or {}
+        out = [ImageRecord(p.stem, split, str(p), str(maps / f"{p.stem}.png"), "", by_stem.get(p.stem, b""))
                for p in _files(images, (".jpg", ".jpeg"))]
         for stem, p in orphan_labels(_files(maps, (".png",)), ".png", out).items():
-            out.append(ImageRecord(stem, split, "", str(p), "", tuple(by_stem.get(stem, ())) if by_stem else ()))
+            out.append(ImageRecord(stem, split, "", str(p), "", by_stem.get(stem, b"")))
         return out
 
     def extra_inputs(self, split: str) -> list[Path]:
         path = self.root / "annotations" / f"instances_{split}2017.json"
         return [path] if path.is_file() else []
 
-    def _annotations(self, split: str) -> dict[str, list] | None:
+    def _annotations(self, split: str) -> dict[str, bytes] | None:
         path = self.root / "annotations" / f"instances_{split}2017.json"
         if not path.is_file():
             log.warning("%s is missing: COCO-Stuff things fall back to connected components "
                         "(unzip annotations_trainval2017.zip under --root for instance masks)", path)
             return None
         try:
-            data = json.loads(path.read_text())
-            stems = {img["id"]: Path(img["file_name"]).stem for img in data["images"]}
-            by_stem: dict[str, list] = {}
-            for a in data["annotations"]:
-                by_stem.setdefault(stems[a["image_id"]], []).append(
-                    {"segmentation": a["segmentation"], "iscrowd": int(a.get("iscrowd", 0))})
+            return coco_annotation_texts(path.read_text())
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise InputError(f"{path}: unreadable COCO instances JSON ({e}); re-download it") from None
-        return by_stem
 
     def load(self, record: ImageRecord) -> Sample:
         image = read_photo(record)
@@ -427,9 +424,89 @@ class CocoStuffReader(Reader):
         label = np.where(raw == 255, 0, raw + 1).astype(np.int32)
         if not self.has_instances:
             return Sample(record.image_id, image, label, None, None, record)
-        inst = coco_instance_map(record.annotations, label.shape, record.label_path)
+        inst = coco_instance_map(coco_annotations(record.annotations), label.shape, record.label_path)
         k = int(inst.max())
         return Sample(record.image_id, image, label, inst, np.full(k + 1, MAJORITY, np.int32), record)
+
+
+_JSON_SPACE = re.compile(r"[ \t\n\r]*")
+
+
+def _after_space(text: str, pos: int) -> int:
+    return _JSON_SPACE.match(text, pos).end()
+
+
+def _expect(text: str, pos: int, chars: str) -> str:
+    c = text[pos:pos + 1]
+    if not c or c not in chars:
+        raise ValueError(f"expected {' or '.join(map(repr, chars))} at character {pos}")
+    return c
+
+
+def coco_annotation_texts(text: str) -> dict[str, bytes]:
+    """Each image's annotations in a COCO instances JSON, as the JSON text of their list (UTF-8,
+    file order), keyed by the image's file stem.
+
+    `json.loads` of the whole file would hold every annotation as Python objects, ~7× the file
+    (~3 GB for COCO train2017), in the main process for the whole stage (docs/scale.md). This
+    walks the top-level object instead, decodes the annotations one at a time only to read their
+    image id, and keeps their text: the records weigh about the file's size, and each worker
+    parses the few it loads (`coco_annotations`), to the same objects."""
+    dec = json.JSONDecoder()
+    stems, spans = None, None
+    _expect(text, pos := _after_space(text, 0), "{")
+    pos = _after_space(text, pos + 1)
+    while text[pos:pos + 1] != "}":
+        key, pos = dec.raw_decode(text, pos)
+        _expect(text, pos := _after_space(text, pos), ":")
+        pos = _after_space(text, pos + 1)
+        if key == "annotations":
+            spans, pos = _annotation_spans(text, pos, dec)
+        else:
+            value, pos = dec.raw_decode(text, pos)
+            if key == "images":
+                stems = {img["id"]: Path(img["file_name"]).stem for img in value}
+        if _expect(text, pos := _after_space(text, pos), ",}") == ",":
+            pos = _after_space(text, pos + 1)
+    if stems is None or spans is None:
+        raise KeyError("images" if stems is None else "annotations")
+    ids, starts, ends = spans
+    order = sorted(range(len(ids)), key=ids.__getitem__)  # stable: file order within an image
+    by_stem: dict[str, bytes] = {}
+    a = 0
+    while a < len(order):
+        b = a
+        while b < len(order) and ids[order[b]] == ids[order[a]]:
+            b += 1
+        by_stem[stems[ids[order[a]]]] = f"[{','.join(text[starts[k]:ends[k]] for k in order[a:b])}]".encode()
+        a = b
+    return by_stem
+
+
+def _annotation_spans(text: str, pos: int, dec: json.JSONDecoder) -> tuple[tuple[list, array, array], int]:
+    """(image ids, start and end characters) of the annotations of the array at `pos`; and the
+    position after it."""
+    ids, starts, ends = [], array("q"), array("q")
+    _expect(text, pos, "[")
+    pos = _after_space(text, pos + 1)
+    while text[pos:pos + 1] != "]":
+        a, end = dec.raw_decode(text, pos)
+        _instance_fields(a)  # what a worker reads: a bad entry fails now, while listing, naming the file
+        ids.append(a["image_id"])
+        starts.append(pos)
+        ends.append(end)
+        if _expect(text, pos := _after_space(text, end), ",]") == ",":
+            pos = _after_space(text, pos + 1)
+    return (ids, starts, ends), pos + 1
+
+
+def _instance_fields(a: dict) -> dict:
+    return {"segmentation": a["segmentation"], "iscrowd": int(a.get("iscrowd", 0))}
+
+
+def coco_annotations(text: bytes) -> list[dict]:
+    """An image's annotations (`coco_annotation_texts`) as `coco_instance_map` takes them."""
+    return [_instance_fields(a) for a in (json.loads(text) if text else ())]
 
 
 def coco_instance_map(annotations, shape: tuple[int, int], where: str) -> np.ndarray:

@@ -1,5 +1,6 @@
 """Readers on tiny fixtures in the official formats, including their quirks, and bad input."""
 
+import json
 import logging
 from pathlib import Path
 
@@ -10,7 +11,16 @@ from PIL import Image
 from builders.formats import ADE_THING, rle_encode_compressed, write_ade, write_cityscapes, write_coco, write_folder
 from resail.errors import InputError
 from resail.pipeline.classes import class_table, parse_category_mapping
-from resail.pipeline.datasets import MAJORITY, coco_instance_map, list_split, make_reader, polygons_to_mask, rle_decode
+from resail.pipeline.datasets import (
+    MAJORITY,
+    coco_annotation_texts,
+    coco_annotations,
+    coco_instance_map,
+    list_split,
+    make_reader,
+    polygons_to_mask,
+    rle_decode,
+)
 
 
 def test_ade20k_reader_instances_via_category_mapping(tmp_path):
@@ -75,6 +85,50 @@ def test_cocostuff_layouts_offset_void_and_crowd(tmp_path, layout):
     assert s.label_map[0, 0] == 157 and s.label_map[-1, -1] == 0 and s.label_map[12, 7] == 1
     assert s.instance_map.max() == 1 and s.instance_classes[1] == MAJORITY   # the crowd RLE is skipped
     assert s.instance_map[24, 25] == 0 and (s.instance_map == 1).sum() == 11 * 11  # boundary-inclusive fill
+
+
+def _coco_doc():
+    poly = lambda x, y: [[x, y, x + 4, y, x + 4, y + 4, x, y + 4]]  # noqa: E731
+    return {"info": {"note": "é ünïcode, [brackets] and {braces}"},
+            "annotations": [{"id": 1, "image_id": 7, "segmentation": poly(0, 0), "iscrowd": 0},
+                            {"id": 2, "image_id": 3, "segmentation": {"size": [2, 3], "counts": [1, 2, 3]}},
+                            {"id": 3, "image_id": 7, "segmentation": poly(2, 2), "iscrowd": 1, "bbox": [1, 2]}],
+            "images": [{"id": 3, "file_name": "b.jpg"}, {"id": 7, "file_name": "a.jpg"}, {"id": 9, "file_name": "c.jpg"}],
+            "categories": []}
+
+
+@pytest.mark.parametrize("indent", [None, 2])
+def test_coco_annotation_texts_parse_to_what_json_loads_gives(indent):
+    """The compact per-image texts, parsed by the worker, equal the whole file parsed at once."""
+    doc = _coco_doc()
+    texts = coco_annotation_texts(json.dumps(doc, indent=indent, ensure_ascii=False))
+    assert set(texts) == {"a", "b"} and all(isinstance(t, bytes) for t in texts.values())
+    stems = {img["id"]: Path(img["file_name"]).stem for img in doc["images"]}
+    for stem, text in texts.items():
+        want = [{"segmentation": a["segmentation"], "iscrowd": int(a.get("iscrowd", 0))}
+                for a in doc["annotations"] if stems[a["image_id"]] == stem]
+        assert coco_annotations(text) == want
+    assert coco_annotations(b"") == []
+
+
+@pytest.mark.parametrize("edit, match", [
+    (lambda d: d.pop("images"), "images"),
+    (lambda d: d.pop("annotations"), "annotations"),
+    (lambda d: d["annotations"][0].pop("segmentation"), "segmentation"),
+    (lambda d: d["annotations"][0].update(image_id=99), "99"),
+])
+def test_coco_reader_bad_instances_json_is_one_clear_error(tmp_path, edit, match):
+    write_coco(tmp_path)
+    path = tmp_path / "annotations/instances_train2017.json"
+    doc = json.loads(path.read_text())
+    doc["annotations"].append({"id": 5, "image_id": 1, "segmentation": [[0, 0, 1, 0, 1, 1]]})
+    edit(doc)
+    path.write_text(json.dumps(doc))
+    with pytest.raises(InputError, match=f"instances_train2017.json: unreadable.*{match}"):
+        list_split(make_reader("cocostuff", tmp_path), "train")
+    path.write_text(json.dumps(doc)[:-5])
+    with pytest.raises(InputError, match="unreadable COCO instances JSON"):
+        list_split(make_reader("cocostuff", tmp_path), "train")
 
 
 def test_coco_rle_compressed_and_uncompressed(tmp_path):
