@@ -50,6 +50,14 @@ def test_bake_val_writes_contract_tables_cache_and_previews(work):
     with h5py.File(g / "val.h5") as f:
         assert f["guidance"].shape == (4, SIZE[1], SIZE[0], 3) and f["guidance"].dtype == np.uint8
         assert f["guidance"][...].max() > 0
+        # lossless, one image per chunk: every image reads back as composed
+        assert f["guidance"].compression == "gzip" and f["guidance"].chunks == (1, SIZE[1], SIZE[0], 3)
+        comp = load_composer(work, "val")
+        try:
+            for i, row in enumerate(comp.ok_images()):
+                assert np.array_equal(f["guidance"][i], comp.compose(int(row)))
+        finally:
+            comp.close()
         assert [s.decode() for s in f["image_id"][...]] == pq.read_table(
             work / "segments" / "val_images.parquet")["image_id"].to_pylist()
     assert len(list((g / "val_preview").glob("*.png"))) == 2
