@@ -35,7 +35,13 @@ Extrapolation to the full datasets (ADE20K 20,210 + 2,000; Cityscapes 2,975 + 50
   * two timings: on dedicated cores (each 1-job wall turned into CPU seconds by its stage's
     CPU/wall ratio, efficiency = 1-job CPU / 2-job CPU; the headline) and with this machine's
     walls (efficiency from the 1- and 2-job walls);
-  * disk is linear in images (bytes per image of each artifact), the index per class;
+  * disk is linear in images (bytes per image of each artifact), the index per class; the two
+    artifacts whose size depends on the photos' content are modelled for REAL photos, because
+    the toy's procedural textures compress unlike photos: the crops as their exact pixel count
+    (from the segment boxes) × the `jpeg` codec's bytes per crop pixel on real photographs
+    (benchmarks/crops.py), the guidance cache as its uncompressed size ÷ gzip-1's ratio on real
+    photos (both overridable: --crop-bytes-per-pixel, --guidance-ratio); the disk as the
+    synthetic run wrote it is reported beside it;
   * peak RAM: workers hold one part at a time (constant); the main process grows linearly
     with the dataset at the rate measured between the half and the whole set.
 
@@ -89,6 +95,12 @@ MASK_CHUNK = 50_000
 TARGETS = {"ade20k_2_cores_min": 30, "ade20k_16_cores_min": 5, "cocostuff_2_cores_h": 3, "ade20k_disk_gb": 10,
            "cocostuff_disk_gb": 60, "stage_rss_gb": 8, "retrieval_1m_ms": 1.0, "retrieval_1m_recall1": 0.99}
 GB = 1e9
+# Content-dependent sizes on real photographs (docs/scale.md): bytes per crop pixel of the `jpeg`
+# crop codec (benchmarks/crops.py on scikit-image's six colour photos cropped by 48 ADE20K-like
+# label maps: 0.530; raw RGBA is 4) and gzip-1's ratio on the guidance cache (the same photos at
+# 256×256: 1.25).
+REAL_CROP_BYTES_PER_PIXEL = 0.53
+REAL_GUIDANCE_RATIO = 1.25
 
 
 # ================================================================== child side: one stage
@@ -453,7 +465,24 @@ def loglog(xs, ys):
     return f
 
 
-def extrapolate(name: str, m: dict, retrieval: list[dict]) -> dict:
+def real_photo_artifacts(name: str, m: dict, crop_bpp: float, guidance_ratio: float) -> dict:
+    """The measured artifact bytes with the crops and the guidance caches as real photos would
+    make them: crop pixels (exact, from the boxes: `crop_bytes_per_image` counts 4 bytes a pixel;
+    the train split's rate for both splits) × `crop_bpp`; the uncompressed cache ÷ `guidance_ratio`."""
+    from resail.pipeline.bake import PRESET_SIZE
+
+    W, H = PRESET_SIZE[name]
+    pixels = float(m["crop_bytes_per_image"]["256"] if "256" in m["crop_bytes_per_image"]
+                   else m["crop_bytes_per_image"][256]) / 4
+    out = dict(m["artifacts"])
+    for split, n in (("train", m["n_train"]), ("val", m["n_val"])):
+        out[f"segments/{split}.h5:crops"] = pixels * crop_bpp * n
+        out[f"guidance/{split}.h5"] = W * H * 3 * n / guidance_ratio
+    return out
+
+
+def extrapolate(name: str, m: dict, retrieval: list[dict], crop_bpp: float = REAL_CROP_BYTES_PER_PIXEL,
+                guidance_ratio: float = REAL_GUIDANCE_RATIO) -> dict:
     """Hours per stage, disk and peak RAM of the full dataset on 2, 16 and 64 cores."""
     info = DATASETS[name]
     (n_tr, n_va), (f_tr, f_va) = (m["n_train"], m["n_val"]), info["full"]
@@ -529,10 +558,14 @@ def extrapolate(name: str, m: dict, retrieval: list[dict]) -> dict:
                                                           4)}
         models[model] = table
 
-    # disk: bytes per image of each artifact, the index per class
-    art = m["artifacts"]
-    disk = {k: v * scale["train" if "/train" in k else "val"] for k, v in art.items() if k != "index"}
-    disk["index"] = per_class(art["index"], curve["bytes"] and (lambda n: curve["bytes"](n) * n), ones, 1.0)
+    # disk: bytes per image of each artifact, the index per class; crops and guidance for real photos
+    def full_disk(art: dict) -> dict:
+        disk = {k: v * scale["train" if "/train" in k else "val"] for k, v in art.items() if k != "index"}
+        disk["index"] = per_class(art["index"], curve["bytes"] and (lambda n: curve["bytes"](n) * n), ones, 1.0)
+        return disk
+
+    disk = full_disk(real_photo_artifacts(name, m, crop_bpp, guidance_ratio))
+    disk_as_measured = full_disk(m["artifacts"])
 
     # RAM: the main process grows by its slope between the half and the whole set (1 job: the main
     # process does all the work); workers hold one part at a time (constant)
@@ -557,6 +590,8 @@ def extrapolate(name: str, m: dict, retrieval: list[dict]) -> dict:
             "largest_class_full": round(max(n_full.values())), "cores": models["cpu"], "cores_wall": models["wall"],
             "disk_gb": {k: round(v / GB, 3) for k, v in disk.items()},
             "disk_total_gb": round(sum(disk.values()) / GB, 2),
+            "disk_model": {"crop_bytes_per_pixel": crop_bpp, "guidance_ratio": guidance_ratio},
+            "disk_total_gb_as_measured": round(sum(disk_as_measured.values()) / GB, 2),
             "ram": ram, "peak_ram_gb_full": peak["anon"], "peak_rss_gb_full": peak["rss"],
             "seconds_per_image_half_vs_whole": linearity(m)}
 
@@ -632,7 +667,13 @@ def print_tables(results: dict, retrieval: list[dict]) -> None:
         print(f"  CPU/wall of the 1-job stages: {x['cpu_per_wall']}; parallel efficiency (CPU) {x['efficiency_cpu']}, "
               f"(wall) {x['efficiency_wall']}")
         crops = m["crop_bytes_per_image"]
-        print(f"  crops per image at --crop-max-side {', '.join(f'{k}: {v / 1e3:.0f} KB' for k, v in crops.items())}")
+        print("  raw crops per image at --crop-max-side "
+              + ", ".join(f"{k}: {v / 1e3:.0f} KB" for k, v in crops.items()))
+        model = x["disk_model"]
+        print(f"  disk at full size {x['disk_total_gb']:.1f} GB with real-photo crops ({model['crop_bytes_per_pixel']} "
+              f"bytes per crop pixel) and guidance (gzip ratio {model['guidance_ratio']}): "
+              + ", ".join(f"{k} {v:.2f}" for k, v in x["disk_gb"].items())
+              + f"; as this synthetic run wrote it {x['disk_total_gb_as_measured']:.1f} GB")
     if retrieval:
         print("\n== retrieval, one class ==")
         print("| N | index | build s | index MB | build RSS MB | query RSS MB | (c) CPU ms/q | (c) wall ms/q | "
@@ -683,6 +724,10 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1,
                     help="FAISS threads of the retrieval queries (1: on a busy machine OpenMP only adds waits)")
     ap.add_argument("--distort-images", type=int, default=60)
+    ap.add_argument("--crop-bytes-per-pixel", type=float, default=REAL_CROP_BYTES_PER_PIXEL,
+                    help="crop bytes per pixel on real photos, for the disk model (benchmarks/crops.py)")
+    ap.add_argument("--guidance-ratio", type=float, default=REAL_GUIDANCE_RATIO,
+                    help="the guidance cache's compression ratio on real photos, for the disk model")
     ap.add_argument("--reuse", action="store_true",
                     help="report a dataset from its measurements stored in KEEP/measured/ instead of measuring again")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
@@ -727,7 +772,7 @@ def main() -> None:
                 m["jobs"]["1"]["queries_per_class"] = queries_per_class(base / "work" / f"{name}-j1")
                 stored.parent.mkdir(exist_ok=True)
                 stored.write_text(json.dumps(m))
-            m["extrapolated"] = extrapolate(name, m, retrieval)
+            m["extrapolated"] = extrapolate(name, m, retrieval, args.crop_bytes_per_pixel, args.guidance_ratio)
             results[name] = m
     print_tables(results, retrieval)
     verdict = targets(results, retrieval)
