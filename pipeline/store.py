@@ -13,9 +13,10 @@ most of a store's bytes, so by default each is stored as one `jpeg` blob: a 4-by
 length, the mask bit-packed (`np.packbits`, row-major) and zlib-compressed, then the RGB as a JPEG
 of quality 95, 4:4:4. The mask is exact; the JPEG holds the masked RGB (black outside, as `raw`
 stores it: ~12 % fewer bytes than the unmasked box on real photos), and decoding zeroes the
-outside again with the exact mask, so the outside stays black. On real photos that is ~0.5 bytes
-per crop pixel against 4 for `raw` (benchmarks/crops.py), at a mean absolute error of ~1.5 levels
-inside the mask, for a JPEG decode per `crop(row)`; `crop_mask(row)` decodes the mask alone. `raw` keeps
+outside again with the exact mask, so the outside stays black. On real photos that is 0.53 bytes
+per crop pixel against 4 for `raw` (benchmarks/crops.py), at a mean absolute error of 1.7 levels
+inside the mask (max 29), for a JPEG decode per `crop(row)`; `crop_mask(row)` decodes the mask
+alone. `raw` keeps
 today's lossless RGBA bytes (A = 255 inside the mask). Every crop is one byte range of the flat
 `crops` dataset either way (`crop_offset`, `crop_nbytes`); a store written before the codec
 existed has neither the attribute nor `crop_nbytes` and reads as `raw`, which is what it holds.
@@ -65,7 +66,7 @@ CROP_CODECS = ("jpeg", "raw")
 JPEG_QUALITY = 95
 # 4:4:4 chroma: 4:2:0 would average the black outside into the segment's edge pixels (errors up to
 # ~100 grey levels there on real photos, 2.2 mean) for 22 % fewer bytes; 4:4:4 keeps the edge
-# (max ~28, mean 1.5). Huffman optimisation would save ~9 % more but triple the encode time.
+# (max ~30, mean ~1.5-1.7). Huffman optimisation would save ~9 % more but triple the encode time.
 JPEG_PARAMS = [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY,
                cv2.IMWRITE_JPEG_SAMPLING_FACTOR, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444]
 _MASK_LEN = np.dtype("<u4")  # the jpeg blob's header: byte length of the compressed mask that follows
