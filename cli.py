@@ -703,15 +703,17 @@ def serve(work, run_name, checkpoint, host, port, k, max_sessions, device):
 @click.option("--n-val", type=click.IntRange(1, 100_000), default=40, help="Toy validation images.")
 @click.option("--seed", type=SEED, default=0, help="Random seed.")
 @click.option("--jobs", type=click.IntRange(1, 1024), default=2, help="Parallel worker processes.")
-@click.option("--train-steps", type=click.IntRange(1), default=120, help="Generator training steps (toy preset).")
+@click.option("--train-steps", type=click.IntRange(1), default=120, help="Generator training steps.")
 @click.option("--segnet-steps", type=click.IntRange(1), default=150, help="Segmentation network training steps.")
+@click.option("--preset", type=click.Choice(["toy64", "toy"]), default="toy64", show_default=True,
+              help="Training preset: toy64 (64×64, fast) or toy (128×128).")
 @common
-def demo(out, n_train, n_val, seed, jobs, train_steps, segnet_steps):
+def demo(out, n_train, n_val, seed, jobs, train_steps, segnet_steps, preset):
     """Run every built stage end to end on the built-in toy dataset (ADE20K format)."""
     from .demo import run_demo
 
     for stage, where in run_demo(out, n_train=n_train, n_val=n_val, seed=seed, jobs=jobs, train_steps=train_steps,
-                                 segnet_steps=segnet_steps, progress=progress_enabled()):
+                                 segnet_steps=segnet_steps, preset=preset, progress=progress_enabled()):
         click.echo(f"[demo] {stage}: {where}")
 
 

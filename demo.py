@@ -17,12 +17,16 @@ from .pipeline.segments_stage import SegmentsConfig, build_segments
 from .pipeline.toy import ToyConfig, make_toy_dataset
 from .workdir import SPLITS, WorkDir
 
-GUIDANCE_SIZE = (128, 128)  # the `toy` training preset's resolution
-
 
 def run_demo(out: Path, *, n_train: int = 200, n_val: int = 40, seed: int = 0, jobs: int = 1,
-             train_steps: int = 120, segnet_steps: int = 150, progress: bool = True) -> Iterator[tuple[str, str]]:
-    """Run every built stage on a toy ADE20K-format dataset under `out`; yield (stage, output path)."""
+             train_steps: int = 120, segnet_steps: int = 150, preset: str = "toy64",
+             progress: bool = True) -> Iterator[tuple[str, str]]:
+    """Run every built stage on a toy ADE20K-format dataset under `out`; yield (stage, output path).
+    Guidance is baked at the training preset's size (`toy64`: 64×64, `toy`: 128×128)."""
+    from .synth.presets import get_preset
+
+    net = get_preset(preset)
+    size = (net.width, net.height)
     out = Path(out)
     root = make_toy_dataset(out / "toy_ade20k", ToyConfig(fmt="ade20k", n_train=n_train, n_val=n_val,
                                                           width=256, height=256, seed=seed), progress=progress)
@@ -33,17 +37,17 @@ def run_demo(out: Path, *, n_train: int = 200, n_val: int = 40, seed: int = 0, j
     build_index(wd.root, progress=progress)
     yield "index build, stage 2: FAISS shards", str(wd.index)
     for split in SPLITS:
-        bake(BakeConfig(wd.root, split, size=GUIDANCE_SIZE, jobs=jobs), progress=progress)
+        bake(BakeConfig(wd.root, split, size=size, jobs=jobs), progress=progress)
         yield f"guidance bake --split {split}", str(wd.guidance_h5(split))
         yield f"guidance previews ({split})", str(wd.guidance_preview(split))
-    grid = preview_distort(wd.root, out / "distortion_preview.png", n=6, seed=seed, size=GUIDANCE_SIZE)
+    grid = preview_distort(wd.root, out / "distortion_preview.png", n=6, seed=seed, size=size)
     yield "guidance preview-distort", str(grid)
-    yield from _synthesis_stages(wd, root, seed, jobs, train_steps, segnet_steps, progress)
+    yield from _synthesis_stages(wd, root, preset, seed, jobs, train_steps, segnet_steps, progress)
 
 
-def _synthesis_stages(wd: WorkDir, root: Path, seed: int, jobs: int, train_steps: int, segnet_steps: int,
-                      progress: bool) -> Iterator[tuple[str, str]]:
-    """segnet train → train → eval → synthesize with the small `toy` preset on the CPU."""
+def _synthesis_stages(wd: WorkDir, root: Path, preset: str, seed: int, jobs: int, train_steps: int,
+                      segnet_steps: int, progress: bool) -> Iterator[tuple[str, str]]:
+    """segnet train → train → eval → synthesize with a small toy preset on the CPU."""
     import torch
 
     from .synth.config import resolve_config
@@ -56,13 +60,13 @@ def _synthesis_stages(wd: WorkDir, root: Path, seed: int, jobs: int, train_steps
 
     work = wd.root
     torch.set_num_threads(max(1, jobs))
-    train_segnet_on_work(work, SegnetRunConfig("toy", workers=0, train=SegnetTrainConfig(
+    train_segnet_on_work(work, SegnetRunConfig(preset, workers=0, train=SegnetTrainConfig(
         steps=segnet_steps, checkpoint_every=segnet_steps)), progress=progress)
-    yield "segnet train (segmentation network for the seg loss and mIoU)", str(wd.segnet("toy"))
-    cfg = resolve_config("toy", n_train=count_images(work, "train"), overrides=dict(
-        name="demo", steps=train_steps, seed=seed, workers=max(0, jobs - 1), segnet=str(wd.segnet("toy"))))
+    yield "segnet train (segmentation network for the seg loss and mIoU)", str(wd.segnet(preset))
+    cfg = resolve_config(preset, n_train=count_images(work, "train"), overrides=dict(
+        name="demo", steps=train_steps, seed=seed, workers=max(0, jobs - 1), segnet=str(wd.segnet(preset))))
     summary = train(cfg, work, resume=wd.run("demo").exists(), progress=progress)
-    yield "train (toy preset)", str(summary["run_dir"])
+    yield f"train ({preset} preset)", str(summary["run_dir"])
     seg = run_eval(EvalConfig(work, "demo", fid=False, kid=False), progress=progress).get("segmentation", {})
     gen, real = seg.get("generated", {}).get("miou", float("nan")), seg.get("real", {}).get("miou", float("nan"))
     yield (f"eval (segnet mIoU {gen:.3f} on generated vs {real:.3f} on real images; FID needs the Inception "

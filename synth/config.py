@@ -46,6 +46,8 @@ TRAIN_PRESETS: dict[str, dict] = {
     # no seg loss (needs a trained SegNet), few epochs, frequent samples.
     "toy": dict(batch_size=4, load_size=(144, 144), seg_loss=False, vgg=False, niter=4, niter_decay=4,
                 log_every=10, sample_every=100, checkpoint_every=200),
+    "toy64": dict(batch_size=4, load_size=(72, 72), seg_loss=False, vgg=False, niter=4, niter_decay=4,
+                  log_every=10, sample_every=100, checkpoint_every=200),
 }
 
 # Fields that may change on --resume without changing the model or the data: where and how fast
@@ -284,7 +286,7 @@ def _check_and_finish(cfg: TrainConfig, n_train: int, notes: list[str]) -> Train
     if cfg.vgg_weights is not None and not cfg.vgg:
         raise InputError("--vgg-weights with --no-vgg: choose one")
     if not cfg.vgg:
-        notes.append("VGG perceptual loss off" + (" (toy preset default)" if cfg.preset == "toy" else ""))
+        notes.append("VGG perceptual loss off" + (" (toy preset default)" if cfg.preset.startswith("toy") else ""))
     if cfg.seg_loss and cfg.segnet is None:
         raise InputError("the segmentation loss needs a trained segmentation network: pass --segnet PATH "
                          "(from `resail segnet train`) or --no-seg-loss")

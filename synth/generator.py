@@ -2,7 +2,8 @@
 
 G(label_map, guidance) → image in [−1, 1]. No z / VAE: the input is the label map nearest-
 downsampled to the start grid (sh×sw) through a 3×3 conv; seven residual blocks with ×2 nearest
-upsampling in between bring it to full size. Every block's norms receive the full-resolution
+upsampling in between bring it to full size (5 ups; 'more' adds one between the middle blocks,
+'few' drops the one between head_0 and G_middle_0). Every block's norms receive the full-resolution
 label map and guidance and resize them themselves.
 """
 
@@ -85,7 +86,7 @@ class Generator(nn.Module):
 
         x = self.fc(resize_label_map(label_map, (sh, sw)))  # B×16ngf×sh×sw
         x = run(self.head_0, x)
-        x = run(self.G_middle_0, self._up(x))
+        x = run(self.G_middle_0, self._up(x) if self.n_up >= 5 else x)
         if self.n_up == 6:
             x = self._up(x)
         x = run(self.G_middle_1, x)

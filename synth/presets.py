@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 from ..errors import InputError
 
-UPSAMPLING = {"normal": 5, "more": 6}
+UPSAMPLING = {"few": 4, "normal": 5, "more": 6}
 NORMS = ("resail", "spade")
 # The ADE20K ids the toy generator can draw (`pipeline.toy.toy_class_ids("ade20k")`), void 0 first.
 TOY_LABEL_IDS = (0, 2, 3, 5, 7, 9, 10, 12, 13, 15, 17, 18, 21, 22, 44, 53, 70, 81, 84, 94, 127, 128, 137)
@@ -39,7 +39,8 @@ class NetworkPreset:
     dontcare: bool = False        # one extra channel for "don't care" (COCO-Stuff's 255 in SPADE)
     width: int = 256              # W of the generated image
     height: int = 256             # H of the generated image
-    upsampling: str = "normal"    # 'normal' (5 ×2 ups) or 'more' (6: an extra up between the middle blocks)
+    upsampling: str = "normal"    # 'normal' (5 ×2 ups), 'more' (6: an extra up between the middle blocks)
+                                  # or 'few' (4: no up between head_0 and G_middle_0; this project's, for toy64)
     ngf: int = 64                 # G widths: 16·ngf at the bottom down to ngf before the RGB conv
     norm: str = "resail"          # 'resail' (§6.1) or 'spade' (the baseline / ablation)
     norm_hidden: int = 128        # hidden width of the RESAIL/SPADE branches (AdaIN vectors are 2×)
@@ -136,6 +137,11 @@ PRESETS: dict[str, NetworkPreset] = {
         # table keeps the classes its generator draws (the one-hot convs dominate a toy step).
         NetworkPreset("toy", label_nc=151, width=128, height=128, ngf=16, norm_hidden=16, ndf=16,
                       segnet_channels=(16, 16, 32, 32, 64, 64), label_ids=TOY_LABEL_IDS),
+        # The toy preset at 64×64 for CPU ablations and the demo: a quarter of its pixels, G starts at
+        # 4×4 ('few' upsampling keeps the RESAIL AdaIN branch's 3×3 minimum), three-layer D, toy's
+        # six-level segmentation U-Net (a five-level one did not learn at all here; docs/ablation.md).
+        NetworkPreset("toy64", label_nc=151, width=64, height=64, upsampling="few", ngf=16, norm_hidden=16,
+                      ndf=16, n_layers_D=3, segnet_channels=(16, 16, 32, 32, 64, 64), label_ids=TOY_LABEL_IDS),
     )
 }
 

@@ -311,3 +311,23 @@ def test_resblock_shortcut_rule():
 def test_segnet_rejects_indivisible_size():
     with pytest.raises(ValueError, match="divisible"):
         SegNet(3, (4, 4, 4))(torch.zeros(1, 3, 12, 12))
+
+
+def test_few_upsampling_keeps_the_middle_blocks_at_the_start_grid():
+    """'few' (toy64): four ups, head_0 and both middle blocks at the start grid, up_3 at full size."""
+    p = PRESETS["toy64"]
+    assert (p.width, p.height, p.n_up, p.start_size) == (64, 64, 4, (4, 4))
+    G = build_generator(p)
+    sizes = {}
+
+    def record(name):
+        def hook(module, args, out):
+            sizes[name] = out.shape[-1]
+        return hook
+
+    for name in ("head_0", "G_middle_0", "G_middle_1", "up_0", "up_3"):
+        getattr(G, name).register_forward_hook(record(name))
+    label_map, guidance = random_inputs(p, batch=1)
+    with torch.no_grad():
+        assert G(label_map, guidance).shape == (1, 3, 64, 64)
+    assert sizes == {"head_0": 4, "G_middle_0": 4, "G_middle_1": 4, "up_0": 8, "up_3": 64}

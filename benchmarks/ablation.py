@@ -1,0 +1,396 @@
+"""Does the retrieval guidance help? RESAIL vs SPADE norm vs no retrieval loss, as a learning curve.
+
+The paper's ablation (Table 3) on the toy set, at equal steps, judged at several step counts:
+
+  1. Data (`--prepare`, once per OUT): the toy ADE20K-format set (`resail data toy`, 256×256,
+     `--n-train`/`--n-val` images; its textures are drawn per object from jittered colour and
+     pattern choices, so a class's appearance varies and the guidance carries what the label map
+     lacks), decomposed, indexed and baked at the preset's size. The judge: the project's
+     segmentation network (`resail segnet train`'s code at the preset's size) trained on the real
+     train photos for `--segnet-steps` steps (WORK/segnet/PRESET.pt). Its mIoU on the real val
+     photos is the ceiling; the real split-half FID/KID in its feature space is the floor.
+  2. One process per seed (`--seed S`; run the seeds side by side, one core each) trains the three
+     variants in lockstep: every variant advances to the next step of `--steps` (constant lr,
+     same data order and initial weights per seed: the variants differ only in their change),
+     then each is judged, and the results are written (atomically) before the next leg, so an
+     interrupted run keeps every finished point.
+       resail             the RESAIL generator with both losses (distorted GT and retrieval)
+       spade_norm         SPADE norms (`--norm spade`): the guidance never reaches G
+       no_retrieval_loss  RESAIL norms, trained on the distorted GT only (`--no-retrieval-loss`)
+  3. At each point, each variant's G_ema makes every val image from its label map and retrieval
+     guidance, quantised to uint8 as `resail eval` does; the judge gives val mIoU and pixel
+     accuracy (eval's protocol) and FID/KID in its feature space against the real val photos.
+     Probes of how G uses the guidance, on the same val images:
+       zero     guidance all zeros (mid-grey): mIoU, and the mean |Δ| per pixel and channel (0–255,
+                before quantisation) from the retrieval-guided output
+       swap     each image gets the next image's retrieval guidance: mIoU and mean |Δ|
+       oracle   guidance = the val photo's own distorted ground truth (what training shows G on
+                its first path): mIoU, and the L1 to the real photo against the retrieval-guided
+                output's L1 (how much G copies from guidance that matches the photo)
+     and the RESAIL modules' mixing weights sigmoid(mix_gamma), sigmoid(mix_beta) (0.5 at init;
+     1 = the guidance branch only), and the mean loss terms over the leg (the retrieval path's
+     G_gan_r / D_fake_r against the distorted-GT path's G_gan_d / D_fake_d).
+  4. `--report` gathers every seed's results into OUT/curve.png (val mIoU and segnet-FID against
+     steps, one line per variant and seed) and a Markdown table (mean and each seed).
+
+Outputs under OUT/seed{S}/: results.json, comparison_{step}.png (label | guidance | real | each
+variant's output, first val images).
+
+    python benchmarks/ablation.py --out DIR --prepare [--preset toy64] [--n-train 200] [--n-val 100]
+        [--segnet-steps 1500]
+    python benchmarks/ablation.py --out DIR --seed S [--steps 100,200,400,800,1600,3200]
+    python benchmarks/ablation.py --out DIR --report
+
+The last line of each command's output is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from resail.artifacts import write_bytes_atomic, write_json_atomic
+from resail.synth.config import resolve_config
+from resail.synth.data import StepBatchSampler, SynthDataset, count_images, label_palette, segments_params, to_uint8
+from resail.synth.eval import Segmenter, feature_distances
+from resail.synth.labels import LabelChannels
+from resail.synth.norms import ResailNorm
+from resail.synth.segnet import SegNet, SegnetTrainConfig, load_segnet
+from resail.synth.segnet_data import SegnetRunConfig, train_segnet_on_work
+from resail.synth.train import ResailTrainer
+from resail.workdir import WorkDir
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the shared fixture builders (tests/builders)
+from builders.work import bake_splits, index_work, toy_dataset  # noqa: E402
+
+VARIANTS = {"resail": {}, "spade_norm": {"norm": "spade"}, "no_retrieval_loss": {"retrieval_loss": False}}
+GRID_ROWS = 6      # val images in comparison_{step}.png
+EVAL_BATCH = 10
+
+
+def work_dir(out: Path) -> Path:
+    return out / "work"
+
+
+def prepare(out: Path, preset: str, n_train: int, n_val: int, segnet_steps: int) -> dict:
+    """The toy data, baked at the preset's size, and the judge (both reused when present)."""
+    work = work_dir(out)
+    cfg = resolve_config(preset, n_train=n_train)
+    if not WorkDir(work).guidance_h5("val").exists():
+        root = toy_dataset(out / "toy", n_train=n_train, n_val=n_val, size=256)
+        bake_splits(index_work(root, work), size=(cfg.net.width, cfg.net.height))
+    t0 = time.perf_counter()
+    report = train_segnet_on_work(work, SegnetRunConfig(preset, batch_size=8, workers=0, train=SegnetTrainConfig(
+        steps=segnet_steps, checkpoint_every=segnet_steps)), progress=True)
+    return {"work": str(work), "segnet_steps": report["steps"], "segnet_s": round(time.perf_counter() - t0, 1),
+            "segnet_own_val": {k: round(report["val"][k], 4) for k in ("miou", "pixel_acc")}}
+
+
+# ---------------------------------------------------------------- training in lockstep
+
+
+@dataclass
+class Run:
+    name: str
+    trainer: ResailTrainer
+    batches: object
+    data: SynthDataset
+    step: int = 0
+    train_s: float = 0.0
+    leg: list = field(default_factory=list)  # loss terms of every step since the last point
+
+    def advance(self, to_step: int) -> None:
+        t0 = time.perf_counter()
+        while self.step < to_step:
+            terms = self.trainer.step(next(self.batches), self.step)
+            self.leg.append({k: float(v) for k, v in terms.items()})
+            self.step += 1
+        self.train_s += time.perf_counter() - t0
+
+    def leg_means(self) -> dict:
+        means = {k: round(float(np.mean([t[k] for t in self.leg])), 4) for k in self.leg[-1]} if self.leg else {}
+        self.leg = []
+        return means
+
+
+def start(work: Path, preset: str, n_train: int, name: str, change: dict, seed: int, last_step: int) -> Run:
+    """One variant: constant lr (the schedule is laid out over 10⁶ steps, so its decay never starts)."""
+    cfg = resolve_config(preset, n_train=n_train, overrides={"steps": 1_000_000, "workers": 0, "device": "cpu",
+                                                           "seed": seed, **change})
+    trainer = ResailTrainer(cfg, torch.device("cpu"))
+    data = SynthDataset(work, "train", cfg)
+    sampler = StepBatchSampler(len(data), cfg.batch_size, seed=cfg.seed, total_steps=last_step)
+    loader = torch.utils.data.DataLoader(data, batch_sampler=sampler, num_workers=0)
+    return Run(name, trainer, iter(loader), data)
+
+
+# ---------------------------------------------------------------- judging
+
+
+@dataclass
+class Judge:
+    segnet: SegNet
+    labels: LabelChannels
+    class_ids: list[int]
+    val: SynthDataset                 # val items with the distorted GT (the oracle probe)
+    real_feats: np.ndarray
+    real_shown: np.ndarray
+    real_scores: dict
+    floor: dict | None
+
+    def scorer(self) -> Segmenter:
+        return Segmenter(self.segnet, self.labels, self.class_ids, "cpu")
+
+    def batches(self):
+        return torch.utils.data.DataLoader(self.val, batch_size=EVAL_BATCH, shuffle=False, num_workers=0)
+
+
+def _scores(scorer: Segmenter, source: str) -> dict:
+    s = scorer.scores()[source]
+    return {"miou": round(s["miou"], 4), "pixel_acc": round(s["pixel_acc"], 4)}
+
+
+def _distances(real: np.ndarray, fake: np.ndarray) -> dict:
+    d = feature_distances(real, fake, kid_subset_size=max(2, min(len(real), len(fake)) // 2))
+    return {"fid": round(d["fid"], 4), "kid": round(d["kid"]["mean"], 5), "kid_std": round(d["kid"]["std"], 5)}
+
+
+def _features(segnet: SegNet, images: np.ndarray) -> np.ndarray:
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)  # B×3×H×W
+    return segnet.features(x).numpy()
+
+
+@torch.no_grad()
+def make_judge(out: Path, preset: str) -> Judge:
+    work = work_dir(out)
+    cfg = resolve_config(preset, n_train=count_images(work, "train"))
+    segnet = load_segnet(WorkDir(work).segnet(preset))
+    labels = LabelChannels.of(cfg.net)
+    class_ids = [int(c) for c in segments_params(work)["classes"]["ids"]]
+    val = SynthDataset(work, "val", cfg, train=False, with_distorted=True)
+    scorer = Segmenter(segnet, labels, class_ids, "cpu")
+    feats, shown = [], []
+    for batch in torch.utils.data.DataLoader(val, batch_size=EVAL_BATCH, shuffle=False, num_workers=0):
+        images = to_uint8(batch["image"])
+        scorer.add("real", images, batch["label"])
+        feats.append(_features(segnet, images))
+        shown.extend(images[:max(0, GRID_ROWS - len(shown))])
+    feats = np.concatenate(feats)
+    half = len(feats) // 2
+    return Judge(segnet, labels, class_ids, val, feats, np.stack(shown), _scores(scorer, "real"),
+                 _distances(feats[:half], feats[half:]) if half >= 2 else None)
+
+
+@torch.no_grad()
+def judge_run(run: Run, judge: Judge) -> tuple[dict, np.ndarray]:
+    """The variant's scores with its retrieval guidance, the probes, and the first GRID_ROWS outputs."""
+    G = run.trainer.G_ema
+    modes = ("retrieval", "zero", "swap", "oracle")
+    scorer = judge.scorer()
+    per_mode = {m: judge.scorer() for m in modes[1:]}
+    feats, shown = [], []
+    delta = {m: 0.0 for m in modes[1:]}
+    l1_real = {m: 0.0 for m in modes}
+    n_pix = 0
+    for batch in judge.batches():
+        x = run.trainer.inputs(batch)
+        m, g = x["label_map"], x["guidance"]
+        guid = {"retrieval": g, "zero": torch.zeros_like(g), "swap": g.roll(1, dims=0), "oracle": x["distorted"]}
+        fakes = {k: G(m, v) for k, v in guid.items()}                                  # B×3×H×W in [−1, 1]
+        outs = {k: (v.permute(0, 2, 3, 1).numpy() + 1) * 127.5 for k, v in fakes.items()}  # B×H×W×3, 0–255
+        real = to_uint8(batch["image"]).astype(np.float32)
+        base = to_uint8(fakes["retrieval"])
+        scorer.add("generated", base, batch["label"])
+        feats.append(_features(judge.segnet, base))
+        shown.extend(base[:max(0, GRID_ROWS - len(shown))])
+        n_pix += base.size
+        for k, o in outs.items():
+            l1_real[k] += float(np.abs(o - real).sum())
+            if k != "retrieval":
+                delta[k] += float(np.abs(o - outs["retrieval"]).sum())
+                per_mode[k].add("generated", to_uint8(fakes[k]), batch["label"])
+    row = {**_scores(scorer, "generated"), **_distances(judge.real_feats, np.concatenate(feats)),
+           "probe": {k: {"miou": _scores(per_mode[k], "generated")["miou"],
+                         "mean_abs_change": round(delta[k] / n_pix, 3), "l1_real": round(l1_real[k] / n_pix, 3)}
+                     for k in modes[1:]},
+           "l1_real": round(l1_real["retrieval"] / n_pix, 3)}
+    mix = [(float(torch.sigmoid(mod.mix_gamma)), float(torch.sigmoid(mod.mix_beta)))
+           for mod in G.modules() if isinstance(mod, ResailNorm)]
+    if mix:
+        a = np.array(mix)
+        row["mix"] = {"gamma_mean": round(float(a[:, 0].mean()), 4), "gamma_min": round(float(a[:, 0].min()), 4),
+                      "gamma_max": round(float(a[:, 0].max()), 4), "beta_mean": round(float(a[:, 1].mean()), 4),
+                      "beta_min": round(float(a[:, 1].min()), 4), "beta_max": round(float(a[:, 1].max()), 4)}
+    return row, np.stack(shown)
+
+
+def write_png(path: Path, rgb: np.ndarray) -> None:
+    ok, png = cv2.imencode(".png", cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise RuntimeError(f"{path}: PNG encoding failed")
+    write_bytes_atomic(path, png.tobytes())
+
+
+def write_comparison(path: Path, judge: Judge, palette: np.ndarray, outputs: dict[str, np.ndarray]) -> None:
+    """Rows of label | guidance | real | each variant's G_ema output, for the first val images."""
+    rows = []
+    for i in range(len(judge.real_shown)):
+        item = judge.val[i]
+        label = palette[np.clip(judge.labels.to_native(item["label"].numpy()), 0, len(palette) - 1)]
+        rows.append(np.concatenate([label, to_uint8(item["guidance"][None])[0], judge.real_shown[i],
+                                    *(o[i] for o in outputs.values())], axis=1))
+    write_png(path, np.concatenate(rows, axis=0))
+
+
+def curve(out: Path, preset: str, seed: int, steps: list[int]) -> dict:
+    work = work_dir(out)
+    n_train = count_images(work, "train")
+    judge = make_judge(out, preset)
+    folder = out / f"seed{seed}"
+    results = {"preset": preset, "seed": seed, "n_train": n_train, "n_val": len(judge.val),
+               "threads": torch.get_num_threads(), "steps": steps,
+               "judge": {"real": judge.real_scores, "real_split_half": judge.floor,
+                         "feature_dim": int(judge.real_feats.shape[1])}, "points": []}
+    runs = [start(work, preset, n_train, name, change, seed, steps[-1]) for name, change in VARIANTS.items()]
+    palette = label_palette(judge.val.dataset)
+    for point in steps:
+        row, outputs = {"step": point, "variants": {}}, {}
+        for run in runs:
+            run.advance(point)
+            t = time.perf_counter()
+            scores, outputs[run.name] = judge_run(run, judge)
+            row["variants"][run.name] = {"train_s": round(run.train_s, 1), **scores, "loss": run.leg_means(),
+                                         "judge_s": round(time.perf_counter() - t, 1)}
+            v = row["variants"][run.name]
+            print(f"seed {seed} step {point} {run.name}: mIoU {v['miou']}, pixel acc {v['pixel_acc']}, "
+                  f"segnet-FID {v['fid']}, |Δ| zero {v['probe']['zero']['mean_abs_change']} swap "
+                  f"{v['probe']['swap']['mean_abs_change']}, mix {v.get('mix', {}).get('gamma_mean')}; "
+                  f"{run.train_s:.0f} s of training", flush=True)
+        results["points"].append(row)
+        write_comparison(folder / f"comparison_{point}.png", judge, palette, outputs)
+        write_json_atomic(folder / "results.json", results)
+    for run in runs:
+        run.data.close()
+    judge.val.close()
+    return results
+
+
+# ---------------------------------------------------------------- report
+
+
+def gather(out: Path) -> dict[int, dict]:
+    runs = [json.loads(p.read_text()) for p in sorted(out.glob("seed*/results.json"))]
+    return {r["seed"]: r for r in runs}
+
+
+def report(out: Path) -> dict:
+    seeds = gather(out)
+    if not seeds:
+        raise SystemExit(f"{out}: no seed*/results.json; run `--seed S` first")
+    table = format_table(seeds)
+    print(table)
+    plot(out / "curve.png", seeds)
+    return {"seeds": sorted(seeds), "curve": str(out / "curve.png"), "final": final_points(seeds)}
+
+
+def final_points(seeds: dict[int, dict]) -> dict:
+    """The last step every seed reached, with each variant's figures per seed."""
+    last = min(r["points"][-1]["step"] for r in seeds.values())
+    out = {"step": last, "variants": {}}
+    for name in VARIANTS:
+        rows = [next(p for p in r["points"] if p["step"] == last)["variants"][name] for r in seeds.values()]
+        out["variants"][name] = {k: [v[k] for v in rows] for k in ("miou", "pixel_acc", "fid", "kid", "l1_real")}
+    return out
+
+
+def format_table(seeds: dict[int, dict]) -> str:
+    """Val mIoU / pixel acc / segnet-FID per variant and step: the mean over seeds, then each seed."""
+    any_run = next(iter(seeds.values()))
+    j = any_run["judge"]
+    lines = ["| step | variant | val mIoU | pixel acc | segnet-FID | KID ×1000 | seeds |",
+             "|---|---|---|---|---|---|---|",
+             f"| – | real photos (ceiling; split-half floor) | {j['real']['miou']:.4f} | "
+             f"{j['real']['pixel_acc']:.4f} | "
+             f"{(j['real_split_half'] or {}).get('fid', float('nan')):.3f} | "
+             f"{1000 * (j['real_split_half'] or {}).get('kid', float('nan')):.2f} | |"]
+    steps = sorted({p["step"] for r in seeds.values() for p in r["points"]})
+    for step in steps:
+        for name in VARIANTS:
+            rows = [p["variants"][name] for r in seeds.values() for p in r["points"] if p["step"] == step]
+            mean = {k: float(np.mean([v[k] for v in rows])) for k in ("miou", "pixel_acc", "fid", "kid")}
+            each = " / ".join(f"{v['miou']:.3f}" for v in rows)
+            lines.append(f"| {step} | {name} | {mean['miou']:.4f} | {mean['pixel_acc']:.4f} | {mean['fid']:.3f} | "
+                         f"{1000 * mean['kid']:.2f} | mIoU {each} |")
+    return "\n".join(lines)
+
+
+def plot(path: Path, seeds: dict[int, dict]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colours = {"resail": "tab:red", "spade_norm": "tab:blue", "no_retrieval_loss": "tab:green"}
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    any_run = next(iter(seeds.values()))
+    for ax, key, title in ((axes[0], "miou", "val mIoU (judge)"), (axes[1], "fid", "segnet-feature FID")):
+        for name in VARIANTS:
+            for k, (seed, r) in enumerate(sorted(seeds.items())):
+                xs = [p["step"] for p in r["points"]]
+                ys = [p["variants"][name][key] for p in r["points"]]
+                ax.plot(xs, ys, marker="o", ms=3, color=colours[name], ls="-" if k == 0 else "--",
+                        label=f"{name} (seed {seed})")
+        if key == "miou":
+            ax.axhline(any_run["judge"]["real"]["miou"], color="grey", ls=":", label="real photos")
+        elif any_run["judge"]["real_split_half"]:
+            ax.axhline(any_run["judge"]["real_split_half"]["fid"], color="grey", ls=":", label="real split-half")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("training steps (batch 4)")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"toy ablation, preset {any_run['preset']}, {any_run['n_train']} train / "
+                 f"{any_run['n_val']} val images")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", type=Path, required=True, help="Folder of the toy work dir, the judge and the results.")
+    ap.add_argument("--preset", default="toy64", help="Training preset of every variant [default: toy64].")
+    ap.add_argument("--prepare", action="store_true", help="Build the toy data and train the judge, then stop.")
+    ap.add_argument("--n-train", type=int, default=200, help="Toy training images (--prepare) [default: 200].")
+    ap.add_argument("--n-val", type=int, default=100, help="Toy val images, all judged (--prepare) [default: 100].")
+    ap.add_argument("--segnet-steps", type=int, default=1500, help="Judge training steps (--prepare) [default: 1500].")
+    ap.add_argument("--seed", type=int, default=None, help="Train the three variants with this seed.")
+    ap.add_argument("--steps", default="100,200,400,800,1600,3200",
+                    help="Comma-separated step counts to judge at; the last is the budget [default: %(default)s].")
+    ap.add_argument("--report", action="store_true", help="Gather every seed's results: table and curve.png.")
+    ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads [default: 1].")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.prepare:
+        result = prepare(args.out, args.preset, args.n_train, args.n_val, args.segnet_steps)
+    elif args.seed is not None:
+        steps = sorted({int(s) for s in args.steps.split(",")})
+        r = curve(args.out, args.preset, args.seed, steps)
+        result = {"seed": args.seed, "last": r["points"][-1]}
+    elif args.report:
+        result = report(args.out)
+    else:
+        ap.error("choose --prepare, --seed S or --report")
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
