@@ -16,10 +16,10 @@ stores it: ~12 % fewer bytes than the unmasked box on real photos), and decoding
 outside again with the exact mask, so the outside stays black. On real photos that is 0.53 bytes
 per crop pixel against 4 for `raw` (benchmarks/crops.py), at a mean absolute error of 1.7 levels
 inside the mask (max 29), for a JPEG decode per `crop(row)`; `crop_mask(row)` decodes the mask
-alone. `raw` keeps
-today's lossless RGBA bytes (A = 255 inside the mask). Every crop is one byte range of the flat
-`crops` dataset either way (`crop_offset`, `crop_nbytes`); a store written before the codec
-existed has neither the attribute nor `crop_nbytes` and reads as `raw`, which is what it holds.
+alone. `raw` keeps the lossless RGBA bytes of the stores written before the codecs (A = 255
+inside the mask). Every crop is one byte range of the flat `crops` dataset either way
+(`crop_offset`, `crop_nbytes`); a store written before the codecs has neither the attribute nor
+`crop_nbytes` and reads as `raw`, which is what it holds.
 """
 
 from __future__ import annotations
@@ -133,12 +133,16 @@ def encode_crop(rgb: np.ndarray, mask: np.ndarray, codec: str) -> np.ndarray:
     return np.concatenate([np.frombuffer(np.array(len(bits), _MASK_LEN).tobytes() + bits, np.uint8), jpeg.ravel()])
 
 
+def _jpeg_start(blob: np.ndarray) -> int:
+    """Where the JPEG of a `jpeg` blob starts (after the length header and the compressed mask)."""
+    return _MASK_LEN.itemsize + int(np.frombuffer(blob[:_MASK_LEN.itemsize].tobytes(), _MASK_LEN)[0])
+
+
 def decode_mask(blob: np.ndarray, h: int, w: int, codec: str) -> np.ndarray:
     """The h×w bool mask of a stored crop (no JPEG decoded)."""
     if codec == "raw":
         return np.asarray(blob).reshape(h, w, 4)[..., 3] > 0
-    n = int(np.frombuffer(blob[:_MASK_LEN.itemsize].tobytes(), _MASK_LEN)[0])
-    bits = np.frombuffer(zlib.decompress(blob[_MASK_LEN.itemsize:_MASK_LEN.itemsize + n].tobytes()), np.uint8)
+    bits = np.frombuffer(zlib.decompress(blob[_MASK_LEN.itemsize:_jpeg_start(blob)].tobytes()), np.uint8)
     return np.unpackbits(bits, count=h * w).reshape(h, w).view(bool)
 
 
@@ -148,8 +152,7 @@ def decode_crop(blob: np.ndarray, h: int, w: int, codec: str) -> tuple[np.ndarra
         rgba = np.asarray(blob).reshape(h, w, 4)
         return rgba[..., :3], rgba[..., 3] > 0
     mask = decode_mask(blob, h, w, codec)
-    start = _MASK_LEN.itemsize + int(np.frombuffer(blob[:_MASK_LEN.itemsize].tobytes(), _MASK_LEN)[0])
-    bgr = cv2.imdecode(np.asarray(blob[start:]), cv2.IMREAD_COLOR)
+    bgr = cv2.imdecode(np.asarray(blob[_jpeg_start(blob):]), cv2.IMREAD_COLOR)
     if bgr is None or bgr.shape[:2] != (h, w):
         raise StageError(f"a stored {h}x{w} JPEG crop does not decode; rebuild the store with `resail index build "
                          "--rebuild`")
