@@ -315,20 +315,20 @@ def format_table(seeds: dict[int, dict]) -> str:
     """Val mIoU / pixel acc / segnet-FID per variant and step: the mean over seeds, then each seed."""
     any_run = next(iter(seeds.values()))
     j = any_run["judge"]
-    lines = ["| step | variant | val mIoU | pixel acc | segnet-FID | KID ×1000 | seeds |",
+    lines = ["| step | variant | val mIoU | pixel acc | segnet-FID | segnet-KID | seeds (mIoU; FID) |",
              "|---|---|---|---|---|---|---|",
              f"| – | real photos (ceiling; split-half floor) | {j['real']['miou']:.4f} | "
              f"{j['real']['pixel_acc']:.4f} | "
              f"{(j['real_split_half'] or {}).get('fid', float('nan')):.3f} | "
-             f"{1000 * (j['real_split_half'] or {}).get('kid', float('nan')):.2f} | |"]
+             f"{(j['real_split_half'] or {}).get('kid', float('nan')):.2f} | |"]
     steps = sorted({p["step"] for r in seeds.values() for p in r["points"]})
     for step in steps:
         for name in VARIANTS:
             rows = [p["variants"][name] for r in seeds.values() for p in r["points"] if p["step"] == step]
             mean = {k: float(np.mean([v[k] for v in rows])) for k in ("miou", "pixel_acc", "fid", "kid")}
-            each = " / ".join(f"{v['miou']:.3f}" for v in rows)
-            lines.append(f"| {step} | {name} | {mean['miou']:.4f} | {mean['pixel_acc']:.4f} | {mean['fid']:.3f} | "
-                         f"{1000 * mean['kid']:.2f} | mIoU {each} |")
+            each = " / ".join(f"{v['miou']:.3f}" for v in rows) + "; " + " / ".join(f"{v['fid']:.1f}" for v in rows)
+            lines.append(f"| {step} | {name} | {mean['miou']:.4f} | {mean['pixel_acc']:.4f} | {mean['fid']:.2f} | "
+                         f"{mean['kid']:.2f} | {each} |")
     return "\n".join(lines)
 
 
@@ -351,12 +351,16 @@ def plot(path: Path, seeds: dict[int, dict]) -> None:
         if key == "miou":
             ax.axhline(any_run["judge"]["real"]["miou"], color="grey", ls=":", label="real photos")
         elif any_run["judge"]["real_split_half"]:
-            ax.axhline(any_run["judge"]["real_split_half"]["fid"], color="grey", ls=":", label="real split-half")
+            ax.axhline(any_run["judge"]["real_split_half"]["fid"], color="grey", ls=":",
+                       label="real split-half (N/2 per side: biased up)")
+        if key == "fid":
+            ax.set_yscale("log")
         ax.set_xscale("log", base=2)
         ax.set_xlabel("training steps (batch 4)")
         ax.set_title(title)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
+    axes[1].legend(fontsize=7, handles=axes[1].get_legend_handles_labels()[0][-1:])
     fig.suptitle(f"toy ablation, preset {any_run['preset']}, {any_run['n_train']} train / "
                  f"{any_run['n_val']} val images")
     fig.tight_layout()
