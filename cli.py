@@ -703,7 +703,7 @@ def serve(work, run_name, checkpoint, host, port, k, max_sessions, device):
 @click.option("--n-val", type=click.IntRange(1, 100_000), default=40, help="Toy validation images.")
 @click.option("--seed", type=SEED, default=0, help="Random seed.")
 @click.option("--jobs", type=click.IntRange(1, 1024), default=2, help="Parallel worker processes.")
-@click.option("--train-steps", type=click.IntRange(1), default=120, help="Generator training steps.")
+@click.option("--train-steps", type=click.IntRange(1), default=250, help="Generator training steps.")
 @click.option("--segnet-steps", type=click.IntRange(1), default=150, help="Segmentation network training steps.")
 @click.option("--preset", type=click.Choice(["toy64", "toy"]), default="toy64", show_default=True,
               help="Training preset: toy64 (64×64, fast) or toy (128×128).")

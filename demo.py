@@ -19,7 +19,7 @@ from .workdir import SPLITS, WorkDir
 
 
 def run_demo(out: Path, *, n_train: int = 200, n_val: int = 40, seed: int = 0, jobs: int = 1,
-             train_steps: int = 120, segnet_steps: int = 150, preset: str = "toy64",
+             train_steps: int = 250, segnet_steps: int = 150, preset: str = "toy64",
              progress: bool = True) -> Iterator[tuple[str, str]]:
     """Run every built stage on a toy ADE20K-format dataset under `out`; yield (stage, output path).
     Guidance is baked at the training preset's size (`toy64`: 64×64, `toy`: 128×128)."""
