@@ -53,11 +53,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 
-from resail.artifacts import write_bytes_atomic, write_json_atomic
+from resail.artifacts import write_json_atomic, write_png_atomic
 from resail.synth.config import resolve_config
 from resail.synth.data import StepBatchSampler, SynthDataset, count_images, label_palette, segments_params, to_uint8
 from resail.synth.eval import Segmenter, feature_distances
@@ -115,7 +114,8 @@ class Run:
             self.step += 1
         self.train_s += time.perf_counter() - t0
 
-    def leg_means(self) -> dict:
+    def close_leg(self) -> dict:
+        """The mean loss terms since the last point; starts the next leg."""
         means = {k: round(float(np.mean([t[k] for t in self.leg])), 4) for k in self.leg[-1]} if self.leg else {}
         self.leg = []
         return means
@@ -232,13 +232,6 @@ def judge_run(run: Run, judge: Judge) -> tuple[dict, np.ndarray]:
     return row, np.stack(shown)
 
 
-def write_png(path: Path, rgb: np.ndarray) -> None:
-    ok, png = cv2.imencode(".png", cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2BGR))
-    if not ok:
-        raise RuntimeError(f"{path}: PNG encoding failed")
-    write_bytes_atomic(path, png.tobytes())
-
-
 def write_comparison(path: Path, judge: Judge, palette: np.ndarray, outputs: dict[str, np.ndarray]) -> None:
     """Rows of label | guidance | real | each variant's G_ema output, for the first val images."""
     rows = []
@@ -247,7 +240,7 @@ def write_comparison(path: Path, judge: Judge, palette: np.ndarray, outputs: dic
         label = palette[np.clip(judge.labels.to_native(item["label"].numpy()), 0, len(palette) - 1)]
         rows.append(np.concatenate([label, to_uint8(item["guidance"][None])[0], judge.real_shown[i],
                                     *(o[i] for o in outputs.values())], axis=1))
-    write_png(path, np.concatenate(rows, axis=0))
+    write_png_atomic(path, np.concatenate(rows, axis=0))
 
 
 def curve(out: Path, preset: str, seed: int, steps: list[int]) -> dict:
@@ -267,7 +260,7 @@ def curve(out: Path, preset: str, seed: int, steps: list[int]) -> dict:
             run.advance(point)
             t = time.perf_counter()
             scores, outputs[run.name] = judge_run(run, judge)
-            row["variants"][run.name] = {"train_s": round(run.train_s, 1), **scores, "loss": run.leg_means(),
+            row["variants"][run.name] = {"train_s": round(run.train_s, 1), **scores, "loss": run.close_leg(),
                                          "judge_s": round(time.perf_counter() - t, 1)}
             v = row["variants"][run.name]
             print(f"seed {seed} step {point} {run.name}: mIoU {v['miou']}, pixel acc {v['pixel_acc']}, "

@@ -116,8 +116,7 @@ def crop_pixels(image: np.ndarray, seg: Segment, max_side: int) -> tuple[np.ndar
 def rgba_crop(image: np.ndarray, seg: Segment, max_side: int) -> np.ndarray:
     """The segment's bbox crop as RGBA: RGB of image·mask, A = 255 inside the mask; longest side ≤ max_side."""
     rgb, mask = crop_pixels(image, seg, max_side)
-    m = mask.view(np.uint8)
-    return cv2.merge([cv2.bitwise_and(rgb, rgb, mask=m), m * np.uint8(255)])
+    return encode_crop(rgb, mask, "raw").reshape(*mask.shape, 4)
 
 
 def encode_crop(rgb: np.ndarray, mask: np.ndarray, codec: str) -> np.ndarray:
