@@ -1,4 +1,4 @@
-# Two commands set everything up on a fresh machine with Python >= 3.10:
+# Two commands set everything up on a fresh machine with Python >= 3.11:
 #   make demo   create .venv, install resail, run the whole pipeline on the built-in toy dataset
 #   make test   create .venv, install resail with its dev extras, run the test suite
 #   make lint   ruff over the tree (the rules are in pyproject.toml); CI runs it before the tests
@@ -14,6 +14,8 @@ DEMO_OUT ?= demo_out
 .PHONY: demo test lint install install-dev bench clean
 
 $(BIN)/python:
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
+	  { echo "resail needs Python >= 3.11 ($(PYTHON) is $$($(PYTHON) --version 2>&1)); run make PYTHON=python3.11" >&2; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 

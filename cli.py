@@ -17,7 +17,7 @@ import click
 
 from . import __version__
 from .errors import ResailError
-from .pipeline.classes import DATASETS, TOY_FORMATS  # light modules: no cv2, no torch
+from .pipeline.classes import COCO_LAYOUTS, DATASETS, TOY_FORMATS, UNCOVERED_CHOICES  # light: no cv2, no torch
 from .synth.presets import PRESETS
 
 log = logging.getLogger("resail")
@@ -221,8 +221,12 @@ def index():
 @click.option("--crop-codec", type=click.Choice(("jpeg", "raw")), default="jpeg",
               help="How crops are stored: jpeg (RGB as JPEG q95 + exact mask, ~10x smaller) or raw (lossless RGBA).")
 @click.option("--image-list", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-              help="Text file of image basenames to keep (required for ade20k-outdoor).")
-@click.option("--uncovered-things", type=click.Choice(("official", "components")), default="official",
+              help="Text file of image basenames to keep (ade20k, ade20k-outdoor; without it ade20k-outdoor reads "
+                   "a folder holding only the subset's images).")
+@click.option("--layout", type=click.Choice(COCO_LAYOUTS), default=None,
+              help="cocostuff: the official COCO 2017 downloads (coco) or SPADE's prepared {split}_img/_label/_inst "
+                   "folders (spade) [default: the one found under --root].")
+@click.option("--uncovered-things", type=click.Choice(UNCOVERED_CHOICES), default="official",
               help="Thing pixels without an instance: the official per-dataset rule, or always components.")
 @click.option("--on-error", type=click.Choice(("fail", "skip")), default="fail",
               help="Bad image: stop with an error, or record it as skipped and go on.")
@@ -232,7 +236,7 @@ def index():
 @backend_options
 @common
 def index_build(dataset, root, work, splits, jobs, shard, merge, preserved_ratio, max_side, crop_max_side,
-                crop_codec, image_list, uncovered_things, on_error, device, rebuild, backend, scheduler):
+                crop_codec, image_list, layout, uncovered_things, on_error, device, rebuild, backend, scheduler):
     """Decompose train and val into segments, then build the FAISS shards per class."""
     from .index.build import build_index
     from .pipeline.runner import parallel_backend
@@ -240,8 +244,8 @@ def index_build(dataset, root, work, splits, jobs, shard, merge, preserved_ratio
 
     cfg = SegmentsConfig(dataset=dataset, root=root, work=work, splits=tuple(s.strip() for s in splits.split(",")),
                          jobs=jobs, shard=shard, merge=merge, preserved_ratio=preserved_ratio, max_side=max_side,
-                         crop_max_side=crop_max_side, crop_codec=crop_codec, image_list=image_list, on_error=on_error,
-                         rebuild=rebuild, uncovered_things=uncovered_things)
+                         crop_max_side=crop_max_side, crop_codec=crop_codec, image_list=image_list, layout=layout,
+                         on_error=on_error, rebuild=rebuild, uncovered_things=uncovered_things)
     log.info("index build, stage 1 (segments): %s", ", ".join(f"{k}={v}" for k, v in cfg.__dict__.items()))
     with parallel_backend(backend, scheduler, jobs):
         manifest = build_segments(cfg, progress=progress_enabled())
@@ -448,7 +452,8 @@ def train(work, preset, name, steps, epochs, config_file, resume, dry_run, batch
     import signal
 
     from .synth.config import format_config, resolve_config, resolve_resumed
-    from .synth.data import count_images
+    from .synth.data import count_images, data_label_table
+    from .synth.presets import get_preset
     from .synth.train import dry_run as write_dry_run
     from .synth.train import saved_config
     from .synth.train import train as run_training
@@ -480,7 +485,8 @@ def train(work, preset, name, steps, epochs, config_file, resume, dry_run, batch
         cfg = resolve_resumed(saved_config(work, overrides["name"]), preset=preset, n_train=n_train,
                               toml=config_file, overrides=overrides)
     else:
-        cfg = resolve_config(preset, n_train=n_train, toml=config_file, overrides=overrides)
+        cfg = resolve_config(preset, n_train=n_train, toml=config_file, overrides=overrides,
+                             data_network=data_label_table(get_preset(preset), work))
     if rank0:
         click.echo(format_config(cfg))
     if dry_run:

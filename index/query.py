@@ -28,6 +28,7 @@ CELL = 96  # preview cell side in pixels
 class LabelMapMatches:
     segments: list  # decomposed segments (class_id, is_thing, y0, x0, h, w, area, mask), in order
     result: SearchResult
+    label_hw: tuple[int, int]  # (H, W) of the label map as decomposed (the store's max side applied)
 
 
 def query_segments(index: RetrievalIndex, segments: list, cfg: SearchConfig = SearchConfig()) -> SearchResult:

@@ -24,21 +24,18 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import json
 import logging
-import re
 import warnings
-from array import array
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-import cv2
 import numpy as np
 from PIL import Image
 
 from ..errors import InputError
-from .classes import DATASETS, ClassTable, ade20k_instance_mapping, class_table
+from .classes import COCO_LAYOUTS, DATASETS, ClassTable, ade20k_instance_mapping, class_table
+from .coco import coco_annotation_texts, coco_annotations, coco_instance_map
 
 log = logging.getLogger("resail")
 
@@ -252,8 +249,10 @@ class ADE20KReader(Reader):
 
     def __init__(self, root: str | Path, image_list: str | Path | None = None):
         super().__init__(root)
-        if (self.root / "ADEChallengeData2016").is_dir():
-            self.root = self.root / "ADEChallengeData2016"
+        if not (self.root / "images").is_dir():  # the folder above the dataset (ADEChallengeData2016/, …)
+            inside = [d for d in sorted(self.root.iterdir()) if (d / "images").is_dir()] if self.root.is_dir() else []
+            if len(inside) == 1:
+                self.root = inside[0]
         self.image_list = None
         if image_list is not None:
             self.image_list = read_image_list(image_list)
@@ -324,15 +323,11 @@ def read_image_list(path: str | Path) -> frozenset[str]:
 
 
 class ADE20KOutdoorReader(ADE20KReader):
-    """ADE20K restricted to the basenames of `--image-list` (no official list exists)."""
+    """ADE20K-outdoor, which has no official image list, in either form its users hold it: the
+    ADE20K folder with `--image-list` (the basenames of the subset), or a folder in the ADE20K
+    layout that holds only the subset's images (as the CLADE authors distribute theirs)."""
 
     dataset = "ade20k-outdoor"
-
-    def __init__(self, root: str | Path, image_list: str | Path | None = None):
-        if image_list is None:
-            raise InputError("ade20k-outdoor needs --image-list FILE (image basenames, one a line); "
-                             "no official ADE20K-outdoor list exists")
-        super().__init__(root, image_list)
 
 
 class CityscapesReader(Reader):
@@ -371,11 +366,32 @@ class CityscapesReader(Reader):
 
 
 class CocoStuffReader(Reader):
-    """COCO 2017 images, stuffthingmaps PNGs (v → class v+1, 255 → void) and instances_{split}2017.json."""
+    """COCO-Stuff in one of two layouts (`LAYOUTS`), with the same label maps (stuffthingmaps PNGs,
+    v → class v+1, 255 → void):
+
+    - `coco`, the official downloads: `{split}2017/*.jpg`, the stuffthingmaps and
+      `annotations/instances_{split}2017.json` (instance masks painted from the JSON, `coco.py`);
+    - `spade`, the folders SPADE's README has users prepare (and CLADE, OASIS and RESAIL reuse):
+      `{split}_img/`, `{split}_label/` (the stuffthingmaps) and `{split}_inst/`, whose instance maps
+      SPADE's `coco_generate_instance_map.py` wrote (`spade_instances` splits them).
+
+    `layout=None` picks the one found under the root."""
 
     dataset = "cocostuff"
     uncovered_official = "drop_if_instanced"
+    LAYOUTS = COCO_LAYOUTS
     MAP_DIRS = ("stuffthingmaps_trainval2017/{s}2017", "stuffthingmaps/{s}2017", "{s}2017")
+
+    def __init__(self, root: str | Path, layout: str | None = None):
+        super().__init__(root)
+        if layout is None:
+            spade = any((self.root / f"{s}_label").is_dir() for s in SPLITS)
+            layout = "spade" if spade and not any((self.root / f"{s}2017").is_dir() for s in SPLITS) else "coco"
+        if layout not in self.LAYOUTS:
+            raise InputError(f"COCO-Stuff layout {layout!r}: choose one of {', '.join(self.LAYOUTS)}")
+        self.layout = layout
+        if layout == "spade":
+            self.has_instances = any((self.root / f"{s}_inst").is_dir() for s in SPLITS)
 
     def _map_dir(self, split: str) -> Path:
         for pattern in self.MAP_DIRS:
@@ -384,9 +400,12 @@ class CocoStuffReader(Reader):
                 return d
         tried = ", ".join(str(self.root / p.format(s=split)) for p in self.MAP_DIRS)
         raise InputError(f"COCO-Stuff stuffthingmaps for {split}2017 not found (tried {tried}); "
-                         "unzip stuffthingmaps_trainval2017.zip under --root")
+                         "unzip stuffthingmaps_trainval2017.zip under --root, or point --root at SPADE's "
+                         "prepared folders ({split}_img, {split}_label, {split}_inst)")
 
     def records(self, split: str) -> list[ImageRecord]:
+        if self.layout == "spade":
+            return self._spade_records(split)
         images = self._need_dir(self.root / f"{split}2017", "COCO images")
         maps = self._map_dir(split)
         by_stem = self._annotations(split)
@@ -398,9 +417,23 @@ class CocoStuffReader(Reader):
             out.append(ImageRecord(stem, split, "", str(p), "", by_stem.get(stem, b"")))
         return out
 
+    def _spade_records(self, split: str) -> list[ImageRecord]:
+        images = self._need_dir(self.root / f"{split}_img", "SPADE-layout COCO-Stuff images")
+        labels = self._need_dir(self.root / f"{split}_label", "SPADE-layout COCO-Stuff labels")
+        inst = self.root / f"{split}_inst"
+        if not inst.is_dir():
+            log.warning("%s is missing: COCO-Stuff things fall back to connected components (write it with "
+                        "SPADE's datasets/coco_generate_instance_map.py)", inst)
+        inst_path = (lambda stem: str(inst / f"{stem}.png")) if inst.is_dir() else (lambda stem: "")
+        out = [ImageRecord(p.stem, split, str(p), str(labels / f"{p.stem}.png"), inst_path(p.stem))
+               for p in _files(images, IMAGE_EXTS)]
+        for stem, p in orphan_labels(_files(labels, (".png",)), ".png", out).items():
+            out.append(ImageRecord(stem, split, "", str(p), inst_path(stem)))
+        return out
+
     def extra_inputs(self, split: str) -> list[Path]:
         path = self.root / "annotations" / f"instances_{split}2017.json"
-        return [path] if path.is_file() else []
+        return [path] if self.layout == "coco" and path.is_file() else []
 
     def _annotations(self, split: str) -> dict[str, bytes] | None:
         path = self.root / "annotations" / f"instances_{split}2017.json"
@@ -422,168 +455,54 @@ class CocoStuffReader(Reader):
             raise InputError(f"{record.label_path}: stuffthingmap values outside 0..181 and 255; "
                              "check --dataset or fix the label map")
         label = np.where(raw == 255, 0, raw + 1).astype(np.int32)
-        if not self.has_instances:
+        if self.layout == "spade":
+            if not record.instance_path:
+                return Sample(record.image_id, image, label, None, None, record)
+            painted = read_index_png(record.instance_path)
+            _check_same_size(image, painted, record.image_path, record.instance_path)
+            inst = spade_instances(raw, painted, self.table.thing_ids())
+        elif self.has_instances:
+            json_path = self.root / "annotations" / f"instances_{record.split}2017.json"
+            inst = coco_instance_map(coco_annotations(record.annotations), label.shape,
+                                     f"{json_path} (image {record.image_id})")
+        else:
             return Sample(record.image_id, image, label, None, None, record)
-        inst = coco_instance_map(coco_annotations(record.annotations), label.shape, record.label_path)
         k = int(inst.max())
         return Sample(record.image_id, image, label, inst, np.full(k + 1, MAJORITY, np.int32), record)
 
 
-_JSON_SPACE = re.compile(r"[ \t\n\r]*")
+def spade_instances(stuffthing: np.ndarray, painted: np.ndarray, thing_ids) -> np.ndarray:
+    """Instance ids 1..K (0 = none) from an instance map written by SPADE's
+    `coco_generate_instance_map.py`, given the image's stuffthingmap (raw PNG values).
 
-
-def _after_space(text: str, pos: int) -> int:
-    return _JSON_SPACE.match(text, pos).end()
-
-
-def _expect(text: str, pos: int, chars: str) -> str:
-    c = text[pos:pos + 1]
-    if not c or c not in chars:
-        raise ValueError(f"expected {' or '.join(map(repr, chars))} at character {pos}")
-    return c
-
-
-def coco_annotation_texts(text: str) -> dict[str, bytes]:
-    """Each image's annotations in a COCO instances JSON, as the JSON text of their list (UTF-8,
-    file order), keyed by the image's file stem.
-
-    `json.loads` of the whole file would hold every annotation as Python objects, ~7× the file
-    (~3 GB for COCO train2017), in the main process for the whole stage (docs/scale.md). This
-    walks the top-level object instead, decodes the annotations one at a time only to read their
-    image id, and keeps their text: the records weigh about the file's size, and each worker
-    parses the few it loads (`coco_annotations`), to the same objects."""
-    dec = json.JSONDecoder()
-    stems, spans = None, None
-    _expect(text, pos := _after_space(text, 0), "{")
-    pos = _after_space(text, pos + 1)
-    while text[pos:pos + 1] != "}":
-        key, pos = dec.raw_decode(text, pos)
-        _expect(text, pos := _after_space(text, pos), ":")
-        pos = _after_space(text, pos + 1)
-        if key == "annotations":
-            spans, pos = _annotation_spans(text, pos, dec)
-        else:
-            value, pos = dec.raw_decode(text, pos)
-            if key == "images":
-                stems = {img["id"]: Path(img["file_name"]).stem for img in value}
-        if _expect(text, pos := _after_space(text, pos), ",}") == ",":
-            pos = _after_space(text, pos + 1)
-    if stems is None or spans is None:
-        raise KeyError("images" if stems is None else "annotations")
-    ids, starts, ends = spans
-    order = sorted(range(len(ids)), key=ids.__getitem__)  # stable: file order within an image
-    by_stem: dict[str, bytes] = {}
-    a = 0
-    while a < len(order):
-        b = a
-        while b < len(order) and ids[order[b]] == ids[order[a]]:
-            b += 1
-        by_stem[stems[ids[order[a]]]] = f"[{','.join(text[starts[k]:ends[k]] for k in order[a:b])}]".encode()
-        a = b
-    return by_stem
-
-
-def _annotation_spans(text: str, pos: int, dec: json.JSONDecoder) -> tuple[tuple[list, array, array], int]:
-    """(image ids, start and end characters) of the annotations of the array at `pos`; and the
-    position after it."""
-    ids, starts, ends = [], array("q"), array("q")
-    _expect(text, pos, "[")
-    pos = _after_space(text, pos + 1)
-    while text[pos:pos + 1] != "]":
-        a, end = dec.raw_decode(text, pos)
-        _instance_fields(a)  # what a worker reads: a bad entry fails now, while listing, naming the file
-        ids.append(a["image_id"])
-        starts.append(pos)
-        ends.append(end)
-        if _expect(text, pos := _after_space(text, end), ",]") == ",":
-            pos = _after_space(text, pos + 1)
-    return (ids, starts, ends), pos + 1
-
-
-def _instance_fields(a: dict) -> dict:
-    return {"segmentation": a["segmentation"], "iscrowd": int(a.get("iscrowd", 0))}
-
-
-def coco_annotations(text: bytes) -> list[dict]:
-    """An image's annotations (`coco_annotation_texts`) as `coco_instance_map` takes them."""
-    return [_instance_fields(a) for a in (json.loads(text) if text else ())]
-
-
-def coco_instance_map(annotations, shape: tuple[int, int], where: str) -> np.ndarray:
-    """Paint non-crowd COCO annotations in JSON order (later ones overwrite) as instance ids 1..K.
-
-    Crowd annotations are skipped, as in the official code; their pixels fall to the
-    uncovered-thing rule. Non-crowd RLE segmentations are decoded and painted like polygons.
-    """
-    h, w = shape
-    inst = np.zeros((h, w), np.int32)
-    k = 0
-    for a in annotations:
-        if a["iscrowd"]:
-            continue
-        seg = a["segmentation"]
-        if isinstance(seg, dict):
-            mask = rle_decode(seg, where)
-            if mask.shape != (h, w):
-                raise InputError(f"{where}: an RLE instance has size {mask.shape}, the label map {(h, w)}; "
-                                 "the JSON does not belong to this image")
-        else:
-            mask = polygons_to_mask(seg, h, w)
-        if mask.any():
-            k += 1
-            inst[mask] = k
+    That script copies the stuffthingmap, then paints each non-crowd annotation's polygons with a
+    counter 0, 1, 2, … (one per annotation, in JSON order; crowd RLE annotations are neither painted
+    nor counted). So a pixel whose value differs from its label was painted by counter `value`;
+    a pixel equal to its label was either not painted or painted by a counter that happens to equal
+    the label value (instance 0 on a person, whose value is 0, is common). Such a thing pixel of
+    value c is taken as counter c's when that counter may exist (c ≤ k + 1, k the highest counter
+    painted elsewhere: counters run without gaps, and the next one may be hidden this way too) and
+    is not an instance of another class (the majority thing label of its unambiguous pixels);
+    otherwise as unpainted, which then follows the dataset's uncovered-thing rule.
+    docs/decomposition.md lists what this cannot recover."""
+    raw = stuffthing.astype(np.int64)
+    value = painted.astype(np.int64)
+    sure = value != raw
+    key = np.where(sure, value, -1)
+    kmax = int(value[sure].max()) if sure.any() else -1
+    thing_value = np.zeros(256, bool)
+    thing_value[[c - 1 for c in thing_ids if 0 < c <= 256]] = True   # native id c ↔ PNG value c − 1
+    on_things = sure & thing_value[np.clip(raw, 0, 255)]
+    hist = np.zeros((kmax + 2, 256), np.int64)
+    np.add.at(hist, (value[on_things], raw[on_things]), 1)
+    counted = hist.sum(axis=1) > 0
+    own = ~counted                                 # counter c: no sure thing pixel, or mostly class value c
+    own[counted] = hist[counted].argmax(axis=1) == np.flatnonzero(counted)
+    ambiguous = ~sure & thing_value[np.clip(raw, 0, 255)] & (raw <= kmax + 1)
+    ambiguous[ambiguous] = own[raw[ambiguous]]
+    key[ambiguous] = raw[ambiguous]
+    inst, _ = compact_instances(key, key >= 0)
     return inst
-
-
-def polygons_to_mask(polygons: list, h: int, w: int) -> np.ndarray:
-    """Rasterise COCO polygons [x1,y1,x2,y2,…] with cv2.fillPoly (even-odd over the list).
-
-    Vertices are rounded to whole pixels and the fill includes the boundary, so a mask is about
-    half a pixel wider on each side than pycocotools' rasterisation (documented choice).
-    """
-    canvas = np.zeros((h, w), np.uint8)
-    pts = [np.round(np.asarray(p, np.float64).reshape(-1, 2)).astype(np.int32) for p in polygons if len(p) >= 6]
-    if pts:
-        cv2.fillPoly(canvas, pts, 1, lineType=cv2.LINE_8)
-    return canvas.astype(bool)
-
-
-def rle_counts_from_string(s: str) -> list[int]:
-    """Decode the compressed COCO RLE string: 5-bit groups, continuation bit 0x20, sign bit 0x10,
-    and from the third count on a delta against the count two places back."""
-    counts: list[int] = []
-    p = 0
-    while p < len(s):
-        x, k, more = 0, 0, True
-        while more:
-            c = ord(s[p]) - 48
-            x |= (c & 0x1F) << (5 * k)
-            more = bool(c & 0x20)
-            p += 1
-            k += 1
-            if not more and (c & 0x10):
-                x |= -1 << (5 * k)
-        if len(counts) > 2:
-            x += counts[-2]
-        counts.append(x)
-    return counts
-
-
-def rle_decode(rle: dict, where: str = "RLE") -> np.ndarray:
-    """COCO RLE ({'size': [h, w], 'counts': list or compressed str}) → h×w bool (column-major runs)."""
-    try:
-        h, w = (int(v) for v in rle["size"])
-        counts = rle["counts"]
-        if isinstance(counts, bytes):
-            counts = counts.decode("ascii")
-        runs = np.asarray(rle_counts_from_string(counts) if isinstance(counts, str) else counts, np.int64)
-    except (KeyError, TypeError, ValueError, IndexError) as e:
-        raise InputError(f"{where}: malformed COCO RLE ({e}); fix the instances JSON") from None
-    if (runs < 0).any() or runs.sum() != h * w:
-        raise InputError(f"{where}: COCO RLE counts sum to {int(runs.sum())}, not {h}*{w}; fix the instances JSON")
-    values = np.zeros(runs.size, bool)
-    values[1::2] = True  # runs alternate, starting with zeros
-    return np.repeat(values, runs).reshape(w, h).T
 
 
 class FolderReader(Reader):
@@ -647,21 +566,27 @@ def read_classes_csv(path: Path) -> ClassTable:
 # ---------------------------------------------------------------- factory
 
 
-def make_reader(dataset: str, root: str | Path, image_list: str | Path | None = None) -> Reader:
-    """The reader of a dataset preset (ade20k, ade20k-outdoor, cityscapes, cocostuff, folder)."""
+READERS: dict[str, type[Reader]] = {"ade20k": ADE20KReader, "ade20k-outdoor": ADE20KOutdoorReader,
+                                     "cityscapes": CityscapesReader, "cocostuff": CocoStuffReader,
+                                     "folder": FolderReader}
+
+
+def make_reader(dataset: str, root: str | Path, image_list: str | Path | None = None,
+                layout: str | None = None) -> Reader:
+    """The reader of a dataset preset (ade20k, ade20k-outdoor, cityscapes, cocostuff, folder);
+    `layout` chooses between the layouts a dataset comes in (COCO-Stuff: `coco` or `spade`),
+    None = the one found under `root`."""
     if image_list is not None and dataset not in ("ade20k", "ade20k-outdoor"):
         raise InputError(f"--image-list applies to ade20k and ade20k-outdoor, not {dataset}")
-    if dataset == "ade20k":
-        return ADE20KReader(root, image_list)
-    if dataset == "ade20k-outdoor":
-        return ADE20KOutdoorReader(root, image_list)
-    if dataset == "cityscapes":
-        return CityscapesReader(root)
+    if layout is not None and dataset != "cocostuff":
+        raise InputError(f"--layout applies to cocostuff, not {dataset}")
+    if dataset not in READERS:
+        raise InputError(f"unknown dataset {dataset!r}: choose one of {', '.join(DATASETS)}")
+    if dataset in ("ade20k", "ade20k-outdoor"):
+        return READERS[dataset](root, image_list)
     if dataset == "cocostuff":
-        return CocoStuffReader(root)
-    if dataset == "folder":
-        return FolderReader(root)
-    raise InputError(f"unknown dataset {dataset!r}: choose one of {', '.join(DATASETS)}")
+        return CocoStuffReader(root, layout)
+    return READERS[dataset](root)
 
 
 def list_split(reader: Reader, split: str) -> list[ImageRecord]:
@@ -686,10 +611,16 @@ def list_split(reader: Reader, split: str) -> list[ImageRecord]:
 
 
 
+def reader_of(params: dict) -> Reader:
+    """The reader of a work dir's dataset, from its segments-stage `params`. No image list: the
+    params hold only its fingerprint, and the store's image ids already say which images it chose."""
+    return make_reader(params["dataset"], params["root"], layout=params.get("layout"))
+
+
 def records_for_ids(params: dict, split: str, ids: list[str]) -> tuple[Reader, list[ImageRecord]]:
     """The reader of a work dir's dataset (its segments-stage `params`) and the records of `ids`,
     in that order; a clear error when the dataset no longer holds one of them."""
-    reader = make_reader(params["dataset"], params["root"], params.get("image_list"))
+    reader = reader_of(params)
     records = {r.image_id: r for r in list_split(reader, split)}
     missing = [i for i in ids if i not in records]
     if missing:

@@ -26,7 +26,8 @@ import numpy as np
 from scipy import ndimage
 
 from ..errors import InputError
-from .datasets import MAJORITY
+from .classes import UNCOVERED_CHOICES
+from .datasets import MAJORITY, READERS
 
 UNCOVERED_RULES = ("components", "drop", "drop_if_instanced")
 
@@ -152,15 +153,63 @@ def decompose(label_map: np.ndarray, instance_map: np.ndarray | None, instance_c
     return segments
 
 
-def downscale(image: np.ndarray, label_map: np.ndarray, instance_map: np.ndarray | None, max_side: int | None):
-    """Cap the longest side at `max_side`: INTER_AREA for the image, nearest for label and instance maps."""
+def downscale(image: np.ndarray | None, label_map: np.ndarray, instance_map: np.ndarray | None,
+              max_side: int | None):
+    """Cap the longest side at `max_side`: INTER_AREA for the image (None: none), nearest for label
+    and instance maps."""
     h, w = label_map.shape
     if not max_side or max(h, w) <= max_side:
         return image, label_map, instance_map
     s = max_side / max(h, w)
     size = (max(1, round(w * s)), max(1, round(h * s)))
-    image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+    if image is not None:
+        image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
     label_map = cv2.resize(label_map, size, interpolation=cv2.INTER_NEAREST_EXACT)
     if instance_map is not None:
         instance_map = cv2.resize(instance_map, size, interpolation=cv2.INTER_NEAREST_EXACT)
     return image, label_map, instance_map
+
+
+@dataclass(frozen=True)
+class DecompositionRules:
+    """Stage 1's decomposition parameters, recorded in the segment manifest. Every label map — the
+    dataset's in `resail index build`, a user's in `index query`, `synthesize` and `serve` — is
+    decomposed through `apply` with the rules of the store it is matched against, so a user's
+    segments are cut as the training segments were."""
+
+    dataset: str
+    preserved_ratio: float = 0.9
+    uncovered_things: str = "official"   # the dataset's official rule, or "components"
+    max_side: int | None = None          # longest side before decomposition (None: native size)
+
+    def __post_init__(self):
+        if not 0.0 < self.preserved_ratio <= 1.0:
+            raise InputError(f"preserved ratio {self.preserved_ratio} must be in (0, 1]")
+        if self.uncovered_things not in UNCOVERED_CHOICES:
+            raise InputError(f"uncovered things {self.uncovered_things!r}: choose one of {UNCOVERED_CHOICES}")
+        if self.max_side is not None and self.max_side < 1:
+            raise InputError(f"max side {self.max_side} must be positive")
+
+    @classmethod
+    def of(cls, params: dict) -> "DecompositionRules":
+        """The rules of a segment store, from its manifest's `params`."""
+        return cls(params["dataset"], params.get("preserved_ratio", 0.9), params.get("uncovered_things", "official"),
+                   params.get("max_side"))
+
+    @property
+    def uncovered(self) -> str:
+        """The rule for thing pixels no instance covers (one of `UNCOVERED_RULES`)."""
+        if self.uncovered_things == "components":
+            return "components"
+        return READERS[self.dataset].uncovered_official
+
+    def apply(self, label_map: np.ndarray, instance_map: np.ndarray | None, instance_classes: np.ndarray | None,
+              is_thing: np.ndarray, image: np.ndarray | None = None, where: str = ""):
+        """(image, label map, instance map, segments): the maps capped at `max_side` (`downscale`),
+        then decomposed. `instance_classes` None: each instance takes its majority label."""
+        if instance_map is not None and instance_classes is None:
+            instance_classes = np.full(int(instance_map.max()) + 1, MAJORITY, np.int32)
+        image, label_map, instance_map = downscale(image, label_map, instance_map, self.max_side)
+        segments = decompose(label_map, instance_map, instance_classes, is_thing, self.preserved_ratio,
+                             self.uncovered, where)
+        return image, label_map, instance_map, segments

@@ -33,7 +33,7 @@ from ..workdir import WorkDir
 from .classes import ClassTable
 from .compose import Piece, compose, stretch_crop
 from .datasets import read_rgb
-from .decompose import Segment, decompose, thing_lut
+from .decompose import DecompositionRules, Segment, thing_lut
 from .distort import DistortConfig, LabStats, SegmentSource, distort_segments, lab_stats
 from .store import SegmentStore
 
@@ -326,24 +326,27 @@ def preview_distort(work: Path, out: Path, *, n: int = 8, seed: int = 0, color_r
 
 
 def decompose_label_map(work: Path, label_map: np.ndarray, instance_map: np.ndarray | None = None,
-                        preserved_ratio: float = 0.9, where: str = "label map") -> list[Segment]:
-    """Segments of a native-id label map (and optional instance-id map, 0 = none), decomposed with
-    the work dir's class table and the same rules as the store."""
-    classes = WorkDir(work).require_segments()["classes"]
+                        where: str = "label map") -> tuple[np.ndarray, list[Segment]]:
+    """(the label map as decomposed, its segments): a native-id label map (and optional
+    instance-id map, 0 = none, each instance's class its majority label) decomposed with the work
+    dir's class table and the rules its segment store was built with (`DecompositionRules`)."""
+    manifest = WorkDir(work).require_segments()
+    classes = manifest["classes"]
     lut = thing_lut([c for c, t in zip(classes["ids"], classes["is_thing"]) if t])
-    return decompose(label_map, instance_map, None, lut, preserved_ratio, where=where)
+    _, label_map, _, segments = DecompositionRules.of(manifest["params"]).apply(label_map, instance_map, None, lut,
+                                                                                 where=where)
+    return label_map, segments
 
 
 def query_label_map(index: RetrievalIndex, label_map: np.ndarray, instance_map: np.ndarray | None = None,
-                    cfg: SearchConfig | None = None, *, preserved_ratio: float = 0.9,
-                    where: str = "label map") -> LabelMapMatches:
-    """Decompose a label map with the store's class table and retrieve the top-k training segments
+                    cfg: SearchConfig | None = None, *, where: str = "label map") -> LabelMapMatches:
+    """Decompose a label map as the store was decomposed and retrieve the top-k training segments
     of each segment from `index` (loaded once by the caller)."""
     from ..index.query import LabelMapMatches, query_segments  # FAISS: only where retrieval runs
     from ..index.search import SearchConfig
 
-    segments = decompose_label_map(index.work, label_map, instance_map, preserved_ratio, where)
-    return LabelMapMatches(segments, query_segments(index, segments, cfg or SearchConfig()))
+    decomposed, segments = decompose_label_map(index.work, label_map, instance_map, where)
+    return LabelMapMatches(segments, query_segments(index, segments, cfg or SearchConfig()), decomposed.shape[:2])
 
 
 class LabelMapGuidance:

@@ -49,7 +49,7 @@ from ..errors import InputError, StageError
 from ..index.descriptors import R_CANONICAL, R_PREFILTER
 from ..workdir import INDEX_LOCK, WorkDir
 from .datasets import SPLITS, ImageRecord, Reader, list_split, make_reader
-from .decompose import decompose, downscale, thing_lut
+from .decompose import DecompositionRules, thing_lut
 from .runner import Parts, check_shard, run_job
 from .store import CROP_CODECS, SegmentStore, encode_segments, merge_parts, write_part
 
@@ -57,9 +57,9 @@ log = logging.getLogger("resail")
 
 STAGE = "segments"
 PART_IMAGES = 32
+FULL_ADE20K = 20_000  # ADE20K has 20,210 training images; its outdoor subset about half
 ON_ERROR = ("fail", "skip")
 WORK_FILES = ("parts", "state.json")  # the staging folder's resume state, dropped when it replaces the store
-UNCOVERED = ("official", "components")
 
 
 @dataclass(frozen=True)
@@ -76,29 +76,33 @@ class SegmentsConfig:
     crop_max_side: int = 256
     crop_codec: str = "jpeg"
     image_list: Path | None = None
+    layout: str | None = None              # COCO-Stuff: "coco" or "spade"; None = the one found under root
     on_error: str = "fail"
     rebuild: bool = False
     uncovered_things: str = "official"
 
     def __post_init__(self):
-        if not 0.0 < self.preserved_ratio <= 1.0:
-            raise InputError(f"--preserved-ratio {self.preserved_ratio} must be in (0, 1]")
+        _ = self.rules  # checks preserved_ratio, uncovered_things and max_side
         if self.on_error not in ON_ERROR:
             raise InputError(f"--on-error must be one of {ON_ERROR}")
-        if self.uncovered_things not in UNCOVERED:
-            raise InputError(f"--uncovered-things must be one of {UNCOVERED}")
         check_shard(self.shard)
         bad = [s for s in self.splits if s not in SPLITS]
         if bad or not self.splits:
             raise InputError(f"--splits {','.join(self.splits)}: choose from {', '.join(SPLITS)}")
-        if self.crop_max_side < 1 or (self.max_side is not None and self.max_side < 1):
-            raise InputError("--crop-max-side and --max-side must be positive")
+        if self.crop_max_side < 1:
+            raise InputError("--crop-max-side must be positive")
         if self.crop_codec not in CROP_CODECS:
             raise InputError(f"--crop-codec {self.crop_codec!r}: choose one of {', '.join(CROP_CODECS)}")
 
-    def params(self) -> dict:
-        """What the output depends on (not jobs, shard, merge, rebuild or on_error)."""
-        return {
+    @property
+    def rules(self) -> DecompositionRules:
+        return DecompositionRules(self.dataset, self.preserved_ratio, self.uncovered_things, self.max_side)
+
+    def params(self, reader: Reader | None = None) -> dict:
+        """What the output depends on (not jobs, shard, merge, rebuild or on_error); with the
+        `reader`, the layout it found (COCO-Stuff's is recorded, so that later stages reopen it)."""
+        layout = getattr(reader, "layout", None) if reader is not None else self.layout
+        return ({"layout": layout} if layout is not None else {}) | {
             "dataset": self.dataset, "root": str(Path(self.root).resolve()),
             "splits": [s for s in SPLITS if s in self.splits], "preserved_ratio": self.preserved_ratio,
             "max_side": self.max_side, "crop_max_side": self.crop_max_side, "crop_codec": self.crop_codec,
@@ -111,12 +115,10 @@ class SegmentsConfig:
 class _Job:
     """What a worker needs besides the reader and its records (picklable)."""
 
-    preserved_ratio: float
-    max_side: int | None
+    rules: DecompositionRules
     crop_max_side: int
     crop_codec: str
     on_error: str
-    uncovered: str
     attrs: dict
 
 
@@ -145,7 +147,6 @@ def process_part(reader: Reader, records: list[ImageRecord], job: _Job, path: st
 
     cv2.setNumThreads(1)  # one image per core: OpenCV's own threads would only contend
     lut = thing_lut(reader.table.thing_ids())
-    uncovered = reader.uncovered_official if job.uncovered == "official" else "components"
     images, cols, canon, pre, crops = [], {k: [] for k in ("class_id", "is_thing", "bbox", "area")}, [], [], []
     canon_area, crop_hw, crop_nbytes, image_row = [], [], [], []
     for rec in records:
@@ -154,9 +155,8 @@ def process_part(reader: Reader, records: list[ImageRecord], job: _Job, path: st
                "status": "ok", "reason": ""}
         try:
             s = reader.load(rec)
-            image, label, inst = downscale(s.image, s.label_map, s.instance_map, job.max_side)
-            segs = decompose(label, inst, s.instance_classes, lut, job.preserved_ratio, uncovered,
-                             where=rec.instance_path or rec.label_path)
+            image, label, inst, segs = job.rules.apply(s.label_map, s.instance_map, s.instance_classes, lut,
+                                                       s.image, where=rec.instance_path or rec.label_path)
         except InputError as e:
             if job.on_error == "fail":
                 raise
@@ -206,11 +206,15 @@ def build_segments(cfg: SegmentsConfig, *, progress: bool = False,
     `on_part(split, start, stop)` is called after each part is written (tests inject crashes here).
     """
     t0 = time.perf_counter()
-    reader = make_reader(cfg.dataset, cfg.root, cfg.image_list)
+    reader = make_reader(cfg.dataset, cfg.root, cfg.image_list, cfg.layout)
     wd = WorkDir(cfg.work)
-    params = cfg.params()
+    params = cfg.params(reader)
     records = {s: list_split(reader, s) for s in SPLITS if s in cfg.splits}
     unlisted = _check_image_list(reader, cfg)
+    if cfg.dataset == "ade20k-outdoor" and cfg.image_list is None and len(records.get("train", ())) >= FULL_ADE20K:
+        log.warning("segments: ade20k-outdoor without --image-list reads every image under %s (%d train "
+                    "images): that is the whole of ADE20K; pass the outdoor subset's --image-list, or a "
+                    "folder holding only its images", reader.root, len(records["train"]))
     inputs = {s: _inputs_fingerprint(r, reader.extra_inputs(s)) for s, r in records.items()}
     key = fingerprint({"params": params, "inputs": inputs})
 
@@ -224,9 +228,7 @@ def build_segments(cfg: SegmentsConfig, *, progress: bool = False,
             shutil.rmtree(wd.segments_staging)  # start afresh; the finished store stays until replaced
         _check_parts(wd, params, key, cfg.rebuild)
 
-        job = _Job(cfg.preserved_ratio, cfg.max_side, cfg.crop_max_side, cfg.crop_codec, cfg.on_error,
-                   cfg.uncovered_things,
-                   {"key": key, "dataset": cfg.dataset})
+        job = _Job(cfg.rules, cfg.crop_max_side, cfg.crop_codec, cfg.on_error, {"key": key, "dataset": cfg.dataset})
         parts = {split: _run_split(reader, wd, split, recs, job, key, cfg, progress, on_part)
                  for split, recs in records.items()}
         if any(p is None for p in parts.values()):

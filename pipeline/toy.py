@@ -247,19 +247,45 @@ def rle_encode(mask: np.ndarray) -> dict:
 
 
 def mask_polygons(mask: np.ndarray) -> list[list[float]]:
-    """Outer contours of each component as COCO polygons (vertices at pixel centres).
+    """COCO polygons of a mask, one per 4-connected component: its outer boundary traced along pixel
+    corners (pixel (x, y) is the square [x, x+1]×[y, y+1], the convention pycocotools draws with).
 
-    Components too thin for a 3-vertex contour get their pixel box, so rasterising the polygons
-    with cv2.fillPoly covers every pixel of the mask.
+    Vertices are integer corners, collinear ones merged. Through `pycocotools.mask` (`frPyObjects`,
+    `merge`, `decode`: `COCO.annToMask`) the polygons paint the mask exactly, except that COCO
+    polygons have no holes: a component's holes are painted filled. Pixels touching only at a corner
+    are separate components, and a component's holes (the background it encloses, 4-connected) are
+    filled before tracing, so each boundary is a simple polygon that never touches itself.
     """
-    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    if not len(rows):
+        return []
+    crop = mask[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1].astype(np.uint8)
+    n, labels, boxes, _ = cv2.connectedComponentsWithStats(crop, connectivity=4)
     polys = []
-    for c in contours:
-        pts = c.reshape(-1, 2)
-        if len(pts) < 3:
-            x0, y0 = pts.min(0)
-            x1, y1 = pts.max(0)
-            pts = np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]])
+    for k in range(1, n):
+        x, y, bw, bh = boxes[k, :4]
+        part = np.pad(labels[y:y + bh, x:x + bw] == k, 1).astype(np.uint8)   # with a 1-pixel margin
+        x0, y0 = cols[0] + x - 1, rows[0] + y - 1                          # the margin's corner
+        solid = cv2.connectedComponents(1 - part, connectivity=4)[1] != 1   # 1: the margin's region
+        h, w = solid.shape
+        # unit edges with the solid on their right (clockwise on screen) between corners x + y*(w+1):
+        # for each side of a solid pixel whose neighbour there is not solid, (its first, last corner)
+        src, dst = [], []
+        for (dy, dx), (ax, ay), (bx, by) in (((-1, 0), (0, 0), (1, 0)), ((0, 1), (1, 0), (1, 1)),
+                                             ((1, 0), (1, 1), (0, 1)), ((0, -1), (0, 1), (0, 0))):
+            py, px = np.nonzero(solid & ~np.roll(solid, (-dy, -dx), (0, 1)))  # margin: no wrap-around
+            src.append(px + ax + (py + ay) * (w + 1))
+            dst.append(px + bx + (py + by) * (w + 1))
+        src = np.concatenate(src)
+        nxt = np.zeros((h + 1) * (w + 1), np.int64)
+        nxt[src] = np.concatenate(dst)                    # a simple boundary leaves each corner once
+        ring = [int(src[0])]
+        for _ in range(len(src) - 1):
+            ring.append(int(nxt[ring[-1]]))
+        ring = np.array(ring)
+        pts = np.stack([ring % (w + 1) + x0, ring // (w + 1) + y0], 1)
+        step = np.roll(pts, -1, 0) - pts
+        pts = pts[np.any(step != np.roll(step, 1, 0), 1)]  # keep the corners where the boundary turns
         polys.append([float(v) for v in pts.ravel()])
     return polys
 

@@ -18,18 +18,20 @@ batch over all processes; epochs are `niter` at constant lr then `niter_decay` o
 (docs/deviations.md): `resail` (default) keeps them; `official` restores the official ones that
 a config can express: void counted as a class in the segmentation loss, no segmentation loss on
 ADE20K, PIL bicubic photo and PIL nearest label resizing, fp32 (no autocast).
+
+Every value is checked against its field's type and `TRAIN_RULES` (synth/presets.py's `Schema`):
+in `read_toml` and `from_dict`, naming the file, and again whenever a `TrainConfig` is built.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import tomllib
-
 from ..errors import InputError
-from .presets import NORMS, NetworkPreset, get_preset
+from .presets import AT_LEAST_1, NETWORK_SCHEMA, NON_NEGATIVE, POSITIVE, NetworkPreset, Range, Schema, get_preset, show
 
 PREPROCESS = ("resize_crop", "fixed")
 AMP = ("auto", "off", "bf16", "fp16")
@@ -56,6 +58,19 @@ SCHEDULE_LENGTH = frozenset({"steps", "niter", "niter_decay", "total_steps", "de
 RESUME_FREE = frozenset({"workers", "device", "log_every", "sample_every", "checkpoint_every", "keep_checkpoints",
                          "tensorboard", "vgg_weights", "segnet", "n_sample", "amp", "channels_last", "notes",
                          "history"}) | SCHEDULE_LENGTH
+
+
+# Range or choices of each field (its annotation gives the type); `epochs` is the one key that is no field.
+TRAIN_RULES = {
+    "recipe": RECIPES, "preprocess": PREPROCESS, "color_ref": COLOR_REFS, "amp": AMP,
+    "batch_size": AT_LEAST_1, "load_size": AT_LEAST_1, "workers": NON_NEGATIVE, "epochs": AT_LEAST_1,
+    "steps": AT_LEAST_1, "lr_G": POSITIVE, "lr_D": POSITIVE, "beta1": Range(0, 1, hi_open=True),
+    "beta2": Range(0, 1, hi_open=True), "seed": Range(0, 2**32 - 1),
+    **dict.fromkeys(("p_color", "p_resolution", "p_shape", "ema_decay"), Range(0, 1)),
+    **dict.fromkeys(("niter", "niter_decay", "n_train", "total_steps", "decay_start"), NON_NEGATIVE),
+    **dict.fromkeys(("lambda_feat", "lambda_vgg", "lambda_seg"), NON_NEGATIVE),
+    **dict.fromkeys(("log_every", "sample_every", "n_sample", "checkpoint_every", "keep_checkpoints"), AT_LEAST_1),
+}
 
 
 @dataclass(frozen=True)
@@ -113,6 +128,9 @@ class TrainConfig:
     # schedule changes of --resume, oldest first: {"step", "steps_before", "steps_after", "decay_start"}
     history: tuple[dict, ...] = field(default=(), compare=False)
 
+    def __post_init__(self) -> None:
+        TRAIN_SCHEMA.check_instance(self)
+
     @property
     def steps_per_epoch(self) -> int:
         return max(1, self.n_train // self.batch_size)
@@ -126,14 +144,16 @@ class TrainConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
+    def from_dict(cls, d: dict, source: str = "training config") -> "TrainConfig":
+        """`to_dict`'s inverse, for a saved config.json (`source` names it in errors)."""
         d = dict(d)
         unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
-            raise InputError(f"training config has unknown fields {sorted(unknown)}")
-        d["net"] = NetworkPreset.from_dict(d["net"])
-        d["load_size"] = tuple(d["load_size"])
-        d["notes"] = tuple(d.get("notes", ()))
+            raise InputError(f"{source}: unknown fields {sorted(unknown)}")
+        TRAIN_SCHEMA.check(d, source)
+        if not isinstance(d.get("net"), dict):
+            raise InputError(f"{source}: net = {show(d.get('net'))}: expected a table of network fields")
+        d["net"] = NetworkPreset.from_dict(d["net"], source, prefix="net.")
         d["history"] = tuple(dict(h) for h in d.get("history", ()))
         return cls(**d)
 
@@ -142,8 +162,10 @@ class TrainConfig:
         return {k: v for k, v in self.to_dict().items() if k not in RESUME_FREE}
 
 
-_TRAIN_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)} - {"net", "notes", "n_train", "total_steps",
-                                                                     "decay_start", "history"} | {"epochs"}
+TRAIN_SCHEMA = Schema.of(TrainConfig, TRAIN_RULES, epochs=int)
+# The keys of a TOML file (and of flags): the preset comes from --preset, the rest is derived.
+_DERIVED = {"net", "preset", "notes", "n_train", "total_steps", "decay_start", "history"}
+_TRAIN_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)} - _DERIVED | {"epochs"}
 _NET_FIELDS = {f.name for f in dataclasses.fields(NetworkPreset)} - {"name"}
 
 
@@ -156,22 +178,28 @@ def read_toml(path: str | Path) -> dict:
         raise InputError(f"--config {path}: no such file") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise InputError(f"--config {path}: not valid TOML ({e})") from e
+    source = f"--config {path}"
     net = data.pop("network", {})
+    if not isinstance(net, dict):
+        raise InputError(f"{source}: network = {show(net)}: expected a [network] table")
     bad = sorted(set(data) - _TRAIN_FIELDS) + [f"network.{k}" for k in sorted(set(net) - _NET_FIELDS)]
     if bad:
-        raise InputError(f"--config {path}: unknown keys {bad}; training keys are {sorted(_TRAIN_FIELDS)}, "
+        raise InputError(f"{source}: unknown keys {bad}; training keys are {sorted(_TRAIN_FIELDS)}, "
                          f"[network] keys are {sorted(_NET_FIELDS)}")
+    TRAIN_SCHEMA.check(data, source)
+    NETWORK_SCHEMA.check(net, source, prefix="network.")
     return {**data, "network": net}
 
 
 def resolve_config(preset: str, *, n_train: int, toml: str | Path | None = None, overrides: dict | None = None,
-                   network: dict | None = None) -> TrainConfig:
-    """preset ← TOML file ← flags (`overrides`, None values ignored; `network` for NetworkPreset
-    fields), with the schedule resolved for `n_train` training images."""
+                   network: dict | None = None, data_network: dict | None = None) -> TrainConfig:
+    """preset ← what the data needs (`data_network`: the label table a toy preset takes on other
+    data, synth/data.py `data_label_table`) ← TOML file ← flags (`overrides`, None values ignored;
+    `network` for NetworkPreset fields), with the schedule resolved for `n_train` training images."""
     fields = dict(TRAIN_PRESETS.get(preset, {}))
     if preset not in TRAIN_PRESETS:
         get_preset(preset)  # raises the unknown-preset error
-    net_fields: dict = {}
+    net_fields: dict = dict(data_network or {})
     explicit: dict = {}
     if toml is not None:
         data = read_toml(toml)
@@ -181,6 +209,7 @@ def resolve_config(preset: str, *, n_train: int, toml: str | Path | None = None,
         if v is not None:
             (net_fields if k in _NET_FIELDS else explicit)[k] = v
     fields.update(explicit)
+    TRAIN_SCHEMA.check(fields)  # values from code; a TOML file's are checked (and named) by read_toml
     notes = []
     if "seg_loss" not in explicit:  # the preset's choice bends to what is available
         if explicit.get("segnet") is not None and not _official_ade20k(fields.get("recipe"), preset):
@@ -189,16 +218,12 @@ def resolve_config(preset: str, *, n_train: int, toml: str | Path | None = None,
             fields["seg_loss"] = False
             notes.append("segmentation loss off: no --segnet given (train one with `resail segnet train`)")
     net_fields.update({k: v for k, v in (network or {}).items() if v is not None})
-    if "segnet_channels" in net_fields:
-        net_fields["segnet_channels"] = tuple(net_fields["segnet_channels"])
     net = get_preset(preset, **net_fields)
-    fields["load_size"] = tuple(fields.get("load_size", (net.width, net.height)))
+    fields.setdefault("load_size", (net.width, net.height))
     epochs = fields.pop("epochs", None)
     if epochs is not None:  # --epochs N keeps the preset's constant/decay proportion
         if fields.get("steps") is not None:
             raise InputError("--steps and --epochs: choose one")
-        if epochs < 1:
-            raise InputError(f"--epochs {epochs}: must be at least 1")
         fields["niter"], fields["niter_decay"] = split_epochs(
             epochs, fields.get("niter", TrainConfig.niter), fields.get("niter_decay", TrainConfig.niter_decay))
     cfg = TrainConfig(net=net, preset=preset, **fields)
@@ -222,7 +247,7 @@ def resolve_resumed(saved: TrainConfig, *, n_train: int, preset: str | None = No
         given = {**data, **given}
     for k in [k for k in given if k in _NET_FIELDS]:
         net_given[k] = given.pop(k)
-    fields = {k: getattr(saved, k) for k in _TRAIN_FIELDS - {"preset", "epochs"}}
+    fields = {k: getattr(saved, k) for k in _TRAIN_FIELDS - {"epochs"}}
     if "steps" in given or "epochs" in given:
         fields.pop("steps")
     net = {k: getattr(saved.net, k) for k in _NET_FIELDS}
@@ -243,8 +268,6 @@ def _official_ade20k(recipe: str | None, preset: str) -> bool:
 def _check_recipe(cfg: TrainConfig, notes: list[str]) -> TrainConfig:
     """The official recipe trains in fp32 and, on ADE20K, without the segmentation loss (its
     seg-loss path raised for ADE20K, reference §8.6)."""
-    if cfg.recipe not in RECIPES:
-        raise InputError(f"recipe {cfg.recipe!r}: choose one of {RECIPES}")
     if cfg.recipe != "official":
         return cfg
     if cfg.amp in ("bf16", "fp16"):
@@ -260,21 +283,10 @@ def _check_recipe(cfg: TrainConfig, notes: list[str]) -> TrainConfig:
 
 
 def _check_and_finish(cfg: TrainConfig, n_train: int, notes: list[str]) -> TrainConfig:
+    """Checks across fields (each field's own type and range the schema checked), then the
+    schedule in steps."""
     net = cfg.net
-    if cfg.batch_size < 1:
-        raise InputError(f"--batch-size {cfg.batch_size}: must be at least 1")
-    if cfg.preprocess not in PREPROCESS:
-        raise InputError(f"preprocess {cfg.preprocess!r}: choose one of {PREPROCESS}")
-    if cfg.amp not in AMP:
-        raise InputError(f"amp {cfg.amp!r}: choose one of {AMP}")
-    if cfg.color_ref not in COLOR_REFS:
-        raise InputError(f"color_ref {cfg.color_ref!r}: choose one of {COLOR_REFS}")
     cfg = _check_recipe(cfg, notes)
-    for field_name in ("p_color", "p_resolution", "p_shape"):
-        if not 0.0 <= getattr(cfg, field_name) <= 1.0:
-            raise InputError(f"{field_name} = {getattr(cfg, field_name)}: a probability must lie in [0, 1]")
-    if net.norm not in NORMS:
-        raise InputError(f"--norm {net.norm!r}: choose one of {NORMS}")
     lw, lh = cfg.load_size
     if cfg.preprocess == "resize_crop" and (lw < net.width or lh < net.height):
         raise InputError(f"load_size {lw}x{lh} is smaller than the crop {net.width}x{net.height}")
@@ -294,8 +306,6 @@ def _check_and_finish(cfg: TrainConfig, n_train: int, notes: list[str]) -> Train
         notes.append("--segnet given but the segmentation loss is off (pass --seg-loss to use it)")
     steps_per_epoch = max(1, n_train // cfg.batch_size)
     if cfg.steps is not None:
-        if cfg.steps < 1:
-            raise InputError(f"--steps {cfg.steps}: must be at least 1")
         total = cfg.steps
         decay_start = round(total * cfg.niter / max(1, cfg.niter + cfg.niter_decay))
     else:

@@ -47,6 +47,7 @@ from ..pipeline.guidance import load_composer, open_guidance
 from ..workdir import WorkDir
 from .config import TrainConfig
 from .labels import LabelChannels
+from .presets import NetworkPreset
 
 
 def count_images(work: str | Path, split: str = "train") -> int:
@@ -68,6 +69,30 @@ def data_class_ids(work: Path, split: str) -> dict[int, str] | None:
     t = pq.read_table(path, columns=["class_id", "image_id"])
     ids, first = np.unique(t["class_id"].to_numpy(), return_index=True)
     return dict(zip(ids.tolist(), t["image_id"].take(first).to_pylist()))
+
+
+TOY_TABLE_DATASETS = ("ade20k", "ade20k-outdoor")  # the id space of the toy presets' label table (synth/presets.py)
+
+
+def data_label_table(preset: NetworkPreset, work: str | Path) -> dict:
+    """NetworkPreset fields that fit a preset's label table to the work dir's data, or {}.
+
+    A preset with a fixed table for the work dir's dataset keeps it (the full presets: channel =
+    native id; the toy presets on ADE20K: the toy generator's classes). The toy presets on any
+    other dataset take a table of the classes the store holds (train and val), void first, over
+    the dataset's id space; the run records it in its config like any other table."""
+    if preset.label_ids is None:
+        return {}
+    manifest = WorkDir(work).require_segments()
+    if manifest["params"]["dataset"] in TOY_TABLE_DATASETS:
+        return {}
+    present = set()
+    for split in ("train", "val"):
+        present |= set(data_class_ids(Path(work), split) or {})
+    if not present:  # no segment table (a fabricated work dir): nothing to fit
+        return {}
+    ids = tuple(sorted({0} | {int(c) for c in present}))
+    return {"label_nc": max([*manifest.get("classes", {}).get("ids", []), *ids]) + 1, "label_ids": ids}
 
 
 def check_label_table(channels: LabelChannels, work: Path, splits: tuple[str, ...], fix: str | None = None) -> None:

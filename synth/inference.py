@@ -199,7 +199,7 @@ class LoadedRun:
         s = self.search
         found = query_label_map(self.open_index(), label_map, instance_map,
                                 SearchConfig(k=k, k_prefilter=s.k_prefilter, max_score=s.max_score), where=where)
-        return LabelMapGuidance(self.work.root, found.segments, found.result, label_map.shape[:2], size=self.size,
+        return LabelMapGuidance(self.work.root, found.segments, found.result, found.label_hw, size=self.size,
                                 mode=s.mode, where=where)
 
     # ---------------------------------------------------------------- G

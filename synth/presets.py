@@ -17,17 +17,130 @@ imports the generator; tests/test_label_table.py checks that the two agree.
 
 `NetworkPreset` is a frozen dataclass; the trainer extends it (subclass or a wrapping config)
 with its training fields. `dataclasses.replace(preset, ngf=16)` makes a variant.
+
+Config values come from TOML files, saved config.json files and code, so each field is checked
+against its type (the annotation: `flip = "no"` is not a bool) and its range or choices (a rule
+table, `NETWORK_RULES` here, `TRAIN_RULES` in synth/config.py) by one checker, `Schema`, whose
+one-line errors name the source, key, value and what was expected. Each dataclass checks itself
+on construction, and readers check first to name their file.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
+import types
+import typing
 from dataclasses import dataclass
 
 from ..errors import InputError
 
 UPSAMPLING = {"few": 4, "normal": 5, "more": 6}
 NORMS = ("resail", "spade")
+
+
+@dataclass(frozen=True)
+class Range:
+    """An interval of numbers (`v in Range(0, 1, hi_open=True)`); str() is how a message states it."""
+    lo: float
+    hi: float = math.inf
+    lo_open: bool = False
+    hi_open: bool = False
+
+    def __contains__(self, v) -> bool:
+        return (self.lo < v if self.lo_open else self.lo <= v) and (v < self.hi if self.hi_open else v <= self.hi)
+
+    def __str__(self) -> str:
+        if self.hi == math.inf:
+            return f"{'>' if self.lo_open else '≥'} {self.lo}"
+        return f"in {'(' if self.lo_open else '['}{self.lo}, {self.hi}{')' if self.hi_open else ']'}"
+
+
+AT_LEAST_1, NON_NEGATIVE, POSITIVE = Range(1), Range(0), Range(0, lo_open=True)
+_NOUNS = {bool: ("true or false", "true or false values"), int: ("an integer", "integers"),
+          float: ("a number", "numbers"), str: ("a string", "strings"), dict: ("a table", "tables")}
+
+
+def show(value) -> str:
+    """A value as TOML or JSON writes it: "no", true, [1, 2], inf."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)
+    try:
+        return json.dumps(value, ensure_ascii=False)
+    except (TypeError, ValueError):
+        return repr(value)
+
+
+def _unwrap(kind) -> tuple[object, bool]:
+    """(the kind without None, whether None is allowed) of an annotation such as `int | None`."""
+    if typing.get_origin(kind) in (typing.Union, types.UnionType):
+        return next(a for a in typing.get_args(kind) if a is not type(None)), True
+    return kind, False
+
+
+def _fits(value, kind, rule) -> bool:
+    kind, optional = _unwrap(kind)
+    if value is None:
+        return optional
+    if typing.get_origin(kind) is tuple:  # a TOML / JSON list, or a tuple from code
+        args = typing.get_args(kind)
+        return (isinstance(value, (list, tuple)) and (args[-1] is ... or len(value) == len(args))
+                and all(_fits(v, args[0], rule) for v in value))
+    if kind is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    elif kind is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    else:
+        ok = isinstance(value, kind)
+    return ok and (rule is None or value in rule)
+
+
+def _expected(kind, rule, plural: bool = False) -> str:
+    kind, _ = _unwrap(kind)
+    if typing.get_origin(kind) is tuple:
+        args = typing.get_args(kind)
+        return f"a list of {'' if args[-1] is ... else f'{len(args)} '}{_expected(args[0], rule, plural=True)}"
+    if rule is not None and not isinstance(rule, Range):
+        return "one of " + ", ".join(show(choice) for choice in rule)
+    return _NOUNS[kind][plural] + (f" {rule}" if rule is not None else "")
+
+
+@dataclass(frozen=True)
+class Schema:
+    """Each field's kind (its annotation: bool, int, float, str, tuple[...], `| None`) and, in
+    `rules`, its `Range` or its choices (a tuple, or a dict's keys)."""
+    kinds: dict
+    rules: dict
+
+    @classmethod
+    def of(cls, config: type, rules: dict, **extra_kinds) -> "Schema":
+        """The schema of a dataclass (nested dataclasses are their own); `extra_kinds` for keys
+        that are no field (e.g. `epochs`)."""
+        hints = typing.get_type_hints(config)
+        fields = [f.name for f in dataclasses.fields(config) if not dataclasses.is_dataclass(hints[f.name])]
+        return cls({**{k: hints[k] for k in fields}, **extra_kinds}, rules)
+
+    def check(self, values: dict, source: str | None = None, prefix: str = "") -> None:
+        """Refuse the first of `values` (key → value; keys outside the schema are skipped) that does
+        not fit: `SOURCE: PREFIXkey = value: expected …`."""
+        for key, value in values.items():
+            if key in self.kinds and not _fits(value, self.kinds[key], self.rules.get(key)):
+                raise InputError(f"{source + ': ' if source else ''}{prefix}{key} = {show(value)}: "
+                                 f"expected {_expected(self.kinds[key], self.rules.get(key))}")
+
+    def check_instance(self, config, source: str | None = None) -> None:
+        """Check a frozen dataclass's fields, then store lists (TOML, JSON) as tuples and whole
+        numbers given for float fields as floats."""
+        values = {k: getattr(config, k) for k in self.kinds if hasattr(config, k)}
+        self.check(values, source)
+        for key, value in values.items():
+            if isinstance(value, list):
+                object.__setattr__(config, key, tuple(value))
+            elif _unwrap(self.kinds[key])[0] is float and isinstance(value, int):
+                object.__setattr__(config, key, float(value))
+
+
 # The ADE20K ids the toy generator can draw (`pipeline.toy.toy_class_ids("ade20k")`), void 0 first.
 TOY_LABEL_IDS = (0, 2, 3, 5, 7, 9, 10, 12, 13, 15, 17, 18, 21, 22, 44, 53, 70, 81, 84, 94, 127, 128, 137)
 
@@ -51,12 +164,8 @@ class NetworkPreset:
     label_ids: tuple[int, ...] | None = None  # channel c ↔ native id label_ids[c]; None: channel = native id
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "segnet_channels", tuple(self.segnet_channels))  # lists from TOML / JSON
+        NETWORK_SCHEMA.check_instance(self, f"preset {self.name!r}")
         self._check_label_ids()
-        if self.upsampling not in UPSAMPLING:
-            raise InputError(f"preset {self.name!r}: upsampling {self.upsampling!r} is not one of {sorted(UPSAMPLING)}")
-        if self.norm not in NORMS:
-            raise InputError(f"preset {self.name!r}: norm {self.norm!r} is not one of {NORMS}")
         n_up = UPSAMPLING[self.upsampling]
         if self.width % 2**n_up:
             raise InputError(f"preset {self.name!r}: width {self.width} is not a multiple of 2^{n_up} "
@@ -72,17 +181,11 @@ class NetworkPreset:
         if self.width % 2**depth or self.height % 2**depth:
             raise InputError(f"preset {self.name!r}: {self.width}x{self.height} is not divisible by 2^{depth} "
                              f"(segmentation U-Net of {depth} levels)")
-        if self.ngf < 1 or self.ndf < 1 or self.norm_hidden < 1 or self.num_D < 1 or self.n_layers_D < 2:
-            raise InputError(f"preset {self.name!r}: widths and layer counts must be positive (n_layers_D ≥ 2)")
 
     def _check_label_ids(self) -> None:
         if self.label_ids is None:
             return
-        ids = self.label_ids
-        if not isinstance(ids, (list, tuple)) or not all(isinstance(v, int) and not isinstance(v, bool) for v in ids):
-            raise InputError(f"preset {self.name!r}: label_ids must be a list of native class ids, got {ids!r}")
-        ids = tuple(int(v) for v in ids)
-        object.__setattr__(self, "label_ids", ids)  # lists from TOML / JSON become a hashable tuple
+        ids = self.label_ids  # a tuple of ints: the schema checked and froze it
         if len(ids) < 2 or ids[0] != 0:
             raise InputError(f"preset {self.name!r}: label_ids must start with 0 (void, channel 0) and list at least "
                              f"one class, got {list(ids[:5])}{' …' if len(ids) > 5 else ''}")
@@ -115,15 +218,18 @@ class NetworkPreset:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "NetworkPreset":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - names
+    def from_dict(cls, d: dict, source: str = "network config", prefix: str = "") -> "NetworkPreset":
+        """`to_dict`'s inverse, for a saved config (`source` names it in errors)."""
+        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
-            raise InputError(f"network config has unknown fields {sorted(unknown)}")
-        d = dict(d)
-        if "segnet_channels" in d:
-            d["segnet_channels"] = tuple(d["segnet_channels"])
+            raise InputError(f"{source}: unknown fields {sorted(prefix + k for k in unknown)}")
+        NETWORK_SCHEMA.check(d, source, prefix)
         return cls(**d)
+
+
+NETWORK_RULES = {"upsampling": UPSAMPLING, "norm": NORMS, "n_layers_D": Range(2), "segnet_channels": AT_LEAST_1,
+                 **dict.fromkeys(("label_nc", "width", "height", "ngf", "norm_hidden", "ndf", "num_D"), AT_LEAST_1)}
+NETWORK_SCHEMA = Schema.of(NetworkPreset, NETWORK_RULES)
 
 
 PRESETS: dict[str, NetworkPreset] = {

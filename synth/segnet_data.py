@@ -25,7 +25,7 @@ from ..artifacts import write_json_atomic
 from ..errors import InputError
 from ..pipeline.datasets import records_for_ids
 from ..workdir import WorkDir
-from .data import check_label_table
+from .data import check_label_table, data_label_table
 from .distributed import resolve_device
 from .labels import LabelChannels
 from .presets import NetworkPreset, get_preset
@@ -94,7 +94,7 @@ def preset_for_work(work: str | Path) -> str:
 def train_segnet_on_work(work: str | Path, cfg: SegnetRunConfig, progress: bool = True) -> dict:
     """Train (or resume) the preset's SegNet on WORK's train images; report mIoU on its val images."""
     work = Path(work)
-    preset = get_preset(cfg.preset, **cfg.network)
+    preset = get_preset(cfg.preset, **{**data_label_table(get_preset(cfg.preset), work), **cfg.network})
     train_set = SegnetImages(work, "train", preset, flip=True)
     val_set = SegnetImages(work, "val", preset)
     device = resolve_device(cfg.device)

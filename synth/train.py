@@ -543,11 +543,13 @@ def saved_config(work: str | Path, name: str) -> TrainConfig:
     """The config run `name` was last trained with (its config.json): the base of `--resume`."""
     path = WorkDir(work).require_run(name) / "config.json"
     try:
-        return TrainConfig.from_dict(json.loads(path.read_text()))
+        return TrainConfig.from_dict(json.loads(path.read_text()), source=str(path))
     except FileNotFoundError:
         raise InputError(f"{path}: missing, so {path.parent} cannot be resumed; start a new run with "
                          "another --name") from None
-    except (ValueError, KeyError, TypeError, InputError) as e:
+    except InputError:
+        raise
+    except (ValueError, KeyError, TypeError) as e:
         raise InputError(f"{path}: unreadable run config ({e}); restore it or start a new run with "
                          "another --name") from e
 

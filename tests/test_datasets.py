@@ -8,19 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from builders.formats import ADE_THING, rle_encode_compressed, write_ade, write_cityscapes, write_coco, write_folder
+from builders.formats import ADE_THING, write_ade, write_cityscapes, write_coco, write_folder
 from resail.errors import InputError
 from resail.pipeline.classes import class_table, parse_category_mapping
-from resail.pipeline.datasets import (
-    MAJORITY,
-    coco_annotation_texts,
-    coco_annotations,
-    coco_instance_map,
-    list_split,
-    make_reader,
-    polygons_to_mask,
-    rle_decode,
-)
+from resail.pipeline.datasets import MAJORITY, list_split, make_reader
 
 
 def test_ade20k_reader_instances_via_category_mapping(tmp_path):
@@ -51,10 +42,11 @@ def test_ade20k_without_instances_warns_once(tmp_path, caplog):
     assert sum("annotations_instance" in m for m in caplog.messages) == 1
 
 
-def test_ade20k_outdoor_needs_and_applies_image_list(tmp_path):
+def test_ade20k_outdoor_from_an_image_list_or_a_folder_of_the_subset(tmp_path):
     write_ade(tmp_path)
-    with pytest.raises(InputError, match="--image-list"):
-        make_reader("ade20k-outdoor", tmp_path)
+    # a folder in the ADE20K layout that holds only the subset: every image in it (found one level down)
+    whole = make_reader("ade20k-outdoor", tmp_path)
+    assert len(list_split(whole, "train")) == 3 and whole.root.name == "ADEChallengeData2016"
     lst = tmp_path / "outdoor.txt"
     lst.write_text("# outdoor\nADE_train_00000002.jpg\nADE_val_00000001\n")
     r = make_reader("ade20k-outdoor", tmp_path, lst)
@@ -75,42 +67,6 @@ def test_cityscapes_16bit_instances_and_groups(tmp_path):
     assert s.instance_map[22, 45] == 0 and s.label_map[22, 45] == 26
 
 
-@pytest.mark.parametrize("layout", ["stuffthingmaps_trainval2017", "stuffthingmaps", "next"])
-def test_cocostuff_layouts_offset_void_and_crowd(tmp_path, layout):
-    write_coco(tmp_path, layout=layout)
-    r = make_reader("cocostuff", tmp_path)
-    recs = list_split(r, "train")
-    assert [x.image_id for x in recs] == ["000000000009", "000000000025"]
-    s = r.load(recs[0])
-    assert s.label_map[0, 0] == 157 and s.label_map[-1, -1] == 0 and s.label_map[12, 7] == 1
-    assert s.instance_map.max() == 1 and s.instance_classes[1] == MAJORITY   # the crowd RLE is skipped
-    assert s.instance_map[24, 25] == 0 and (s.instance_map == 1).sum() == 11 * 11  # boundary-inclusive fill
-
-
-def _coco_doc():
-    poly = lambda x, y: [[x, y, x + 4, y, x + 4, y + 4, x, y + 4]]  # noqa: E731
-    return {"info": {"note": "é ünïcode, [brackets] and {braces}"},
-            "annotations": [{"id": 1, "image_id": 7, "segmentation": poly(0, 0), "iscrowd": 0},
-                            {"id": 2, "image_id": 3, "segmentation": {"size": [2, 3], "counts": [1, 2, 3]}},
-                            {"id": 3, "image_id": 7, "segmentation": poly(2, 2), "iscrowd": 1, "bbox": [1, 2]}],
-            "images": [{"id": 3, "file_name": "b.jpg"}, {"id": 7, "file_name": "a.jpg"}, {"id": 9, "file_name": "c.jpg"}],
-            "categories": []}
-
-
-@pytest.mark.parametrize("indent", [None, 2])
-def test_coco_annotation_texts_parse_to_what_json_loads_gives(indent):
-    """The compact per-image texts, parsed by the worker, equal the whole file parsed at once."""
-    doc = _coco_doc()
-    texts = coco_annotation_texts(json.dumps(doc, indent=indent, ensure_ascii=False))
-    assert set(texts) == {"a", "b"} and all(isinstance(t, bytes) for t in texts.values())
-    stems = {img["id"]: Path(img["file_name"]).stem for img in doc["images"]}
-    for stem, text in texts.items():
-        want = [{"segmentation": a["segmentation"], "iscrowd": int(a.get("iscrowd", 0))}
-                for a in doc["annotations"] if stems[a["image_id"]] == stem]
-        assert coco_annotations(text) == want
-    assert coco_annotations(b"") == []
-
-
 @pytest.mark.parametrize("edit, match", [
     (lambda d: d.pop("images"), "images"),
     (lambda d: d.pop("annotations"), "annotations"),
@@ -129,26 +85,6 @@ def test_coco_reader_bad_instances_json_is_one_clear_error(tmp_path, edit, match
     path.write_text(json.dumps(doc)[:-5])
     with pytest.raises(InputError, match="unreadable COCO instances JSON"):
         list_split(make_reader("cocostuff", tmp_path), "train")
-
-
-def test_coco_rle_compressed_and_uncompressed(tmp_path):
-    rng = np.random.default_rng(3)
-    for _ in range(5):
-        m = rng.random((17, 23)) < 0.4
-        assert np.array_equal(rle_decode(rle_encode_compressed(m)), m)
-    runs = {"size": [2, 3], "counts": [1, 2, 3]}  # column-major: 0, then two 1s, then three 0s
-    assert rle_decode(runs).tolist() == [[False, True, False], [True, False, False]]
-    with pytest.raises(InputError, match="RLE"):
-        rle_decode({"size": [2, 3], "counts": [1, 2]})
-
-
-def test_coco_polygon_and_overlap_order():
-    m = polygons_to_mask([[0, 0, 4, 0, 4, 3, 0, 3]], 6, 6)
-    assert m.sum() == 5 * 4 and m[:4, :5].all()
-    anns = [{"segmentation": [[0, 0, 4, 0, 4, 4, 0, 4]], "iscrowd": 0},
-            {"segmentation": [[3, 3, 6, 3, 6, 6, 3, 6]], "iscrowd": 0}]
-    inst = coco_instance_map(anns, (8, 8), "x")
-    assert inst[3, 3] == 2 and inst[0, 0] == 1   # later annotations overwrite earlier ones
 
 
 def test_folder_reader(tmp_path):

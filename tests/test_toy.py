@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from PIL import Image
+from pycocotools import mask as mask_api
 
 from resail.cli import cli
 from resail.errors import InputError
@@ -55,6 +56,13 @@ def _rle_decode(rle: dict) -> np.ndarray:
     values = np.repeat(np.arange(len(rle["counts"])) % 2, rle["counts"]).astype(bool)
     assert values.size == h * w
     return values.reshape(w, h).T
+
+
+def _coco_paint(polys: list, h: int, w: int) -> np.ndarray:
+    """The mask COCO polygons paint as the project's reader (and `COCO.annToMask`) draws them."""
+    if not polys:
+        return np.zeros((h, w), bool)
+    return mask_api.decode(mask_api.merge(mask_api.frPyObjects(polys, h, w))).astype(bool)
 
 
 # ------------------------------------------------------------------ ADE20K
@@ -202,11 +210,9 @@ def test_cocostuff_layout_and_json(built):
                     assert a["segmentation"]["size"] == [im["height"], im["width"]]
                     mask = _rle_decode(a["segmentation"])
                 else:
-                    mask = np.zeros(lab.shape, np.uint8)
                     for poly in a["segmentation"]:
-                        assert len(poly) >= 6 and len(poly) % 2 == 0
-                        cv2.fillPoly(mask, [np.round(np.array(poly).reshape(-1, 2)).astype(np.int32)], 1)
-                    mask = mask.astype(bool)
+                        assert len(poly) >= 8 and len(poly) % 2 == 0
+                    mask = _coco_paint(a["segmentation"], *lab.shape)
                 agree = np.mean(lab[mask] == a["category_id"] - 1)
                 # a polygon is an outer contour: it also covers occluders inside it, so "mostly"
                 assert agree >= (1.0 if a["iscrowd"] else 0.25), (a["category_id"], agree)
@@ -278,10 +284,78 @@ def test_rle_and_polygons_round_trip():
     assert sum(rle["counts"]) == 63 and rle["size"] == [9, 7]
     assert np.array_equal(_rle_decode(rle), mask)
     assert rle_encode(np.ones((2, 2), bool))["counts"] == [0, 4]
-    filled = np.zeros(mask.shape, np.uint8)
-    for poly in mask_polygons(mask):
-        cv2.fillPoly(filled, [np.array(poly).reshape(-1, 2).astype(np.int32)], 1)
-    assert np.array_equal(filled.astype(bool), mask)
+    assert mask_polygons(mask) == [[1, 2, 4, 2, 4, 6, 1, 6], [5, 7, 6, 7, 6, 8, 5, 8]]   # pixel corners
+    assert np.array_equal(_coco_paint(mask_polygons(mask), 9, 7), mask)
+    assert mask_polygons(np.zeros((3, 3), bool)) == []
+    assert mask_polygons(np.ones((3, 4), bool)) == [[0, 0, 4, 0, 4, 3, 0, 3]]
+
+
+def _holes(mask: np.ndarray) -> np.ndarray:
+    """Background pixels not 4-connected to the outside of the image."""
+    outside = np.pad(~mask, 1, constant_values=True).astype(np.uint8)
+    return ~mask & (cv2.connectedComponents(outside, connectivity=4)[1][1:-1, 1:-1] != 1)
+
+
+def _random_mask(rng, kind: str) -> np.ndarray:
+    h, w = (int(v) for v in rng.integers(1, 13 if kind == "checker" else 33, 2))
+    m = np.zeros((h, w), np.uint8)
+    if kind == "blobs":
+        for _ in range(rng.integers(1, 4)):
+            cv2.ellipse(m, (int(rng.integers(-3, w + 3)), int(rng.integers(-3, h + 3))),
+                        (int(rng.integers(1, 12)), int(rng.integers(1, 12))), float(rng.uniform(0, 180)),
+                        0, 360, 1, -1)
+    elif kind == "lines":                                # 8-connected lines step diagonally: corner contacts
+        for _ in range(rng.integers(1, 4)):
+            p, q = (tuple(int(v) for v in rng.integers(-2, max(h, w) + 2, 2)) for _ in range(2))
+            cv2.line(m, p, q, 1, 1, lineType=int(rng.choice([4, 8])))
+    elif kind == "staircase":
+        step = int(rng.integers(1, 4))
+        for i in range(0, max(h, w), step):
+            m[i:i + step, i:i + int(rng.integers(1, 3)) * step] = 1
+        m = m[:, ::-1] if rng.random() < 0.5 else m
+    elif kind == "checker":                              # pixels touching only at corners
+        m[:] = (np.add.outer(np.arange(h), np.arange(w)) % 2) & (rng.random((h, w)) < rng.uniform(0.2, 0.9))
+    else:                                                # "noise": many components, some with holes
+        m[:] = rng.random((h, w)) < rng.uniform(0.2, 0.8)
+    return m.astype(bool)
+
+
+@pytest.mark.parametrize("kind", ["blobs", "lines", "staircase", "checker", "noise"])
+def test_mask_polygons_paint_the_mask_through_pycocotools(kind):
+    rng = np.random.default_rng(["blobs", "lines", "staircase", "checker", "noise"].index(kind))
+    exact = 0
+    for _ in range(60):
+        mask = _random_mask(rng, kind)
+        if rng.random() < 0.3:                           # reach the image border
+            mask[rng.integers(mask.shape[0])] = True
+        if rng.random() < 0.3:                           # or keep off some of it
+            mask = np.pad(mask, rng.integers(0, 3, (2, 2)))
+        polys = mask_polygons(mask)
+        assert len(polys) == cv2.connectedComponents(mask.astype(np.uint8), connectivity=4)[0] - 1
+        for poly in polys:
+            pts = np.array(poly).reshape(-1, 2)
+            assert len(pts) >= 4 and np.all(pts == np.round(pts))
+            assert len({tuple(p) for p in pts}) == len(pts)             # never touches itself
+            steps = np.roll(pts, -1, 0) - pts
+            assert np.all((steps == 0).sum(1) == 1)                      # axis-aligned edges,
+            assert np.all((steps[:, 0] == 0) != (np.roll(steps[:, 0], 1) == 0))   # turning at every vertex
+        painted, holes = _coco_paint(polys, *mask.shape), _holes(mask)
+        if not holes.any():
+            assert np.array_equal(painted, mask), (mask.astype(int), polys)
+            exact += 1
+        else:                                            # COCO polygons have no holes: at most they fill them
+            assert np.all(painted[mask]) and not np.any(painted & ~mask & ~holes)
+    assert exact >= 10
+
+
+def test_mask_polygons_corner_contacts_and_pinched_holes():
+    diagonal = np.eye(3, dtype=bool)
+    assert mask_polygons(diagonal) == [[0, 0, 1, 0, 1, 1, 0, 1], [1, 1, 2, 1, 2, 2, 1, 2], [2, 2, 3, 2, 3, 3, 2, 3]]
+    assert np.array_equal(_coco_paint(mask_polygons(diagonal), 3, 3), diagonal)
+    # a ring closed only by a corner contact: the pixel it encloses is a hole, filled as COCO must
+    pinched = np.array([[1, 1, 1], [1, 0, 1], [1, 1, 0]], bool)
+    assert mask_polygons(pinched) == [[0, 0, 3, 0, 3, 2, 2, 2, 2, 3, 0, 3]]
+    assert np.array_equal(_coco_paint(mask_polygons(pinched), 3, 3), pinched | _holes(pinched))
 
 
 def test_cli_writes_dataset(tmp_path):
