@@ -289,8 +289,8 @@ LABEL_FORMAT_HELP = ("How to read --label: class ids in the dataset's label-file
 @common
 def index_query(work, label, label_format, instance, k, k_prefilter, max_score, exact, device, preview):
     """Print the best training matches for every segment of a label map."""
-    from .index.build import RetrievalIndex
     from .index.query import check_queryable, format_matches, write_preview
+    from .index.retrieval import RetrievalIndex
     from .index.search import SearchConfig
     from .pipeline.guidance import query_label_map
     from .pipeline.label_maps import read_instance_map, read_store_label_map

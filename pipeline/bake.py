@@ -53,7 +53,7 @@ from ..artifacts import (
     write_png_atomic,
 )
 from ..errors import InputError, StageError
-from ..index.build import RetrievalIndex
+from ..index.retrieval import RetrievalIndex
 from ..index.search import QueryBatch, SearchConfig, search
 from ..workdir import WorkDir
 from .classes import class_table

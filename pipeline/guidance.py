@@ -38,8 +38,8 @@ from .distort import DistortConfig, LabStats, SegmentSource, distort_segments, l
 from .store import SegmentStore
 
 if TYPE_CHECKING:
-    from ..index.build import RetrievalIndex
     from ..index.query import LabelMapMatches
+    from ..index.retrieval import RetrievalIndex
     from ..index.search import SearchConfig, SearchResult
 
 CHOICES = ("top1", "sample")

@@ -183,7 +183,7 @@ class LoadedRun:
     def open_index(self):
         """The work dir's `RetrievalIndex`, opened on the first call and kept (shards load lazily, then stay)."""
         if self._index is None:
-            from ..index.build import RetrievalIndex
+            from ..index.retrieval import RetrievalIndex
 
             self._index = RetrievalIndex(self.work.root)
         return self._index

@@ -8,7 +8,7 @@ import pytest
 
 from builders.work import toy_work
 from resail.errors import InputError, StageError
-from resail.index.build import RetrievalIndex
+from resail.index.retrieval import RetrievalIndex
 from resail.index.search import SearchConfig
 from resail.pipeline import bake as bake_mod
 from resail.pipeline.bake import BakeConfig, bake

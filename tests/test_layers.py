@@ -11,7 +11,8 @@ ROOT = Path(resail.__file__).parent
 
 # The loader runs in every data-loader worker: it must not drag in FAISS, joblib or a stage.
 NOT_IN_THE_LOADER = ("faiss", "joblib", "resail.pipeline.bake", "resail.pipeline.segments_stage",
-                     "resail.pipeline.runner", "resail.pipeline.toy", "resail.index.build", "resail.index.shards")
+                     "resail.pipeline.runner", "resail.pipeline.toy", "resail.index.build", "resail.index.retrieval",
+                     "resail.index.shards")
 
 
 def test_training_data_module_imports_no_stage_faiss_or_joblib():
@@ -47,7 +48,7 @@ LAYERS = [
     ("errors", "artifacts", "workdir"),
     ("pipeline.classes", "pipeline.coco", "pipeline.datasets", "pipeline.decompose", "pipeline.store", "pipeline.compose",
      "pipeline.distort", "pipeline.toy_scene", "pipeline.label_maps", "index.descriptors", "index.score"),
-    ("index.shards", "index.build", "index.search", "index.query"),
+    ("index.shards", "index.retrieval", "index.build", "index.search", "index.query"),
     ("pipeline.runner", "pipeline.segments_stage", "pipeline.toy", "pipeline.guidance", "pipeline.bake"),
     ("synth",),
     ("cli", "demo"),
