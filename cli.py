@@ -17,7 +17,7 @@ import click
 
 from . import __version__
 from .errors import ResailError
-from .pipeline.classes import COCO_LAYOUTS, DATASETS, TOY_FORMATS, UNCOVERED_CHOICES  # light: no cv2, no torch
+from .labels.classes import COCO_LAYOUTS, DATASETS, TOY_FORMATS, UNCOVERED_CHOICES  # light: no cv2, no torch
 from .synth.presets import PRESETS
 
 log = logging.getLogger("resail")
@@ -263,7 +263,7 @@ def index_build(dataset, root, work, splits, jobs, shard, merge, preserved_ratio
                f"{sum(s['n'] for s in im['shards'].values())} train segments -> {work / 'index'}")
 
 
-# The formats of pipeline/label_maps.py, without importing it (the CLI's choices, light to import).
+# The formats of labels/files.py, without importing it (the CLI's choices, light to import).
 LABEL_FORMATS = ("auto", "ids", "trainids", "color")
 LABEL_FORMAT_HELP = ("How to read --label: class ids in the dataset's label-file format (ids), Cityscapes trainIds, "
                      "a colour map in the dataset's palette (color), or auto: told apart from the pixels (a Cityscapes "
@@ -292,8 +292,8 @@ def index_query(work, label, label_format, instance, k, k_prefilter, max_score, 
     from .index.query import check_queryable, format_matches, write_preview
     from .index.retrieval import RetrievalIndex
     from .index.search import SearchConfig
+    from .labels.files import read_instance_map, read_store_label_map
     from .pipeline.guidance import query_label_map
-    from .pipeline.label_maps import read_instance_map, read_store_label_map
 
     if k_prefilter < k:
         raise click.BadParameter(f"--k-prefilter {k_prefilter} must be at least --k {k}", param_hint="--k-prefilter")

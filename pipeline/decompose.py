@@ -26,7 +26,7 @@ import numpy as np
 from scipy import ndimage
 
 from ..errors import InputError
-from .classes import UNCOVERED_CHOICES
+from ..labels.classes import UNCOVERED_CHOICES
 from .datasets import MAJORITY, READERS
 
 UNCOVERED_RULES = ("components", "drop", "drop_if_instanced")

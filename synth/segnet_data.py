@@ -23,11 +23,11 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..artifacts import write_json_atomic
 from ..errors import InputError
+from ..labels.spaces import LabelChannels
 from ..pipeline.datasets import records_for_ids
 from ..workdir import WorkDir
 from .data import check_label_table, data_label_table
 from .distributed import resolve_device
-from .labels import LabelChannels
 from .presets import NetworkPreset, get_preset
 from .segnet import SegnetTrainConfig, build_segnet, train_segnet
 

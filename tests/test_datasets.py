@@ -10,7 +10,7 @@ from PIL import Image
 
 from builders.formats import ADE_THING, write_ade, write_cityscapes, write_coco, write_folder
 from resail.errors import InputError
-from resail.pipeline.classes import class_table, parse_category_mapping
+from resail.labels.classes import class_table, parse_category_mapping
 from resail.pipeline.datasets import MAJORITY, list_split, make_reader
 
 

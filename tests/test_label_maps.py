@@ -1,4 +1,4 @@
-"""Label maps as users have them (pipeline/label_maps.py): class ids in each dataset's id spaces,
+"""Label maps as users have them (labels/files.py): class ids in each dataset's id spaces,
 Cityscapes labelIds vs trainIds and their one ambiguity, colour maps in the palettes both ways,
 unknown colours, the evaluation id spaces against the shipped tables, and the one size rule that
 synthesize, serve and index query share."""
@@ -14,15 +14,9 @@ import pytest
 from PIL import Image
 
 from resail.errors import InputError
-from resail.pipeline.classes import ade20k_palette150, class_table
-from resail.pipeline.label_maps import (
-    MAX_SIDE,
-    LabelSizeError,
-    aspect_note,
-    encode_label_map,
-    eval_id_space,
-    read_label_map,
-)
+from resail.labels.classes import ade20k_palette150, class_table
+from resail.labels.files import MAX_SIDE, LabelSizeError, aspect_note, encode_label_map, read_label_map
+from resail.labels.spaces import eval_id_space
 
 
 def png(a: np.ndarray, mode: str | None = None) -> bytes:
@@ -208,7 +202,7 @@ def test_eval_id_spaces_follow_the_shipped_tables():
 
 
 def test_label_maps_and_index_query_do_not_import_torch():
-    code = ("import sys, resail.cli, resail.pipeline.label_maps, resail.pipeline.guidance, resail.index.query; "
+    code = ("import sys, resail.cli, resail.labels.files, resail.pipeline.guidance, resail.index.query; "
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
