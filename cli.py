@@ -570,7 +570,7 @@ def eval_(work, run_name, checkpoint, split, fid, kid, inception_weights, seg, s
 @click.option("--checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="Generator snapshot [default: the run's latest].")
 @click.option("--seed", type=SEED, default=None,
-              help="Draw each segment's match among its top-k with this seed [default: the best match].")
+              help="Draw each segment's match among its top-k but the best, with this seed [default: the best match].")
 @click.option("--k", type=click.IntRange(1, 1000), default=10, help="Matches retrieved per segment.")
 @click.option("--resample", default=None, metavar="I,J,...",
               help="Segment indices (as printed) whose match is drawn again; every other segment keeps its match.")

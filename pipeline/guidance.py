@@ -1,6 +1,6 @@
 """Composition-level guidance: retrieved and distorted segments pasted into one image per label map.
 
-Three consumers, one set of rules (DESIGN.md, "Guidance composition"):
+Three consumers, one set of rules (README.md, "Guidance composition"):
 - the bake stage (`bake.py`) composes the guidance of every image of a split with
   `GuidanceComposer` and caches it;
 - the training data (`synth/data.py`) opens that cache (`open_guidance`) and builds the distorted

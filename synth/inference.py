@@ -5,16 +5,16 @@ a picture with a trained run:
 
   snapshot (the run's latest, or a given one)  → G_ema and the run's config   (synth/checkpoint.py)
   the work dir's segment manifest              → dataset, class ids, names, thing flags
-  the run's config                             → its label table (`LabelChannels`)
+  the run's config                             → its label table (`LabelChannels`); with the
+                                                 class table, the run's `Vocabulary` (labels/)
   the guidance bake's manifest (val, else train) → search and composition settings
 
 and then does the jobs the three commands had each written for themselves:
 
-  `read_label_file(path)`  a label map as users have it (class ids in any of the dataset's id
-                         spaces, or a colour map in its palette: labels/files.py) →
-                         native ids, checked against the class table
-  `check_classes`, `at_size`  the run's label table covers it; it at the model size, as the
-                         trainer resizes the dataset's maps
+  `labels.read(path)`, `labels.check`  a label map as users have it (class ids in any of the
+                         dataset's id spaces, or a colour map in its palette: labels/files.py)
+                         → native ids, checked against the class table and the run's label table
+  `at_size(label_map)`   it at the model size, as the trainer resizes the dataset's maps
   `guidance(label_map)`  label map → decomposition with the store's rules → retrieval (FAISS
                          prefilter + exact rerank) → a `LabelMapGuidance`, whose per-segment
                          choice the caller may redraw before composing the guidance image
@@ -34,8 +34,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..labels.files import MAX_SIDE, LabelMapFile, aspect_note, read_label_map
 from ..labels.spaces import LabelChannels
+from ..labels.vocabulary import Vocabulary
 from ..workdir import SPLITS, WorkDir
 from .checkpoint import find_snapshot, load_snapshot
 from .config import TrainConfig
@@ -76,11 +76,7 @@ class LoadedRun:
     G: Generator                      # G_ema, eval mode, no gradients
     config: TrainConfig
     device: torch.device
-    dataset: str
-    class_ids: list[int]              # the dataset's classes (segment manifest), native ids
-    names: dict[int, str]
-    is_thing: dict[int, bool]
-    channels: LabelChannels           # the run's label table
+    labels: Vocabulary                # the work dir's class table and the run's label table
     search: SearchSettings
     _index: object = field(default=None, repr=False)
 
@@ -89,48 +85,36 @@ class LoadedRun:
              device: str | torch.device = "auto") -> "LoadedRun":
         """Run `run` of `work` from `checkpoint` (default: its latest snapshot) on `device`
         (`auto`, `cpu`, `cuda:N` … as `resolve_device` reads it)."""
-        wd = WorkDir(work)
         device = device if isinstance(device, torch.device) else resolve_device(device)
-        snap = load_snapshot(find_snapshot(wd.root, run, checkpoint), device)
+        snap = load_snapshot(find_snapshot(work, run, checkpoint), device)
+        wd = WorkDir(work)
         manifest = wd.require_segments()
         wd.check_run_lineage(run)  # a warning when the run was trained on another segment store
-        classes = manifest["classes"]
-        ids = [int(c) for c in classes["ids"]]
+        labels = Vocabulary.of_store(manifest, LabelChannels.of(snap.config.net), f"run {run!r}")
         return cls(work=wd, name=run, snapshot=snap.path, step=snap.step, G=snap.G_ema, config=snap.config,
-                   device=device, dataset=manifest["params"]["dataset"], class_ids=ids,
-                   names=dict(zip(ids, classes.get("names", [str(c) for c in ids]))),
-                   is_thing=dict(zip(ids, (bool(t) for t in classes.get("is_thing", [])))),
-                   channels=LabelChannels.of(snap.config.net), search=search_settings(wd.root))
+                   device=device, labels=labels, search=search_settings(wd.root))
 
     @property
     def size(self) -> tuple[int, int]:
         """(W, H) of the pictures G makes."""
         return self.config.net.width, self.config.net.height
 
+    # What eval reads of the vocabulary.
     @property
-    def run_class_ids(self) -> list[int]:
-        """The dataset's classes the run's label table covers: the ones it can draw."""
-        return [c for c in self.class_ids if self.channels.channel_of(c) >= 0]
+    def dataset(self) -> str:
+        return self.labels.dataset
 
-    # ---------------------------------------------------------------- label maps in
+    @property
+    def class_ids(self) -> list[int]:
+        return self.labels.class_ids
 
-    def read_label_file(self, source: str | Path | bytes, fmt: str = "auto", *, where: str | None = None,
-                        max_side: int = MAX_SIDE) -> LabelMapFile:
-        """A label map as users have it (a PNG path or its bytes: class ids in any of the dataset's
-        id spaces, or a colour map in its palette; `fmt` auto/ids/trainids/color, see
-        labels/files.py) → native ids, checked against the dataset's class table. Any size
-        from 8 to `max_side` px a side; `label_note` says when the model size stretches it."""
-        return read_label_map(source, self.dataset, fmt, class_ids=self.class_ids, where=where, max_side=max_side)
+    @property
+    def names(self) -> dict[int, str]:
+        return self.labels.names
 
-    def label_note(self, label_map: np.ndarray, where: str = "label map") -> str:
-        """What resizing `label_map` to the model size does to it, when it stretches the scene; "" otherwise."""
-        return aspect_note(label_map.shape, self.size, where)
-
-    def check_classes(self, label_map: np.ndarray, where: str) -> None:
-        """InputError when the label map uses a class the run's label table lacks; the message
-        lists the classes the run covers."""
-        fix = self.channels.covered(f"run {self.name!r}", self.names)
-        self.channels.check(np.unique(label_map), where, fix=fix, names=self.names)
+    @property
+    def channels(self) -> LabelChannels:
+        return self.labels.channels
 
     def at_size(self, label_map: np.ndarray) -> np.ndarray:
         """H×W native ids → int64 at the model size, nearest-resized as the trainer does."""

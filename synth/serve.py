@@ -12,7 +12,7 @@ page generates anew. `Synthesizer` answers in the page's terms: what a request n
 exist is an `UploadError` with the HTTP status to answer with.
 
 The label maps going in are read exactly as `resail synthesize --label` reads them
-(`LoadedRun.read_label_file`, labels/files.py): class ids in any of the dataset's id spaces
+(the run's `Vocabulary`, labels/vocabulary.py and labels/files.py): class ids in any of the dataset's id spaces
 or a colour map in its palette, `?format=auto|ids|trainids|color` (auto by default; the page sends
 its own canvas as `ids`, in the dataset's label-file format). The size rule is synthesize's: any
 map from 8 px to `max_side` a side, resized to the model size with nearest neighbour, with a note
@@ -44,8 +44,7 @@ from PIL import Image
 
 from ..artifacts import encode_png
 from ..errors import InputError, ResailError, StageError
-from ..labels.classes import palette_lut
-from ..labels.files import LABEL_FORMATS, MAX_SIDE, LabelMapFile, LabelSizeError, encode_label_map
+from ..labels.files import LABEL_FORMATS, MAX_SIDE, LabelMapFile, LabelSizeError, aspect_note
 from ..pipeline.guidance import SEED_MAX
 from ..pipeline.store import SegmentStore
 from .inference import LoadedRun
@@ -147,12 +146,6 @@ def png_size(data: bytes) -> tuple[int, int]:
     return struct.unpack(">II", data[16:24])
 
 
-def _palette(dataset: str, ids: list[int]) -> dict[int, tuple[int, int, int]]:
-    """The page's colours: the palette `label_color.png` is written in and colour uploads are read in."""
-    lut = palette_lut(dataset, max(ids, default=0) + 1)
-    return {c: tuple(int(v) for v in lut[c]) for c in ids}
-
-
 class Synthesizer:
     """The run (`LoadedRun`) and the training segments' crops, loaded once, and the sessions:
     generate and edit label maps for the page."""
@@ -162,8 +155,8 @@ class Synthesizer:
         self.run = LoadedRun.load(cfg.work, cfg.run, cfg.checkpoint, cfg.device)
         self.work = self.run.work.root
         self.size = self.run.size                          # (W, H)
-        self.class_ids = self.run.run_class_ids            # the palette: the classes the run can draw
-        self.colors = _palette(self.run.dataset, self.class_ids)
+        self.class_ids = self.run.labels.drawable          # the palette: the classes the run can draw
+        self.colors = self.run.labels.colors(self.class_ids)
         self.run.open_index()  # now: a missing or stale index fails before serving
         self.train = SegmentStore(self.work, "train")
         self.train_segment_id = self.train.table["segment_id"].to_numpy()
@@ -187,12 +180,12 @@ class Synthesizer:
 
     def info(self) -> dict:
         W, H = self.size
-        run = self.run
-        return {"run": self.cfg.run, "snapshot": run.snapshot.name, "dataset": run.dataset, "width": W, "height": H,
-                "k": self.cfg.k, "label_format": "cocostuff" if run.dataset == "cocostuff" else "native",
-                "label_formats": [f for f in LABEL_FORMATS if f != "trainids" or run.dataset == "cityscapes"],
+        labels, dataset = self.run.labels, self.run.labels.dataset
+        return {"run": self.cfg.run, "snapshot": self.run.snapshot.name, "dataset": dataset, "width": W, "height": H,
+                "k": self.cfg.k, "label_format": "cocostuff" if dataset == "cocostuff" else "native",
+                "label_formats": [f for f in LABEL_FORMATS if f != "trainids" or dataset == "cityscapes"],
                 "max_upload_bytes": self.cfg.max_upload_bytes, "max_variants": self.cfg.max_variants,
-                "classes": [{"id": c, "name": run.names.get(c, str(c)), "is_thing": run.is_thing.get(c, False),
+                "classes": [{"id": c, "name": labels.names.get(c, str(c)), "is_thing": labels.is_thing.get(c, False),
                              "color": list(self.colors[c])} for c in self.class_ids],
                 "val": [i for i, _ in self.val]}
 
@@ -207,8 +200,8 @@ class Synthesizer:
         png_size(data)
         where = "uploaded label map"
         try:
-            read = self.run.read_label_file(data, fmt, where=where, max_side=self.cfg.max_side)
-            self.run.check_classes(read.label_map, where)
+            read = self.run.labels.read(data, fmt, where=where, max_side=self.cfg.max_side)
+            self.run.labels.check(read.label_map, where)
         except LabelSizeError as e:
             raise UploadError(str(e), status=413 if e.too_large else 422) from None
         except InputError as e:
@@ -222,14 +215,14 @@ class Synthesizer:
         small = self.run.at_size(label_map).astype("<u2")
         out = {"width": W, "height": H, "ids": base64.b64encode(small.tobytes()).decode()}
         if read is not None:
-            note = self.run.label_note(label_map, "uploaded label map")
+            note = aspect_note(label_map.shape, self.size, "uploaded label map")
             out.update(read_as=f"{read.format}: {read.how}", notes=[note] if note else [])
         return out
 
     def val_label_map(self, i: int) -> np.ndarray:
         if not 0 <= i < len(self.val):
             raise UploadError(f"val label map {i} does not exist (0..{len(self.val) - 1})", status=404)
-        return self.run.read_label_file(Path(self.val[i][1]), "ids").label_map
+        return self.run.labels.read(Path(self.val[i][1]), "ids").label_map
 
     # ---------------------------------------------------------------- synthesis
 
@@ -340,7 +333,7 @@ class Synthesizer:
             syn = self.session(sid).synthesis
             if name in ("label", "label_color"):  # the map G took, as dataset ids or in the palette
                 fmt = "ids" if name == "label" else "color"
-                return encode_png(encode_label_map(syn.label_map, self.run.dataset, fmt))
+                return encode_png(self.run.labels.encode(syn.label_map, fmt))
             return encode_png({"guidance": syn.guidance, "output": syn.image}[name])
 
     def thumbnail(self, match_id: int) -> bytes:

@@ -17,7 +17,7 @@ is the label map's next one: the n-th draws with seed S + n (S = 0 without a see
 `pipeline.guidance.redraw_seed`), unless a seed is given (`resample_seed`), and only for its
 segments. The same arguments give the same bytes.
 
-The label PNG is read as users have it (`LoadedRun.read_label_file`, labels/files.py):
+The label PNG is read as users have it (the run's `Vocabulary`, labels/vocabulary.py and labels/files.py):
 class ids in any of the dataset's id spaces (ADE20K ids, Cityscapes labelIds or trainIds,
 COCO-Stuff stuffthingmap values, folder native ids) or a colour map in the dataset's palette,
 told apart by `label_format` (auto by default, with the rules and their one ambiguity documented
@@ -39,7 +39,7 @@ import numpy as np
 
 from ..artifacts import write_png_atomic
 from ..errors import InputError
-from ..labels.files import LABEL_FORMATS, LABEL_OUT_FORMATS, encode_label_map, read_instance_map
+from ..labels.files import LABEL_FORMATS, LABEL_OUT_FORMATS, aspect_note, read_instance_map
 from .inference import LoadedRun
 
 log = logging.getLogger(__name__)
@@ -97,7 +97,7 @@ class Synthesis:
     """One label map turned into a picture by a loaded run, editable segment by segment.
 
     Built from native ids at any size (checked against the run's label table by the caller:
-    `LoadedRun.check_classes`); `label_map` is the map G takes, at the model size. After `render()`,
+    `run.labels.check`); `label_map` is the map G takes, at the model size. After `render()`,
     `guidance` and `image` (H×W×3 uint8) hold the current choice's pictures. An edit changes the
     choice only; `render()` again to see it. `close()` releases the training store."""
 
@@ -105,9 +105,9 @@ class Synthesis:
                  seed: int | None = None, where: str = "label map"):
         t0 = time.perf_counter()
         self.run, self.k, self.seed, self.where = run, k, seed, where
-        self.state = run.guidance(label_map, instance_map, k=k, seed=seed, where=where)
         self.label_map = run.at_size(label_map)              # H×W native ids at the model size (G's input)
-        note = run.label_note(label_map, where)
+        self.state = run.guidance(label_map, instance_map, k=k, seed=seed, where=where)
+        note = aspect_note(label_map.shape, run.size, where)
         self.notes = [note] if note else []                   # e.g. the model size stretches the map
         self.before = self.state.matches()                    # the matches ahead of the last edit
         self.edited: set[int] = set()                         # the segments the last edit changed
@@ -175,7 +175,7 @@ class Synthesis:
 
     def choices(self) -> list[SegmentChoice]:
         """The current choice of every segment, with what the last edit changed."""
-        g, names = self.state, self.run.names
+        g, names = self.state, self.run.labels.names
         out = []
         for i, (seg, match) in enumerate(zip(g.segments, g.matches())):
             r = int(g.chosen[i])
@@ -214,9 +214,9 @@ def synthesize(cfg: SynthesizeConfig) -> SynthesisResult:
     (and `cfg.guidance_out`, `cfg.label_out`)."""
     run = LoadedRun.load(cfg.work, cfg.run, cfg.checkpoint, cfg.device)
     where = str(cfg.label)
-    read = run.read_label_file(cfg.label, cfg.label_format)
+    read = run.labels.read(cfg.label, cfg.label_format)
     instance_map = read_instance_map(cfg.instance, read.label_map, where) if cfg.instance is not None else None
-    run.check_classes(read.label_map, where)
+    run.labels.check(read.label_map, where)
     s = Synthesis(run, read.label_map, instance_map, k=cfg.k, seed=cfg.seed, where=where)
     try:
         if cfg.resample:
@@ -227,11 +227,10 @@ def synthesize(cfg: SynthesizeConfig) -> SynthesisResult:
         s.close()
     for note in s.notes:
         log.warning("synthesize: %s", note)
-    write_png_atomic(cfg.out, s.image)
-    if cfg.guidance_out is not None:
-        write_png_atomic(cfg.guidance_out, s.guidance)
-    if cfg.label_out is not None:
-        write_png_atomic(cfg.label_out, encode_label_map(s.label_map, run.dataset, cfg.label_out_format))
+    label_png = None if cfg.label_out is None else run.labels.encode(s.label_map, cfg.label_out_format)
+    for path, picture in ((cfg.out, s.image), (cfg.guidance_out, s.guidance), (cfg.label_out, label_png)):
+        if path is not None:
+            write_png_atomic(path, picture)
     return SynthesisResult(s.image, s.guidance, s.label_map.astype(np.int32), segment_map, segments, Path(cfg.out),
                            None if cfg.guidance_out is None else Path(cfg.guidance_out),
                            None if cfg.label_out is None else Path(cfg.label_out),

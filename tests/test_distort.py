@@ -432,6 +432,8 @@ def test_bad_inputs_and_config():
         distort_segments(image, sources[:2], segment_map, np.random.default_rng(0))
     with pytest.raises(ValueError, match="uint8"):
         distort_segments(image.astype(np.float32), sources, segment_map, np.random.default_rng(0))
+    with pytest.raises(ValueError, match="needs the photo's resize"):  # the caller's recipe picks it
+        distort_segments(image, sources, segment_map, np.random.default_rng(0), canvas=(W // 2, H // 2))
     with pytest.raises(ValueError, match="p_shape"):
         DistortConfig(p_shape=1.5)
     with pytest.raises(ValueError, match="res_range"):

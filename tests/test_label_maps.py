@@ -15,7 +15,14 @@ from PIL import Image
 
 from resail.errors import InputError
 from resail.labels.classes import ade20k_palette150, class_table
-from resail.labels.files import MAX_SIDE, LabelSizeError, aspect_note, encode_label_map, read_label_map
+from resail.labels.files import (
+    MAX_SIDE,
+    LabelSizeError,
+    aspect_note,
+    encode_label_map,
+    read_instance_map,
+    read_label_map,
+)
 from resail.labels.spaces import eval_id_space
 
 
@@ -164,6 +171,20 @@ def test_unknown_colours_are_listed_by_pixel_count():
 
 
 # ---------------------------------------------------------------- size
+
+
+def test_instance_maps_are_read_by_the_label_reader(tmp_path):
+    """Instance ids as written (16-bit ones too), checked against the label map's size; a colour
+    PNG is refused."""
+    label = np.zeros((12, 20), np.uint8)
+    inst = np.arange(240, dtype=np.uint16).reshape(12, 20) * 200   # ids up to 47,800
+    Image.fromarray(inst).save(tmp_path / "inst.png")
+    np.testing.assert_array_equal(read_instance_map(tmp_path / "inst.png", label, "l.png"), inst)
+    with pytest.raises(InputError, match="must match pixel for pixel"):
+        read_instance_map(tmp_path / "inst.png", label[:, :10], "l.png")
+    Image.fromarray(np.zeros((12, 20, 3), np.uint8)).save(tmp_path / "rgb.png")
+    with pytest.raises(InputError, match="rgb.png: an instance map of mode RGB; write a single-channel PNG"):
+        read_instance_map(tmp_path / "rgb.png", label, "l.png")
 
 
 def test_one_size_rule():
