@@ -43,6 +43,13 @@ def test_index_imports_nothing_from_pipeline_but_the_store():
     assert found <= {"resail.pipeline.store"}
 
 
+def test_the_label_vocabulary_imports_only_the_base():
+    """labels/ sits below every package that reads a label map (docs/architecture.md)."""
+    found = {name for path in (ROOT / "labels").glob("*.py") for name in _imports(path)
+             if name.startswith("resail.") and not name.startswith("resail.labels")}
+    assert found <= {"resail.errors", "resail.workdir"}
+
+
 # docs/architecture.md, "Layers": a module imports only from its own layer and those above it.
 LAYERS = [
     ("errors", "artifacts", "workdir"),
