@@ -17,7 +17,7 @@ import click
 
 from . import __version__
 from .errors import ResailError
-from .labels.classes import COCO_LAYOUTS, DATASETS, TOY_FORMATS, UNCOVERED_CHOICES  # light: no cv2, no torch
+from .pipeline.labels.classes import COCO_LAYOUTS, DATASETS, TOY_FORMATS, UNCOVERED_CHOICES  # light: no cv2, no torch
 from .synth.presets import PRESETS
 
 log = logging.getLogger("resail")
@@ -292,8 +292,8 @@ def index_query(work, label, label_format, instance, k, k_prefilter, max_score, 
     from .index.query import check_queryable, format_matches, write_preview
     from .index.retrieval import RetrievalIndex
     from .index.search import SearchConfig
-    from .labels.files import read_instance_map, read_store_label_map
     from .pipeline.guidance import query_label_map
+    from .pipeline.labels.files import read_instance_map, read_store_label_map
 
     if k_prefilter < k:
         raise click.BadParameter(f"--k-prefilter {k_prefilter} must be at least --k {k}", param_hint="--k-prefilter")

@@ -57,8 +57,8 @@ import numpy as np
 import torch
 
 from resail.artifacts import write_json_atomic, write_png_atomic
-from resail.labels.classes import palette_lut
-from resail.labels.spaces import LabelChannels
+from resail.pipeline.labels.classes import palette_lut
+from resail.pipeline.labels.spaces import LabelChannels
 from resail.synth.config import resolve_config
 from resail.synth.data import StepBatchSampler, SynthDataset, count_images, segments_params, to_uint8
 from resail.synth.eval import Segmenter, feature_distances

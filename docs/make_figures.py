@@ -6,8 +6,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from resail.labels.classes import palette_lut
 from resail.pipeline.guidance import load_composer, preview_distort
+from resail.pipeline.labels.classes import palette_lut
 
 
 def main(out: Path) -> None:

@@ -55,10 +55,10 @@ from ..artifacts import (
 from ..errors import InputError, StageError
 from ..index.retrieval import RetrievalIndex
 from ..index.search import QueryBatch, SearchConfig, search
-from ..labels.classes import palette_lut
 from ..workdir import WorkDir
 from .compose import MODES
 from .guidance import CHOICES, SEED_MAX, GuidanceComposer, open_composer
+from .labels.classes import palette_lut
 from .runner import Parts, check_shard, run_job
 from .store import SegmentStore
 

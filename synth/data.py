@@ -42,10 +42,10 @@ from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
 from ..errors import InputError, StageError
-from ..labels.spaces import LabelChannels
 from ..pipeline.datasets import records_for_ids
 from ..pipeline.distort import DistortConfig
 from ..pipeline.guidance import load_composer, open_guidance, resize_area
+from ..pipeline.labels.spaces import LabelChannels
 from ..workdir import WorkDir
 from .config import TrainConfig
 from .presets import NetworkPreset

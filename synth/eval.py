@@ -64,8 +64,8 @@ from tqdm.auto import tqdm
 
 from ..artifacts import atomic_path, fingerprint, write_bytes_atomic, write_json_atomic, write_png_atomic
 from ..errors import InputError
-from ..labels.classes import palette_lut
-from ..labels.spaces import ADE20K, IdSpace, LabelChannels, eval_id_space
+from ..pipeline.labels.classes import palette_lut
+from ..pipeline.labels.spaces import ADE20K, IdSpace, LabelChannels, eval_id_space
 from ..workdir import WorkDir
 from .data import SynthDataset, check_label_table, to_uint8
 from .inception import FEATURE_DIM, find_weights, inception_features, load_inception, sha256_of

@@ -34,8 +34,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..labels.spaces import LabelChannels
-from ..labels.vocabulary import Vocabulary
+from ..pipeline.labels.spaces import LabelChannels
+from ..pipeline.labels.vocabulary import Vocabulary
 from ..workdir import SPLITS, WorkDir
 from .checkpoint import find_snapshot, load_snapshot
 from .config import TrainConfig

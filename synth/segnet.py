@@ -30,7 +30,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..errors import InputError
-from ..labels.spaces import LabelChannels
+from ..pipeline.labels.spaces import LabelChannels
 from .checkpoint import read_segnet_checkpoint, save_segnet_checkpoint
 from .init import init_weights
 from .losses import balanced_cross_entropy

@@ -23,8 +23,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..artifacts import write_json_atomic
 from ..errors import InputError
-from ..labels.spaces import LabelChannels
 from ..pipeline.datasets import records_for_ids
+from ..pipeline.labels.spaces import LabelChannels
 from ..workdir import WorkDir
 from .data import check_label_table, data_label_table
 from .distributed import resolve_device

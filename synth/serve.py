@@ -44,8 +44,8 @@ from PIL import Image
 
 from ..artifacts import encode_png
 from ..errors import InputError, ResailError, StageError
-from ..labels.files import LABEL_FORMATS, MAX_SIDE, LabelMapFile, LabelSizeError, aspect_note
 from ..pipeline.guidance import SEED_MAX
+from ..pipeline.labels.files import LABEL_FORMATS, MAX_SIDE, LabelMapFile, LabelSizeError, aspect_note
 from ..pipeline.store import SegmentStore
 from .inference import LoadedRun
 from .synthesize import Synthesis

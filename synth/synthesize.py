@@ -39,7 +39,7 @@ import numpy as np
 
 from ..artifacts import write_png_atomic
 from ..errors import InputError
-from ..labels.files import LABEL_FORMATS, LABEL_OUT_FORMATS, aspect_note, read_instance_map
+from ..pipeline.labels.files import LABEL_FORMATS, LABEL_OUT_FORMATS, aspect_note, read_instance_map
 from .inference import LoadedRun
 
 log = logging.getLogger(__name__)

@@ -56,8 +56,8 @@ from tqdm.auto import tqdm
 
 from ..artifacts import write_bytes_atomic, write_json_atomic, write_png_atomic
 from ..errors import InputError, StageError
-from ..labels.classes import palette_lut
-from ..labels.spaces import LabelChannels
+from ..pipeline.labels.classes import palette_lut
+from ..pipeline.labels.spaces import LabelChannels
 from ..workdir import WorkDir
 from .checkpoint import list_checkpoints, read_state, rng_state, save_run_checkpoint, set_rng_state
 from .config import TrainConfig

@@ -20,9 +20,9 @@ from PIL import Image
 from builders.layouts import ade_as_folder, ade_outdoor_folder, spade_coco
 from builders.work import toy_dataset
 from resail.cli import main
-from resail.labels.files import read_store_label_map
 from resail.pipeline.datasets import list_split, make_reader
 from resail.pipeline.guidance import decompose_label_map
+from resail.pipeline.labels.files import read_store_label_map
 from resail.synth.serve import ServeConfig, Synthesizer
 
 SIZE = 64
@@ -112,7 +112,7 @@ def test_a_users_label_map_is_cut_by_the_stores_rules(flags, toy_roots, tmp_path
     and under non-default stage-1 parameters."""
     import pyarrow.parquet as pq
 
-    from resail.labels.files import read_instance_map
+    from resail.pipeline.labels.files import read_instance_map
 
     work = tmp_path / "work"
     run("index", "build", "--dataset", "folder", "--root", toy_roots["folder"], "--work", work, *flags)

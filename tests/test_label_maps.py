@@ -14,8 +14,8 @@ import pytest
 from PIL import Image
 
 from resail.errors import InputError
-from resail.labels.classes import ade20k_palette150, class_table
-from resail.labels.files import (
+from resail.pipeline.labels.classes import ade20k_palette150, class_table
+from resail.pipeline.labels.files import (
     MAX_SIDE,
     LabelSizeError,
     aspect_note,
@@ -23,7 +23,7 @@ from resail.labels.files import (
     read_instance_map,
     read_label_map,
 )
-from resail.labels.spaces import eval_id_space
+from resail.pipeline.labels.spaces import eval_id_space
 
 
 def png(a: np.ndarray, mode: str | None = None) -> bytes:
@@ -223,7 +223,7 @@ def test_eval_id_spaces_follow_the_shipped_tables():
 
 
 def test_label_maps_and_index_query_do_not_import_torch():
-    code = ("import sys, resail.cli, resail.labels.files, resail.pipeline.guidance, resail.index.query; "
+    code = ("import sys, resail.cli, resail.pipeline.labels.files, resail.pipeline.guidance, resail.index.query; "
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

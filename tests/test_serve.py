@@ -14,7 +14,7 @@ from PIL import Image
 from builders.runs import TINY_SIZE as SIZE
 from resail.cli import main
 from resail.errors import InputError
-from resail.labels.files import encode_label_map
+from resail.pipeline.labels.files import encode_label_map
 from resail.synth.presets import get_preset
 from resail.synth.serve import ServeConfig, Synthesizer, create_app
 from resail.synth.synthesize import SynthesizeConfig, synthesize

@@ -16,7 +16,7 @@ import torch.multiprocessing as mp
 
 from builders.work import baked_work
 from resail.errors import InputError, StageError
-from resail.labels.spaces import LabelChannels
+from resail.pipeline.labels.spaces import LabelChannels
 from resail.synth.checkpoint import load_snapshot
 from resail.synth.config import resolve_config
 from resail.synth.data import SynthDataset

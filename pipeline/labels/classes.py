@@ -25,7 +25,7 @@ from importlib import resources
 
 import numpy as np
 
-from ..errors import InputError
+from ...errors import InputError
 
 # The dataset readers (pipeline/datasets.py) and the formats the toy generator writes
 # (pipeline/toy.py): defined here, light to import, so the CLI's choices come from one place.

@@ -30,7 +30,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from ..errors import InputError
+from ...errors import InputError
 from .classes import cityscapes_train_ids, class_table
 
 IGNORE = 255  # Cityscapes trainIds' ignore value, COCO-Stuff's unlabeled stuffthingmap value

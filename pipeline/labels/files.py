@@ -60,8 +60,8 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from ..errors import InputError
-from ..workdir import WorkDir
+from ...errors import InputError
+from ...workdir import WorkDir
 from .classes import ade20k_palette150, class_table, palette_lut, spread_colors
 from .spaces import ADE20K, cityscapes_space_of, ids_to_native, native_to_ids
 
