@@ -17,7 +17,7 @@ import click
 
 from . import __version__
 from .errors import ResailError
-from .pipeline.classes import COCO_LAYOUTS, DATASETS, TOY_FORMATS, UNCOVERED_CHOICES  # light: no cv2, no torch
+from .pipeline.labels.classes import COCO_LAYOUTS, DATASETS, TOY_FORMATS, UNCOVERED_CHOICES  # light: no cv2, no torch
 from .synth.presets import PRESETS
 
 log = logging.getLogger("resail")
@@ -263,7 +263,7 @@ def index_build(dataset, root, work, splits, jobs, shard, merge, preserved_ratio
                f"{sum(s['n'] for s in im['shards'].values())} train segments -> {work / 'index'}")
 
 
-# The formats of pipeline/label_maps.py, without importing it (the CLI's choices, light to import).
+# The formats of labels/files.py, without importing it (the CLI's choices, light to import).
 LABEL_FORMATS = ("auto", "ids", "trainids", "color")
 LABEL_FORMAT_HELP = ("How to read --label: class ids in the dataset's label-file format (ids), Cityscapes trainIds, "
                      "a colour map in the dataset's palette (color), or auto: told apart from the pixels (a Cityscapes "
@@ -289,11 +289,11 @@ LABEL_FORMAT_HELP = ("How to read --label: class ids in the dataset's label-file
 @common
 def index_query(work, label, label_format, instance, k, k_prefilter, max_score, exact, device, preview):
     """Print the best training matches for every segment of a label map."""
-    from .index.build import RetrievalIndex
     from .index.query import check_queryable, format_matches, write_preview
+    from .index.retrieval import RetrievalIndex
     from .index.search import SearchConfig
     from .pipeline.guidance import query_label_map
-    from .pipeline.label_maps import read_instance_map, read_store_label_map
+    from .pipeline.labels.files import read_instance_map, read_store_label_map
 
     if k_prefilter < k:
         raise click.BadParameter(f"--k-prefilter {k_prefilter} must be at least --k {k}", param_hint="--k-prefilter")
@@ -570,7 +570,7 @@ def eval_(work, run_name, checkpoint, split, fid, kid, inception_weights, seg, s
 @click.option("--checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="Generator snapshot [default: the run's latest].")
 @click.option("--seed", type=SEED, default=None,
-              help="Draw each segment's match among its top-k with this seed [default: the best match].")
+              help="Draw each segment's match among its top-k but the best, with this seed [default: the best match].")
 @click.option("--k", type=click.IntRange(1, 1000), default=10, help="Matches retrieved per segment.")
 @click.option("--resample", default=None, metavar="I,J,...",
               help="Segment indices (as printed) whose match is drawn again; every other segment keeps its match.")

@@ -57,10 +57,11 @@ import numpy as np
 import torch
 
 from resail.artifacts import write_json_atomic, write_png_atomic
+from resail.pipeline.labels.classes import palette_lut
+from resail.pipeline.labels.spaces import LabelChannels
 from resail.synth.config import resolve_config
-from resail.synth.data import StepBatchSampler, SynthDataset, count_images, label_palette, segments_params, to_uint8
+from resail.synth.data import StepBatchSampler, SynthDataset, count_images, segments_params, to_uint8
 from resail.synth.eval import Segmenter, feature_distances
-from resail.synth.labels import LabelChannels
 from resail.synth.norms import ResailNorm
 from resail.synth.segnet import SegNet, SegnetTrainConfig, load_segnet
 from resail.synth.segnet_data import SegnetRunConfig, train_segnet_on_work
@@ -253,7 +254,7 @@ def curve(out: Path, preset: str, seed: int, steps: list[int]) -> dict:
                "judge": {"real": judge.real_scores, "real_split_half": judge.floor,
                          "feature_dim": int(judge.real_feats.shape[1])}, "points": []}
     runs = [start(work, preset, n_train, name, change, seed, steps[-1]) for name, change in VARIANTS.items()]
-    palette = label_palette(judge.val.dataset)
+    palette = palette_lut(judge.val.dataset, 65536)
     for point in steps:
         row, outputs = {"step": point, "variants": {}}, {}
         for run in runs:

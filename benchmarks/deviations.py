@@ -29,9 +29,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from resail.pipeline.distort import resample_resolution, resize_area, resize_bicubic_pil
-from resail.pipeline.guidance import open_composer, paint_segment_map
+from resail.pipeline.distort import resample_resolution
+from resail.pipeline.guidance import open_composer, paint_segment_map, resize_area
 from resail.synth import norms
+from resail.synth.data import resize_bicubic_pil
 from resail.synth.discriminator import build_discriminator
 from resail.synth.losses import balanced_cross_entropy, hinge_d_fake, hinge_d_real
 from resail.synth.presets import get_preset

@@ -38,19 +38,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from resail.pipeline.color_transfer import lab_to_rgb, rgb_to_lab
 from resail.pipeline.compose import Piece, compose
-from resail.pipeline.distort import (
-    DistortConfig,
-    contour_points,
-    degenerate_targets,
-    draw_segments,
-    fit_tps,
-    lab_to_rgb,
-    resample_resolution,
-    rgb_to_lab,
-    tps_source_map,
-)
+from resail.pipeline.distort import DistortConfig, draw_segments, resample_resolution
 from resail.pipeline.guidance import load_composer
+from resail.pipeline.tps import contour_points, degenerate_targets, fit_tps, tps_source_map
 from resail.workdir import WorkDir
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the shared fixture builders (tests/builders)

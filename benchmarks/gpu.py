@@ -161,7 +161,8 @@ def faiss_section(n: int = 100_000, n_queries: int = 1000) -> dict:
 
     import numpy as np
 
-    from resail.index.build import RetrievalIndex, build_index
+    from resail.index.build import build_index
+    from resail.index.retrieval import RetrievalIndex
     from resail.index.search import QueryBatch, SearchConfig, search
     from resail.index.shards import gpu_available
 

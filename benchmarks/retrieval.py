@@ -37,8 +37,9 @@ import cv2
 import faiss
 import numpy as np
 
-from resail.index.build import RetrievalIndex, build_index
+from resail.index.build import build_index
 from resail.index.descriptors import resize_mask_nearest
+from resail.index.retrieval import RetrievalIndex
 from resail.index.search import QueryBatch, SearchConfig, search
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the shared fixture builders (tests/builders)

@@ -186,7 +186,7 @@ def _stage_retrieval_query(a: dict) -> dict:
     import faiss
     from retrieval import recall
 
-    from resail.index.build import RetrievalIndex
+    from resail.index.retrieval import RetrievalIndex
     from resail.index.search import QueryBatch, SearchConfig, search
 
     faiss.omp_set_num_threads(a["threads"])

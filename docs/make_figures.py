@@ -6,8 +6,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from resail.pipeline.classes import class_table
 from resail.pipeline.guidance import load_composer, preview_distort
+from resail.pipeline.labels.classes import palette_lut
 
 
 def main(out: Path) -> None:
@@ -19,7 +19,7 @@ def main(out: Path) -> None:
             comp = load_composer(work, "val", size=(192, 192))
             comp.mode = mode
             if mode == "clean":
-                panels.append(comp.label_preview(image_row, class_table("ade20k")))
+                panels.append(comp.label_preview(image_row, palette_lut("ade20k", 65536)))
             panels.append(comp.compose(image_row))
             photo = comp.photo(image_row)
             comp.close()

@@ -17,8 +17,8 @@ import numpy as np
 from ..artifacts import write_png_atomic
 from ..errors import InputError
 from ..pipeline.store import SegmentStore
-from .build import RetrievalIndex
 from .descriptors import descriptors
+from .retrieval import RetrievalIndex
 from .search import QueryBatch, SearchConfig, SearchResult, search
 
 CELL = 96  # preview cell side in pixels

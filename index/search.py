@@ -34,7 +34,7 @@ from typing import Sequence
 import faiss
 import numpy as np
 
-from .build import RetrievalIndex, Shard
+from .retrieval import RetrievalIndex, Shard
 from .score import as_words, band_candidates, popcounts, rerank_topk, scan_topk
 from .shards import ShardParams, size_bins
 

@@ -53,12 +53,12 @@ from ..artifacts import (
     write_png_atomic,
 )
 from ..errors import InputError, StageError
-from ..index.build import RetrievalIndex
+from ..index.retrieval import RetrievalIndex
 from ..index.search import QueryBatch, SearchConfig, search
 from ..workdir import WorkDir
-from .classes import class_table
 from .compose import MODES
 from .guidance import CHOICES, SEED_MAX, GuidanceComposer, open_composer
+from .labels.classes import palette_lut
 from .runner import Parts, check_shard, run_job
 from .store import SegmentStore
 
@@ -362,14 +362,14 @@ def write_previews(cfg: BakeConfig, size, image_rows, dataset: str | None, out_d
     """A few PNG rows (colourised label | guidance | real photo) in `out_dir`, for a person to judge at a glance."""
     if not len(image_rows):
         return []
-    table = class_table(dataset if dataset in ("ade20k", "ade20k-outdoor", "cityscapes", "cocostuff") else "ade20k")
+    palette = palette_lut(dataset, 65536)
     out_dir.mkdir(exist_ok=True)
     comp = _composer(cfg, size, matches)
     written = []
     try:
         for row in image_rows:
-            strip = np.concatenate([comp.label_preview(int(row), table), comp.compose(int(row)), comp.photo(int(row))],
-                                   axis=1)
+            panels = [comp.label_preview(int(row), palette), comp.compose(int(row)), comp.photo(int(row))]
+            strip = np.concatenate(panels, axis=1)
             written.append(write_png_atomic(out_dir / f"{comp.image_id[row]}.png", strip))
     finally:
         comp.close()

@@ -34,8 +34,8 @@ import numpy as np
 from PIL import Image
 
 from ..errors import InputError
-from .classes import COCO_LAYOUTS, DATASETS, ClassTable, ade20k_instance_mapping, class_table
 from .coco import coco_annotation_texts, coco_annotations, coco_instance_map
+from .labels.classes import COCO_LAYOUTS, DATASETS, ClassTable, ade20k_instance_mapping, class_table
 
 log = logging.getLogger("resail")
 

@@ -26,8 +26,8 @@ import numpy as np
 from scipy import ndimage
 
 from ..errors import InputError
-from .classes import UNCOVERED_CHOICES
 from .datasets import MAJORITY, READERS
+from .labels.classes import UNCOVERED_CHOICES
 
 UNCOVERED_RULES = ("components", "drop", "drop_if_instanced")
 

@@ -1,12 +1,18 @@
 """Composition-level guidance: retrieved and distorted segments pasted into one image per label map.
 
-Three consumers, one set of rules (DESIGN.md, "Guidance composition"):
+Three consumers, one set of rules (README.md, "Guidance composition"):
 - the bake stage (`bake.py`) composes the guidance of every image of a split with
   `GuidanceComposer` and caches it;
 - the training data (`synth/data.py`) opens that cache (`open_guidance`) and builds the distorted
   ground truth of an image with the same composer (`load_composer`, `distorted_gt`);
 - synthesis and serving compose the guidance of a user's own label map (`LabelMapGuidance`),
   segment by segment, so one segment's match can change while the others keep theirs.
+
+Seeds: every random choice of a match is a pure function of (seed, key) (`_uniform`), so it never
+depends on order, sharding or what was drawn before. The bake keys its draws by segment id
+(`choose_ranks`); a user's label map by segment index, and its n-th redraw (resample, variant)
+after a start with seed S uses seed S + n (`redraw_seed`), the one rule `resail synthesize` and
+`resail serve` share.
 
 Everything here takes explicit parameters (work directory, split, size, mode, the matches) rather
 than a stage config, and imports neither FAISS nor joblib: the training data loader imports this
@@ -30,16 +36,16 @@ import pyarrow.parquet as pq
 from ..artifacts import write_png_atomic
 from ..errors import InputError, StageError
 from ..workdir import WorkDir
-from .classes import ClassTable
+from .color_transfer import LabStats, lab_stats
 from .compose import Piece, compose, stretch_crop
 from .datasets import read_rgb
 from .decompose import DecompositionRules, Segment, thing_lut
-from .distort import DistortConfig, LabStats, SegmentSource, distort_segments, lab_stats
+from .distort import DistortConfig, SegmentSource, distort_segments
 from .store import SegmentStore
 
 if TYPE_CHECKING:
-    from ..index.build import RetrievalIndex
     from ..index.query import LabelMapMatches
+    from ..index.retrieval import RetrievalIndex
     from ..index.search import SearchConfig, SearchResult
 
 CHOICES = ("top1", "sample")
@@ -71,6 +77,11 @@ def _uniform(seed: int, keys: np.ndarray) -> np.ndarray:
     return (z >> np.uint64(11)).astype(np.float64) / float(1 << 53)
 
 
+def redraw_seed(seed: int | None, draw: int) -> int:
+    """The seed of the `draw`-th redraw (1, 2, …) of a label map started with `seed` (None: 0)."""
+    return (seed or 0) + draw
+
+
 def choose_ranks(ids: np.ndarray, segment_id: np.ndarray, choose: str, seed: int) -> np.ndarray:
     """The rank used for each query: 0 (`top1`) or uniform among its available matches (`sample`); −1 = none."""
     available = (ids >= 0).sum(axis=1)
@@ -78,6 +89,11 @@ def choose_ranks(ids: np.ndarray, segment_id: np.ndarray, choose: str, seed: int
         return np.where(available > 0, 0, -1)
     u = _uniform(seed, segment_id)
     return np.where(available > 0, np.minimum((u * available).astype(np.int64), available - 1), -1)
+
+
+def resize_area(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """The project's photo resize: OpenCV INTER_AREA (area averaging when shrinking), size = (W, H)."""
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
 
 
 # ---------------------------------------------------------------- composition
@@ -259,7 +275,7 @@ class GuidanceComposer:
         sources = [self.segment_source(int(row), box) for row, box in zip(rows, boxes)]
         pieces = distort_segments(image, sources, seg_map, rng, distort_cfg or DistortConfig(),
                                   lambda i, u: self.color_reference_stats(int(rows[i]), u, color_ref),
-                                  canvas=self.size, origin=(oy, ox), resize=resize)
+                                  canvas=self.size, origin=(oy, ox), resize=resize or resize_area)
         return compose(seg_map, self.is_thing[rows], pieces, self.mode)
 
     def segment_source(self, row: int, box: tuple[int, int, int, int]) -> SegmentSource:
@@ -270,11 +286,11 @@ class GuidanceComposer:
             mask = cv2.resize(mask.view(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST).view(bool)
         return SegmentSource(y0, x0, mask, box)
 
-    def label_preview(self, image_row: int, table: ClassTable) -> np.ndarray:
+    def label_preview(self, image_row: int, palette: np.ndarray) -> np.ndarray:
+        """The image's segments at the target size, coloured by class with `palette` (id → RGB)."""
         seg_map, rows, _ = self.segment_map(image_row)
-        lut = table.palette(65536)
         classes = np.append(self.class_id[rows], 0)  # index −1 → void colour
-        return lut[classes[seg_map]]
+        return palette[classes[seg_map]]
 
 
 def open_composer(work: Path, split: str, size: tuple[int, int], *, mode: str = "clean", k: int = 10,
@@ -351,14 +367,16 @@ def query_label_map(index: RetrievalIndex, label_map: np.ndarray, instance_map: 
 
 class LabelMapGuidance:
     """Retrieval guidance for a label map that is not in the store (a user's own), with per-segment
-    choice: `compose()` pastes each segment's chosen match; `resample(ids, seed)` draws other
-    matches for some segments only, every other segment keeping its choice (local editing).
+    choice: `compose()` pastes each segment's chosen match; `redraw(ids)` draws other matches for
+    some segments only, every other segment keeping its choice (local editing).
 
     It receives the label map's decomposed `segments` and their search `result` (see
-    `query_label_map`); `label_hw` is the label map's (H, W), `size` the target (W, H)."""
+    `query_label_map`); `label_hw` is the label map's (H, W), `size` the target (W, H). Without a
+    `seed` every segment starts on its best match; with one, every segment starts on a match drawn
+    with that seed among its other candidates (`resample`)."""
 
     def __init__(self, work: Path, segments: list[Segment], result: SearchResult, label_hw: tuple[int, int], *,
-                 size: tuple[int, int], mode: str = "clean", where: str = "label map"):
+                 size: tuple[int, int], mode: str = "clean", seed: int | None = None, where: str = "label map"):
         if not segments:
             raise InputError(f"{where}: no segment to synthesise (only void pixels?)")
         self.work, self.size, self.mode = Path(work), tuple(size), mode
@@ -373,6 +391,9 @@ class LabelMapGuidance:
                                   self.size)
         self.segment_map = paint_segment_map(self.size, self.boxes, lambda i: segments[i].mask, self.is_thing,
                                              [s.area for s in segments])
+        self.seed, self.draws = seed, 0  # draws: redraws so far, which number the next one's seed
+        if seed is not None:
+            self.resample(np.arange(len(segments)), seed)
 
     def close(self) -> None:
         self.train.close()
@@ -390,6 +411,12 @@ class LabelMapGuidance:
         r = np.minimum((_uniform(seed, segments) * others).astype(np.int64), others - 1)
         r = np.where((available > 1) & (r >= current), r + 1, r)
         self.chosen[segments] = np.where(available > 0, r, -1)
+
+    def redraw(self, segments: list[int] | np.ndarray, seed: int | None = None) -> None:
+        """`resample` the given segments as the label map's next redraw: with seed
+        `redraw_seed(self.seed, n)` for the n-th, unless `seed` is given (it still counts as one)."""
+        self.draws += 1
+        self.resample(segments, redraw_seed(self.seed, self.draws) if seed is None else seed)
 
     def matches(self) -> list[int]:
         return [int(self.ids[i, r]) if r >= 0 else -1 for i, r in enumerate(self.chosen)]

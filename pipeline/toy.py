@@ -42,7 +42,7 @@ from tqdm import tqdm
 
 from ..artifacts import write_bytes_atomic, write_json_atomic
 from ..errors import InputError
-from .classes import TOY_FORMATS, ade20k_instance_mapping, class_table
+from .labels.classes import TOY_FORMATS, ade20k_instance_mapping, class_table
 from .runner import execute
 from .toy_scene import MAX_WINDOWS, ROLES, Density, compose_scene
 

@@ -38,15 +38,16 @@ import cv2
 import numpy as np
 import pyarrow.parquet as pq
 import torch
+from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
 from ..errors import InputError, StageError
 from ..pipeline.datasets import records_for_ids
-from ..pipeline.distort import DistortConfig, resize_area, resize_bicubic_pil
-from ..pipeline.guidance import load_composer, open_guidance
+from ..pipeline.distort import DistortConfig
+from ..pipeline.guidance import load_composer, open_guidance, resize_area
+from ..pipeline.labels.spaces import LabelChannels
 from ..workdir import WorkDir
 from .config import TrainConfig
-from .labels import LabelChannels
 from .presets import NetworkPreset
 
 
@@ -133,7 +134,12 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
     return ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
 
 
-PHOTO_RESIZE = {"resail": resize_area, "official": resize_bicubic_pil}
+def resize_bicubic_pil(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """The official photo resize: PIL bicubic (its kernel widens by the shrink factor: antialiased)."""
+    return np.array(Image.fromarray(image).resize(size, Image.BICUBIC))
+
+
+PHOTO_RESIZE = {"resail": resize_area, "official": resize_bicubic_pil}  # the recipe's photo resize
 
 
 def resize_nearest(a: np.ndarray, width: int, height: int, *, pil: bool = False) -> np.ndarray:
@@ -303,14 +309,3 @@ class StepBatchSampler(Sampler):
                 perm, perm_epoch = self.permutation(epoch), epoch
             batch = perm[k * self.batch:(k + 1) * self.batch][a:b]
             yield [(epoch, int(i)) for i in batch]
-
-
-def label_palette(dataset: str) -> np.ndarray:
-    """id → RGB lookup table for colourised label maps (any dataset; the folder reader falls back)."""
-    from ..pipeline.classes import class_table
-
-    try:
-        table = class_table(dataset)
-    except InputError:
-        table = class_table("ade20k")
-    return table.palette(65536)

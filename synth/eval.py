@@ -33,7 +33,7 @@ Protocol (written into `metrics.json` with every result):
   authors' five test scales or `upernet_scales="single"`), `deeplabv2-r101` (COCO-Stuff) — from
   its authors' weight files, or `torchscript:PATH` (synth/segmenters), each run exactly as its
   authors' evaluation code runs it, on the same generated and real images. The ground truth is
-  mapped into the segmenter's id space (`pipeline.label_maps.eval_id_space`): Cityscapes labelIds
+  mapped into the segmenter's id space (`labels.spaces.eval_id_space`): Cityscapes labelIds
   → trainIds 0..18 (the other labelIds ignored), ADE20K 1..150 (0 ignored), COCO-Stuff native
   1..182 → stuffthingmap values 0..181 (void ignored). The argmax runs over all the segmenter's
   classes, as published; a prediction outside the id space (ADE20K's 0) counts as a miss. Same
@@ -64,12 +64,12 @@ from tqdm.auto import tqdm
 
 from ..artifacts import atomic_path, fingerprint, write_bytes_atomic, write_json_atomic, write_png_atomic
 from ..errors import InputError
-from ..pipeline.label_maps import ADE20K, IdSpace, eval_id_space
+from ..pipeline.labels.classes import palette_lut
+from ..pipeline.labels.spaces import ADE20K, IdSpace, LabelChannels, eval_id_space
 from ..workdir import WorkDir
-from .data import SynthDataset, check_label_table, label_palette, to_uint8
+from .data import SynthDataset, check_label_table, to_uint8
 from .inception import FEATURE_DIM, find_weights, inception_features, load_inception, sha256_of
 from .inference import LoadedRun
-from .labels import LabelChannels
 from .segnet import SegNet, confusion_matrix, load_segnet
 from .segnet_data import DATASET_PRESET
 
@@ -391,7 +391,7 @@ def _generate_and_score(cfg: EvalConfig, run: LoadedRun, data: SynthDataset, n: 
     matrices, grid rows. Returns the feature arrays, grid rows and per-phase timings."""
     out = {"fake": [], "real": [], "grid": [],
            "timings": {"generate_s": 0.0, "write_s": 0.0, "inception_s": 0.0, "segment_s": 0.0}}
-    tm, device, palette = out["timings"], run.device, label_palette(run.dataset)
+    tm, device, palette = out["timings"], run.device, palette_lut(run.dataset, 65536)
     loader = DataLoader(Subset(data, range(n)), batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.workers)
     bar = tqdm(total=n, desc=f"eval {cfg.run}", unit="img", disable=not progress)
     try:

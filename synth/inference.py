@@ -5,14 +5,16 @@ a picture with a trained run:
 
   snapshot (the run's latest, or a given one)  → G_ema and the run's config   (synth/checkpoint.py)
   the work dir's segment manifest              → dataset, class ids, names, thing flags
-  the run's config                             → its label table (`LabelChannels`)
+  the run's config                             → its label table (`LabelChannels`); with the
+                                                 class table, the run's `Vocabulary` (labels/)
   the guidance bake's manifest (val, else train) → search and composition settings
 
 and then does the jobs the three commands had each written for themselves:
 
-  `read_label_file(path)`  a label map as users have it (class ids in any of the dataset's id
-                         spaces, or a colour map in its palette: pipeline/label_maps.py) →
-                         native ids, checked against the class table
+  `labels.read(path)`, `labels.check`  a label map as users have it (class ids in any of the
+                         dataset's id spaces, or a colour map in its palette: labels/files.py)
+                         → native ids, checked against the class table and the run's label table
+  `at_size(label_map)`   it at the model size, as the trainer resizes the dataset's maps
   `guidance(label_map)`  label map → decomposition with the store's rules → retrieval (FAISS
                          prefilter + exact rerank) → a `LabelMapGuidance`, whose per-segment
                          choice the caller may redraw before composing the guidance image
@@ -32,14 +34,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..pipeline.label_maps import MAX_SIDE, LabelMapFile, aspect_note, read_label_map
+from ..pipeline.labels.spaces import LabelChannels
+from ..pipeline.labels.vocabulary import Vocabulary
 from ..workdir import SPLITS, WorkDir
 from .checkpoint import find_snapshot, load_snapshot
 from .config import TrainConfig
 from .data import one_hot, resize_nearest, to_tensor, to_uint8
 from .distributed import resolve_device
 from .generator import Generator
-from .labels import LabelChannels
 
 
 @dataclass(frozen=True)
@@ -64,41 +66,6 @@ def search_settings(work: str | Path) -> SearchSettings:
 
 
 @dataclass
-class SegmentChoice:
-    """One segment of a user's label map and the training segment its guidance pastes."""
-
-    index: int
-    class_id: int
-    class_name: str
-    is_thing: bool
-    area: int                # pixels in the user's label map
-    match_id: int            # train segment id pasted, −1 = none (black guidance)
-    rank: int                # its rank among the top-k, −1 = none
-    score: float             # its retrieval score (lower is better), nan = none
-    candidates: int          # matches found (≤ k)
-    reason: str = ""         # why there is no match
-    resampled: bool = False
-    previous_match: int | None = None
-
-
-def segment_choices(g, names: dict[int, str], resampled: set[int] = frozenset(),
-                    before: list[int] | None = None) -> list[SegmentChoice]:
-    """The current choice of every segment of a `LabelMapGuidance`; `before` holds the matches
-    ahead of a redraw of the `resampled` segments."""
-    out = []
-    matches = g.matches()
-    for i, seg in enumerate(g.segments):
-        r = int(g.chosen[i])
-        out.append(SegmentChoice(
-            index=i, class_id=int(seg.class_id), class_name=names.get(int(seg.class_id), "?"),
-            is_thing=bool(seg.is_thing), area=int(seg.area), match_id=matches[i], rank=r,
-            score=float(g.scores[i, r]) if r >= 0 else float("nan"), candidates=int((g.ids[i] >= 0).sum()),
-            reason=g.reason[i], resampled=i in resampled,
-            previous_match=before[i] if before is not None and i in resampled else None))
-    return out
-
-
-@dataclass
 class LoadedRun:
     """A trained run, ready to generate. Build it with `LoadedRun.load`."""
 
@@ -109,11 +76,7 @@ class LoadedRun:
     G: Generator                      # G_ema, eval mode, no gradients
     config: TrainConfig
     device: torch.device
-    dataset: str
-    class_ids: list[int]              # the dataset's classes (segment manifest), native ids
-    names: dict[int, str]
-    is_thing: dict[int, bool]
-    channels: LabelChannels           # the run's label table
+    labels: Vocabulary                # the work dir's class table and the run's label table
     search: SearchSettings
     _index: object = field(default=None, repr=False)
 
@@ -122,56 +85,36 @@ class LoadedRun:
              device: str | torch.device = "auto") -> "LoadedRun":
         """Run `run` of `work` from `checkpoint` (default: its latest snapshot) on `device`
         (`auto`, `cpu`, `cuda:N` … as `resolve_device` reads it)."""
-        wd = WorkDir(work)
         device = device if isinstance(device, torch.device) else resolve_device(device)
-        snap = load_snapshot(find_snapshot(wd.root, run, checkpoint), device)
+        snap = load_snapshot(find_snapshot(work, run, checkpoint), device)
+        wd = WorkDir(work)
         manifest = wd.require_segments()
         wd.check_run_lineage(run)  # a warning when the run was trained on another segment store
-        classes = manifest["classes"]
-        ids = [int(c) for c in classes["ids"]]
+        labels = Vocabulary.of_store(manifest, LabelChannels.of(snap.config.net), f"run {run!r}")
         return cls(work=wd, name=run, snapshot=snap.path, step=snap.step, G=snap.G_ema, config=snap.config,
-                   device=device, dataset=manifest["params"]["dataset"], class_ids=ids,
-                   names=dict(zip(ids, classes.get("names", [str(c) for c in ids]))),
-                   is_thing=dict(zip(ids, (bool(t) for t in classes.get("is_thing", [])))),
-                   channels=LabelChannels.of(snap.config.net), search=search_settings(wd.root))
+                   device=device, labels=labels, search=search_settings(wd.root))
 
     @property
     def size(self) -> tuple[int, int]:
         """(W, H) of the pictures G makes."""
         return self.config.net.width, self.config.net.height
 
+    # What eval reads of the vocabulary.
     @property
-    def run_class_ids(self) -> list[int]:
-        """The dataset's classes the run's label table covers: the ones it can draw."""
-        return [c for c in self.class_ids if self.channels.channel_of(c) >= 0]
+    def dataset(self) -> str:
+        return self.labels.dataset
 
-    # ---------------------------------------------------------------- label maps in
+    @property
+    def class_ids(self) -> list[int]:
+        return self.labels.class_ids
 
-    def read_label_file(self, source: str | Path | bytes, fmt: str = "auto", *, where: str | None = None,
-                        max_side: int = MAX_SIDE) -> LabelMapFile:
-        """A label map as users have it (a PNG path or its bytes: class ids in any of the dataset's
-        id spaces, or a colour map in its palette; `fmt` auto/ids/trainids/color, see
-        pipeline/label_maps.py) → native ids, checked against the dataset's class table. Any size
-        from 8 to `max_side` px a side; `label_note` says when the model size stretches it."""
-        return read_label_map(source, self.dataset, fmt, class_ids=self.class_ids, where=where, max_side=max_side)
+    @property
+    def names(self) -> dict[int, str]:
+        return self.labels.names
 
-    def label_note(self, label_map: np.ndarray, where: str = "label map") -> str:
-        """What resizing `label_map` to the model size does to it, when it stretches the scene; "" otherwise."""
-        return aspect_note(label_map.shape, self.size, where)
-
-    def check_classes(self, label_map: np.ndarray, where: str) -> None:
-        """InputError when the label map uses a class the run's label table lacks; the message
-        lists the classes the run covers."""
-        self.channels.check(np.unique(label_map), where, fix=self.table_fix(), names=self.names)
-
-    def table_fix(self) -> str:
-        """What to do about a class the run's label table lacks: the classes it does cover."""
-        covered = [int(c) for c in self.channels.native[1:]]
-        listed = ", ".join(f"{c} {self.names.get(c, '?')}" for c in covered[:40]) + (" …" if len(covered) > 40 else "")
-        if self.channels.identity:
-            return f"run {self.name!r} takes native ids 0..{len(self.channels) - 1}"
-        return (f"run {self.name!r} was trained with a label table of {len(covered)} classes ({listed}); paint only "
-                "those, or train a run whose label table covers the others")
+    @property
+    def channels(self) -> LabelChannels:
+        return self.labels.channels
 
     def at_size(self, label_map: np.ndarray) -> np.ndarray:
         """H×W native ids → int64 at the model size, nearest-resized as the trainer does."""
@@ -183,16 +126,16 @@ class LoadedRun:
     def open_index(self):
         """The work dir's `RetrievalIndex`, opened on the first call and kept (shards load lazily, then stay)."""
         if self._index is None:
-            from ..index.build import RetrievalIndex
+            from ..index.retrieval import RetrievalIndex
 
             self._index = RetrievalIndex(self.work.root)
         return self._index
 
     def guidance(self, label_map: np.ndarray, instance_map: np.ndarray | None = None, *, k: int,
-                 where: str = "label map"):
+                 seed: int | None = None, where: str = "label map"):
         """Decompose `label_map` (native ids, any size) with the store's rules, retrieve the top-k
         training segments of each segment, and return the `LabelMapGuidance` that composes them
-        at the model size (every segment on its best match until redrawn)."""
+        at the model size (every segment on its best match, or with `seed` on a drawn one)."""
         from ..index.search import SearchConfig
         from ..pipeline.guidance import LabelMapGuidance, query_label_map
 
@@ -200,7 +143,7 @@ class LoadedRun:
         found = query_label_map(self.open_index(), label_map, instance_map,
                                 SearchConfig(k=k, k_prefilter=s.k_prefilter, max_score=s.max_score), where=where)
         return LabelMapGuidance(self.work.root, found.segments, found.result, found.label_hw, size=self.size,
-                                mode=s.mode, where=where)
+                                mode=s.mode, seed=seed, where=where)
 
     # ---------------------------------------------------------------- G
 

@@ -10,7 +10,7 @@ channel 0 = void / don't-care (ADE20K "other", Cityscapes "unlabeled", COCO-Stuf
 by the readers). Hence ADE20K 150 classes → 151 channels, COCO-Stuff 182 → 183, and Cityscapes
 keeps SPADE's 35 channels (labelIds 0..33 need 34). A preset with a label table (`label_ids`)
 has one channel per listed native id instead, channel c ↔ native id label_ids[c], channel 0 =
-void (synth/labels.py): `toy` lists the 22 ADE20K classes the toy generator draws, so its label
+void (labels/spaces.py): `toy` lists the 22 ADE20K classes the toy generator draws, so its label
 map has 23 channels rather than 151. The seg loss ignores channel 0 where the trainer says so.
 That list is a constant here, not computed from the toy generator, so that loading a preset never
 imports the generator; tests/test_label_table.py checks that the two agree.

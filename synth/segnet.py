@@ -30,9 +30,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..errors import InputError
+from ..pipeline.labels.spaces import LabelChannels
 from .checkpoint import read_segnet_checkpoint, save_segnet_checkpoint
 from .init import init_weights
-from .labels import LabelChannels
 from .losses import balanced_cross_entropy
 from .norms import spectral_norm
 from .presets import NetworkPreset

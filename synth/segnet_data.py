@@ -2,7 +2,7 @@
 
 The images are the ones the segment store lists (`segments/{split}_images.parquet`, status ok),
 read through the dataset's reader, so labels follow the same conventions as everywhere else
-(native ids, void 0), then go through the preset's label table (synth/labels.py) to the
+(native ids, void 0), then go through the preset's label table (labels/spaces.py) to the
 network's channels. Photos are area-resized and labels nearest-resized to the preset's size;
 training adds a horizontal flip. Artifacts go to WORK/segnet/: `{preset}.pt` (checkpoint, also
 the resume point; `WorkDir.segnet`) and `{preset}_metrics.json` (val mIoU and pixel accuracy),
@@ -24,10 +24,10 @@ from torch.utils.data import DataLoader, Dataset
 from ..artifacts import write_json_atomic
 from ..errors import InputError
 from ..pipeline.datasets import records_for_ids
+from ..pipeline.labels.spaces import LabelChannels
 from ..workdir import WorkDir
 from .data import check_label_table, data_label_table
 from .distributed import resolve_device
-from .labels import LabelChannels
 from .presets import NetworkPreset, get_preset
 from .segnet import SegnetTrainConfig, build_segnet, train_segnet
 

@@ -1,15 +1,18 @@
 """`resail serve`: a local web page to paint a label map, synthesise it and edit one region at a time.
 
 `Synthesizer` loads the run once (`LoadedRun`, synth/inference.py: snapshot, class table, label
-table, search settings and the retrieval index, shared with eval and synthesize); each "Generate"
-asks it for a `LabelMapGuidance` (decompose + retrieve) of the painted map and keeps that in a
-`Session`, so that "resample" or "choose another match" for one region recomposes the guidance
-with every other region's match unchanged (paper Fig. 5) and runs G again. Sessions live in a
-small LRU dict keyed by the id that /api/generate returns; an evicted session answers 404 and the
-page generates anew.
+table, search settings and the retrieval index, shared with eval and synthesize). Each "Generate"
+reads the upload and runs the library call `resail synthesize` runs, `Synthesis` (synth/synthesize.py:
+decompose, retrieve, compose, G), and keeps it in a `Session`, so that "resample", "choose another
+match" or a variant for one region recomposes the guidance with every other region's match
+unchanged (paper Fig. 5) and runs G again; a resample or variant is the label map's next redraw,
+seeded as `resail synthesize --resample` seeds its own. Sessions live in a small LRU store
+(`SessionStore`) keyed by the id that /api/generate returns; an evicted session answers 404 and the
+page generates anew. `Synthesizer` answers in the page's terms: what a request names that does not
+exist is an `UploadError` with the HTTP status to answer with.
 
 The label maps going in are read exactly as `resail synthesize --label` reads them
-(`LoadedRun.read_label_file`, pipeline/label_maps.py): class ids in any of the dataset's id spaces
+(the run's `Vocabulary`, labels/vocabulary.py and labels/files.py): class ids in any of the dataset's id spaces
 or a colour map in its palette, `?format=auto|ids|trainids|color` (auto by default; the page sends
 its own canvas as `ids`, in the dataset's label-file format). The size rule is synthesize's: any
 map from 8 px to `max_side` a side, resized to the model size with nearest neighbour, with a note
@@ -41,11 +44,11 @@ from PIL import Image
 
 from ..artifacts import encode_png
 from ..errors import InputError, ResailError, StageError
-from ..pipeline.guidance import SEED_MAX, LabelMapGuidance
-from ..pipeline.label_maps import LABEL_FORMATS, MAX_SIDE, LabelMapFile, LabelSizeError, encode_label_map, palette_lut
+from ..pipeline.guidance import SEED_MAX
+from ..pipeline.labels.files import LABEL_FORMATS, MAX_SIDE, LabelMapFile, LabelSizeError, aspect_note
 from ..pipeline.store import SegmentStore
-from .data import resize_nearest
-from .inference import LoadedRun, segment_choices
+from .inference import LoadedRun
+from .synthesize import Synthesis
 
 log = logging.getLogger(__name__)
 
@@ -93,23 +96,47 @@ class ServeConfig:
 
 @dataclass
 class Session:
-    """One generated label map: its guidance object (current match of every segment) and outputs."""
+    """One generated label map: its `Synthesis` (the current match of every segment, the pictures)
+    and what the page shows beside it."""
 
     id: str
-    guidance_state: LabelMapGuidance
-    label_map: np.ndarray             # H×W native ids at the model size (G's input)
-    seed: int | None
-    k: int
-    guidance: np.ndarray | None = None   # H×W×3 uint8
-    image: np.ndarray | None = None      # H×W×3 uint8
-    version: int = 0
-    draws: int = 0                    # resample calls so far: the next draw's seed
-    resampled: set[int] = field(default_factory=set)
-    before: list[int] = field(default_factory=list)
-    timings: dict = field(default_factory=dict)
-    variants: list[np.ndarray] = field(default_factory=list)   # chosen ranks of the last variants
+    synthesis: Synthesis
     read_as: str = ""                 # how the upload was read (format, and what `auto` saw)
-    notes: list[str] = field(default_factory=list)             # e.g. stretched to the model size
+    version: int = 0                  # renders so far: the image URLs' cache key
+    variants: list[np.ndarray] = field(default_factory=list)   # chosen ranks of the last variants
+
+
+class SessionStore:
+    """The sessions kept for region edits, least recently used first; past `capacity` the oldest is
+    dropped and its `Synthesis` closed."""
+
+    def __init__(self, capacity: int):
+        self.capacity = capacity
+        self._sessions: collections.OrderedDict[str, Session] = collections.OrderedDict()
+
+    def __contains__(self, sid: str) -> bool:
+        return sid in self._sessions
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def add(self, session: Session) -> None:
+        self._sessions[session.id] = session
+        while len(self._sessions) > self.capacity:
+            _, old = self._sessions.popitem(last=False)
+            old.synthesis.close()
+
+    def get(self, sid: str) -> Session | None:
+        """The session `sid`, now the most recently used; None when unknown or evicted."""
+        s = self._sessions.get(sid)
+        if s is not None:
+            self._sessions.move_to_end(sid)
+        return s
+
+    def close(self) -> None:
+        for s in self._sessions.values():
+            s.synthesis.close()
+        self._sessions.clear()
 
 
 def png_size(data: bytes) -> tuple[int, int]:
@@ -119,27 +146,22 @@ def png_size(data: bytes) -> tuple[int, int]:
     return struct.unpack(">II", data[16:24])
 
 
-def _palette(dataset: str, ids: list[int]) -> dict[int, tuple[int, int, int]]:
-    """The page's colours: the palette `label_color.png` is written in and colour uploads are read in."""
-    lut = palette_lut(dataset, max(ids, default=0) + 1)
-    return {c: tuple(int(v) for v in lut[c]) for c in ids}
-
-
 class Synthesizer:
-    """The run (`LoadedRun`) and the training segments' crops, loaded once; generate and edit label maps."""
+    """The run (`LoadedRun`) and the training segments' crops, loaded once, and the sessions:
+    generate and edit label maps for the page."""
 
     def __init__(self, cfg: ServeConfig):
         self.cfg = cfg
         self.run = LoadedRun.load(cfg.work, cfg.run, cfg.checkpoint, cfg.device)
         self.work = self.run.work.root
         self.size = self.run.size                          # (W, H)
-        self.class_ids = self.run.run_class_ids            # the palette: the classes the run can draw
-        self.colors = _palette(self.run.dataset, self.class_ids)
+        self.class_ids = self.run.labels.drawable          # the palette: the classes the run can draw
+        self.colors = self.run.labels.colors(self.class_ids)
         self.run.open_index()  # now: a missing or stale index fails before serving
         self.train = SegmentStore(self.work, "train")
         self.train_segment_id = self.train.table["segment_id"].to_numpy()
         self.val = self._val_label_paths()
-        self.sessions: collections.OrderedDict[str, Session] = collections.OrderedDict()
+        self.sessions = SessionStore(cfg.max_sessions)
         self.lock = threading.RLock()
 
     def _val_label_paths(self) -> list[tuple[str, str]]:
@@ -153,19 +175,17 @@ class Synthesizer:
 
     def close(self) -> None:
         with self.lock:
-            for s in self.sessions.values():
-                s.guidance_state.close()
-            self.sessions.clear()
+            self.sessions.close()
             self.train.close()
 
     def info(self) -> dict:
         W, H = self.size
-        run = self.run
-        return {"run": self.cfg.run, "snapshot": run.snapshot.name, "dataset": run.dataset, "width": W, "height": H,
-                "k": self.cfg.k, "label_format": "cocostuff" if run.dataset == "cocostuff" else "native",
-                "label_formats": [f for f in LABEL_FORMATS if f != "trainids" or run.dataset == "cityscapes"],
+        labels, dataset = self.run.labels, self.run.labels.dataset
+        return {"run": self.cfg.run, "snapshot": self.run.snapshot.name, "dataset": dataset, "width": W, "height": H,
+                "k": self.cfg.k, "label_format": "cocostuff" if dataset == "cocostuff" else "native",
+                "label_formats": [f for f in LABEL_FORMATS if f != "trainids" or dataset == "cityscapes"],
                 "max_upload_bytes": self.cfg.max_upload_bytes, "max_variants": self.cfg.max_variants,
-                "classes": [{"id": c, "name": run.names.get(c, str(c)), "is_thing": run.is_thing.get(c, False),
+                "classes": [{"id": c, "name": labels.names.get(c, str(c)), "is_thing": labels.is_thing.get(c, False),
                              "color": list(self.colors[c])} for c in self.class_ids],
                 "val": [i for i, _ in self.val]}
 
@@ -173,15 +193,15 @@ class Synthesizer:
 
     def read_label_png(self, data: bytes, fmt: str = "auto") -> LabelMapFile:
         """Uploaded PNG bytes → H×W native ids, checked: PNG, byte size, side limits (from the
-        header, before decoding), format (`fmt`, see pipeline/label_maps.py), class ids."""
+        header, before decoding), format (`fmt`, see labels/files.py), class ids."""
         if len(data) > self.cfg.max_upload_bytes:
             raise UploadError(f"upload of {len(data):,} bytes is over the {self.cfg.max_upload_bytes:,}-byte limit",
                               status=413)
         png_size(data)
         where = "uploaded label map"
         try:
-            read = self.run.read_label_file(data, fmt, where=where, max_side=self.cfg.max_side)
-            self.run.check_classes(read.label_map, where)
+            read = self.run.labels.read(data, fmt, where=where, max_side=self.cfg.max_side)
+            self.run.labels.check(read.label_map, where)
         except LabelSizeError as e:
             raise UploadError(str(e), status=413 if e.too_large else 422) from None
         except InputError as e:
@@ -192,64 +212,47 @@ class Synthesizer:
         """A label map for the page's editor: native ids at the model size, base64 little-endian
         uint16; with how an upload was read and whether the model size stretched it."""
         W, H = self.size
-        small = resize_nearest(label_map, W, H).astype("<u2")
+        small = self.run.at_size(label_map).astype("<u2")
         out = {"width": W, "height": H, "ids": base64.b64encode(small.tobytes()).decode()}
         if read is not None:
-            note = self.run.label_note(label_map, "uploaded label map")
+            note = aspect_note(label_map.shape, self.size, "uploaded label map")
             out.update(read_as=f"{read.format}: {read.how}", notes=[note] if note else [])
         return out
 
     def val_label_map(self, i: int) -> np.ndarray:
         if not 0 <= i < len(self.val):
             raise UploadError(f"val label map {i} does not exist (0..{len(self.val) - 1})", status=404)
-        return self.run.read_label_file(Path(self.val[i][1]), "ids").label_map
+        return self.run.labels.read(Path(self.val[i][1]), "ids").label_map
 
     # ---------------------------------------------------------------- synthesis
 
-    def _render(self, s: Session) -> None:
-        t0 = time.perf_counter()
-        s.guidance = s.guidance_state.compose()                                  # H×W×3
-        t1 = time.perf_counter()
-        s.image = self.run.generate(s.label_map[None], s.guidance[None])[0]     # H×W×3
-        s.timings.update(compose_ms=round(1000 * (t1 - t0), 1),
-                         generate_ms=round(1000 * (time.perf_counter() - t1), 1))
-        s.version += 1
-
     def generate(self, data: bytes, seed: int | None = None, k: int | None = None, fmt: str = "auto") -> Session:
-        """Decompose, retrieve, compose and run G on an uploaded label PNG (read as `fmt`); a new session."""
+        """An uploaded label PNG (read as `fmt`) synthesised as `resail synthesize` does it; a new session."""
         k = self.cfg.k if k is None else k
         if not 1 <= k <= 1000:
             raise UploadError(f"k={k}: choose 1..1000")
         check_seed(seed)
         with self.lock:
-            t0 = time.perf_counter()
             read = self.read_label_png(data, fmt)
-            label_map = read.label_map
-            g = self.run.guidance(label_map, k=k, where="uploaded label map")
-            if seed is not None:
-                g.resample(np.arange(len(g.segments)), seed)
-            note = self.run.label_note(label_map, "uploaded label map")
-            s = Session(uuid.uuid4().hex[:16], g, self.run.at_size(label_map), seed, k,
-                        read_as=f"{read.format}: {read.how}", notes=[note] if note else [])
-            s.before = g.matches()
-            s.timings["retrieve_ms"] = round(1000 * (time.perf_counter() - t0), 1)
+            synthesis = Synthesis(self.run, read.label_map, k=k, seed=seed, where="uploaded label map")
+            s = Session(uuid.uuid4().hex[:16], synthesis, read_as=f"{read.format}: {read.how}")
             self._render(s)
-            self.sessions[s.id] = s
-            while len(self.sessions) > self.cfg.max_sessions:
-                _, old = self.sessions.popitem(last=False)
-                old.guidance_state.close()
+            self.sessions.add(s)
             return s
+
+    def _render(self, s: Session) -> None:
+        s.synthesis.render()
+        s.version += 1
 
     def session(self, sid: str) -> Session:
         with self.lock:
             s = self.sessions.get(sid)
             if s is None:
                 raise UploadError(f"session {sid!r} is unknown or expired; press Generate again", status=404)
-            self.sessions.move_to_end(sid)
             return s
 
     def _segment_index(self, s: Session, i: int) -> int:
-        n = len(s.guidance_state.segments)
+        n = len(s.synthesis.state.segments)
         if not 0 <= i < n:
             raise UploadError(f"segment {i} is out of range 0..{n - 1}", status=404)
         return i
@@ -259,12 +262,7 @@ class Synthesizer:
         check_seed(seed)
         with self.lock:
             s = self.session(sid)
-            i = self._segment_index(s, segment)
-            s.before = s.guidance_state.matches()
-            s.draws += 1
-            s.guidance_state.resample([i], (s.seed or 0) + s.draws if seed is None else seed)
-            s.resampled = {i}
-            s.timings = {}
+            s.synthesis.redraw([self._segment_index(s, segment)], seed)
             self._render(s)
             return s
 
@@ -272,14 +270,7 @@ class Synthesizer:
         """Paste the match of rank `rank` into one segment; every other segment keeps its match."""
         with self.lock:
             s = self.session(sid)
-            i = self._segment_index(s, segment)
-            g = s.guidance_state
-            if not 0 <= rank < g.ids.shape[1] or g.ids[i, rank] < 0:
-                raise UploadError(f"segment {i} has no match of rank {rank} ({int((g.ids[i] >= 0).sum())} found)")
-            s.before = g.matches()
-            g.chosen[i] = rank
-            s.resampled = {i}
-            s.timings = {}
+            s.synthesis.choose(self._segment_index(s, segment), rank)  # no such rank: an InputError, a 422
             self._render(s)
             return s
 
@@ -289,20 +280,8 @@ class Synthesizer:
             raise UploadError(f"n={n}: choose 1..{self.cfg.max_variants} variants")
         with self.lock:
             s = self.session(sid)
-            g = s.guidance_state
             t0 = time.perf_counter()
-            keep = g.chosen.copy()
-            guidance, chosen = [], []
-            try:
-                for _ in range(n):
-                    s.draws += 1
-                    g.resample(np.arange(len(g.segments)), 1_000_003 * s.draws + (s.seed or 0))
-                    guidance.append(g.compose())
-                    chosen.append(g.chosen.copy())
-            finally:
-                g.chosen[:] = keep
-            images = self.run.generate(np.repeat(s.label_map[None], n, 0), np.stack(guidance))
-            s.variants = chosen
+            guidance, images, s.variants = s.synthesis.variants(n)
             return list(zip(guidance, images)), round(1000 * (time.perf_counter() - t0), 1)
 
     def adopt_variant(self, sid: str, j: int) -> Session:
@@ -311,10 +290,7 @@ class Synthesizer:
             s = self.session(sid)
             if not 0 <= j < len(s.variants):
                 raise UploadError(f"variant {j} does not exist; press Variants first", status=404)
-            s.before = s.guidance_state.matches()
-            s.guidance_state.chosen[:] = s.variants[j]
-            s.resampled = set(np.flatnonzero(np.array(s.before) != np.array(s.guidance_state.matches())).tolist())
-            s.timings = {}
+            s.synthesis.adopt(s.variants[j])
             self._render(s)
             return s
 
@@ -326,25 +302,26 @@ class Synthesizer:
             return self._state(s)
 
     def _state(self, s: Session) -> dict:
-        g = s.guidance_state
+        syn = s.synthesis
         segments = []
-        for c in segment_choices(g, self.run.names, s.resampled, s.before):
+        for c in syn.choices():
             d = asdict(c)
             d["score"] = None if np.isnan(c.score) else round(c.score, 6)
             segments.append(d)
-        H, W = g.segment_map.shape
+        seg_map = syn.state.segment_map
+        H, W = seg_map.shape
         base = f"/api/session/{s.id}"
-        return {"session": s.id, "version": s.version, "seed": s.seed, "k": s.k, "width": W, "height": H,
-                "timings": s.timings, "segments": segments, "read_as": s.read_as, "notes": s.notes,
-                "segment_map": base64.b64encode(g.segment_map.astype("<i2").tobytes()).decode(),
+        return {"session": s.id, "version": s.version, "seed": syn.seed, "k": syn.k, "width": W, "height": H,
+                "timings": syn.timings, "segments": segments, "read_as": s.read_as, "notes": syn.notes,
+                "segment_map": base64.b64encode(seg_map.astype("<i2").tobytes()).decode(),
                 "images": {name: f"{base}/{name}.png?v={s.version}" for name in ("guidance", "output", "label")}}
 
     def segment_info(self, sid: str, segment: int) -> dict:
         with self.lock:
             s = self.session(sid)
             i = self._segment_index(s, segment)
-            g = s.guidance_state
-            c = segment_choices(g, self.run.names, s.resampled, s.before)[i]
+            g = s.synthesis.state
+            c = s.synthesis.choices()[i]
             candidates = [{"rank": r, "match_id": int(m), "score": round(float(g.scores[i, r]), 6),
                            "thumb": f"/api/thumb/{int(m)}.png"} for r, m in enumerate(g.ids[i]) if m >= 0]
             return {"index": i, "class_id": c.class_id, "class_name": c.class_name, "is_thing": c.is_thing,
@@ -353,11 +330,11 @@ class Synthesizer:
 
     def image_png(self, sid: str, name: str) -> bytes:
         with self.lock:
-            s = self.session(sid)
+            syn = self.session(sid).synthesis
             if name in ("label", "label_color"):  # the map G took, as dataset ids or in the palette
                 fmt = "ids" if name == "label" else "color"
-                return encode_png(encode_label_map(s.label_map, self.run.dataset, fmt))
-            return encode_png({"guidance": s.guidance, "output": s.image}[name])
+                return encode_png(self.run.labels.encode(syn.label_map, fmt))
+            return encode_png({"guidance": syn.guidance, "output": syn.image}[name])
 
     def thumbnail(self, match_id: int) -> bytes:
         """A training segment's crop, the pixels outside its mask dimmed, at most THUMB_SIDE a side."""

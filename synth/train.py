@@ -56,10 +56,12 @@ from tqdm.auto import tqdm
 
 from ..artifacts import write_bytes_atomic, write_json_atomic, write_png_atomic
 from ..errors import InputError, StageError
+from ..pipeline.labels.classes import palette_lut
+from ..pipeline.labels.spaces import LabelChannels
 from ..workdir import WorkDir
 from .checkpoint import list_checkpoints, read_state, rng_state, save_run_checkpoint, set_rng_state
 from .config import TrainConfig
-from .data import StepBatchSampler, SynthDataset, label_palette, one_hot, to_uint8
+from .data import StepBatchSampler, SynthDataset, one_hot, to_uint8
 from .discriminator import build_discriminator
 from .distributed import (
     Dist,
@@ -75,7 +77,6 @@ from .distributed import (
     sync_batchnorm,
 )
 from .generator import build_generator
-from .labels import LabelChannels
 from .losses import SegmentationLoss, VGGLoss, feature_matching, hinge_d_fake, hinge_d_real, hinge_g
 
 log = logging.getLogger(__name__)
@@ -411,7 +412,7 @@ class RunOutputs:
         self.sample_batch = torch.utils.data.default_collate(
             [sample_set[i] for i in range(min(cfg.n_sample, len(sample_set)))])
         sample_set.close()
-        self.palette = label_palette(dataset)
+        self.palette = palette_lut(dataset, 65536)
         self.tb = self._open_tensorboard(cfg.tensorboard)
 
     def _trim_stats(self, step: int) -> None:

@@ -8,7 +8,7 @@ import pytest
 
 from builders.work import toy_work
 from resail.errors import InputError, StageError
-from resail.index.build import RetrievalIndex
+from resail.index.retrieval import RetrievalIndex
 from resail.index.search import SearchConfig
 from resail.pipeline import bake as bake_mod
 from resail.pipeline.bake import BakeConfig, bake
@@ -189,7 +189,7 @@ def test_distorted_gt_is_seeded_and_composed_like_guidance(work, tmp_path):
         cls = comp.distorted_gt(row, np.random.default_rng(5), color_ref="class")
         assert cls.shape == a.shape
         # The cached colour-reference statistics are those of the reference crop itself.
-        from resail.pipeline.distort import lab_stats
+        from resail.pipeline.color_transfer import lab_stats
 
         for seg_row in rows[:6]:
             for u in (0.0, 0.37, 0.999):

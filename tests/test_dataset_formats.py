@@ -22,7 +22,7 @@ from builders.work import toy_dataset
 from resail.cli import main
 from resail.pipeline.datasets import list_split, make_reader
 from resail.pipeline.guidance import decompose_label_map
-from resail.pipeline.label_maps import read_store_label_map
+from resail.pipeline.labels.files import read_store_label_map
 from resail.synth.serve import ServeConfig, Synthesizer
 
 SIZE = 64
@@ -93,8 +93,8 @@ def test_every_command_on_every_format(case, toy_roots, tmp_path, one_thread, ca
     synth = Synthesizer(ServeConfig(work, "r", k=2))
     try:
         session = synth.generate(Path(val.label_path).read_bytes(), seed=0)
-        assert session.image.shape == session.guidance.shape == (SIZE, SIZE, 3)
-        assert len(session.guidance_state.segments) == len(segments)
+        assert session.synthesis.image.shape == session.synthesis.guidance.shape == (SIZE, SIZE, 3)
+        assert len(session.synthesis.choices()) == len(segments)
     finally:
         synth.close()
 
@@ -112,7 +112,7 @@ def test_a_users_label_map_is_cut_by_the_stores_rules(flags, toy_roots, tmp_path
     and under non-default stage-1 parameters."""
     import pyarrow.parquet as pq
 
-    from resail.pipeline.label_maps import read_instance_map
+    from resail.pipeline.labels.files import read_instance_map
 
     work = tmp_path / "work"
     run("index", "build", "--dataset", "folder", "--root", toy_roots["folder"], "--work", work, *flags)

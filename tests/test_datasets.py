@@ -10,8 +10,8 @@ from PIL import Image
 
 from builders.formats import ADE_THING, write_ade, write_cityscapes, write_coco, write_folder
 from resail.errors import InputError
-from resail.pipeline.classes import class_table, parse_category_mapping
 from resail.pipeline.datasets import MAJORITY, list_split, make_reader
+from resail.pipeline.labels.classes import class_table, parse_category_mapping
 
 
 def test_ade20k_reader_instances_via_category_mapping(tmp_path):

@@ -9,22 +9,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from resail.pipeline import distort as D
-from resail.pipeline.distort import (
-    DistortConfig,
-    SegmentSource,
-    color_transfer,
-    contour_points,
-    degenerate_targets,
-    distort_segments,
-    fit_tps,
-    lab_stats,
-    lab_to_rgb,
-    resample_resolution,
-    rgb_to_lab,
-    shape_distort,
-    tps_source_map,
-    tps_warp,
-)
+from resail.pipeline import tps as T
+from resail.pipeline.color_transfer import color_transfer, lab_stats, lab_to_rgb, rgb_to_lab
+from resail.pipeline.distort import DistortConfig, SegmentSource, distort_segments, resample_resolution
+from resail.pipeline.guidance import resize_area
+from resail.pipeline.tps import contour_points, degenerate_targets, fit_tps, shape_distort, tps_source_map, tps_warp
+from resail.synth.data import resize_bicubic_pil
 
 H = W = 96
 
@@ -43,7 +33,7 @@ def textured(rng: np.random.Generator, base, spread=15, shape=(H, W)) -> np.ndar
 # --- numpy references of the numba kernels ------------------------------------------------------
 
 
-def tps_flow_reference(tps: D.ThinPlateSpline, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
+def tps_flow_reference(tps: T.ThinPlateSpline, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
     """F(q) in float64 numpy, q = (xs, ys): ...×2."""
     q = np.stack([xs, ys], axis=-1).astype(np.float64)
     d2 = ((q[..., None, :] - tps.centres) ** 2).sum(axis=-1)  # ...×K
@@ -146,7 +136,7 @@ def test_resolution_box_matches_whole_canvas_up_to_grid_phase():
     rng = np.random.default_rng(5)
     mask = ellipse()
     canvas = textured(rng, (120, 150, 90), spread=5) * mask[..., None]
-    y0, x0, y1, x1 = D._bbox(mask)
+    y0, x0, y1, x1 = T._bbox(mask)
     m = D.RESOLUTION_MARGIN
     box = (y0 - m, x0 - m, y1 - y0 + 2 * m, x1 - x0 + 2 * m)
     boxed = resample_resolution(canvas, 0.6, box)
@@ -262,7 +252,7 @@ def test_compiled_tps_solve_matches_lapack():
         tps = fit_tps(src, dst)
         k = len(dst)
         system = np.zeros((k + 3, k + 3))
-        system[:k, :k] = D._tps_kernel(((dst[:, None] - dst[None]) ** 2).sum(-1))
+        system[:k, :k] = T._tps_kernel(((dst[:, None] - dst[None]) ** 2).sum(-1))
         system[:k, k:] = np.c_[dst, np.ones(k)]
         system[k:, :k] = system[:k, k:].T
         expected = np.linalg.solve(system, np.r_[dst - src, np.zeros((3, 2))])
@@ -442,6 +432,8 @@ def test_bad_inputs_and_config():
         distort_segments(image, sources[:2], segment_map, np.random.default_rng(0))
     with pytest.raises(ValueError, match="uint8"):
         distort_segments(image.astype(np.float32), sources, segment_map, np.random.default_rng(0))
+    with pytest.raises(ValueError, match="needs the photo's resize"):  # the caller's recipe picks it
+        distort_segments(image, sources, segment_map, np.random.default_rng(0), canvas=(W // 2, H // 2))
     with pytest.raises(ValueError, match="p_shape"):
         DistortConfig(p_shape=1.5)
     with pytest.raises(ValueError, match="res_range"):
@@ -466,7 +458,7 @@ def stripe_amplitude(image: np.ndarray, period: float) -> float:
                               (values * np.sin(2 * np.pi * x / period)).mean()))
 
 
-@pytest.mark.parametrize("resize", [D.resize_area, D.resize_bicubic_pil])
+@pytest.mark.parametrize("resize", [resize_area, resize_bicubic_pil])
 def test_colour_and_resolution_run_at_the_original_resolution_before_the_resize(resize):
     """Stripes of 6 px in a 128² original are 3 px on the 64² canvas. Down/up-sampling by r = 0.5
     at the original resolution keeps them (they lie below 0.5 × its Nyquist frequency); at the
@@ -499,8 +491,9 @@ def test_undistorted_segments_are_the_photos_resize_on_the_canvas(size):
     small = [cv2.resize(m.view(np.uint8), (size, size), interpolation=cv2.INTER_NEAREST).view(bool) for m in masks]
     sources = [s._replace(box=(0, 0, size, size)) for s in sources_of(masks)]  # the whole crop is every box
     cfg = DistortConfig(p_color=0, p_resolution=0, p_shape=0)
-    pieces = distort_segments(big, sources, segment_map_of(small), np.random.default_rng(0), cfg, canvas=(size, size))
-    photo = D.resize_area(big, (size, size))
+    pieces = distort_segments(big, sources, segment_map_of(small), np.random.default_rng(0), cfg, canvas=(size, size),
+                              resize=resize_area)
+    photo = resize_area(big, (size, size))
     for (content, mask), query in zip(on_canvas(pieces, (size, size), 2), small):
         inner = cv2.erode(query.view(np.uint8), np.ones((5, 5), np.uint8)).view(bool)
         diff = np.abs(content[inner].astype(int) - photo[inner])

@@ -356,9 +356,8 @@ def test_eval_with_a_torchscript_segmenter_end_to_end(tiny_run, shared_tiny_run,
 def test_classic_scores_map_cityscapes_labelids_to_trainids():
     """The ground truth (labelIds, through an identity label table) meets the segmenter's trainIds:
     labelIds without a trainId are ignored, a prediction outside 0..18 is a miss."""
-    from resail.pipeline.label_maps import eval_id_space
+    from resail.pipeline.labels.spaces import LabelChannels, eval_id_space
     from resail.synth.eval import SegmenterScorer
-    from resail.synth.labels import LabelChannels
 
     class Stub:
         def predict(self, rgb):

@@ -41,7 +41,8 @@ from resail import artifacts
 from resail.artifacts import StageLock, atomic_path
 from resail.cli import main
 from resail.errors import BusyError, DiskFullError, InputError, StageError
-from resail.index.build import RetrievalIndex, build_index
+from resail.index.build import build_index
+from resail.index.retrieval import RetrievalIndex
 from resail.pipeline import bake as bake_mod
 from resail.pipeline.bake import BakeConfig, bake
 from resail.pipeline.datasets import make_reader, read_rgb

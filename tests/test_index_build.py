@@ -7,7 +7,8 @@ import pytest
 from builders.formats import ADE_THING, ade_scene, write_ade
 from builders.store import write_fake_store
 from resail.errors import StageError
-from resail.index.build import RetrievalIndex, build_index
+from resail.index.build import build_index
+from resail.index.retrieval import RetrievalIndex
 from resail.workdir import WorkDir
 
 

@@ -1,4 +1,4 @@
-"""Label maps as users have them (pipeline/label_maps.py): class ids in each dataset's id spaces,
+"""Label maps as users have them (labels/files.py): class ids in each dataset's id spaces,
 Cityscapes labelIds vs trainIds and their one ambiguity, colour maps in the palettes both ways,
 unknown colours, the evaluation id spaces against the shipped tables, and the one size rule that
 synthesize, serve and index query share."""
@@ -14,15 +14,16 @@ import pytest
 from PIL import Image
 
 from resail.errors import InputError
-from resail.pipeline.classes import ade20k_palette150, class_table
-from resail.pipeline.label_maps import (
+from resail.pipeline.labels.classes import ade20k_palette150, class_table
+from resail.pipeline.labels.files import (
     MAX_SIDE,
     LabelSizeError,
     aspect_note,
     encode_label_map,
-    eval_id_space,
+    read_instance_map,
     read_label_map,
 )
+from resail.pipeline.labels.spaces import eval_id_space
 
 
 def png(a: np.ndarray, mode: str | None = None) -> bytes:
@@ -172,6 +173,20 @@ def test_unknown_colours_are_listed_by_pixel_count():
 # ---------------------------------------------------------------- size
 
 
+def test_instance_maps_are_read_by_the_label_reader(tmp_path):
+    """Instance ids as written (16-bit ones too), checked against the label map's size; a colour
+    PNG is refused."""
+    label = np.zeros((12, 20), np.uint8)
+    inst = np.arange(240, dtype=np.uint16).reshape(12, 20) * 200   # ids up to 47,800
+    Image.fromarray(inst).save(tmp_path / "inst.png")
+    np.testing.assert_array_equal(read_instance_map(tmp_path / "inst.png", label, "l.png"), inst)
+    with pytest.raises(InputError, match="must match pixel for pixel"):
+        read_instance_map(tmp_path / "inst.png", label[:, :10], "l.png")
+    Image.fromarray(np.zeros((12, 20, 3), np.uint8)).save(tmp_path / "rgb.png")
+    with pytest.raises(InputError, match="rgb.png: an instance map of mode RGB; write a single-channel PNG"):
+        read_instance_map(tmp_path / "rgb.png", label, "l.png")
+
+
 def test_one_size_rule():
     with pytest.raises(LabelSizeError, match="at least 8 px") as small:
         read_label_map(png(np.zeros((4, 64), np.uint8)), "ade20k")
@@ -208,7 +223,7 @@ def test_eval_id_spaces_follow_the_shipped_tables():
 
 
 def test_label_maps_and_index_query_do_not_import_torch():
-    code = ("import sys, resail.cli, resail.pipeline.label_maps, resail.pipeline.guidance, resail.index.query; "
+    code = ("import sys, resail.cli, resail.pipeline.labels.files, resail.pipeline.guidance, resail.index.query; "
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from resail.errors import InputError
-from resail.pipeline.classes import class_table
+from resail.pipeline.labels.classes import class_table
+from resail.pipeline.labels.spaces import LabelChannels
 from resail.pipeline.toy import ROLE_CLASSES, toy_class_ids
 from resail.synth.config import TrainConfig, resolve_config
-from resail.synth.labels import LabelChannels
 from resail.synth.presets import PRESETS, TOY_LABEL_IDS, NetworkPreset, get_preset
 from resail.synth.segnet import SegNet, SegnetTrainConfig, load_segnet, save_checkpoint
 

@@ -11,7 +11,8 @@ ROOT = Path(resail.__file__).parent
 
 # The loader runs in every data-loader worker: it must not drag in FAISS, joblib or a stage.
 NOT_IN_THE_LOADER = ("faiss", "joblib", "resail.pipeline.bake", "resail.pipeline.segments_stage",
-                     "resail.pipeline.runner", "resail.pipeline.toy", "resail.index.build", "resail.index.shards")
+                     "resail.pipeline.runner", "resail.pipeline.toy", "resail.index.build", "resail.index.retrieval",
+                     "resail.index.shards")
 
 
 def test_training_data_module_imports_no_stage_faiss_or_joblib():
@@ -42,12 +43,20 @@ def test_index_imports_nothing_from_pipeline_but_the_store():
     assert found <= {"resail.pipeline.store"}
 
 
+def test_the_label_vocabulary_imports_only_the_base():
+    """pipeline/labels/ sits below every package that reads a label map (docs/architecture.md)."""
+    found = {name for path in (ROOT / "pipeline" / "labels").glob("*.py") for name in _imports(path)
+             if name.startswith("resail.") and not name.startswith("resail.pipeline.labels")}
+    assert found <= {"resail.errors", "resail.workdir"}
+
+
 # docs/architecture.md, "Layers": a module imports only from its own layer and those above it.
 LAYERS = [
     ("errors", "artifacts", "workdir"),
-    ("pipeline.classes", "pipeline.coco", "pipeline.datasets", "pipeline.decompose", "pipeline.store", "pipeline.compose",
-     "pipeline.distort", "pipeline.toy_scene", "pipeline.label_maps", "index.descriptors", "index.score"),
-    ("index.shards", "index.build", "index.search", "index.query"),
+    ("pipeline.labels", "pipeline.coco", "pipeline.datasets", "pipeline.decompose", "pipeline.store", "pipeline.compose",
+     "pipeline.color_transfer", "pipeline.tps", "pipeline.distort", "pipeline.toy_scene", "index.descriptors",
+     "index.score"),
+    ("index.shards", "index.retrieval", "index.build", "index.search", "index.query"),
     ("pipeline.runner", "pipeline.segments_stage", "pipeline.toy", "pipeline.guidance", "pipeline.bake"),
     ("synth",),
     ("cli", "demo"),

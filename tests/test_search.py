@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 
 from builders.store import write_fake_store
-from resail.index.build import RetrievalIndex, build_index
+from resail.index.build import build_index
+from resail.index.retrieval import RetrievalIndex
 from resail.index.search import QueryBatch, SearchConfig, search
 from resail.pipeline.store import SegmentStore
 

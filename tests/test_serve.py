@@ -14,9 +14,10 @@ from PIL import Image
 from builders.runs import TINY_SIZE as SIZE
 from resail.cli import main
 from resail.errors import InputError
-from resail.pipeline.label_maps import encode_label_map
+from resail.pipeline.labels.files import encode_label_map
 from resail.synth.presets import get_preset
 from resail.synth.serve import ServeConfig, Synthesizer, create_app
+from resail.synth.synthesize import SynthesizeConfig, synthesize
 
 
 def png(a: np.ndarray, mode: str | None = None) -> bytes:
@@ -152,6 +153,21 @@ def test_resample_and_choose_change_only_that_region(served):
     bad = client.post(f"/api/session/{sid}/segment/{i}/choose", params={"rank": 99})
     assert bad.status_code == 422 and "no match of rank" in bad.json()["error"]
     assert client.post(f"/api/session/{sid}/segment/{i}/choose").status_code == 400
+
+
+def test_a_resample_draws_what_synthesize_resample_draws(served, tmp_path):
+    """One redraw rule: Generate with seed S then Resample segment i gives the picture `resail
+    synthesize --seed S --resample i` writes (redraw n draws with seed S + n in both)."""
+    client, synth, label = served
+    st = generate(client, label, seed=3)
+    i = next(s["index"] for s in st["segments"] if s["candidates"] > 2)
+    new = client.post(f"/api/session/{st['session']}/segment/{i}/resample").json()
+    (tmp_path / "label.png").write_bytes(png(label))
+    res = synthesize(SynthesizeConfig(synth.work, "tiny", tmp_path / "label.png", tmp_path / "o.png", k=5, seed=3,
+                                      resample=(i,)))
+    assert [s["match_id"] for s in new["segments"]] == [s.match_id for s in res.segments]
+    assert res.segments[i].previous_match == st["segments"][i]["match_id"] != res.segments[i].match_id
+    assert client.get(new["images"]["output"]).content == (tmp_path / "o.png").read_bytes()
 
 
 def test_variants_are_diverse_and_leave_the_session_alone(served):

@@ -149,7 +149,7 @@ def test_loaded_run_generates_what_synthesize_writes(run, tmp_path):
     loaded = LoadedRun.load(work, "tiny", device="cpu")
     assert (loaded.step, loaded.size, loaded.dataset) == (7, (SIZE, SIZE), "ade20k")
     assert loaded.snapshot.name == "snapshot-00000007.pt" and not loaded.G.training
-    assert loaded.run_class_ids == list(get_preset("toy").label_ids[1:])  # the classes the run can draw
+    assert loaded.labels.drawable == list(get_preset("toy").label_ids[1:])  # the classes the run can draw
     res = synthesize(SynthesizeConfig(work, "tiny", label, tmp_path / "o.png", k=5))
     np.testing.assert_array_equal(loaded.generate(res.label_map[None], res.guidance[None])[0], res.image)
 

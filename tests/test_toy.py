@@ -19,7 +19,7 @@ from pycocotools import mask as mask_api
 
 from resail.cli import cli
 from resail.errors import InputError
-from resail.pipeline.classes import ade20k_instance_mapping, class_table
+from resail.pipeline.labels.classes import ade20k_instance_mapping, class_table
 from resail.pipeline.toy import MANIFEST, ToyConfig, make_toy_dataset, mask_polygons, rle_encode, role_spec
 
 N_TRAIN, N_VAL = 6, 3

@@ -16,10 +16,10 @@ import torch.multiprocessing as mp
 
 from builders.work import baked_work
 from resail.errors import InputError, StageError
+from resail.pipeline.labels.spaces import LabelChannels
 from resail.synth.checkpoint import load_snapshot
 from resail.synth.config import resolve_config
 from resail.synth.data import SynthDataset
-from resail.synth.labels import LabelChannels
 from resail.synth.presets import get_preset
 from resail.synth.train import ResailTrainer, dry_run, get_lr, train
 

@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_api
 
-from resail.pipeline.classes import class_table
+from resail.pipeline.labels.classes import class_table
 
 SPLIT_DIRS = {"train": "training", "val": "validation"}
 

@@ -1,14 +1,19 @@
-"""Class tables of the supported datasets, read from the metadata files shipped in `resail/data/`.
+"""Class tables of the supported datasets, read from the metadata files shipped in `resail/data/`,
+and the palettes the project paints label maps with.
 
 `class_id` is always the dataset's native label id as it appears in the segment table:
 ADE20K 1..150, Cityscapes labelIds 1..33, COCO-Stuff 1..182 (stuffthingmap value + 1).
 Void is native id 0 in all three (ADE20K "other", Cityscapes "unlabeled", COCO-Stuff PNG 255,
-which readers map to 0) and never becomes a segment (DESIGN.md; the official code decomposed
-Cityscapes' class 0 like any other, we do not).
+which readers map to 0) and never becomes a segment (docs/decomposition.md; the official code
+decomposed Cityscapes' class 0 like any other, we do not). The other id spaces a label map may
+be written in, and the networks' label channels, are in labels/spaces.py.
 
 Colours: Cityscapes' are the official ones; ADE20K and COCO-Stuff have no official palette, so
-their tables carry fixed colours of the project. `ade20k_palette150` is the 150-colour palette
-most ADE20K tools use, which colour-coded maps may also come in (pipeline/label_maps.py).
+their tables carry fixed colours of the project; a folder dataset has no shipped table and gets
+stable colours per id (`spread_colors`). `palette_lut` is the one palette per dataset that
+`resail serve`, `--label-out-format color`, the training samples and the eval grids paint with.
+`ade20k_palette150` is the 150-colour palette most ADE20K tools use, which colour-coded maps may
+also come in (labels/files.py).
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from importlib import resources
 
 import numpy as np
 
-from ..errors import InputError
+from ...errors import InputError
 
 # The dataset readers (pipeline/datasets.py) and the formats the toy generator writes
 # (pipeline/toy.py): defined here, light to import, so the CLI's choices come from one place.
@@ -81,6 +86,8 @@ def _rows(name: str) -> list[dict[str, str]]:
     return list(csv.DictReader(_data_text(name).splitlines()))
 
 
+# The shipped tables' fixed colours. Frozen, like `spread_colors` below (a folder dataset's): colour
+# maps the project wrote must read back, so neither may change.
 def _spread_colors(ids: list[int], seed: int) -> list[tuple[int, int, int]]:
     rng = np.random.default_rng(seed)
     return [tuple(int(v) for v in rng.integers(30, 256, 3)) for _ in ids]
@@ -144,3 +151,19 @@ def class_table(dataset: str) -> ClassTable:
             tuple(r["kind"] == "thing" for r in rows), 0, tuple(_spread_colors(ids, 182)),
         )
     raise InputError(f"unknown dataset {dataset!r}: choose ade20k, ade20k-outdoor, cityscapes or cocostuff")
+
+
+def spread_colors(size: int) -> np.ndarray:
+    """Stable colours for datasets without a table: row c is id c's colour (row 0 black), the same
+    for any `size`."""
+    lut = np.random.default_rng(0).integers(30, 256, (size, 3)).astype(np.uint8)
+    lut[0] = 0
+    return lut
+
+
+def palette_lut(dataset: str, size: int) -> np.ndarray:
+    """native id → RGB (size×3 uint8) of the palette the project paints `dataset` with; void black."""
+    try:
+        return class_table(dataset).palette(size)
+    except InputError:  # a folder dataset: no shipped table
+        return spread_colors(size)

@@ -1,8 +1,8 @@
-"""Label maps as users have them, read into native class ids by one function for `resail
-synthesize`, `resail serve` and `resail index query`; written back in either form; and the id
-spaces in which the published segmenters are scored.
+"""Label-map files as users have them, read into native class ids by one function for `resail
+synthesize`, `resail serve` and `resail index query` (with their instance maps), and written back
+in either form.
 
-Native ids are the segment store's (pipeline/classes.py): ADE20K 0..150, Cityscapes labelIds
+Native ids are the segment store's (labels/classes.py): ADE20K 0..150, Cityscapes labelIds
 0..33, COCO-Stuff 1..182, folder datasets their own; 0 is void. Users hold label maps in other
 forms, so `read_label_map(source, dataset, fmt)` takes:
 
@@ -14,8 +14,8 @@ forms, so `read_label_map(source, dataset, fmt)` takes:
 
 `ids` is always the dataset's own label-file format, so a file `--label-out-format ids` wrote reads
 back. For COCO-Stuff that is the stuffthingmap PNGs' values, 0..181 with 255 unlabeled (what the
-dataset ships and SPADE reads), while the store's native id is value + 1 (1..182, void 0; DESIGN.md):
-`ids` converts both ways. Native 1..182 files (OASIS's shift) are not an id space here: 182 is
+dataset ships and SPADE reads), while the store's native id is value + 1 (1..182, void 0):
+`ids` converts both ways (labels/spaces.py). Native 1..182 files (OASIS's shift) are not an id space here: 182 is
 refused as a stuffthingmap value, smaller ones would read one class off. `auto` (the default)
 decides from the pixels:
 
@@ -60,10 +60,10 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from ..errors import InputError
-from ..workdir import WorkDir
-from .classes import ade20k_palette150, cityscapes_train_ids, class_table
-from .datasets import read_index_png
+from ...errors import InputError
+from ...workdir import WorkDir
+from .classes import ade20k_palette150, class_table, palette_lut, spread_colors
+from .spaces import ADE20K, cityscapes_space_of, ids_to_native, native_to_ids
 
 LABEL_FORMATS = ("auto", "ids", "trainids", "color")
 LABEL_OUT_FORMATS = ("ids", "color")
@@ -71,9 +71,6 @@ MIN_SIDE = 8
 MAX_SIDE = 4096
 ASPECT_TOLERANCE = 0.02
 LISTED_COLORS = 5
-IGNORE = 255  # Cityscapes trainIds' ignore value, COCO-Stuff's unlabeled stuffthingmap value
-
-ADE20K = ("ade20k", "ade20k-outdoor")
 ID_MODES = ("1", "L", "P", "I", "I;16", "I;16B", "I;16L")
 
 
@@ -117,29 +114,13 @@ def aspect_note(label_hw: tuple[int, int], size: tuple[int, int], where: str = "
             "it to the run's aspect ratio to avoid that")
 
 
-# ---------------------------------------------------------------- palettes
+# ---------------------------------------------------------------- colour maps
 
 
 def _keys(rgb: np.ndarray) -> np.ndarray:
     """H×W×3 uint8 → H×W int64 colour keys (r << 16 | g << 8 | b)."""
     rgb = rgb.astype(np.int64)
     return rgb[..., 0] << 16 | rgb[..., 1] << 8 | rgb[..., 2]
-
-
-def spread_colors(size: int) -> np.ndarray:
-    """Stable colours for datasets without a table: row c is id c's colour (row 0 black), the same
-    for any `size`."""
-    lut = np.random.default_rng(0).integers(30, 256, (size, 3)).astype(np.uint8)
-    lut[0] = 0
-    return lut
-
-
-def palette_lut(dataset: str, size: int) -> np.ndarray:
-    """native id → RGB (size×3 uint8) of the palette the project paints `dataset` with; void black."""
-    try:
-        return class_table(dataset).palette(size)
-    except InputError:  # a folder dataset: no shipped table
-        return spread_colors(size)
 
 
 @functools.cache
@@ -186,49 +167,7 @@ def decode_colors(rgb: np.ndarray, dataset: str, class_ids: Sequence[int] = (), 
                   "palette (the one `resail serve` shows), or write a single-channel PNG of class ids")
 
 
-# ---------------------------------------------------------------- ids
-
-
-@functools.cache
-def _train_to_label() -> np.ndarray:
-    """Cityscapes trainId (0..18, 255) → labelId; 255 → 0 unlabeled."""
-    lut = np.zeros(256, np.int32)
-    for label_id, (train_id, _) in cityscapes_train_ids().items():
-        lut[train_id] = label_id
-    return lut
-
-
-def _cityscapes_id_space(values: np.ndarray, where: str) -> tuple[str, str]:
-    """`auto` on a single-channel Cityscapes map: ("ids"|"trainids", why)."""
-    present = np.unique(values)
-    above = present[(present > 18) & (present != IGNORE)]
-    if IGNORE in present:
-        if above.size:
-            raise InputError(f"{where}: holds 255 (trainIds' ignore value) and labelIds above 18 ({int(above[0])}); "
-                             "write one id space: Cityscapes labelIds 0..33 or trainIds 0..18 with 255")
-        return "trainids", "Cityscapes trainIds (255 occurs; labelIds stop at 33)"
-    if above.size:
-        return "ids", f"Cityscapes labelIds ({int(above[0])} occurs; trainIds stop at 18)"
-    raise InputError(f"{where}: every value is in 0..18 and none is 255, so it reads as Cityscapes labelIds and as "
-                     "trainIds alike (0 is unlabeled in one, road in the other); pass --label-format ids (labelIds) "
-                     "or --label-format trainids")
-
-
-def ids_to_native(values: np.ndarray, dataset: str, fmt: str, where: str = "label map") -> np.ndarray:
-    """Class ids in `fmt` (ids or trainids, see the module doc) → native ids (int32)."""
-    values = np.asarray(values, np.int64)
-    if fmt == "trainids":
-        bad = np.unique(values[(values > 18) & (values != IGNORE) | (values < 0)])
-        if bad.size:
-            raise InputError(f"{where}: values {bad[:12].tolist()} are not Cityscapes trainIds (0..18, 255 = ignore)")
-        return _train_to_label()[values]
-    if dataset == "cocostuff":
-        bad = np.unique(values[(values > 181) & (values != IGNORE) | (values < 0)])
-        if bad.size:
-            raise InputError(f"{where}: values {bad[:12].tolist()} are not COCO-Stuff stuffthingmap values "
-                             "(0..181, 255 = unlabeled)")
-        return np.where(values == IGNORE, 0, values + 1).astype(np.int32)
-    return values.astype(np.int32)
+# ---------------------------------------------------------------- checks
 
 
 def _check_known(native: np.ndarray, dataset: str, class_ids: Sequence[int], where: str, fmt: str) -> None:
@@ -295,8 +234,12 @@ def read_store_label_map(work: str | Path, source: str | Path | bytes, fmt: str 
 
 
 def read_instance_map(path: str | Path, label_map: np.ndarray, label_where: str) -> np.ndarray:
-    """An instance PNG (one id per thing instance, 0 = none) that must match `label_map` pixel for pixel."""
-    inst = read_index_png(path)
+    """An instance PNG (one id per thing instance, 0 = none; 8 or 16 bit, or palette-indexed) that
+    must match `label_map` pixel for pixel, read by the same opener as the label map."""
+    inst, mode = _open(path, str(path), MAX_SIDE)
+    if mode not in ID_MODES:
+        raise InputError(f"{path}: an instance map of mode {mode}; write a single-channel PNG of instance ids "
+                         "(0 = none)")
     if inst.shape != label_map.shape[:2]:
         raise InputError(f"{path}: instance map is {inst.shape[1]}x{inst.shape[0]} but the label map {label_where} is "
                          f"{label_map.shape[1]}x{label_map.shape[0]}; they must match pixel for pixel")
@@ -324,7 +267,7 @@ def decode_label_pixels(pixels: np.ndarray, dataset: str, fmt: str = "auto", *, 
         raise InputError(f"{where}: a single-channel image holds class ids, not colours; pass --label-format ids "
                          "(or auto)")
     if fmt == "auto":
-        fmt, how = _cityscapes_id_space(pixels, where) if dataset == "cityscapes" else ("ids", how)
+        fmt, how = cityscapes_space_of(pixels, where) if dataset == "cityscapes" else ("ids", how)
     native = ids_to_native(pixels, dataset, fmt, where)
     if class_ids:
         _check_known(native, dataset, class_ids, where, fmt)
@@ -342,52 +285,4 @@ def encode_label_map(native: np.ndarray, dataset: str, fmt: str = "ids") -> np.n
         return palette_lut(dataset, int(native.max(initial=0)) + 1)[native]
     if fmt != "ids":
         raise InputError(f"--label-out-format {fmt!r}: choose one of {', '.join(LABEL_OUT_FORMATS)}")
-    if dataset == "cocostuff":
-        return np.where(native == 0, IGNORE, native - 1).astype(np.uint8)
-    return native.astype(np.uint8 if native.max(initial=0) <= 255 else np.uint16)
-
-
-# ---------------------------------------------------------------- evaluation id spaces
-
-
-@dataclass(frozen=True)
-class IdSpace:
-    """The ids a dataset's published segmenter predicts, and native ids mapped into them."""
-
-    name: str
-    ids: tuple[int, ...]        # the evaluated ids, ascending
-    names: tuple[str, ...]
-    native_to_id: np.ndarray    # native id → id of this space, −1 = ignored
-
-    def from_native(self, native: np.ndarray) -> np.ndarray:
-        """Native ids (any shape) → ids of this space (int64), −1 where ignored."""
-        native = np.asarray(native, np.int64)
-        inside = (native >= 0) & (native < len(self.native_to_id))
-        return np.where(inside, self.native_to_id[np.where(inside, native, 0)], -1)
-
-
-def eval_id_space(dataset: str, class_ids: Sequence[int] = (), names: dict[int, str] | None = None) -> IdSpace:
-    """The id space published mIoU is computed in: Cityscapes trainIds 0..18 (every other labelId
-    ignored), ADE20K ids 1..150 (0 ignored), COCO-Stuff stuffthingmap values 0..181 (native id − 1;
-    void ignored); a folder dataset its own native ids (0 ignored)."""
-    if dataset == "cityscapes":
-        train = cityscapes_train_ids()
-        lut = np.full(256, -1, np.int64)
-        for label_id, (train_id, _) in train.items():
-            lut[label_id] = train_id
-        by_train = sorted((t, n) for t, n in train.values())
-        return IdSpace("Cityscapes trainIds 0..18 (other labelIds ignored)", tuple(t for t, _ in by_train),
-                       tuple(n for _, n in by_train), lut)
-    if dataset in ADE20K or dataset == "cocostuff":
-        table = class_table(dataset)
-        shift = 1 if dataset == "cocostuff" else 0
-        lut = np.full(max(table.ids) + 1, -1, np.int64)
-        lut[list(table.ids)] = np.asarray(table.ids) - shift
-        name = ("COCO-Stuff 0..181 (stuffthingmap values = native id - 1; unlabeled ignored)" if shift
-                else "ADE20K 1..150 (0 = other, ignored)")
-        return IdSpace(name, tuple(int(c) - shift for c in table.ids), tuple(table.names), lut)
-    ids = sorted(int(c) for c in class_ids if c > 0)
-    lut = np.full(max(ids, default=0) + 1, -1, np.int64)
-    lut[ids] = ids
-    return IdSpace(f"{dataset} native ids (0 ignored)", tuple(ids), tuple((names or {}).get(c, str(c)) for c in ids),
-                   lut)
+    return native_to_ids(native, dataset)
