@@ -59,8 +59,9 @@ import torch
 from resail.artifacts import write_json_atomic, write_png_atomic
 from resail.synth.config import resolve_config
 from resail.synth.data import StepBatchSampler, SynthDataset, count_images, label_palette, segments_params, to_uint8
-from resail.synth.eval import Segmenter, feature_distances
+from resail.synth.eval import Segmenter
 from resail.synth.labels import LabelChannels
+from resail.synth.metrics import feature_distances
 from resail.synth.norms import ResailNorm
 from resail.synth.segnet import SegNet, SegnetTrainConfig, load_segnet
 from resail.synth.segnet_data import SegnetRunConfig, train_segnet_on_work

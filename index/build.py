@@ -12,7 +12,6 @@ once finished (`artifacts.commit_dir`), so a failed build leaves the previous in
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import shutil
 import time
@@ -30,6 +29,7 @@ from ..artifacts import (
     recover_dir,
     write_manifest,
 )
+from ..common import short_hash
 from ..errors import StageError
 from ..pipeline.store import SegmentStore
 from ..workdir import INDEX_LOCK, WorkDir
@@ -114,7 +114,7 @@ def size_order(bbox_area: np.ndarray, segment_id: np.ndarray) -> np.ndarray:
 
 
 def order_hash(segment_ids: np.ndarray) -> str:
-    return hashlib.sha256(np.ascontiguousarray(segment_ids, dtype=np.int64).tobytes()).hexdigest()[:16]
+    return short_hash(np.ascontiguousarray(segment_ids, dtype=np.int64).tobytes())
 
 
 # ------------------------------------------------------------------ build

@@ -44,7 +44,6 @@ from ..errors import InputError, ResailError, StageError
 from ..pipeline.guidance import SEED_MAX, LabelMapGuidance
 from ..pipeline.label_maps import LABEL_FORMATS, MAX_SIDE, LabelMapFile, LabelSizeError, encode_label_map, palette_lut
 from ..pipeline.store import SegmentStore
-from .data import resize_nearest
 from .inference import LoadedRun, segment_choices
 
 log = logging.getLogger(__name__)
@@ -192,7 +191,7 @@ class Synthesizer:
         """A label map for the page's editor: native ids at the model size, base64 little-endian
         uint16; with how an upload was read and whether the model size stretched it."""
         W, H = self.size
-        small = resize_nearest(label_map, W, H).astype("<u2")
+        small = self.run.at_size(label_map).astype("<u2")
         out = {"width": W, "height": H, "ids": base64.b64encode(small.tobytes()).decode()}
         if read is not None:
             note = self.run.label_note(label_map, "uploaded label map")
