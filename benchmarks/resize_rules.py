@@ -40,7 +40,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--max", type=int, default=512, help="largest side n and N")
     args = ap.parse_args()
-    print(json.dumps(disagreements(args.max), indent=1))
+    print(json.dumps(disagreements(args.max)))
 
 
 if __name__ == "__main__":

@@ -29,9 +29,10 @@ Protocol (written into `metrics.json` with every result):
   label table, which need not be the generator's: labels are remapped through native ids),
   scored with synth/metrics.py's convention (docs/metrics.md): IoU_c = TP/(TP + FP + FN), mIoU =
   mean over classes whose union is non-empty, pixel accuracy = correct / non-ignored pixels;
-  per-class rows name the native class. `resail segnet train` scores its val split the same way,
-  so its val mIoU is this command's real-image mIoU for the same network and images. The
-  real-image numbers are the upper bound the segmenter allows.
+  per-class rows name the native class. `resail segnet train` scores its val split the same way:
+  for a run of the network's size under `--recipe resail` (the label resize they share), its val
+  mIoU is this command's real-image mIoU. The real-image numbers are the upper bound the
+  segmenter allows.
 * Segmentation with `segmenter` (numbers comparable with published ones): one of the classic
   segmenters published mIoU uses — `drn-d-105` (Cityscapes), `upernet-r101` (ADE20K, the
   authors' five test scales or `upernet_scales="single"`), `deeplabv2-r101` (COCO-Stuff) — from
