@@ -1,11 +1,12 @@
 """Small operations every layer shares: the nearest-neighbour resize rules, reading a photo, hashing.
 
 Resize rules. Nearest-neighbour resampling has no single definition: each library picks, for
-output pixel i of N, an input pixel of n by its own formula, and the formulas disagree on a few
-columns for many size pairs (docs/metrics.md has the table of who uses which, and how often they
-differ). resail reproduces several on purpose: the official RESAIL code resized masks with
-torch's legacy `interpolate(mode="nearest")` and label maps with PIL, and stored artifacts were
-cut with the rules below. Each rule is one named function, called by name wherever it is used:
+output pixel i of N, an input pixel of n by its own formula. The floor-style formulas disagree on
+a few columns for some size pairs, PIL's pixel-centre rule on most columns of most pairs
+(docs/metrics.md: which site uses which, and how often they differ). resail reproduces several
+on purpose: the official RESAIL code resized masks with torch's legacy
+`interpolate(mode="nearest")` and label maps with PIL, and stored artifacts were cut with the
+rules below. Each rule is one named function, called by name wherever it is used:
 
 | rule | source index of output pixel i | equals |
 |---|---|---|

@@ -10,8 +10,8 @@ cubic polynomial kernel (x·y/D + 1)³, mean and std over random subsets.
 
 Segmentation, one convention for every segmenter and both commands (docs/metrics.md):
 - one K×K confusion matrix over the whole split, rows = ground truth, columns = prediction
-  (`confusion_matrix`); the argmax runs over the evaluated classes only when the segmenter has
-  channels for others (`argmax_over`);
+  (`confusion_matrix`); the project's segmentation network takes its argmax over the evaluated
+  classes only (`argmax_over`), the classic segmenters over all their classes, as published;
 - the scores cover a list of evaluated classes (`segmentation_scores`): a pixel counts when its
   ground truth is one of them; void and any other label are ignored, and a prediction on an
   ignored pixel is nobody's false positive. A prediction outside the list on a counted pixel is a
