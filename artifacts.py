@@ -34,7 +34,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import hashlib
 import json
 import os
 import shutil
@@ -47,6 +46,7 @@ from typing import Any, Iterable, Iterator
 
 import numpy as np
 
+from .common import short_hash
 from .errors import BusyError, DiskFullError, ResailError, StageError
 
 MANIFEST = "manifest.json"
@@ -175,7 +175,7 @@ def remove_temporaries(folder: str | os.PathLike, prefix: str = ".") -> None:
 def fingerprint(obj: Any) -> str:
     """A stable short hash of a JSON-able object (parameters, input listings)."""
     blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]
+    return short_hash(blob)
 
 
 def file_fingerprint(path: str | os.PathLike) -> str:

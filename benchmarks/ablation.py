@@ -61,7 +61,8 @@ from resail.pipeline.labels.classes import palette_lut
 from resail.pipeline.labels.spaces import LabelChannels
 from resail.synth.config import resolve_config
 from resail.synth.data import StepBatchSampler, SynthDataset, count_images, segments_params, to_uint8
-from resail.synth.eval import Segmenter, feature_distances
+from resail.synth.eval import Segmenter
+from resail.synth.metrics import feature_distances
 from resail.synth.norms import ResailNorm
 from resail.synth.segnet import SegNet, SegnetTrainConfig, load_segnet
 from resail.synth.segnet_data import SegnetRunConfig, train_segnet_on_work

@@ -36,15 +36,14 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from resail.pipeline.datasets import list_split, make_reader, read_rgb
+from resail.common import nearest_cv2, read_rgb
+from resail.pipeline.datasets import list_split, make_reader
 from resail.pipeline.decompose import decompose, thing_lut
 from resail.pipeline.store import crop_pixels, decode_crop, decode_mask, encode_crop
 
 
 def _resize_nearest(a: np.ndarray | None, hw: tuple[int, int]) -> np.ndarray | None:
-    if a is None or a.shape[:2] == hw:
-        return a
-    return cv2.resize(a, (hw[1], hw[0]), interpolation=cv2.INTER_NEAREST)
+    return a if a is None or a.shape[:2] == hw else nearest_cv2(a, *hw)
 
 
 def measure(photos: list[np.ndarray], samples, reader, crop_max_side: int) -> dict:

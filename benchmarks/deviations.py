@@ -318,8 +318,7 @@ def measure_resizes(work: Path) -> dict:
     (ours) against PIL bicubic (official), mean absolute difference in 8-bit levels; the label
     resize, floor-index nearest (ours) against PIL nearest (pixel centres, official): share of
     pixels whose label differs."""
-    from resail.pipeline.datasets import read_rgb
-    from resail.synth.data import resize_nearest
+    from resail.common import nearest_floor, nearest_pil, read_rgb
 
     comp = open_composer(work, "train", (LOAD, LOAD))
     label_paths = comp.store.images["label_path"].to_pylist()
@@ -328,7 +327,7 @@ def measure_resizes(work: Path) -> dict:
         image = read_rgb(comp.image_path[int(row)])
         photo.append(photo_difference(image))
         ids = cv2.imread(label_paths[int(row)], cv2.IMREAD_UNCHANGED)
-        label.append((resize_nearest(ids, LOAD, LOAD) != resize_nearest(ids, LOAD, LOAD, pil=True)).mean())
+        label.append((nearest_floor(ids, LOAD, LOAD) != nearest_pil(ids, LOAD, LOAD)).mean())
     for seed in range(3):
         noise.append(photo_difference(pink_noise((512, 512), seed)))
     comp.close()
@@ -420,7 +419,7 @@ def measure_distortion_details(work: Path) -> dict:
         size = (max(1, int(image.shape[1] * r)), max(1, int(image.shape[0] * r)))
         pil = resize_bicubic_pil(resize_bicubic_pil(image, size), image.shape[1::-1])
         kernel.append(np.abs(resample_resolution(image, r).astype(int) - pil).mean())
-    from resail.pipeline.datasets import read_rgb
+    from resail.common import read_rgb
 
     comp = open_composer(work, "train", (256, 256))
     photos = [resize_area(read_rgb(comp.image_path[int(row)]), (256, 256)) for row in comp.ok_images()]

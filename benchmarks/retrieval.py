@@ -37,8 +37,8 @@ import cv2
 import faiss
 import numpy as np
 
+from resail.common import nearest_torch_legacy
 from resail.index.build import build_index
-from resail.index.descriptors import resize_mask_nearest
 from resail.index.retrieval import RetrievalIndex
 from resail.index.search import QueryBatch, SearchConfig, search
 
@@ -91,8 +91,8 @@ def make_segments(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray
     pre = np.empty((n, r * r // 8), np.uint8)
     for i in range(n):
         crop = make_segment(rng)
-        canon[i] = np.packbits(resize_mask_nearest(crop, R))
-        pre[i] = np.packbits(resize_mask_nearest(crop, r))
+        canon[i] = np.packbits(nearest_torch_legacy(crop, R, R))
+        pre[i] = np.packbits(nearest_torch_legacy(crop, r, r))
     bbox = np.exp(rng.uniform(np.log(64), np.log(256 * 1024), n)).astype(np.int64)
     return canon, pre, bbox
 

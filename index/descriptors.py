@@ -1,8 +1,8 @@
 """Mask descriptors shared by the segment store and the retrieval index.
 
-A segment's *canonical mask* is its tight-bbox crop resized to R×R with legacy nearest sampling
-(source index = floor(dst · in / out), the rule of torch's `interpolate(mode="nearest")`, which
-the official code used), aspect ratio not preserved. The *prefilter mask* is the same at r×r.
+A segment's *canonical mask* is its tight-bbox crop resized to R×R with torch's legacy nearest
+sampling (`common.nearest_torch_legacy`, the rule the official code used), aspect ratio not
+preserved. The *prefilter mask* is the same at r×r.
 Both are stored bit-packed: rows of R·R/8 bytes, `np.packbits` over the row-major flattened
 mask, big bit order. At R = 128 a mask is 2,048 bytes; at r = 32 it is 128 bytes, which is
 exactly a 1,024-bit FAISS binary vector whose Hamming distance is the XOR count.
@@ -12,21 +12,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..common import nearest_torch_legacy
+
 R_CANONICAL = 128
 R_PREFILTER = 32
-
-
-def nearest_indices(n_in: int, n_out: int) -> np.ndarray:
-    """Source indices of legacy nearest resampling from n_in to n_out samples."""
-    idx = np.floor(np.arange(n_out, dtype=np.float64) * (n_in / n_out)).astype(np.int64)
-    return np.minimum(idx, n_in - 1)
-
-
-def resize_mask_nearest(mask: np.ndarray, out_h: int, out_w: int | None = None) -> np.ndarray:
-    """Nearest resize of a 2-D boolean mask to out_h×out_w (square when out_w is None)."""
-    out_w = out_h if out_w is None else out_w
-    h, w = mask.shape
-    return mask[nearest_indices(h, out_h)[:, None], nearest_indices(w, out_w)[None, :]]
 
 
 def crop_to_bbox(mask: np.ndarray) -> tuple[np.ndarray, tuple[int, int, int, int]]:
@@ -54,6 +43,6 @@ def unpack_masks(packed: np.ndarray, side: int) -> np.ndarray:
 
 def descriptors(bbox_crop: np.ndarray, R: int = R_CANONICAL, r: int = R_PREFILTER) -> tuple[np.ndarray, np.ndarray]:
     """Packed canonical (R×R) and prefilter (r×r) rows of one segment's bbox-cropped mask."""
-    canon = resize_mask_nearest(bbox_crop, R)
-    pre = resize_mask_nearest(bbox_crop, r)
+    canon = nearest_torch_legacy(bbox_crop, R, R)
+    pre = nearest_torch_legacy(bbox_crop, r, r)
     return pack_masks(canon[None])[0], pack_masks(pre[None])[0]

@@ -11,10 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from ..artifacts import write_png_atomic
+from ..common import nearest_cv2
 from ..errors import InputError
 from ..pipeline.store import SegmentStore
 from .descriptors import descriptors
@@ -94,7 +94,7 @@ def _fit(img: np.ndarray) -> np.ndarray:
     h, w = img.shape[:2]
     s = CELL / max(h, w)
     nh, nw = max(1, round(h * s)), max(1, round(w * s))
-    small = cv2.resize(np.ascontiguousarray(img), (nw, nh), interpolation=cv2.INTER_NEAREST)
+    small = nearest_cv2(img, nh, nw)
     cell = np.zeros((CELL, CELL, 3), np.uint8)
     y, x = (CELL - nh) // 2, (CELL - nw) // 2
     cell[y:y + nh, x:x + nw] = small

@@ -11,12 +11,12 @@ error that says to rebuild, never a silent mismatch.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from ..common import short_hash
 from ..errors import StageError
 from ..pipeline.store import SegmentStore
 from ..workdir import WorkDir
@@ -87,7 +87,7 @@ def size_order(bbox_area: np.ndarray, segment_id: np.ndarray) -> np.ndarray:
 
 
 def order_hash(segment_ids: np.ndarray) -> str:
-    return hashlib.sha256(np.ascontiguousarray(segment_ids, dtype=np.int64).tobytes()).hexdigest()[:16]
+    return short_hash(np.ascontiguousarray(segment_ids, dtype=np.int64).tobytes())
 
 
 # ------------------------------------------------------------------ the loaded shards

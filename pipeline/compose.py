@@ -29,6 +29,8 @@ import cv2
 import numba
 import numpy as np
 
+from ..common import nearest_cv2
+
 MODES = ("clean", "official")
 
 
@@ -46,7 +48,7 @@ class Piece:
 def stretch_crop(rgba: np.ndarray, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
     """Stretch a stored RGBA crop to h×w: bicubic image, nearest mask (aspect ratio not kept)."""
     rgb = cv2.resize(np.ascontiguousarray(rgba[..., :3]), (w, h), interpolation=cv2.INTER_CUBIC)
-    mask = cv2.resize(np.ascontiguousarray(rgba[..., 3]), (w, h), interpolation=cv2.INTER_NEAREST) > 127
+    mask = nearest_cv2(rgba[..., 3], h, w) > 127
     return rgb, mask
 
 

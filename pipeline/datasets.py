@@ -15,24 +15,22 @@ raises `InputError` naming the file and the fix. Layouts and choices: docs/decom
 Nothing is dropped silently: a label map without its photo is listed like any image (with no
 image path) and fails to load with a message naming it, so stage 1 stops or, with `--on-error
 skip`, counts it as skipped; `--image-list` names that match no image are reported
-(`unmatched_list_names`). Photos decode to 8-bit RGB whatever their mode (`photo_rgb`: 16-bit
-grey is scaled, not clipped to white; palette images go through their palette), and any image
-above `MAX_PIXELS` is refused before it is decoded (a decompression bomb costs nothing).
+(`unmatched_list_names`). Photos decode to 8-bit RGB whatever their mode (`common.read_rgb`:
+16-bit grey is scaled, not clipped to white; palette images go through their palette), and any
+image above `common.MAX_PIXELS` is refused before it is decoded (a decompression bomb costs nothing).
 """
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import logging
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 from PIL import Image
 
+from ..common import decoded_image, read_error, read_rgb
 from ..errors import InputError
 from .coco import coco_annotation_texts, coco_annotations, coco_instance_map
 from .labels.classes import COCO_LAYOUTS, DATASETS, ClassTable, ade20k_instance_mapping, class_table
@@ -42,7 +40,6 @@ log = logging.getLogger("resail")
 MAJORITY = -1
 SPLITS = ("train", "val")
 IMAGE_EXTS = (".jpg", ".jpeg", ".png")
-MAX_PIXELS = 2**27  # 134 Mpx (e.g. 16384×8192): far above any dataset's photos, far below a bomb's
 
 
 @dataclass(frozen=True)
@@ -71,62 +68,10 @@ class Sample:
 # ---------------------------------------------------------------- file decoding
 
 
-def photo_rgb(im: Image.Image) -> np.ndarray:
-    """H×W×3 uint8 RGB of a decoded photo of any mode. 16-bit grey ("I;16…", or "I" holding
-    0..65535) is scaled to 8 bits (v/257, rounded): Pillow's `convert("RGB")` would clip it to
-    white. Palette, grey, CMYK and alpha modes go through Pillow's conversion."""
-    if im.mode.startswith("I"):
-        grey = np.round(np.clip(np.asarray(im, np.float64), 0, 65535) / 257.0).astype(np.uint8)
-        return np.repeat(grey[..., None], 3, axis=2)
-    if im.mode == "F":
-        grey = np.clip(np.asarray(im, np.float64), 0, 255).round().astype(np.uint8)
-        return np.repeat(grey[..., None], 3, axis=2)
-    return np.asarray(im.convert("RGB"))
-
-
-def _check_pixels(im: Image.Image, path: str | Path) -> None:
-    w, h = im.size
-    if w * h > MAX_PIXELS:
-        raise InputError(f"{path}: {w}x{h} pixels is above the {MAX_PIXELS:,}-pixel limit (a decompression bomb, "
-                         "or a photo far larger than training needs); downscale or remove it")
-
-
-def _read_error(path: str | Path, e: Exception, what: str) -> InputError:
-    if isinstance(e, Image.DecompressionBombError):
-        return InputError(f"{path}: too many pixels ({e}); downscale or remove it")
-    if isinstance(e, OSError) and e.errno is not None:  # a link loop, a folder, no permission
-        return InputError(f"{path}: cannot read ({e.strerror}); fix or remove it")
-    return InputError(f"{path}: corrupt or truncated {what} ({e}); re-download or remove it")
-
-
-@contextlib.contextmanager
-def _decoded(path: str | Path) -> Iterator[Image.Image]:
-    """The decoded image at `path`, after checking its header's size against `MAX_PIXELS`."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # `_check_pixels` decides
-        with Image.open(path) as im:
-            _check_pixels(im, path)
-            im.load()
-            yield im
-
-
-def read_rgb(path: str | Path) -> np.ndarray:
-    """An image file as H×W×3 uint8 RGB (`photo_rgb`); missing, huge, truncated or corrupt files raise InputError."""
-    try:
-        with _decoded(path) as im:
-            return photo_rgb(im)
-    except InputError:
-        raise
-    except FileNotFoundError:
-        raise InputError(f"{path}: image file is missing; restore it or remove it from the dataset") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise _read_error(path, e, "image") from None
-
-
 def read_index_png(path: str | Path, channels: int = 1) -> np.ndarray:
     """A label/instance PNG as int32: H×W for 8/16-bit grey or palette files, H×W×3 when channels=3."""
     try:
-        with _decoded(path) as im:
+        with decoded_image(path) as im:
             if channels == 3:
                 if im.mode != "RGB":
                     raise InputError(f"{path}: expected an RGB instance PNG, found mode {im.mode}; "
@@ -142,7 +87,7 @@ def read_index_png(path: str | Path, channels: int = 1) -> np.ndarray:
     except FileNotFoundError:
         raise InputError(f"{path}: annotation file is missing; restore it or remove its image") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise _read_error(path, e, "PNG") from None
+        raise read_error(path, e, "PNG") from None
 
 
 def _check_same_size(image: np.ndarray, other: np.ndarray, image_path: str, other_path: str) -> None:

@@ -25,6 +25,7 @@ import cv2
 import numpy as np
 from scipy import ndimage
 
+from ..common import nearest_pil
 from ..errors import InputError
 from .datasets import MAJORITY, READERS
 from .labels.classes import UNCOVERED_CHOICES
@@ -155,8 +156,8 @@ def decompose(label_map: np.ndarray, instance_map: np.ndarray | None, instance_c
 
 def downscale(image: np.ndarray | None, label_map: np.ndarray, instance_map: np.ndarray | None,
               max_side: int | None):
-    """Cap the longest side at `max_side`: INTER_AREA for the image (None: none), nearest for label
-    and instance maps."""
+    """Cap the longest side at `max_side`: INTER_AREA for the image (None: none), PIL's nearest
+    (= cv2 INTER_NEAREST_EXACT, pixel centres) for label and instance maps."""
     h, w = label_map.shape
     if not max_side or max(h, w) <= max_side:
         return image, label_map, instance_map
@@ -164,9 +165,9 @@ def downscale(image: np.ndarray | None, label_map: np.ndarray, instance_map: np.
     size = (max(1, round(w * s)), max(1, round(h * s)))
     if image is not None:
         image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
-    label_map = cv2.resize(label_map, size, interpolation=cv2.INTER_NEAREST_EXACT)
+    label_map = nearest_pil(label_map, size[1], size[0])
     if instance_map is not None:
-        instance_map = cv2.resize(instance_map, size, interpolation=cv2.INTER_NEAREST_EXACT)
+        instance_map = nearest_pil(instance_map, size[1], size[0])
     return image, label_map, instance_map
 
 

@@ -34,11 +34,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..artifacts import write_png_atomic
+from ..common import nearest_cv2, read_rgb
 from ..errors import InputError, StageError
 from ..workdir import WorkDir
 from .color_transfer import LabStats, lab_stats
 from .compose import Piece, compose, stretch_crop
-from .datasets import read_rgb
 from .decompose import DecompositionRules, Segment, thing_lut
 from .distort import DistortConfig, SegmentSource, distort_segments
 from .store import SegmentStore
@@ -128,14 +128,14 @@ def target_boxes(bbox: np.ndarray, image_hw: tuple[int, int], size: tuple[int, i
 
 
 def paint_segment_map(size: tuple[int, int], boxes, masks, is_thing, area) -> np.ndarray:
-    """H×W map of segment index (−1 none) from bbox-cropped masks resized (nearest) into their
-    target boxes. Stuff first, then things, larger before smaller: small things win shared pixels."""
+    """H×W map of segment index (−1 none) from bbox-cropped bool masks resized (cv2's nearest) into
+    their target boxes. Stuff first, then things, larger before smaller: small things win shared pixels."""
     W, H = size
     seg_map = np.full((H, W), -1, np.int32)
     order = sorted(range(len(boxes)), key=lambda i: (bool(is_thing[i]), -int(area[i])))
     for i in order:
         y0, x0, y1, x1 = boxes[i]
-        m = cv2.resize(masks(i).astype(np.uint8), (x1 - x0, y1 - y0), interpolation=cv2.INTER_NEAREST) > 0
+        m = nearest_cv2(masks(i), y1 - y0, x1 - x0)
         seg_map[y0:y1, x0:x1][m] = i
     return seg_map
 
@@ -283,7 +283,7 @@ class GuidanceComposer:
         y0, x0, h, w = (int(v) for v in self.bbox[row])
         mask = self.store.crop_mask(row)
         if mask.shape != (h, w):  # a stored crop is capped at crop_max_side: back to the box, nearest
-            mask = cv2.resize(mask.view(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST).view(bool)
+            mask = nearest_cv2(mask, h, w)
         return SegmentSource(y0, x0, mask, box)
 
     def label_preview(self, image_row: int, palette: np.ndarray) -> np.ndarray:

@@ -21,7 +21,6 @@ the jobs of a sharded build, each also holding its shard's lock).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import shutil
@@ -45,6 +44,7 @@ from ..artifacts import (
     write_json_atomic,
     write_manifest,
 )
+from ..common import sha256_file
 from ..errors import InputError, StageError
 from ..index.descriptors import R_CANONICAL, R_PREFILTER
 from ..workdir import INDEX_LOCK, WorkDir
@@ -123,7 +123,7 @@ class _Job:
 
 
 def _file_sha(path: Path | None) -> str | None:
-    return None if path is None else hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+    return None if path is None else sha256_file(path)[:16]
 
 
 def _inputs_fingerprint(records: list[ImageRecord], extra: list[Path]) -> str:

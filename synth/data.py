@@ -16,8 +16,9 @@ ground truth follows the official order (reference §4.4): colour and resolution
 the photo's original resolution, the photo's resize, the crop, then the TPS warp on the crop
 (`GuidanceComposer.distorted_gt`); only its flip comes after the warp (the official code flips
 before it: the same distribution of warps, mirrored). Resizes follow the config's `recipe`:
-`resail` shrinks the photo with OpenCV INTER_AREA and picks label pixels by `floor(i·n/N)`;
-`official` uses PIL bicubic and PIL nearest (pixel centres), as the official transform does.
+`resail` shrinks the photo with OpenCV INTER_AREA and picks label pixels by ⌊i·n/N⌋
+(`common.nearest_floor`); `official` uses PIL bicubic and PIL nearest (pixel centres,
+`common.nearest_pil`), as the official transform does (`PHOTO_RESIZE`, `LABEL_RESIZE`).
 
 Every random number of an item comes from `default_rng([seed, epoch, index])`, so an item never
 depends on the worker count, on the worker that builds it, or on what was drawn before: keys are
@@ -41,6 +42,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
+from ..common import nearest_floor, nearest_pil
 from ..errors import InputError, StageError
 from ..pipeline.datasets import records_for_ids
 from ..pipeline.distort import DistortConfig
@@ -140,24 +142,8 @@ def resize_bicubic_pil(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 PHOTO_RESIZE = {"resail": resize_area, "official": resize_bicubic_pil}  # the recipe's photo resize
-
-
-def resize_nearest(a: np.ndarray, width: int, height: int, *, pil: bool = False) -> np.ndarray:
-    """Nearest resize of an integer map by index (no dtype limits, exact for any id): output pixel
-    i takes input ⌊i·n/N⌋, or with `pil` the pixel under its centre as PIL's NEAREST finds it
-    (the running sum (i + ½)·n/N of its affine scaler, floored: the same indices bit for bit)."""
-    h, w = a.shape[:2]
-    if (h, w) == (height, width):
-        return a
-    return a[_nearest_indices(h, height, pil)[:, None], _nearest_indices(w, width, pil)[None, :]]
-
-
-def _nearest_indices(n_in: int, n_out: int, pil: bool) -> np.ndarray:
-    if pil:
-        scale = n_in / n_out
-        centres = np.cumsum(np.r_[0.5 * scale, np.full(n_out - 1, scale)])  # sequential sums, as PIL adds
-        return np.minimum(centres.astype(np.int64), n_in - 1)
-    return np.minimum((np.arange(n_out) * n_in) // n_out, n_in - 1)
+# label and instance maps, (map, height, width): by index, so any id stays exact (common.py)
+LABEL_RESIZE = {"resail": nearest_floor, "official": nearest_pil}
 
 
 def instance_edges(instance_map: np.ndarray | None, shape: tuple[int, int]) -> np.ndarray:
@@ -190,7 +176,7 @@ class SynthDataset(Dataset):
         self.with_edges = cfg.instance_edges
         self.color_ref = cfg.color_ref
         self.photo_resize = PHOTO_RESIZE[cfg.recipe]
-        self.pil_nearest = cfg.recipe == "official"
+        self.label_resize = LABEL_RESIZE[cfg.recipe]
         self.distort_cfg = DistortConfig(p_color=cfg.p_color, p_resolution=cfg.p_resolution, p_shape=cfg.p_shape)
 
         seg = segments_params(self.work)
@@ -246,14 +232,13 @@ class SynthDataset(Dataset):
 
         sample = self.reader.load(self.records[index])
         photo = self.photo_resize(sample.image, (W, H))
-        label = resize_nearest(sample.label_map, W, H, pil=self.pil_nearest).astype(np.int64)
+        label = self.label_resize(sample.label_map, H, W).astype(np.int64)
         guidance = self._cache["guidance"][index]
         if guidance.shape[:2] != (H, W):
             guidance = cv2.resize(guidance, (W, H), interpolation=cv2.INTER_LINEAR)
         planes = {"image": photo, "label": label, "guidance": guidance}
         if self.with_edges:
-            inst = None if sample.instance_map is None else resize_nearest(sample.instance_map, W, H,
-                                                                            pil=self.pil_nearest)
+            inst = None if sample.instance_map is None else self.label_resize(sample.instance_map, H, W)
             planes["edges"] = instance_edges(inst, (H, W))
         planes = {name: a[oy:oy + h, ox:ox + w] for name, a in planes.items()}
         if self.with_distorted:  # built on the crop: its warp runs after it

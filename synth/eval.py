@@ -1,5 +1,8 @@
 """`resail eval`: FID, KID, mIoU and pixel accuracy of a trained run, with a documented protocol.
 
+This module runs the command (generate, segment, cache, write); the metric maths is
+synth/metrics.py's, shared with `resail segnet train` and the toy ablation.
+
 Protocol (written into `metrics.json` with every result):
 
 * Generation: G_ema of the run's snapshot (latest, or `checkpoint`) in eval mode, so BatchNorm
@@ -12,9 +15,8 @@ Protocol (written into `metrics.json` with every result):
   (cv2 INTER_AREA from the original), uint8.
 * FID, pytorch-fid convention: TF-ported Inception (`pt_inception-2015-12-05-6726825d.pth`),
   [0, 255] → [0, 1], bilinear resize to 299×299 (align_corners=False), [−1, 1], pool3 (2048-d);
-  μ and Σ from `np.cov` (ddof 1); d² = |μ₁ − μ₂|² + tr Σ₁ + tr Σ₂ − 2 tr √(Σ₁Σ₂) with
-  `scipy.linalg.sqrtm`, retried with 1e−6 on both diagonals when the root is not finite; a
-  residual imaginary part is dropped (logged when above 1e−3). Real statistics are cached in
+  the Fréchet distance with pytorch-fid's numerics (`metrics.frechet_distance`: `np.cov`,
+  `scipy.linalg.sqrtm`, 1e−6 on the diagonals when the root is not finite). Real statistics are cached in
   `WORK/eval/fid_stats/`, keyed by split, image ids, size and the weight file's SHA-256.
   With fewer than 2048 images Σ is rank-deficient and FID is biased upward: compare only
   numbers computed on the same number of images.
@@ -24,10 +26,13 @@ Protocol (written into `metrics.json` with every result):
   train` checkpoint) on the generated and on the real images at the model size; per pixel the
   argmax over the dataset's classes only (void and unused channels excluded); label-map void
   pixels ignored. One confusion matrix over the split, in the segmenter's label channels (its
-  label table, which need not be the generator's: labels are remapped through native ids); IoU_c =
-  TP/(TP + FP + FN), mIoU = mean over classes whose union is non-empty; pixel accuracy =
-  correct / non-void pixels; per-class rows name the native class. The real-image numbers are
-  the upper bound the segmenter allows.
+  label table, which need not be the generator's: labels are remapped through native ids),
+  scored with synth/metrics.py's convention (docs/metrics.md): IoU_c = TP/(TP + FP + FN), mIoU =
+  mean over classes whose union is non-empty, pixel accuracy = correct / non-ignored pixels;
+  per-class rows name the native class. `resail segnet train` scores its val split the same way:
+  for a run of the network's size under `--recipe resail` (the label resize they share), its val
+  mIoU is this command's real-image mIoU. The real-image numbers are the upper bound the
+  segmenter allows.
 * Segmentation with `segmenter` (numbers comparable with published ones): one of the classic
   segmenters published mIoU uses — `drn-d-105` (Cityscapes), `upernet-r101` (ADE20K, the
   authors' five test scales or `upernet_scales="single"`), `deeplabv2-r101` (COCO-Stuff) — from
@@ -57,20 +62,21 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-import scipy.linalg
 import torch
 from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
 from ..artifacts import atomic_path, fingerprint, write_bytes_atomic, write_json_atomic, write_png_atomic
+from ..common import sha256_file
 from ..errors import InputError
 from ..pipeline.labels.classes import palette_lut
 from ..pipeline.labels.spaces import ADE20K, IdSpace, LabelChannels, eval_id_space
 from ..workdir import WorkDir
 from .data import SynthDataset, check_label_table, to_uint8
-from .inception import FEATURE_DIM, find_weights, inception_features, load_inception, sha256_of
+from .inception import FEATURE_DIM, find_weights, inception_features, load_inception
 from .inference import LoadedRun
-from .segnet import SegNet, confusion_matrix, load_segnet
+from .metrics import argmax_over, confusion_matrix, feature_distances, segmentation_scores
+from .segnet import SegNet, load_segnet, scored_channels
 from .segnet_data import DATASET_PRESET
 
 log = logging.getLogger(__name__)
@@ -80,92 +86,6 @@ FID_STATS = "fid_stats"   # WORK/eval/fid_stats/: cached real-image statistics, 
 IMAGE_FORMAT = "PNG, 8-bit RGB, lossless (never JPEG): every metric sees exactly the saved pixels"
 UPERNET_SCALES = ("multi", "single")
 PUBLISHED_FOR = {"drn-d-105": "cityscapes", "upernet-r101": "ade20k", "deeplabv2-r101": "cocostuff"}
-
-
-# ---------------------------------------------------------------- metrics (pure functions)
-
-
-def feature_stats(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """μ (D) and Σ (D×D, ddof 1) of N×D features."""
-    features = np.asarray(features, np.float64)
-    if len(features) < 2:
-        raise InputError(f"FID needs at least 2 images per side, got {len(features)}")
-    return features.mean(axis=0), np.cov(features, rowvar=False)
-
-
-def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray,
-                     eps: float = 1e-6) -> float:
-    """Fréchet distance between N(μ₁, Σ₁) and N(μ₂, Σ₂) (pytorch-fid's numerics, see the module doc)."""
-    mu1, mu2 = np.atleast_1d(mu1).astype(np.float64), np.atleast_1d(mu2).astype(np.float64)
-    sigma1, sigma2 = np.atleast_2d(sigma1).astype(np.float64), np.atleast_2d(sigma2).astype(np.float64)
-    if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape or sigma1.shape != (len(mu1), len(mu1)):
-        raise ValueError(f"mismatched statistics: μ {mu1.shape} / {mu2.shape}, Σ {sigma1.shape} / {sigma2.shape}")
-    root = scipy.linalg.sqrtm(sigma1 @ sigma2)
-    if not np.isfinite(root).all():
-        log.warning("FID: √(Σ₁Σ₂) is not finite (singular product); adding %g to the diagonals", eps)
-        offset = np.eye(len(mu1)) * eps
-        root = scipy.linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset))
-    if np.iscomplexobj(root):
-        imag = float(np.abs(np.diagonal(root).imag).max())
-        if imag > 1e-3:
-            log.warning("FID: √(Σ₁Σ₂) has an imaginary part up to %.3g on its diagonal (too few images for a "
-                        "%d-d covariance?); using the real part", imag, len(mu1))
-        root = root.real
-    diff = mu1 - mu2
-    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * np.trace(root))
-
-
-def kernel_inception_distance(real: np.ndarray, fake: np.ndarray, n_subsets: int = 100,
-                              subset_size: int = 1000, seed: int = 0) -> dict:
-    """KID: unbiased MMD² with k(x, y) = (x·y/D + 1)³, mean and std over random subsets."""
-    real, fake = np.asarray(real, np.float64), np.asarray(fake, np.float64)
-    m = min(subset_size, len(real), len(fake))
-    if m < 2:
-        raise InputError(f"KID needs at least 2 images per side, got {len(real)} real / {len(fake)} generated")
-    d = real.shape[1]
-    rng = np.random.default_rng(seed)
-    values = np.empty(n_subsets)
-    for s in range(n_subsets):
-        x = real[rng.choice(len(real), m, replace=False)]
-        y = fake[rng.choice(len(fake), m, replace=False)]
-        kxx, kyy, kxy = ((a @ b.T / d + 1.0) ** 3 for a, b in ((x, x), (y, y), (x, y)))
-        within = (kxx.sum() - np.trace(kxx) + kyy.sum() - np.trace(kyy)) / (m * (m - 1))
-        values[s] = within - 2.0 * kxy.mean()
-    return {"mean": float(values.mean()), "std": float(values.std()), "subsets": n_subsets, "subset_size": m}
-
-
-def feature_distances(real: np.ndarray, fake: np.ndarray, *, kid: bool = True, kid_subset_size: int = 1000,
-                      seed: int = 0) -> dict:
-    """FID (and KID) between two N×D feature sets from any extractor: Inception pool3 in
-    `resail eval`, `SegNet.features` in the toy ablation. {"fid": float, "kid": {...} or None}."""
-    fid = frechet_distance(*feature_stats(real), *feature_stats(fake))
-    return {"fid": fid, "kid": kernel_inception_distance(real, fake, subset_size=kid_subset_size, seed=seed)
-            if kid else None}
-
-
-def segmentation_scores(conf: np.ndarray, class_ids) -> dict:
-    """Scores of a K×K confusion matrix (rows = label, columns = prediction, void rows already
-    left out) over the evaluated classes `class_ids`. IoU is NaN for a class with an empty union
-    (absent from both label and prediction) and such classes stay out of the means."""
-    conf = np.asarray(conf, np.float64)
-    ids = np.asarray(list(class_ids), np.int64)
-    tp = np.diagonal(conf)[ids]
-    label_px = conf.sum(axis=1)[ids]
-    pred_px = conf.sum(axis=0)[ids]
-    union = label_px + pred_px - tp
-    with np.errstate(invalid="ignore", divide="ignore"):
-        iou = np.where(union > 0, tp / union, np.nan)
-        acc = np.where(label_px > 0, tp / label_px, np.nan)
-    total = conf.sum()
-    present = ~np.isnan(iou)
-    return {
-        "miou": float(np.nanmean(iou)) if present.any() else float("nan"),
-        "pixel_acc": float(np.diagonal(conf).sum() / total) if total > 0 else float("nan"),
-        "mean_acc": float(np.nanmean(acc)) if (label_px > 0).any() else float("nan"),
-        "n_classes": int(present.sum()),
-        "n_pixels": int(total),
-        "iou": {int(c): float(v) for c, v, p in zip(ids, iou, present) if p},
-    }
 
 
 # ---------------------------------------------------------------- the stage
@@ -245,11 +165,9 @@ class Segmenter:
         table = segnet.label_channels()
         self.native = table.native
         self.K = segnet.num_classes
-        channels = table.channel_of(class_ids)
-        self.class_channels = sorted(int(c) for c in channels[channels > 0])
+        self.class_channels = scored_channels(table, class_ids)
+        self.channels = torch.as_tensor(self.class_channels, dtype=torch.long, device=device)
         self.remap = torch.as_tensor(table.remap_from(labels), device=device)   # input channel → segmenter channel
-        self.allowed = torch.full((self.K,), float("-inf"), device=device)
-        self.allowed[torch.as_tensor(self.class_channels, dtype=torch.long, device=device)] = 0.0
         self.conf = {"generated": torch.zeros(self.K, self.K, dtype=torch.long, device=device),
                      "real": torch.zeros(self.K, self.K, dtype=torch.long, device=device)}
 
@@ -257,9 +175,9 @@ class Segmenter:
     def add(self, source: str, images_u8: np.ndarray, label: torch.Tensor) -> None:
         """B×H×W×3 uint8 images and their B×H×W label maps (channel ids of `labels`)."""
         x = torch.from_numpy(images_u8).to(self.device).permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
-        logits = self.net(x) + self.allowed[None, :, None, None]   # B×K×H×W, other channels −inf
-        target = self.remap[label.to(self.device)]                  # B×H×W segmenter channels
-        self.conf[source] += confusion_matrix(logits.argmax(1), target, self.K, ignore_index=0)
+        pred = argmax_over(self.net(x), self.channels)      # B×H×W, among the evaluated channels only
+        target = self.remap[label.to(self.device)]          # B×H×W segmenter channels (−1: none)
+        self.conf[source] += confusion_matrix(pred, target, self.K)
 
     def scores(self) -> dict[str, dict]:
         out = {}
@@ -291,8 +209,7 @@ class SegmenterScorer:
         for rgb, t in zip(images_u8, target):
             keep = t >= 0
             pred = self.position[self.segmenter.predict(rgb)[keep]]
-            cell = self.position[t[keep]] * (self.K + 1) + pred
-            self.conf[source] += np.bincount(cell, minlength=(self.K + 1) ** 2).reshape(self.K + 1, self.K + 1)
+            self.conf[source] += confusion_matrix(pred, self.position[t[keep]], self.K + 1).numpy()
 
     def scores(self) -> dict[str, dict]:
         out = {}
@@ -357,7 +274,7 @@ def _load_scorers(cfg: EvalConfig, run: LoadedRun) -> _Scorers:
     sc, work, device = _Scorers(), run.work.root, run.device
     if cfg.fid:
         sc.weights = find_weights(cfg.inception_weights)
-        sc.weights_sha = sha256_of(sc.weights)
+        sc.weights_sha = sha256_file(sc.weights)
         sc.inception = load_inception(sc.weights, device)
     if not cfg.seg:
         return sc
@@ -378,7 +295,7 @@ def _load_scorers(cfg: EvalConfig, run: LoadedRun) -> _Scorers:
     sc.segmenter = Segmenter(segnet, run.channels, run.class_ids, device)
     sc.class_ids, sc.names = run.class_ids, run.names
     sc.seg_protocol = {"segmenter": "segnet", "checkpoint": str(sc.segnet_path),
-                       "weights": [{"file": sc.segnet_path.name, "sha256": sha256_of(sc.segnet_path)}],
+                       "weights": [{"file": sc.segnet_path.name, "sha256": sha256_file(sc.segnet_path)}],
                        "input": "RGB / 127.5 - 1 at the model size", "scales": [1.0], "resize": "none",
                        "id_space": "native ids, through the segmentation network's label table",
                        "argmax": "over the dataset's classes only (void and unused channels excluded)"}

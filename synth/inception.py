@@ -14,7 +14,6 @@ no antialiasing) and mapped to [−1, 1], as pytorch-fid does. Output: B×2048 p
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from pathlib import Path
 
@@ -219,14 +218,6 @@ def find_weights(path: str | Path | None = None) -> Path:
     if path is not None:
         raise InputError(f"--inception-weights {where}: no such file; {how}")
     raise InputError(f"FID needs the Inception weights {WEIGHTS_NAME}, not found at {where}: {how}")
-
-
-def sha256_of(path: str | Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def load_inception(path: str | Path | None = None, device: torch.device | str = "cpu") -> FIDInception:

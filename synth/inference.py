@@ -39,7 +39,7 @@ from ..pipeline.labels.vocabulary import Vocabulary
 from ..workdir import SPLITS, WorkDir
 from .checkpoint import find_snapshot, load_snapshot
 from .config import TrainConfig
-from .data import one_hot, resize_nearest, to_tensor, to_uint8
+from .data import LABEL_RESIZE, one_hot, to_tensor, to_uint8
 from .distributed import resolve_device
 from .generator import Generator
 
@@ -117,9 +117,9 @@ class LoadedRun:
         return self.labels.channels
 
     def at_size(self, label_map: np.ndarray) -> np.ndarray:
-        """H×W native ids → int64 at the model size, nearest-resized as the trainer does."""
+        """H×W native ids → int64 at the model size, nearest-resized as the trainer does (the run's recipe)."""
         W, H = self.size
-        return resize_nearest(label_map, W, H).astype(np.int64)
+        return LABEL_RESIZE[self.config.recipe](label_map, H, W).astype(np.int64)
 
     # ---------------------------------------------------------------- guidance
 

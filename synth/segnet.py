@@ -34,6 +34,7 @@ from ..pipeline.labels.spaces import LabelChannels
 from .checkpoint import read_segnet_checkpoint, save_segnet_checkpoint
 from .init import init_weights
 from .losses import balanced_cross_entropy
+from .metrics import argmax_over, confusion_matrix, segmentation_scores
 from .norms import spectral_norm
 from .presets import NetworkPreset
 
@@ -149,48 +150,35 @@ def build_segnet(preset: NetworkPreset, device: torch.device | str | None = None
 # ---------------------------------------------------------------- evaluation
 
 
-def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int,
-                     ignore_index: int | None = None) -> torch.Tensor:
-    """K×K counts, rows = ground truth, columns = prediction; ignored pixels are left out."""
-    valid = (target >= 0) & (target < num_classes)
-    if ignore_index is not None:
-        valid &= target != ignore_index
-    idx = target[valid] * num_classes + pred[valid]
-    return torch.bincount(idx, minlength=num_classes**2).reshape(num_classes, num_classes)
-
-
-def scores_from_confusion(conf: torch.Tensor, ignore_index: int | None = None) -> dict:
-    """mIoU over the classes that occur in the ground truth or the prediction, and pixel accuracy.
-    The ignored (void) class is never averaged: a prediction of it on a labelled pixel only counts
-    as a miss of the true class."""
-    conf = conf.double()
-    tp = conf.diag()
-    union = conf.sum(0) + conf.sum(1) - tp
-    present = union > 0
-    if ignore_index is not None:
-        present[ignore_index] = False
-    iou = tp[present] / union[present]
-    total = conf.sum()
-    return {
-        "miou": float(iou.mean()) if present.any() else 0.0,
-        "pixel_acc": float(tp.sum() / total) if total > 0 else 0.0,
-        "n_classes": int(present.sum()),
-        "n_pixels": int(total),
-    }
+def scored_channels(table: LabelChannels, class_ids: Iterable[int] | None = None) -> list[int]:
+    """The channels a segmentation score covers: those of the native `class_ids` (default: every
+    class of the table) that the table has, void (channel 0) excluded."""
+    channels = table.channel_of(table.native if class_ids is None else list(class_ids))
+    return sorted({int(c) for c in channels[channels > 0]})
 
 
 @torch.no_grad()
-def evaluate_segnet(segnet: nn.Module, batches: Iterable, num_classes: int, ignore_index: int | None = None,
+def evaluate_segnet(segnet: SegNet, batches: Iterable, class_ids: Iterable[int] | None = None,
                     device: torch.device | str = "cpu") -> dict:
-    """mIoU and pixel accuracy of `segnet` over (image B×3×H×W, label B×H×W) batches."""
+    """mIoU and pixel accuracy of `segnet` over (image B×3×H×W, label B×H×W channel ids) batches,
+    scored as `resail eval` scores its real images (synth/metrics.py): the argmax runs over the
+    channels of the native `class_ids` (default: every class but void) and label pixels of other
+    channels are ignored. `iou` is keyed by native id."""
+    table = segnet.label_channels()
+    scored = scored_channels(table, class_ids)
+    if not scored:
+        raise InputError("segmentation scores: the network has a label channel for none of the evaluated classes")
+    channels = torch.as_tensor(scored, dtype=torch.long, device=device)
     was_training = segnet.training
     segnet.eval()
-    conf = torch.zeros(num_classes, num_classes, dtype=torch.long, device=device)
+    conf = torch.zeros(segnet.num_classes, segnet.num_classes, dtype=torch.long, device=device)
     for image, label in batches:
-        logits = segnet(image.to(device))
-        conf += confusion_matrix(logits.argmax(1), label.to(device), num_classes, ignore_index)
+        pred = argmax_over(segnet(image.to(device)), channels)
+        conf += confusion_matrix(pred, label.to(device), segnet.num_classes)
     segnet.train(was_training)
-    return scores_from_confusion(conf.cpu(), ignore_index)
+    scores = segmentation_scores(conf.cpu(), scored)
+    scores["iou"] = {int(table.native[ch]): v for ch, v in scores["iou"].items()}
+    return scores
 
 
 # ---------------------------------------------------------------- training
@@ -249,11 +237,13 @@ def load_segnet(path: str | Path, map_location: torch.device | str = "cpu") -> S
 
 def train_segnet(segnet: SegNet, batches: Iterable, config: SegnetTrainConfig = SegnetTrainConfig(), *,
                  checkpoint: str | Path | None = None, val_batches: Iterable | None = None,
-                 device: torch.device | str = "cpu", progress: bool = True) -> dict:
+                 val_classes: Iterable[int] | None = None, device: torch.device | str = "cpu",
+                 progress: bool = True) -> dict:
     """Train `segnet` for `config.steps` steps over (image B×3×H×W in [−1, 1], label B×H×W long)
     batches; the source is re-iterated when it runs out. With `checkpoint`, resume from it when
     it exists and write it every `checkpoint_every` steps and at the end. Returns the last loss,
-    the step count, the time taken and, with `val_batches`, the val mIoU / pixel accuracy."""
+    the step count, the time taken and, with `val_batches`, the val scores (`evaluate_segnet`
+    over the native `val_classes`; void is never scored, whatever `ignore_index` the loss used)."""
     segnet.to(device).train()
     opt = torch.optim.Adam(segnet.parameters(), lr=config.lr, betas=(config.beta1, config.beta2))
     step = 0
@@ -296,7 +286,7 @@ def train_segnet(segnet: SegNet, batches: Iterable, config: SegnetTrainConfig = 
 
     result = {"steps": step, "loss": loss_value, "seconds": time.perf_counter() - t0}
     if val_batches is not None:
-        result["val"] = evaluate_segnet(segnet, val_batches, segnet.num_classes, ignore, device)
+        result["val"] = evaluate_segnet(segnet, val_batches, val_classes, device)
         log.info("segnet: val mIoU %.4f, pixel accuracy %.4f over %d pixels",
                  result["val"]["miou"], result["val"]["pixel_acc"], result["val"]["n_pixels"])
     if checkpoint is not None:

@@ -22,6 +22,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..artifacts import write_json_atomic
+from ..common import nearest_floor
 from ..errors import InputError
 from ..pipeline.datasets import records_for_ids
 from ..pipeline.labels.spaces import LabelChannels
@@ -63,10 +64,7 @@ class SegnetImages(Dataset):
         sample = self.reader.load(self.records[index])
         w, h = self.size
         photo = cv2.resize(sample.image, (w, h), interpolation=cv2.INTER_AREA)  # H×W×3 uint8
-        src = sample.label_map
-        ys = np.minimum(np.arange(h) * src.shape[0] // h, src.shape[0] - 1)
-        xs = np.minimum(np.arange(w) * src.shape[1] // w, src.shape[1] - 1)
-        label = src[ys[:, None], xs[None, :]]                                        # H×W nearest, native ids
+        label = nearest_floor(sample.label_map, h, w)        # H×W native ids, the trainer's --recipe resail rule
         label = self.channels.to_channels(label, str(self.records[index].label_path))  # H×W channel ids
         if self.flip and torch.rand(()) < 0.5:
             photo, label = photo[:, ::-1], label[:, ::-1]
@@ -108,7 +106,9 @@ def train_segnet_on_work(work: str | Path, cfg: SegnetRunConfig, progress: bool 
     segnet = build_segnet(preset)
     log.info("segnet: %s on %d train / %d val images of %s, %d steps of batch %d -> %s",
              preset.name, len(train_set), len(val_set), work, cfg.train.steps, cfg.batch_size, ckpt)
-    result = train_segnet(segnet, loader, cfg.train, checkpoint=ckpt, val_batches=val_loader,
+    # scored over the dataset's classes, as `resail eval` scores (none listed: every class of the table)
+    classes = WorkDir(work).require_segments().get("classes", {}).get("ids")
+    result = train_segnet(segnet, loader, cfg.train, checkpoint=ckpt, val_batches=val_loader, val_classes=classes,
                           device=device, progress=progress)
     report = {"preset": preset.name, "checkpoint": str(ckpt), "n_train": len(train_set), "n_val": len(val_set),
               "batch_size": cfg.batch_size, **result}

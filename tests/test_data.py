@@ -9,9 +9,10 @@ import torch
 from PIL import Image
 
 from builders.work import baked_work
+from resail.common import nearest_floor, nearest_pil
 from resail.errors import InputError
 from resail.synth.config import TrainConfig, format_config, resolve_config
-from resail.synth.data import StepBatchSampler, SynthDataset, instance_edges, one_hot, resize_nearest, to_tensor
+from resail.synth.data import StepBatchSampler, SynthDataset, instance_edges, one_hot, to_tensor
 
 
 def test_rank_batches_union_to_the_global_batch_and_resume_skips_exactly():
@@ -38,7 +39,7 @@ def test_one_hot_puts_native_ids_on_their_channel():
 
 def test_nearest_resize_and_instance_edges():
     a = np.arange(4, dtype=np.int32).reshape(2, 2) + 1000
-    assert resize_nearest(a, 4, 4).tolist() == [[1000, 1000, 1001, 1001]] * 2 + [[1002, 1002, 1003, 1003]] * 2
+    assert nearest_floor(a, 4, 4).tolist() == [[1000, 1000, 1001, 1001]] * 2 + [[1002, 1002, 1003, 1003]] * 2
     inst = np.zeros((4, 4), np.int32)
     inst[1:3, 1:3] = 1
     e = instance_edges(inst, (4, 4))
@@ -86,18 +87,6 @@ def recipe_config(recipe: str, **overrides):
     return resolve_config("toy", n_train=4, overrides=flags, network=TINY96)
 
 
-def test_pil_nearest_indices_are_pils():
-    rng = np.random.default_rng(0)
-    for _ in range(50):
-        (h, w), (H, W) = rng.integers(2, 700, 2), rng.integers(2, 300, 2)
-        a = rng.integers(0, 255, (h, w)).astype(np.uint8)
-        expected = np.asarray(Image.fromarray(a).resize((int(W), int(H)), Image.NEAREST))
-        assert np.array_equal(resize_nearest(a, W, H, pil=True), expected)
-        wide = a.astype(np.int32) * 300  # ids beyond uint8: PIL's 32-bit mode, the same pixels
-        assert np.array_equal(resize_nearest(wide, W, H, pil=True),
-                              np.asarray(Image.fromarray(wide).resize((int(W), int(H)), Image.NEAREST)))
-
-
 @pytest.mark.parametrize("recipe", ["resail", "official"])
 def test_recipe_chooses_the_photo_and_label_resize(work, recipe):
     ds = SynthDataset(work, "train", recipe_config(recipe), train=False, with_distorted=False)
@@ -107,11 +96,25 @@ def test_recipe_chooses_the_photo_and_label_resize(work, recipe):
         label = np.asarray(Image.fromarray(sample.label_map.astype(np.int32)).resize((96, 96), Image.NEAREST))
     else:
         photo = cv2.resize(sample.image, (96, 96), interpolation=cv2.INTER_AREA)
-        label = resize_nearest(sample.label_map, 96, 96)
+        label = nearest_floor(sample.label_map, 96, 96)
     item = ds[1]
     assert torch.equal(item["image"], to_tensor(photo))
     assert np.array_equal(item["label"].numpy(), ds.channels.to_channels(label.astype(np.int64), "label"))
     ds.close()
+
+
+@pytest.mark.parametrize("recipe, rule", [("resail", nearest_floor), ("official", nearest_pil)])
+def test_user_label_maps_are_resized_with_the_runs_recipe(recipe, rule):
+    """synthesize, serve and the editor resize a user's map as the run's trainer resized its data."""
+    from types import SimpleNamespace
+
+    from resail.synth.inference import LoadedRun
+
+    label = np.random.default_rng(0).integers(0, 150, (83, 121)).astype(np.int32)
+    run = SimpleNamespace(size=(64, 48), config=SimpleNamespace(recipe=recipe))
+    got = LoadedRun.at_size(run, label)
+    assert got.dtype == np.int64 and np.array_equal(got, rule(label, 48, 64))
+    assert not np.array_equal(nearest_floor(label, 48, 64), nearest_pil(label, 48, 64))  # the recipes differ here
 
 
 @pytest.mark.parametrize("recipe", ["resail", "official"])

@@ -2,16 +2,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from resail.index.descriptors import crop_to_bbox, pack_masks, resize_mask_nearest, unpack_masks
+from resail.index.descriptors import crop_to_bbox, descriptors, pack_masks, unpack_masks
 
 
-def test_nearest_resize_matches_torch_legacy_nearest():
+def test_descriptors_are_torch_legacy_nearest_masks():
     rng = np.random.default_rng(0)
     for h, w in [(1, 1), (3, 200), (127, 129), (500, 37)]:
         m = rng.random((h, w)) < 0.5
-        ours = resize_mask_nearest(m, 128)
-        ref = F.interpolate(torch.from_numpy(m)[None, None].float(), size=(128, 128), mode="nearest")[0, 0]
-        assert np.array_equal(ours, ref.numpy().astype(bool))
+        canon, pre = descriptors(m)
+        for packed, side in ((canon, 128), (pre, 32)):
+            ref = F.interpolate(torch.from_numpy(m)[None, None].float(), size=(side, side), mode="nearest")[0, 0]
+            assert np.array_equal(unpack_masks(packed[None], side)[0], ref.numpy().astype(bool))
 
 
 def test_pack_round_trip_and_popcount():

@@ -1,6 +1,5 @@
-"""Eval: the FID Inception against pytorch-fid, Fréchet distance and KID against independent
-computations, segmentation scores against a hand-counted confusion matrix, and the eval stage
-end to end on a tiny run (random G, random segmenter, random-weight Inception)."""
+"""Eval: the FID Inception against pytorch-fid, and the eval stage end to end on a tiny run
+(random G, random segmenter, random-weight Inception). The metric maths: tests/test_metrics.py."""
 
 import json
 from unittest import mock
@@ -9,7 +8,6 @@ import cv2
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-import scipy.linalg
 import torch
 
 from builders.runs import TINY_SIZE as SIZE
@@ -19,18 +17,11 @@ from resail.cli import main
 from resail.errors import InputError
 from resail.synth import eval as eval_mod
 from resail.synth import inception as inception_mod
-from resail.synth.eval import (
-    EvalConfig,
-    feature_distances,
-    feature_stats,
-    frechet_distance,
-    kernel_inception_distance,
-    run_eval,
-    segmentation_scores,
-)
+from resail.synth import metrics as metrics_mod
+from resail.synth.eval import EvalConfig, run_eval
 from resail.synth.inception import FIDInception, inception_features, load_inception, randomize_
 from resail.synth.presets import get_preset
-from resail.synth.segnet import SegnetTrainConfig, build_segnet, confusion_matrix, save_checkpoint
+from resail.synth.segnet import SegnetTrainConfig, build_segnet, save_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -84,93 +75,13 @@ def test_missing_or_wrong_inception_weights_say_how_to_get_them(tmp_path, monkey
     assert inception_mod.find_weights(None) == tmp_path / "hub" / "checkpoints" / inception_mod.WEIGHTS_NAME
 
 
-# ---------------------------------------------------------------- FID / KID
-
-
-def _independent_fid(a: np.ndarray, b: np.ndarray) -> float:
-    """tr √(Σ₁Σ₂) = Σ √λ(√Σ₁ Σ₂ √Σ₁), a symmetric PSD eigenproblem: no sqrtm of a non-symmetric product."""
-    mu1, mu2 = a.mean(0), b.mean(0)
-    s1, s2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    w, v = scipy.linalg.eigh(s1)
-    root1 = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
-    lam = scipy.linalg.eigvalsh(root1 @ s2 @ root1)
-    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * np.sqrt(np.clip(lam, 0, None)).sum())
-
-
-@pytest.mark.filterwarnings("ignore:The `disp` argument is deprecated:DeprecationWarning")  # pytorch-fid's call
-def test_frechet_distance_matches_independent_scipy_computation():
-    rng = np.random.default_rng(0)
-    a = rng.normal(size=(300, 16))
-    b = rng.normal(size=(250, 16)) @ rng.normal(size=(16, 16)) * 0.5 + 0.3
-    got = frechet_distance(*feature_stats(a), *feature_stats(b))
-    assert got == pytest.approx(_independent_fid(a, b), rel=1e-8)
-    assert frechet_distance(*feature_stats(a), *feature_stats(a)) == pytest.approx(0.0, abs=1e-8)
-    fid_score = pytest.importorskip("pytorch_fid.fid_score")
-    assert got == pytest.approx(fid_score.calculate_frechet_distance(*feature_stats(a), *feature_stats(b)), rel=1e-10)
-    # fewer samples than dimensions: singular covariances still give a finite, non-negative number
-    small = frechet_distance(*feature_stats(a[:5]), *feature_stats(b[:6]))
-    assert np.isfinite(small) and small > 0
-    with pytest.raises(InputError):
-        feature_stats(a[:1])
-
-
-def test_kid_is_near_zero_for_one_distribution_and_positive_for_another():
-    rng = np.random.default_rng(1)
-    a, b = rng.normal(size=(200, 32)), rng.normal(size=(200, 32))
-    same = kernel_inception_distance(a, b, n_subsets=20, subset_size=100)
-    other = kernel_inception_distance(a, b + 1.0, n_subsets=20, subset_size=100)
-    assert abs(same["mean"]) < 5 * same["std"] + 1e-3 and other["mean"] > 10 * abs(same["mean"])
-    assert other["subset_size"] == 100
-
-
-# ---------------------------------------------------------------- segmentation scores
-
-
-def test_feature_space_fid_and_kid_helper():
-    """`feature_distances` is FID + KID on any features (the toy ablation uses SegNet.features):
-    ~0 for one set against itself, growing with a shift of the mean."""
-    rng = np.random.default_rng(0)
-    a = rng.normal(size=(200, 16))
-    b = rng.normal(size=(200, 16))  # another draw of the same distribution
-    same, near, far = feature_distances(a, a), feature_distances(a, b), feature_distances(a, b + 0.5)
-    assert abs(same["fid"]) < 1e-6 and 0 < near["fid"] < far["fid"]
-    assert far["fid"] == pytest.approx(16 * 0.25 + near["fid"], rel=0.2)   # + |Δμ|²
-    # KID's unbiased estimate assumes independent sets: a set against itself is only ~0 (slightly < 0)
-    assert abs(same["kid"]["mean"]) < 0.1 * far["kid"]["mean"] and near["kid"]["mean"] < far["kid"]["mean"]
-    assert feature_distances(a, b, kid=False)["kid"] is None
-
-
-def test_segmentation_scores_match_a_hand_counted_confusion_matrix():
-    # classes 1, 2, 3 evaluated; 0 = void; 4 an unused channel of the segmenter
-    label = torch.tensor([[1, 1, 1, 2], [2, 2, 0, 0], [3, 3, 1, 0]])
-    pred = torch.tensor([[1, 1, 2, 2], [2, 1, 1, 3], [3, 2, 1, 0]])
-    conf = confusion_matrix(pred.flatten(), label.flatten(), 5, ignore_index=0).numpy()
-    expected = np.zeros((5, 5), np.int64)
-    for gt, p, n in [(1, 1, 3), (1, 2, 1), (2, 2, 2), (2, 1, 1), (3, 3, 1), (3, 2, 1)]:
-        expected[gt, p] = n
-    np.testing.assert_array_equal(conf, expected)
-    s = segmentation_scores(conf, [1, 2, 3])
-    # IoU: c1 tp 3 / (4 + 4 − 3); c2 tp 2 / (3 + 4 − 2); c3 tp 1 / (2 + 1 − 1)
-    iou = {1: 3 / 5, 2: 2 / 5, 3: 1 / 2}
-    assert s["iou"] == pytest.approx(iou)
-    assert s["miou"] == pytest.approx(np.mean(list(iou.values())))
-    assert s["pixel_acc"] == pytest.approx(6 / 9)
-    assert s["mean_acc"] == pytest.approx(np.mean([3 / 4, 2 / 3, 1 / 2]))
-    assert s["n_pixels"] == 9 and s["n_classes"] == 3
-    # a class absent from label and prediction stays out of the mean; one only predicted counts 0
-    assert segmentation_scores(conf, [1, 2, 3, 4])["miou"] == pytest.approx(s["miou"])
-    conf2 = conf.copy()
-    conf2[1, 4] += 1
-    assert segmentation_scores(conf2, [1, 2, 3, 4])["iou"][4] == 0.0
-
-
 # ---------------------------------------------------------------- the stage
 
 
 class Spy:
     """Records the uint8 batches given to the Inception and the statistics given to the Fréchet
     distance. The 2048-d sqrtm costs 25-45 s on a shared CPU, so the spy returns a cheap stand-in
-    (|μ₁ − μ₂|²); `frechet_distance` itself is checked against scipy above."""
+    (|μ₁ − μ₂|²); `frechet_distance` itself is checked against scipy in tests/test_metrics.py."""
 
     def __init__(self, monkeypatch):
         self.images, self.stats = [], []
@@ -185,7 +96,7 @@ class Spy:
             return float(((mu1 - mu2) ** 2).sum())
 
         monkeypatch.setattr(eval_mod, "inception_features", features)
-        monkeypatch.setattr(eval_mod, "frechet_distance", frechet)
+        monkeypatch.setattr(metrics_mod, "frechet_distance", frechet)
 
 
 def test_eval_end_to_end_writes_images_metrics_grid_and_caches_real_stats(tiny_run, monkeypatch):
@@ -294,8 +205,8 @@ def test_eval_with_a_torchscript_segmenter_end_to_end(tiny_run, shared_tiny_run,
     accuracy equal the hand count, on the generated and on the real images; the segmenter sees
     exactly the saved PNGs' pixels; the protocol names the segmenter, its file's SHA-256, the
     input size, the image format and the real reference."""
+    from resail.common import sha256_file
     from resail.pipeline.datasets import make_reader
-    from resail.synth.inception import sha256_of
     from resail.synth.segmenters.torchscript import TorchScriptSegmenter
 
     work, _ = tiny_run
@@ -332,7 +243,7 @@ def test_eval_with_a_torchscript_segmenter_end_to_end(tiny_run, shared_tiny_run,
     assert p["real_reference"]["split"] == "val" and "INTER_AREA" in p["real_reference"]["images"]
     ps = p["segmentation"]
     assert ps["segmenter"] == "torchscript:const.pt" and ps["weights"] == [{"file": "const.pt",
-                                                                             "sha256": sha256_of(path)}]
+                                                                             "sha256": sha256_file(path)}]
     assert ps["input_size"] == [SIZE, SIZE] and ps["scales"] == [1.0] and "resize" in ps
     assert "nearest-resized" in ps["ground_truth"] and ps["id_space"] == seg["id_space"]
     assert "fid" not in p

@@ -40,12 +40,13 @@ from builders.work import baked_work, copy_work, index_work, toy_dataset
 from resail import artifacts
 from resail.artifacts import StageLock, atomic_path
 from resail.cli import main
+from resail.common import read_rgb
 from resail.errors import BusyError, DiskFullError, InputError, StageError
 from resail.index.build import build_index
 from resail.index.retrieval import RetrievalIndex
 from resail.pipeline import bake as bake_mod
 from resail.pipeline.bake import BakeConfig, bake
-from resail.pipeline.datasets import make_reader, read_rgb
+from resail.pipeline.datasets import make_reader
 from resail.pipeline.guidance import load_composer
 from resail.pipeline.segments_stage import SegmentsConfig, build_segments
 from resail.workdir import WorkDir

@@ -7,8 +7,8 @@ import pytest
 
 from builders.formats import write_ade
 from builders.store import write_fake_store
+from resail.common import nearest_torch_legacy
 from resail.errors import InputError, StageError
-from resail.index.descriptors import resize_mask_nearest
 from resail.pipeline.decompose import Segment
 from resail.pipeline.segments_stage import SegmentsConfig, build_segments
 from resail.pipeline.store import SegmentStore, decode_crop, decode_mask, encode_segments, rgba_crop
@@ -32,8 +32,8 @@ def test_encode_bitpack_round_trip():
     enc = encode_segments(img, [_seg(m) for m in masks], 128, 32, 64, crop_codec="raw")
     unpacked = np.unpackbits(enc.canonical, axis=1).reshape(-1, 128, 128).astype(bool)
     for i, m in enumerate(masks):
-        assert np.array_equal(unpacked[i], resize_mask_nearest(m, 128))
-        assert enc.canon_area[i] == resize_mask_nearest(m, 128).sum()
+        assert np.array_equal(unpacked[i], nearest_torch_legacy(m, 128, 128))
+        assert enc.canon_area[i] == nearest_torch_legacy(m, 128, 128).sum()
     assert enc.prefilter.shape == (3, 128) and enc.canonical.shape == (3, 2048)
     assert tuple(enc.crop_hw[1]) == (64, 1) and enc.crops.size == sum(h * w * 4 for h, w in enc.crop_hw)
     assert enc.crop_nbytes.tolist() == [h * w * 4 for h, w in enc.crop_hw]

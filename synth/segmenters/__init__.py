@@ -32,9 +32,9 @@ from typing import Iterable, Sequence
 import torch
 
 from ...artifacts import write_png_atomic
+from ...common import sha256_file
 from ...errors import InputError
-from ..inception import sha256_of
-from .base import Segmenter, read_rgb, resolve_device
+from .base import Segmenter, resolve_device
 from .deeplab import load_deeplab
 from .drn import load_drn
 from .torchscript import load_torchscript
@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 SEGMENTERS = ("drn-d-105", "upernet-r101", "deeplabv2-r101")
 TORCHSCRIPT = "torchscript:"
 
-__all__ = ["SEGMENTERS", "Segmenter", "load_segmenter", "read_rgb", "resolve_device", "segment_images"]
+__all__ = ["SEGMENTERS", "Segmenter", "load_segmenter", "resolve_device", "segment_images"]
 
 
 def load_segmenter(name: str, weights: Sequence[str | Path] = (), device: str | torch.device = "cpu", *,
@@ -68,7 +68,7 @@ def load_segmenter(name: str, weights: Sequence[str | Path] = (), device: str | 
         segmenter = (load_drn if name == "drn-d-105" else load_deeplab)(files, device)
     else:
         raise InputError(f"unknown segmenter {name!r}; use one of {', '.join(SEGMENTERS)} or torchscript:PATH")
-    segmenter.protocol["weights"] = [{"file": f.name, "sha256": sha256_of(f)} for f in files]
+    segmenter.protocol["weights"] = [{"file": f.name, "sha256": sha256_file(f)} for f in files]
     return segmenter
 
 

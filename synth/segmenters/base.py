@@ -1,5 +1,5 @@
 """What the three published segmenters share: the `Segmenter` interface, the exact-key loader of the
-authors' weight files, devices and image decoding.
+authors' weight files, devices, and which decoder reads its images.
 
 Each published file is a bare `torch.save(state_dict())` in the legacy (non-zip) format; it is read
 with `weights_only=True` and checked against the *published layout* — the ordered key → shape listing
@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ...common import read_rgb
 from ...errors import InputError
 
 NUM_BATCHES_TRACKED = "num_batches_tracked"
@@ -134,30 +135,10 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def read_rgb(path: Path, decoder: str = "pil") -> np.ndarray:
-    """H×W×3 uint8 RGB of the image file at `path`, decoded the way the segmenter's authors decode it
-    (`pil`: PIL, then `.convert("RGB")`; `cv2`: `cv2.imread(IMREAD_COLOR)`, BGR flipped to RGB). The
-    two JPEG decoders may differ by one grey level on some pixels; PNGs decode identically."""
-    if decoder == "cv2":
-        import cv2
-
-        bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        if bgr is None:
-            raise InputError(f"{path}: not a readable image")
-        return np.ascontiguousarray(bgr[:, :, ::-1])
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB")).copy()
-    except (OSError, UnidentifiedImageError) as e:
-        raise InputError(f"{path}: not a readable image ({e})") from e
-
-
 class Segmenter:
     """A loaded segmenter. `predict(rgb)` maps an H×W×3 uint8 RGB image to an H×W uint8 map of ids in
     its dataset's id space; `protocol` records how (for metrics.json); `decoder` names the image
-    decoder its authors read files with (see `read_rgb`)."""
+    decoder its authors read files with (`common.read_rgb`: "pil" or "cv2")."""
 
     name: str = ""
     decoder: str = "pil"

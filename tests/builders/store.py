@@ -17,7 +17,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from resail.artifacts import atomic_path, write_manifest
-from resail.index.descriptors import pack_masks, resize_mask_nearest, unpack_masks
+from resail.common import nearest_floor_f64, nearest_torch_legacy
+from resail.index.descriptors import pack_masks, unpack_masks
 from resail.index.score import as_words, popcounts
 from resail.workdir import WorkDir
 
@@ -48,10 +49,10 @@ def write_fake_store(
         prefilter = np.zeros((n, r * r // 8), np.uint8)
         for s in range(0, n, chunk):
             full = unpack_masks(canonical[s : s + chunk], R)
-            prefilter[s : s + chunk] = pack_masks(np.stack([resize_mask_nearest(m, r) for m in full]))
+            prefilter[s : s + chunk] = pack_masks(np.stack([nearest_torch_legacy(m, r, r) for m in full]))
     crop_bytes = np.zeros(n * crop_side * crop_side * 4, np.uint8)
     for s in range(0, n, chunk):
-        small = np.stack([resize_mask_nearest(m, crop_side) for m in unpack_masks(canonical[s : s + chunk], R)])
+        small = np.stack([nearest_floor_f64(m, crop_side, crop_side) for m in unpack_masks(canonical[s : s + chunk], R)])
         crops = np.repeat(small[..., None], 4, axis=3).astype(np.uint8) * 200  # grey RGB, A = 200 inside
         crop_bytes[s * crop_side * crop_side * 4 : (s + len(small)) * crop_side * crop_side * 4] = crops.ravel()
     segment_id = np.arange(n, dtype=np.int64) if segment_id is None else np.asarray(segment_id, np.int64)
