@@ -4,17 +4,18 @@ Reads the train split of the segment store (docs/segment-store.md) through its o
 `pipeline.store.SegmentStore` (the only thing index/ takes from pipeline/), and writes
 `WORK/index/c{class:04d}.faiss` + `manifest.json` (written last). The manifest records the
 segment store's fingerprint (`upstream`) and every shard file's size and mtime; the stage is
-skipped when both still hold and the parameters match, rebuilt when the store changed, and a
-changed parameter asks for `--rebuild`. A build writes `WORK/index.new/` and swaps it in whole
-once finished (`artifacts.commit_dir`), so a failed build leaves the previous index usable.
-`RetrievalIndex` opens an index only through `WorkDir.require_index`, which checks that chain.
+skipped when both still hold and the parameters match, and rebuilt otherwise. The lifecycle is
+lifecycle.py's (`WorkDir.stage`): a build writes `WORK/index.new/`, seals it as `index@N` and
+publishes it together with the store it indexed, which stage 1 leaves sealed but unpublished
+during `resail index build`, so readers switch from the old store and index to the new ones at
+one instant and a failed build leaves both usable. `RetrievalIndex` opens an index only through
+`WorkDir.require_index`, which checks that chain, and reads the index and store of one snapshot.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,14 +23,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from ..artifacts import (
-    MANIFEST,
-    check_files,
-    commit_dir,
-    ensure_free_space,
-    recover_dir,
-    write_manifest,
-)
+from ..artifacts import MANIFEST, ensure_free_space, write_manifest
 from ..errors import StageError
 from ..pipeline.store import SegmentStore
 from ..workdir import INDEX_LOCK, WorkDir
@@ -61,7 +55,7 @@ _COLUMNS = ["segment_id", "image_id", "class_id", "bbox_area", "canon_area"]
 class StoreTable:
     """The columns of one split's segment table that retrieval needs, row order = h5 row order."""
 
-    work: Path
+    work: WorkDir  # the store's version when bound (a snapshot), else the current one
     split: str
     segment_id: np.ndarray  # int64
     image_code: np.ndarray  # int64, index into image_names
@@ -82,8 +76,9 @@ class StoreTable:
         return SegmentStore(self.work, self.split)
 
 
-def read_store_table(work: Path, split: str = "train") -> StoreTable:
+def read_store_table(work: Path | WorkDir, split: str = "train") -> StoreTable:
     """The retrieval columns of a split, read through the segment store's reader."""
+    work = WorkDir(work)
     with SegmentStore(work, split) as store:
         if "bbox_area" not in store.schema.names:
             raise StageError(f"{store.table_path} has no bbox_area column; rebuild the segment store")
@@ -94,7 +89,7 @@ def read_store_table(work: Path, split: str = "train") -> StoreTable:
                          "rebuild the segment store")
     images = table.column("image_id").combine_chunks().dictionary_encode()
     return StoreTable(
-        work=Path(work),
+        work=work,
         split=split,
         segment_id=table.column("segment_id").to_numpy().astype(np.int64),
         image_code=images.indices.to_numpy(zero_copy_only=False).astype(np.int64),
@@ -134,46 +129,27 @@ def build_index(
     `device` only matters for searching (see `RetrievalIndex`); shards are always built and
     stored as CPU indexes so they load anywhere.
     """
-    work = Path(work)
     wd = WorkDir(work)
-    with wd.lock(INDEX_LOCK, "the retrieval index"):
-        recover_dir(wd.index)
-        seg = wd.require_segments()
-        table = read_store_table(work)
+    with wd.stage("index", INDEX_LOCK, "the retrieval index", stage=STAGE, rebuild=rebuild) as st:
+        segments = wd.versions("segments")
+        store = wd.at_newest("segments")  # a new store waits, sealed, to be published with this index
+        seg = store.require_segments()
+        table = read_store_table(store)
         params = {"R": table.R, "r": table.r, "ivf_threshold": int(ivf_threshold), "seed": int(seed)}
         upstream = {"segments": seg["fingerprint"]}
-        if not rebuild and _up_to_date(wd, params, upstream):
+        if st.up_to_date(params, upstream=upstream, ask_rebuild=False):  # no flag sets them: a change rebuilds
             log.info("index: up to date (%s); skipped", wd.index / MANIFEST)
-            return wd.index_manifest()
-        manifest = _build(wd, table, params, upstream, device, progress)
-        commit_dir(wd.index_staging, wd.index)
+            st.publish(with_=[segments])
+            return st.manifest
+        st.restart()  # a killed build's leftovers: the index has no parts to resume
+        manifest = _build(st.staging, table, params, upstream, device, progress)
+        st.commit(with_=[segments])
     log.info("index: %d shards, %d segments -> %s", len(manifest["shards"]), table.segment_id.size, wd.index)
     return manifest
 
 
-def _up_to_date(wd: WorkDir, params: dict, upstream: dict) -> bool:
-    """Whether the finished index was built with `params` from the current store and is intact.
-    Anything else rebuilds it: its parameters are no command-line flags (R and r follow the store,
-    the IVF threshold and seed are library arguments), so there is no --rebuild to ask for."""
-    m = wd.index_manifest()
-    if m is None or m.get("stage") != STAGE:
-        return False
-    if (m.get("params") or {}) != params or (m.get("upstream") or {}) != upstream:
-        log.info("index: the segment store or the parameters changed since %s was built; rebuilding", wd.index)
-        return False
-    try:
-        check_files(wd.index, m, "rebuilding")
-    except StageError as e:
-        log.warning("index: %s", e)
-        return False
-    return True
-
-
-def _build(wd: WorkDir, table: StoreTable, params: dict, upstream: dict, device: str, progress: bool) -> dict:
-    """Every class shard (and the size windows of IVF shards) in the staging folder, manifest last."""
-    out = wd.index_staging
-    if out.exists():
-        shutil.rmtree(out)  # a killed build's leftovers: the index has no parts to resume
+def _build(out: Path, table: StoreTable, params: dict, upstream: dict, device: str, progress: bool) -> dict:
+    """Every class shard (and the size windows of IVF shards) in the staging folder `out`, manifest last."""
     out.mkdir(parents=True)
     with table.store() as store:
         prefilter = np.array(store.prefilter_packed())  # N×128 bytes: the whole split in RAM, sliced per class
@@ -287,11 +263,12 @@ class RetrievalIndex:
     """The built index of a work directory. Shards load lazily, one class at a time, and each is
     checked against the manifest (row count, kind, bits, size-order hash) as it loads."""
 
-    def __init__(self, work: Path, *, device: str = "cpu"):
-        self.work = Path(work)
+    def __init__(self, work: Path | WorkDir, *, device: str = "cpu"):
         wd = WorkDir(work)
-        self.folder = wd.index
-        manifest = wd.require_index()  # the chain: index ← segment store, every file as written
+        # One version of the index and of its store, pinned while this object lives (shards load lazily).
+        self.work = wd if wd.pins("index") else wd.snapshot(index=True)
+        self.folder = self.work.folder("index")
+        manifest = self.work.require_index()  # the chain: index ← segment store, every file as written
         self.manifest = manifest
         self.R = int(manifest["params"]["R"])
         self.r = int(manifest["params"]["r"])
