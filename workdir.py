@@ -121,7 +121,7 @@ class WorkDir:
         guidance = tuple(guidance)
         keys = ["segments", *(["index"] if index or guidance else []), *(f"guidance-{s}" for s in guidance)]
         todo = [k for k in keys if k not in self._view]
-        opened = open_versions(self.locks, [self.versions(k) for k in todo])
+        opened = open_versions(self.locks, [self.versions(k) for k in todo]) if todo else []
         snap = WorkDir(self, view={k: v or Version(self.versions(k).final, None) for k, v in zip(todo, opened)})
         snap._owned = [v for v in opened if v is not None]
         return snap
