@@ -253,7 +253,10 @@ class Version:
         self._pin = None
 
     def __del__(self) -> None:
-        self.close()
+        try:
+            self.close()
+        except Exception:  # at interpreter exit `os` may be gone; the kernel closes the descriptor anyway
+            pass
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_pin": None}  # another process reads under its parent's pin
@@ -420,9 +423,9 @@ class Stage:
     version's manifest, the up-to-date check, the staging folder and the commit.
 
     `lock` is the held-while-writing lock (e.g. `WorkDir.lock(...)`); `stage` the name its
-    manifests carry; `what` says what the folder holds, for messages ("split 'val'"), and `verb`
-    how it was made ("built", "baked"); `drop` names the staging folder's work files (parts,
-    resume state), deleted when it is sealed."""
+    manifests carry; `what` says what the folder holds, for messages ("the val guidance"), and
+    `verb` how it was made ("built", "baked"); `drop` names the staging folder's work files
+    (parts, resume state), deleted when it is sealed."""
 
     def __init__(self, versions: Versions, lock, *, stage: str, what: str, verb: str = "built",
                  exclusive: bool = True, rebuild: bool = False, drop: Iterable[str] = ()):
