@@ -1,4 +1,4 @@
-"""Atomic artifact writes, stage manifests with lineage, staged replacement and stage locks.
+"""Atomic artifact writes and stage manifests with lineage (the stage lifecycle built on them: lifecycle.py).
 
 Writes. Every file is written to a temporary name in its final folder and moved into place with
 `os.replace`, so a crash never leaves a half-written file under a final name. `mkstemp` creates
@@ -13,32 +13,15 @@ of every file it wrote. Its own `fingerprint` identifies this one build (a hash 
 upstream, files and the time of writing), so a rebuild, even with the same parameters, makes
 every downstream manifest stale. A consumer checks a chain with manifests and `os.stat` only
 (`check_files`, a few microseconds a file), never by rehashing gigabytes.
-
-Replace, never destroy. A stage that owns a whole folder (segments, index) builds into
-`FOLDER.new/` and swaps it in only once its manifest is written there (`commit_dir`): a crash
-before the swap leaves the previous folder untouched, and the next writer finishes a swap a
-crash interrupted (`recover_dir`). The bake, whose two splits share one folder, moves its files
-in and writes its manifest last (pipeline/bake.py).
-
-Locks. One process writes a stage or a run at a time. `StageLock` holds an advisory
-`fcntl.flock` on `WORK/locks/NAME.lock`, which the kernel drops when the process dies (a killed
-writer never leaves a stale lock), and writes its holder (pid, host, command, start time) into
-the file, so a second writer fails at once with one line naming the first. Shard jobs of one
-stage (`--shard I/N`) run together: each holds the stage lock shared and its own shard lock
-exclusively; anything that merges holds the stage lock exclusively. Locks are reentrant within a
-process. On network file systems flock is only as good as the server's lock support.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import json
 import os
 import shutil
-import socket
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -47,7 +30,7 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 
 from .common import short_hash
-from .errors import BusyError, DiskFullError, ResailError, StageError
+from .errors import DiskFullError, ResailError, StageError
 
 MANIFEST = "manifest.json"
 LOW_SPACE = 16 * 2**20  # below this many free bytes, a failed write is taken for a full disk
@@ -250,183 +233,3 @@ def param_changes(old: dict, new: dict) -> str:
     """`k 10 → 5, seed 0 → 1`: the parameters that differ, for a "use --rebuild" message."""
     keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
     return ", ".join(f"{k} {json.dumps(old.get(k))} → {json.dumps(new.get(k))}" for k in keys)
-
-
-# ---------------------------------------------------------------- replace, never destroy
-
-
-def staging_dir(final: Path) -> Path:
-    """Where a rebuild of the folder `final` is written before it replaces it."""
-    return final.with_name(final.name + ".new")
-
-
-def _retired_dir(final: Path) -> Path:
-    return final.with_name(final.name + ".old")
-
-
-def commit_dir(staging: Path, final: Path, drop: Iterable[str] = ()) -> None:
-    """Swap the finished folder `staging` (its manifest written) in for `final`; the entries
-    `drop` (work files such as parts) are deleted from it first. Two renames: a crash between
-    them leaves `final.old` and the finished `staging`, and `recover_dir` completes the swap."""
-    for name in drop:
-        p = staging / name
-        if p.is_dir():
-            shutil.rmtree(p)
-        else:
-            p.unlink(missing_ok=True)
-    retired = _retired_dir(final)
-    if retired.exists():
-        shutil.rmtree(retired)
-    if final.exists():
-        os.rename(final, retired)
-    os.rename(staging, final)
-    shutil.rmtree(retired, ignore_errors=True)
-
-
-def recover_dir(final: Path, manifest: str = MANIFEST, drop: Iterable[str] = ()) -> None:
-    """Finish a swap a killed writer left half done: a finished staging folder goes in, else a
-    retired folder comes back. Writers call it first, under their lock."""
-    staging, retired = staging_dir(final), _retired_dir(final)
-    if (staging / manifest).exists():
-        commit_dir(staging, final, drop)
-    elif retired.exists():
-        if final.exists():
-            shutil.rmtree(retired)
-        else:
-            os.rename(retired, final)
-
-
-def swap_interrupted(final: Path, manifest: str = MANIFEST) -> bool:
-    """Whether `final` is missing because a swap was interrupted (the next writer completes it)."""
-    return not final.exists() and (_retired_dir(final).exists() or (staging_dir(final) / manifest).exists())
-
-
-# ---------------------------------------------------------------- one writer per stage
-
-
-class StageLock:
-    """An advisory lock on `path` for writing `what` (e.g. "the segment store of WORK").
-
-    `acquire()` takes it exclusively (or shared) without waiting, or raises `BusyError` naming
-    the holder; `release()` (or leaving the `with` block, or dropping the object) gives it back.
-    The same process may take a lock it already holds (reentrant)."""
-
-    _held: dict[str, list] = {}  # resolved path → [fd, count, shared]: this process's locks
-
-    def __init__(self, path: str | os.PathLike, what: str):
-        self.path = Path(path)
-        self.what = what
-        self._key = str(self.path.resolve())
-        self._acquired = False
-
-    def acquire(self, *, shared: bool = False) -> "StageLock":
-        entry = self._held.get(self._key)
-        if entry is not None:
-            if entry[2] and not shared:
-                self._flock(entry[0], shared=False)
-                entry[2] = False
-            entry[1] += 1
-        else:
-            fd = self._open()
-            try:
-                self._flock(fd, shared)
-            except BaseException:
-                os.close(fd)
-                raise
-            if not shared:
-                self._write_holder(fd)
-            self._held[self._key] = [fd, 1, shared]
-        self._acquired = True
-        return self
-
-    def release(self) -> None:
-        if not self._acquired:
-            return
-        self._acquired = False
-        entry = self._held.get(self._key)
-        if entry is None:
-            return
-        entry[1] -= 1
-        if entry[1] == 0:
-            del self._held[self._key]
-            with contextlib.suppress(OSError):
-                fcntl.flock(entry[0], fcntl.LOCK_UN)
-            os.close(entry[0])
-
-    def __enter__(self) -> "StageLock":
-        return self if self._acquired else self.acquire()
-
-    def __exit__(self, *exc) -> None:
-        self.release()
-
-    def __del__(self) -> None:
-        with contextlib.suppress(Exception):
-            self.release()
-
-    def _open(self) -> int:
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            return os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
-        except OSError as e:
-            raise StageError(f"{self.path}: cannot create the lock file ({e.strerror}); check that "
-                             f"{self.path.parent.parent} is writable") from None
-
-    def _flock(self, fd: int, shared: bool) -> None:
-        try:
-            fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise BusyError(f"{self.what} is being written by another process ({self.holders()}); wait for it "
-                            f"to finish or stop it, then rerun (lock file {self.path})") from None
-
-    @staticmethod
-    def _write_holder(fd: int) -> None:
-        holder = {"pid": os.getpid(), "host": socket.gethostname(), "command": " ".join(sys.argv),
-                  "since": time.strftime("%Y-%m-%d %H:%M:%S")}
-        with contextlib.suppress(OSError):
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, (json.dumps(holder) + "\n").encode(), 0)
-
-    def holders(self) -> str:
-        """Who holds the lock: the shard jobs holding `NAME.shard-*.lock` beside it, else the
-        holder recorded in the lock file."""
-        found = [_describe(p) for p in sorted(self.path.parent.glob(f"{self.path.stem}.shard-*.lock"))
-                 if _locked_exclusively(p)]
-        return "; ".join(found) if found else _describe(self.path)
-
-
-def _locked_exclusively(path: Path) -> bool:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        return False
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-
-
-def _describe(path: Path) -> str:
-    try:
-        h = json.loads(path.read_text())
-        return f"pid {h['pid']} on {h['host']} since {h['since']}: {h['command']}"
-    except (OSError, ValueError, KeyError, TypeError):
-        return "holder unknown"
-
-
-@contextlib.contextmanager
-def stage_lock(folder: str | os.PathLike, name: str, what: str, *,
-               shard: tuple[int, int] | None = None, merge: bool = True) -> Iterator[None]:
-    """Hold the lock `folder/NAME.lock` while writing `what`: exclusively, or, for a shard-only
-    run (`shard` without `merge`), shared with the other shards plus `NAME.shard-I-of-N.lock`."""
-    main = StageLock(Path(folder) / f"{name}.lock", what)
-    if shard is None or merge:
-        with main.acquire():
-            yield
-        return
-    i, n = shard
-    own = StageLock(Path(folder) / f"{name}.shard-{i:05d}-of-{n:05d}.lock", f"shard {i}/{n} of {what}")
-    with own.acquire(), main.acquire(shared=True):
-        yield

@@ -247,8 +247,8 @@ def index_build(dataset, root, work, splits, jobs, shard, merge, preserved_ratio
                          crop_max_side=crop_max_side, crop_codec=crop_codec, image_list=image_list, layout=layout,
                          on_error=on_error, rebuild=rebuild, uncovered_things=uncovered_things)
     log.info("index build, stage 1 (segments): %s", ", ".join(f"{k}={v}" for k, v in cfg.__dict__.items()))
-    with parallel_backend(backend, scheduler, jobs):
-        manifest = build_segments(cfg, progress=progress_enabled())
+    with parallel_backend(backend, scheduler, jobs):  # a new store is published with the index built from it
+        manifest = build_segments(cfg, progress=progress_enabled(), publish="train" not in cfg.splits)
     if manifest is None:  # a shard-only run: the index waits for --merge
         return
     click.echo("segments: " + ", ".join(f"{s} {c['segments']} segments / {c['images_ok']} images"
@@ -360,6 +360,7 @@ def guidance_bake(work, split, k, choose, seed, compose_mode, size, k_prefilter,
     """Retrieve every segment of a split and store its guidance images in WORK/guidance/."""
     from .pipeline.bake import BakeConfig, bake
     from .pipeline.runner import parallel_backend
+    from .workdir import WorkDir
 
     if k_prefilter < k:
         raise click.BadParameter(f"--k-prefilter {k_prefilter} must be at least --k {k}", param_hint="--k-prefilter")
@@ -373,8 +374,9 @@ def guidance_bake(work, split, k, choose, seed, compose_mode, size, k_prefilter,
         click.echo(f"guidance {split}: shard {shard[0]}/{shard[1]} done ({m['parts']} parts); "
                    "run --merge once every shard has finished")
         return
+    wd = WorkDir(work)
     click.echo(f"guidance {split}: {m['images']} images, {m['matched_segments']} matched segments -> "
-               f"{work / 'guidance' / (split + '.h5')} (previews in {work / 'guidance' / (split + '_preview')})")
+               f"{wd.guidance_h5(split)} (previews in {wd.guidance_preview(split)})")
 
 
 @guidance.command("preview-distort", context_settings=CONTEXT)
@@ -411,7 +413,9 @@ def guidance_preview_distort(work, out, n, seed, color_ref, size):
 @click.option("--resume", is_flag=True,
               help="Continue the run from its latest full checkpoint, with its saved settings; flags given "
                    "change only what may change (devices, logging, precision, --steps/--epochs).")
-@click.option("--dry-run", is_flag=True, help="Print and save the resolved config, then stop.")
+@click.option("--dry-run", is_flag=True,
+              help="Print the resolved config, save it as config.json of a new run (never of an existing "
+                   "one), then stop.")
 @click.option("--batch-size", type=click.IntRange(1), default=None, help="Global batch over all processes.")
 @click.option("--workers", type=click.IntRange(0), default=None, help="Data loader worker processes per rank.")
 @click.option("--norm", type=click.Choice(("resail", "spade")), default=None,
@@ -491,7 +495,9 @@ def train(work, preset, name, steps, epochs, config_file, resume, dry_run, batch
         click.echo(format_config(cfg))
     if dry_run:
         if rank0:
-            click.echo(f"dry run: config -> {write_dry_run(cfg, work)}")
+            path = write_dry_run(cfg, work)
+            click.echo(f"dry run: config -> {path}" if path else
+                       f"dry run: {work / 'runs' / cfg.name} exists; nothing written (the config above is not saved)")
         return
     summary = run_training(cfg, work, resume=resume, progress=progress_enabled())
     if rank0:

@@ -40,9 +40,8 @@ def main() -> None:
     result = {"bench": "bake", "size": f"{SIZE[0]}x{SIZE[1]}", "n_val_images": args.n_val,
               "cpus": os.cpu_count(), "load_avg_1min_before": round(os.getloadavg()[0], 2)}
     for jobs in (1, 2):
-        shutil.rmtree(WorkDir(work).guidance_h5("val"), ignore_errors=True)
-        for p in WorkDir(work).guidance.glob("val*"):
-            shutil.rmtree(p) if p.is_dir() else p.unlink()
+        for p in WorkDir(work).guidance.glob("val*"):  # the val bake: its link, versions and the names beside it
+            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
         t0 = time.perf_counter()
         m = bake(BakeConfig(work, "val", size=SIZE, jobs=jobs, n_preview=0))
         dt = time.perf_counter() - t0

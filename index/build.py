@@ -4,31 +4,25 @@ Reads the train split of the segment store (docs/segment-store.md) through the r
 that searches read too (`index.retrieval.read_store_table`), and writes
 `WORK/index/c{class:04d}.faiss` + `manifest.json` (written last). The manifest records the
 segment store's fingerprint (`upstream`) and every shard file's size and mtime; the stage is
-skipped when both still hold and the parameters match, rebuilt when the store changed, and a
-changed parameter asks for `--rebuild`. A build writes `WORK/index.new/` and swaps it in whole
-once finished (`artifacts.commit_dir`), so a failed build leaves the previous index usable.
-The built index is opened by `index.retrieval.RetrievalIndex`.
+skipped when both still hold and the parameters match, and rebuilt otherwise. The lifecycle is
+lifecycle.py's (`WorkDir.stage`): a build writes `WORK/index.new/`, seals it as `index@N` and
+publishes it together with the store it indexed, which stage 1 leaves sealed but unpublished
+during `resail index build`, so readers switch from the old store and index to the new ones at
+one instant and a failed build leaves both usable. The built index is opened by
+`index.retrieval.RetrievalIndex`, only through `WorkDir.require_index`, which checks that chain,
+and reads the index and store of one snapshot.
 """
 
 from __future__ import annotations
 
 import logging
-import shutil
 import time
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-from ..artifacts import (
-    MANIFEST,
-    check_files,
-    commit_dir,
-    ensure_free_space,
-    recover_dir,
-    write_manifest,
-)
-from ..errors import StageError
+from ..artifacts import MANIFEST, ensure_free_space, write_manifest
 from ..workdir import INDEX_LOCK, WorkDir
 from .retrieval import StoreTable, order_hash, read_store_table, size_order
 from .shards import (
@@ -60,46 +54,27 @@ def build_index(
     `device` only matters for searching (see `RetrievalIndex`); shards are always built and
     stored as CPU indexes so they load anywhere.
     """
-    work = Path(work)
     wd = WorkDir(work)
-    with wd.lock(INDEX_LOCK, "the retrieval index"):
-        recover_dir(wd.index)
-        seg = wd.require_segments()
-        table = read_store_table(work)
+    with wd.stage("index", INDEX_LOCK, "the retrieval index", stage=STAGE, rebuild=rebuild) as st:
+        segments = wd.versions("segments")
+        store = wd.at_newest("segments")  # a new store waits, sealed, to be published with this index
+        seg = store.require_segments()
+        table = read_store_table(store)
         params = {"R": table.R, "r": table.r, "ivf_threshold": int(ivf_threshold), "seed": int(seed)}
         upstream = {"segments": seg["fingerprint"]}
-        if not rebuild and _up_to_date(wd, params, upstream):
+        if st.up_to_date(params, upstream=upstream, ask_rebuild=False):  # no flag sets them: a change rebuilds
             log.info("index: up to date (%s); skipped", wd.index / MANIFEST)
-            return wd.index_manifest()
-        manifest = _build(wd, table, params, upstream, device, progress)
-        commit_dir(wd.index_staging, wd.index)
+            st.publish(with_=[segments])
+            return st.manifest
+        st.restart()  # a killed build's leftovers: the index has no parts to resume
+        manifest = _build(st.staging, table, params, upstream, device, progress)
+        st.commit(with_=[segments])
     log.info("index: %d shards, %d segments -> %s", len(manifest["shards"]), table.segment_id.size, wd.index)
     return manifest
 
 
-def _up_to_date(wd: WorkDir, params: dict, upstream: dict) -> bool:
-    """Whether the finished index was built with `params` from the current store and is intact.
-    Anything else rebuilds it: its parameters are no command-line flags (R and r follow the store,
-    the IVF threshold and seed are library arguments), so there is no --rebuild to ask for."""
-    m = wd.index_manifest()
-    if m is None or m.get("stage") != STAGE:
-        return False
-    if (m.get("params") or {}) != params or (m.get("upstream") or {}) != upstream:
-        log.info("index: the segment store or the parameters changed since %s was built; rebuilding", wd.index)
-        return False
-    try:
-        check_files(wd.index, m, "rebuilding")
-    except StageError as e:
-        log.warning("index: %s", e)
-        return False
-    return True
-
-
-def _build(wd: WorkDir, table: StoreTable, params: dict, upstream: dict, device: str, progress: bool) -> dict:
-    """Every class shard (and the size windows of IVF shards) in the staging folder, manifest last."""
-    out = wd.index_staging
-    if out.exists():
-        shutil.rmtree(out)  # a killed build's leftovers: the index has no parts to resume
+def _build(out: Path, table: StoreTable, params: dict, upstream: dict, device: str, progress: bool) -> dict:
+    """Every class shard (and the size windows of IVF shards) in the staging folder `out`, manifest last."""
     out.mkdir(parents=True)
     with table.store() as store:
         prefilter = np.array(store.prefilter_packed())  # N×128 bytes: the whole split in RAM, sliced per class

@@ -34,7 +34,7 @@ _COLUMNS = ["segment_id", "image_id", "class_id", "bbox_area", "canon_area"]
 class StoreTable:
     """The columns of one split's segment table that retrieval needs, row order = h5 row order."""
 
-    work: Path
+    work: WorkDir  # the store's version when bound (a snapshot), else the current one
     split: str
     segment_id: np.ndarray  # int64
     image_code: np.ndarray  # int64, index into image_names
@@ -55,8 +55,9 @@ class StoreTable:
         return SegmentStore(self.work, self.split)
 
 
-def read_store_table(work: Path, split: str = "train") -> StoreTable:
+def read_store_table(work: Path | WorkDir, split: str = "train") -> StoreTable:
     """The retrieval columns of a split, read through the segment store's reader."""
+    work = WorkDir(work)
     with SegmentStore(work, split) as store:
         if "bbox_area" not in store.schema.names:
             raise StageError(f"{store.table_path} has no bbox_area column; rebuild the segment store")
@@ -67,7 +68,7 @@ def read_store_table(work: Path, split: str = "train") -> StoreTable:
                          "rebuild the segment store")
     images = table.column("image_id").combine_chunks().dictionary_encode()
     return StoreTable(
-        work=Path(work),
+        work=work,
         split=split,
         segment_id=table.column("segment_id").to_numpy().astype(np.int64),
         image_code=images.indices.to_numpy(zero_copy_only=False).astype(np.int64),
@@ -156,11 +157,12 @@ class RetrievalIndex:
     """The built index of a work directory. Shards load lazily, one class at a time, and each is
     checked against the manifest (row count, kind, bits, size-order hash) as it loads."""
 
-    def __init__(self, work: Path, *, device: str = "cpu"):
-        self.work = Path(work)
+    def __init__(self, work: Path | WorkDir, *, device: str = "cpu"):
         wd = WorkDir(work)
-        self.folder = wd.index
-        manifest = wd.require_index()  # the chain: index ← segment store, every file as written
+        # One version of the index and of its store, pinned while this object lives (shards load lazily).
+        self.work = wd if wd.pins("index") else wd.snapshot(index=True)
+        self.folder = self.work.folder("index")
+        manifest = self.work.require_index()  # the chain: index ← segment store, every file as written
         self.manifest = manifest
         self.R = int(manifest["params"]["R"])
         self.r = int(manifest["params"]["r"])

@@ -18,10 +18,12 @@ lives in `guidance.py`, which the trainer shares.
 Lineage and replacement. The manifest records the fingerprints of the segment store and index
 the bake read (`upstream`) and the size and mtime of the matches table and the cache. A bake is
 up to date when its parameters, its upstream and its files all still hold; a changed parameter
-asks for `--rebuild`; a rebuilt store or index, or a damaged file, bakes again. Everything is
-written in `{split}.new/` first; only a complete bake (its manifest written there) replaces the
-split's files, by renames, manifest last (`_commit`): a killed or failed bake leaves the previous
-one usable, and the next bake finishes a commit a crash interrupted. One process bakes a split
+asks for `--rebuild`; a rebuilt store or index, or a damaged file, bakes again. The lifecycle is
+lifecycle.py's (`WorkDir.stage`): everything is written in `guidance/{split}.new/`, sealed as
+`guidance/{split}@N` once its manifest is written there, and published by switching the link
+`guidance/{split}`, so a killed or failed bake leaves the previous one usable and a reader sees
+one whole bake. The bake reads one snapshot of the store and index (its workers too), so an
+`index build` publishing meanwhile cannot mix two stores into one bake. One process bakes a split
 at a time (`WORK/locks/guidance-{split}.lock`, shared by the jobs of a sharded bake).
 """
 
@@ -40,21 +42,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from ..artifacts import (
-    atomic_path,
-    check_files,
-    commit_dir,
-    ensure_free_space,
-    fingerprint,
-    param_changes,
-    read_manifest,
-    remove_temporaries,
-    write_manifest,
-    write_png_atomic,
-)
-from ..errors import InputError, StageError
+from ..artifacts import atomic_path, ensure_free_space, fingerprint, write_manifest, write_png_atomic
+from ..errors import InputError
 from ..index.retrieval import RetrievalIndex
 from ..index.search import QueryBatch, SearchConfig, search
+from ..lifecycle import Stage
 from ..workdir import WorkDir
 from .compose import MODES
 from .guidance import CHOICES, SEED_MAX, GuidanceComposer, open_composer
@@ -125,7 +117,7 @@ class BakeConfig:
 # ---------------------------------------------------------------- retrieval
 
 
-def retrieve_split(work: Path, split: str, cfg: BakeConfig, progress: bool = False) -> pa.Table:
+def retrieve_split(work: Path | WorkDir, split: str, cfg: BakeConfig, progress: bool = False) -> pa.Table:
     """Top-k training matches of every segment of `split`, as the long matches table.
 
     The queries go class by class, in batches of at most SEARCH_BATCH, and each class's shard is
@@ -166,8 +158,8 @@ def retrieve_split(work: Path, split: str, cfg: BakeConfig, progress: bool = Fal
 # ---------------------------------------------------------------- composition
 
 
-def _composer(cfg: BakeConfig, size: tuple[int, int], matches: Path) -> GuidanceComposer:
-    return open_composer(cfg.work, cfg.split, size, mode=cfg.compose_mode, k=cfg.k, choose=cfg.choose, seed=cfg.seed,
+def _composer(wd: WorkDir, cfg: BakeConfig, size: tuple[int, int], matches: Path) -> GuidanceComposer:
+    return open_composer(wd, cfg.split, size, mode=cfg.compose_mode, k=cfg.k, choose=cfg.choose, seed=cfg.seed,
                          matches_path=matches)
 
 
@@ -178,8 +170,8 @@ def part_images(size: tuple[int, int]) -> int:
 
 
 def _bake_part(cfg: BakeConfig, size: tuple[int, int], image_rows: np.ndarray, path: Path, key: str,
-               matches: Path) -> int:
-    comp = _composer(cfg, size, matches)
+               matches: Path, wd: WorkDir) -> int:
+    comp = _composer(wd, cfg, size, matches)
     try:
         W, H = size
         images = np.zeros((len(image_rows), H, W, 3), np.uint8)
@@ -203,51 +195,31 @@ def bake(cfg: BakeConfig, *, progress: bool = False) -> dict:
     or a `complete: False` summary after a `--shard` run without `--merge`."""
     wd = WorkDir(cfg.work)
     wd.require_segments()  # first: a folder that is no work directory gets no lock file either
-    with wd.lock(f"guidance-{cfg.split}", f"the {cfg.split} guidance", shard=cfg.shard, merge=cfg.merge):
-        if cfg.shard is None or cfg.merge:  # the lock is exclusive: finish a commit a crash interrupted
-            _recover(wd, cfg.split)
-        idx = wd.require_index()  # the chain it reads: index ← segment store, every file as written
-        seg = wd.segments_manifest()
+    with wd.stage(f"guidance-{cfg.split}", f"guidance-{cfg.split}", f"the {cfg.split} guidance", stage=STAGE,
+                  verb="baked", shard=cfg.shard, merge=cfg.merge, rebuild=cfg.rebuild) as st, \
+            wd.snapshot(index=True) as chain:  # the store and index it reads, pinned while it bakes
+        idx = chain.require_index()  # the chain it reads: index ← segment store, every file as written
+        seg = chain.segments_manifest()
         upstream = {"segments": seg["fingerprint"], "index": idx["fingerprint"]}
-        SegmentStore(wd.root, cfg.split).close()  # a clear error when the split is absent
+        SegmentStore(chain, cfg.split).close()  # a clear error when the split is absent
         dataset = seg.get("params", {}).get("dataset")
         size = cfg.size or PRESET_SIZE.get(dataset or "", (256, 256))
         params = {"split": cfg.split, **cfg.search_params(), **cfg.compose_params(size)}
-        done = wd.guidance_manifest(cfg.split)
-        if done is not None and not cfg.rebuild and _up_to_date(wd, cfg.split, done, params, upstream):
-            log.info("guidance %s is up to date: %s", cfg.split, wd.guidance)
-            return done
-        return _bake(wd, cfg, size, params, upstream, dataset, progress)
+        if st.up_to_date(params, upstream=upstream):
+            log.info("guidance %s is up to date: %s", cfg.split, wd.guidance_dir(cfg.split))
+            if st.exclusive:
+                st.publish()
+            return st.manifest
+        return _bake(st, chain, cfg, size, params, upstream, dataset, progress)
 
 
-def _up_to_date(wd: WorkDir, split: str, done: dict, params: dict, upstream: dict) -> bool:
-    """Whether the finished bake still holds: other parameters need --rebuild; a rebuilt store or
-    index, or a damaged file, bakes again."""
-    old = done.get("params") or {}
-    if "upstream" not in done:
-        log.warning("guidance %s: baked by an older resail (no lineage); baking again", split)
-        return False
-    if old != params:
-        raise StageError(f"{wd.guidance}: split {split!r} was baked with other parameters ({param_changes(old, params)}"
-                         "); rerun with --rebuild to replace it (the current guidance stays usable until the new bake "
-                         "is complete)")
-    if (done.get("upstream") or {}) != upstream:
-        log.warning("guidance %s: the segment store or index changed since it was baked; baking again", split)
-        return False
-    try:
-        check_files(wd.guidance, done, "baking again")
-    except StageError as e:
-        log.warning("guidance %s: %s", split, e)
-        return False
-    return True
-
-
-def _bake(wd: WorkDir, cfg: BakeConfig, size: tuple[int, int], params: dict, upstream: dict, dataset: str | None,
-          progress: bool) -> dict:
-    """Retrieve, compose and merge into the split's staging folder, then commit it."""
-    staging = wd.guidance_staging(cfg.split)
-    if cfg.rebuild and cfg.shard is None and not cfg.merge and staging.exists():
-        shutil.rmtree(staging)  # start afresh; the finished bake stays until replaced
+def _bake(st: Stage, wd: WorkDir, cfg: BakeConfig, size: tuple[int, int], params: dict, upstream: dict,
+          dataset: str | None, progress: bool) -> dict:
+    """Retrieve, compose and merge into the split's staging folder, then commit it. `wd` is the
+    snapshot of the store and index the bake reads."""
+    staging = st.staging
+    if cfg.rebuild and cfg.shard is None and not cfg.merge:
+        st.restart()  # start afresh; the finished bake stays until replaced
     staging.mkdir(parents=True, exist_ok=True)
     timings = {}
 
@@ -255,10 +227,11 @@ def _bake(wd: WorkDir, cfg: BakeConfig, size: tuple[int, int], params: dict, ups
     matches_path = wd.matches_table(cfg.split, staging)
     search_key = fingerprint({"search": cfg.search_params(), "upstream": upstream})
     if not _matches_current(matches_path, search_key):
-        if not cfg.rebuild and _matches_current(wd.matches_table(cfg.split), search_key):
-            _link_or_copy(wd.matches_table(cfg.split), matches_path)  # only the composition changed
+        published = WorkDir(wd.root).matches_table(cfg.split)
+        if not cfg.rebuild and _matches_current(published, search_key):
+            _link_or_copy(published, matches_path)  # only the composition changed
         else:
-            table = retrieve_split(wd.root, cfg.split, cfg, progress)
+            table = retrieve_split(wd, cfg.split, cfg, progress)
             table = table.replace_schema_metadata({"resail_key": search_key})
             with atomic_path(matches_path) as tmp:
                 pq.write_table(table, tmp)
@@ -266,11 +239,12 @@ def _bake(wd: WorkDir, cfg: BakeConfig, size: tuple[int, int], params: dict, ups
 
     t0 = time.perf_counter()
     key = fingerprint({"params": params, "upstream": upstream})
-    with SegmentStore(wd.root, cfg.split) as store:
+    with SegmentStore(wd, cfg.split) as store:
         status = np.asarray(store.images["status"].to_pylist())
     ok_rows = np.flatnonzero(status == "ok")
     parts = Parts(wd.guidance_parts(cfg.split), len(ok_rows), part_images(size), key, "part-{a:08d}-{b:08d}.h5")
-    ranges = run_job(parts, _bake_part, lambda a, b: (cfg, size, ok_rows[a:b], parts.path(a, b), key, matches_path),
+    ranges = run_job(parts, _bake_part,
+                     lambda a, b: (cfg, size, ok_rows[a:b], parts.path(a, b), key, matches_path, wd),
                      shard=cfg.shard, merge=cfg.merge, jobs=cfg.jobs, progress=progress, desc=f"compose {cfg.split}")
     timings["compose_s"] = round(time.perf_counter() - t0, 3)
     if ranges is None:
@@ -281,40 +255,16 @@ def _bake(wd: WorkDir, cfg: BakeConfig, size: tuple[int, int], params: dict, ups
     h5_path = wd.guidance_h5(cfg.split, staging)
     W, H = size
     ensure_free_space(staging, len(ok_rows) * W * H * 3, f"the {cfg.split} guidance cache")
-    _merge(parts, ranges, h5_path, size, ok_rows, cfg)
+    _merge(parts, ranges, h5_path, size, ok_rows, cfg, wd)
     timings["merge_s"] = round(time.perf_counter() - t0, 3)
     previews = write_previews(cfg, size, ok_rows[:cfg.n_preview], dataset, wd.guidance_preview(cfg.split, staging),
-                              matches_path)
+                              matches_path, wd)
     shutil.rmtree(parts.folder)
     manifest = write_manifest(staging, STAGE, params, name=wd.guidance_manifest_name(cfg.split), upstream=upstream,
                               files=[matches_path.name, h5_path.name], images=int(len(ok_rows)),
                               previews=len(previews), timings=timings, **_match_counts(matches_path))
-    _commit(wd, cfg.split)
+    st.commit()
     return manifest
-
-
-def _commit(wd: WorkDir, split: str) -> None:
-    """Move a complete bake (its manifest written in the staging folder) over the split's files:
-    files first, previews, the manifest last. Rerunnable: a file already moved is skipped."""
-    staging, name = wd.guidance_staging(split), wd.guidance_manifest_name(split)
-    for final in (wd.matches_table(split), wd.guidance_h5(split)):
-        if (staging / final.name).exists():
-            os.replace(staging / final.name, final)
-    new_preview, preview = wd.guidance_preview(split, staging), wd.guidance_preview(split)
-    if new_preview.exists():
-        commit_dir(new_preview, preview)
-    elif not (read_manifest(staging, name) or {}).get("previews") and preview.exists():
-        shutil.rmtree(preview)  # this bake wrote none: the previous bake's previews would mislead
-    os.replace(staging / name, wd.guidance / name)
-    shutil.rmtree(staging)
-
-
-def _recover(wd: WorkDir, split: str) -> None:
-    """Finish the commit of a complete bake a crash interrupted; drop killed writes' temporaries."""
-    if (wd.guidance_staging(split) / wd.guidance_manifest_name(split)).exists():
-        _commit(wd, split)
-    if wd.guidance.is_dir():
-        remove_temporaries(wd.guidance, prefix=f".{wd.guidance_manifest_name(split)}.")
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:
@@ -336,9 +286,9 @@ def _matches_current(path: Path, key: str) -> bool:
     return meta.get(b"resail_key", b"").decode() == key
 
 
-def _merge(parts: Parts, ranges, out: Path, size, ok_rows, cfg: BakeConfig) -> None:
+def _merge(parts: Parts, ranges, out: Path, size, ok_rows, cfg: BakeConfig, wd: WorkDir) -> None:
     W, H = size
-    with SegmentStore(cfg.work, cfg.split) as store:
+    with SegmentStore(wd, cfg.split) as store:
         all_ids = store.images["image_id"].to_pylist()
     with atomic_path(out) as tmp, h5py.File(tmp, "w") as f:
         ds = f.create_dataset("guidance", shape=(len(ok_rows), H, W, 3), dtype=np.uint8,
@@ -358,13 +308,13 @@ def _match_counts(path: Path) -> dict:
 
 
 def write_previews(cfg: BakeConfig, size, image_rows, dataset: str | None, out_dir: Path,
-                   matches: Path) -> list[Path]:
+                   matches: Path, work: Path | WorkDir | None = None) -> list[Path]:
     """A few PNG rows (colourised label | guidance | real photo) in `out_dir`, for a person to judge at a glance."""
     if not len(image_rows):
         return []
     palette = palette_lut(dataset, 65536)
     out_dir.mkdir(exist_ok=True)
-    comp = _composer(cfg, size, matches)
+    comp = _composer(WorkDir(work or cfg.work), cfg, size, matches)
     written = []
     try:
         for row in image_rows:

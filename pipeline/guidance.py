@@ -142,9 +142,11 @@ def paint_segment_map(size: tuple[int, int], boxes, masks, is_thing, area) -> np
 
 @dataclass
 class GuidanceComposer:
-    """Composes the guidance of any image of a split from the stores and a matches table."""
+    """Composes the guidance of any image of a split from the stores and a matches table. It
+    reads one version of the store: `work`'s when it is a snapshot, else the current one, pinned
+    until `close()`."""
 
-    work: Path
+    work: Path | WorkDir
     split: str
     size: tuple[int, int]  # (W, H)
     mode: str = "clean"
@@ -152,6 +154,9 @@ class GuidanceComposer:
     chosen: np.ndarray = field(default=None, repr=False)  # Q chosen rank (−1 = none)
 
     def __post_init__(self):
+        wd = WorkDir(self.work)
+        self._snapshot = None if wd.pins("segments") else wd.snapshot()  # one version for both stores
+        self.work = self._snapshot or wd
         self.store = SegmentStore(self.work, self.split)
         self.train = self.store if self.split == "train" else SegmentStore(self.work, "train")
         t = self.store.table
@@ -173,6 +178,9 @@ class GuidanceComposer:
         self.store.close()
         if self.train is not self.store:
             self.train.close()
+        if self._snapshot is not None:
+            self._snapshot.close()
+            self._snapshot = None
 
     def ok_images(self) -> np.ndarray:
         return np.flatnonzero(np.asarray(self.status) == "ok")
@@ -293,31 +301,47 @@ class GuidanceComposer:
         return palette[classes[seg_map]]
 
 
-def open_composer(work: Path, split: str, size: tuple[int, int], *, mode: str = "clean", k: int = 10,
+def open_composer(work: Path | WorkDir, split: str, size: tuple[int, int], *, mode: str = "clean", k: int = 10,
                   choose: str = "top1", seed: int = 0, matches_path: Path | None = None) -> GuidanceComposer:
     """A composer over `split` with the top-k of its matches table (the baked one, or the table at
     `matches_path`, e.g. a bake's staging copy) and one chosen rank per segment."""
-    matches = pq.read_table(matches_path or WorkDir(work).matches_table(split))
-    comp = GuidanceComposer(Path(work), split, tuple(size), mode)
+    comp = GuidanceComposer(work, split, tuple(size), mode)
+    try:
+        matches = pq.read_table(matches_path or comp.work.matches_table(split))
+    except BaseException:
+        comp.close()
+        raise
     comp.ids, _ = dense_matches(matches, comp.segment_id, k)
     comp.chosen = choose_ranks(comp.ids, comp.segment_id, choose, seed)
     return comp
 
 
-def load_composer(work: Path, split: str, *, size: tuple[int, int] | None = None,
+def load_composer(work: Path | WorkDir, split: str, *, size: tuple[int, int] | None = None,
                   choose: str | None = None, seed: int | None = None) -> GuidanceComposer:
     """A composer over a baked split, with the bake's matches, choice rule, mode and size
-    (each overridable). Needs `resail guidance bake WORK --split SPLIT` to have run."""
-    p = WorkDir(work).require_guidance(split)["params"]
-    return open_composer(work, split, tuple(size or p["size"]), mode=p["compose_mode"], k=p["k"],
-                         choose=choose or p["choose"], seed=p["seed"] if seed is None else seed)
-
-
-def open_guidance(work: Path, split: str) -> h5py.File:
-    """The baked guidance cache of a split (read-only), or a clear error naming the missing stage."""
+    (each overridable), all of one snapshot (`work`'s, or one it takes and closes with the
+    composer). Needs `resail guidance bake WORK --split SPLIT` to have run."""
     wd = WorkDir(work)
-    wd.require_guidance(split)
-    return h5py.File(wd.guidance_h5(split), "r")
+    snap = None if wd.pins(f"guidance-{split}") else wd.snapshot(guidance=(split,))
+    try:
+        p = (snap or wd).require_guidance(split)["params"]
+        comp = open_composer(snap or wd, split, tuple(size or p["size"]), mode=p["compose_mode"], k=p["k"],
+                             choose=choose or p["choose"], seed=p["seed"] if seed is None else seed)
+    except BaseException:
+        if snap is not None:
+            snap.close()
+        raise
+    if snap is not None:
+        comp._snapshot = snap  # closed with the composer
+    return comp
+
+
+def open_guidance(work: Path | WorkDir, split: str) -> h5py.File:
+    """The baked guidance cache of a split (read-only), or a clear error naming the missing stage.
+    The file is the one of `work`'s snapshot, or of the current bake: an open file outlives its version."""
+    with WorkDir(work).snapshot(guidance=(split,)) as wd:
+        wd.require_guidance(split)
+        return h5py.File(wd.guidance_h5(split), "r")
 
 
 def preview_distort(work: Path, out: Path, *, n: int = 8, seed: int = 0, color_ref: str = "topk",
@@ -375,11 +399,12 @@ class LabelMapGuidance:
     `seed` every segment starts on its best match; with one, every segment starts on a match drawn
     with that seed among its other candidates (`resample`)."""
 
-    def __init__(self, work: Path, segments: list[Segment], result: SearchResult, label_hw: tuple[int, int], *,
-                 size: tuple[int, int], mode: str = "clean", seed: int | None = None, where: str = "label map"):
+    def __init__(self, work: Path | WorkDir, segments: list[Segment], result: SearchResult,
+                 label_hw: tuple[int, int], *, size: tuple[int, int], mode: str = "clean", seed: int | None = None,
+                 where: str = "label map"):
         if not segments:
             raise InputError(f"{where}: no segment to synthesise (only void pixels?)")
-        self.work, self.size, self.mode = Path(work), tuple(size), mode
+        self.work, self.size, self.mode = WorkDir(work), tuple(size), mode  # the index's snapshot, when given
         self.segments = segments
         self.ids, self.scores, self.reason = result.segment_id, result.score, result.reason
         self.chosen = np.where((self.ids >= 0).any(axis=1), 0, -1)

@@ -9,14 +9,17 @@ split has finished, streams the parts into `{split}.h5` / `{split}.parquet` /
 and deletes the parts. Rerunning after a crash skips the parts already written; parts and outputs
 never depend on `--jobs` or `--shard`, so the result is byte-identical to an uninterrupted run.
 
-Replace, never destroy: parts and merged files are written in `segments.new/`, which replaces
-`segments/` only once its manifest is written (`artifacts.commit_dir`), so a failed or killed
-rebuild (a corrupt image, a full disk) leaves the previous store, and the index and guidance
-made from it, usable. The manifest records the dataset files' fingerprints (`inputs`: size and
-mtime of every image, label and instance file) and the size and mtime of every file written:
-an edited dataset rebuilds the store, a changed parameter asks for `--rebuild`, a damaged store
-file rebuilds it. `resail index build` holds `WORK/locks/index.lock` while it writes (shared by
-the jobs of a sharded build, each also holding its shard's lock).
+The stage lifecycle is lifecycle.py's (`WorkDir.stage`): parts and merged files are written in
+`segments.new/`, sealed as the next version `segments@N` once its manifest is written and
+published by switching the link `segments`, so a failed or killed rebuild (a corrupt image, a
+full disk) leaves the previous store, and the index and guidance made from it, usable, and a
+reader never sees a half-replaced store. `resail index build` publishes the new store together
+with the index built from it (`publish=False` here, index.build.build_index). The manifest
+records the dataset files' fingerprints (`inputs`: size and mtime of every image, label and
+instance file) and the size and mtime of every file written: an edited dataset rebuilds the
+store, a changed parameter asks for `--rebuild`, a damaged store file rebuilds it. `resail index
+build` holds `WORK/locks/index.lock` while it writes (shared by the jobs of a sharded build, each
+also holding its shard's lock).
 """
 
 from __future__ import annotations
@@ -33,13 +36,10 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from ..artifacts import (
-    check_files,
-    commit_dir,
     ensure_free_space,
     file_fingerprint,
     fingerprint,
     param_changes,
-    recover_dir,
     remove_temporaries,
     write_json_atomic,
     write_manifest,
@@ -200,10 +200,11 @@ def process_part(reader: Reader, records: list[ImageRecord], job: _Job, path: st
 
 
 def build_segments(cfg: SegmentsConfig, *, progress: bool = False,
-                   on_part: Callable[[str, int, int], None] | None = None) -> dict | None:
+                   on_part: Callable[[str, int, int], None] | None = None, publish: bool = True) -> dict | None:
     """Run stage 1. Returns the manifest, or None when only a shard was run (no merge yet).
 
     `on_part(split, start, stop)` is called after each part is written (tests inject crashes here).
+    `publish=False` seals a new store without publishing it: `index build` publishes it with its index.
     """
     t0 = time.perf_counter()
     reader = make_reader(cfg.dataset, cfg.root, cfg.image_list, cfg.layout)
@@ -218,14 +219,15 @@ def build_segments(cfg: SegmentsConfig, *, progress: bool = False,
     inputs = {s: _inputs_fingerprint(r, reader.extra_inputs(s)) for s, r in records.items()}
     key = fingerprint({"params": params, "inputs": inputs})
 
-    with wd.lock(INDEX_LOCK, "the segment store", shard=cfg.shard, merge=cfg.merge):
-        if cfg.shard is None or cfg.merge:  # the lock is exclusive: finish a swap a crash interrupted
-            recover_dir(wd.segments, drop=WORK_FILES)
-        if _up_to_date(wd, params, inputs, cfg.rebuild):
+    with wd.stage("segments", INDEX_LOCK, "the segment store", stage=STAGE, shard=cfg.shard, merge=cfg.merge,
+                  rebuild=cfg.rebuild, drop=WORK_FILES) as st:
+        if st.up_to_date(params, inputs=inputs):
             log.info("segments: up to date in %s (use --rebuild to redo)", wd.segments)
-            return wd.segments_manifest()
-        if cfg.rebuild and cfg.shard is None and not cfg.merge and wd.segments_staging.exists():
-            shutil.rmtree(wd.segments_staging)  # start afresh; the finished store stays until replaced
+            if publish and st.exclusive:
+                st.publish()
+            return st.manifest
+        if cfg.rebuild and cfg.shard is None and not cfg.merge:
+            st.restart()  # start afresh; the finished store stays until replaced
         _check_parts(wd, params, key, cfg.rebuild)
 
         job = _Job(cfg.rules, cfg.crop_max_side, cfg.crop_codec, cfg.on_error, {"key": key, "dataset": cfg.dataset})
@@ -235,7 +237,7 @@ def build_segments(cfg: SegmentsConfig, *, progress: bool = False,
             log.info("segments: shard %d/%d done; run with --merge once every shard has finished", *cfg.shard)
             return None
         manifest = _merge(reader, records, parts, wd, params, inputs, cfg, unlisted)
-        commit_dir(wd.segments_staging, wd.segments, drop=WORK_FILES)
+        st.commit(publish_now=publish)
     log.info("segments: %s in %.1fs -> %s", ", ".join(
         f"{s} {c['segments']} segments from {c['images_ok']} images" for s, c in manifest["counts"].items()),
         time.perf_counter() - t0, wd.segments)
@@ -254,27 +256,6 @@ def _check_image_list(reader: Reader, cfg: SegmentsConfig) -> list[str]:
         raise InputError(what + ", or pass --on-error skip to ignore them")
     log.warning("segments: %s", what)
     return unlisted
-
-
-def _up_to_date(wd: WorkDir, params: dict, inputs: dict, rebuild: bool) -> bool:
-    """Whether the finished store matches: same parameters (else --rebuild is needed), same
-    dataset files and intact files (else it is rebuilt beside itself)."""
-    m = wd.segments_manifest()
-    if m is None or rebuild:
-        return False
-    if m.get("stage") != STAGE or m.get("params") != params:
-        changes = param_changes(m.get("params") or {}, params)
-        raise StageError(f"{wd.segments} was built with other parameters ({changes}); rerun with --rebuild to replace "
-                         "it (the current store stays usable until the new one is complete), or use another --work")
-    if m.get("inputs") != inputs:
-        log.warning("segments: the dataset files changed since %s was built; rebuilding", wd.segments)
-        return False
-    try:
-        check_files(wd.segments, m, "rebuilding")
-    except StageError as e:
-        log.warning("segments: %s", e)
-        return False
-    return True
 
 
 def _check_parts(wd: WorkDir, params: dict, key: str, rebuild: bool) -> None:
@@ -352,13 +333,14 @@ def _merge(reader, records, parts, wd: WorkDir, params, inputs, cfg, unlisted: l
 
 def segment_stats(work: str | Path) -> dict:
     """Segments per class and split, and skipped images with reasons, of a finished store."""
-    m = WorkDir(work).require_segments()
     per_class: dict[int, dict[str, int]] = {}
-    for split in m["counts"]:
-        with SegmentStore(work, split) as store:
-            ids, n = np.unique(store.table["class_id"].to_numpy(), return_counts=True)
-        for c, k in zip(ids.tolist(), n.tolist()):
-            per_class.setdefault(c, {})[split] = k
+    with WorkDir(work).snapshot() as wd:  # one version of the store for the manifest and every split
+        m = wd.require_segments()
+        for split in m["counts"]:
+            with SegmentStore(wd, split) as store:
+                ids, n = np.unique(store.table["class_id"].to_numpy(), return_counts=True)
+            for c, k in zip(ids.tolist(), n.tolist()):
+                per_class.setdefault(c, {})[split] = k
     names = dict(zip(m["classes"]["ids"], m["classes"]["names"]))
     thing = dict(zip(m["classes"]["ids"], m["classes"]["is_thing"]))
     classes = [{"class_id": c, "name": names.get(c, "?"), "is_thing": bool(thing.get(c, False)),

@@ -290,20 +290,31 @@ class SegmentStore:
     bit-packed uint8 matrices (`canonical_packed`, `prefilter_packed`: read-only memmaps of the
     HDF5 file, nothing is read until touched) or unpacked for a row slice (`canonical_masks`).
     `crop(row)` reads one segment's crop. Use as a context manager, or call `close()`.
+
+    It reads one version of the store, whatever is published while it is open: the version
+    `work` is bound to (a `WorkDir.snapshot()`), else the current one, pinned until `close()`.
     """
 
     def __init__(self, work: str | os.PathLike, split: str):
         wd = WorkDir(work)
-        wd.require_segments()
-        self.folder = wd.segments
+        self._snapshot = None if wd.pins("segments") else wd.snapshot()
+        wd = self._snapshot or wd
+        try:
+            wd.require_segments()
+        except BaseException:
+            self.close()
+            raise
+        self.work = wd
+        self.folder = wd.folder("segments")
         self.split = split
         self.h5_path = wd.segments_h5(split)
         self.table_path = wd.segments_table(split)
         self.images_path = wd.images_table(split)
-        if not self.table_path.exists() or not self.h5_path.exists():
-            raise StageError(f"{self.folder}: the segment store has no split {split!r}; run `resail index build "
-                             f"{wd.root} --splits …` with it")
         self._h5: h5py.File | None = None
+        if not self.table_path.exists() or not self.h5_path.exists():
+            self.close()
+            raise StageError(f"{wd.segments}: the segment store has no split {split!r}; run `resail index build "
+                             f"{wd.root} --splits …` with it")
 
     def __enter__(self) -> "SegmentStore":
         return self
@@ -312,9 +323,12 @@ class SegmentStore:
         self.close()
 
     def close(self) -> None:
-        if self._h5 is not None:
+        if getattr(self, "_h5", None) is not None:
             self._h5.close()
             self._h5 = None
+        if self._snapshot is not None:
+            self._snapshot.close()
+            self._snapshot = None
 
     @property
     def h5(self) -> h5py.File:

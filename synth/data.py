@@ -66,7 +66,7 @@ def segments_params(work: Path) -> dict:
 def data_class_ids(work: Path, split: str) -> dict[int, str] | None:
     """Native class ids present in a split's segment store → the first image id holding each;
     None when the store has no segment table (a fabricated work dir)."""
-    path = Path(work) / "segments" / f"{split}.parquet"
+    path = WorkDir(work).segments_table(split)
     if not path.exists():
         return None
     t = pq.read_table(path, columns=["class_id", "image_id"])
@@ -167,7 +167,9 @@ class SynthDataset(Dataset):
 
     def __init__(self, work: str | Path, split: str, cfg: TrainConfig, *, train: bool = True,
                  with_distorted: bool | None = None):
-        self.work, self.split, self.train = Path(work), split, train
+        # One snapshot of the guidance, index and store, pinned until `close()`: the workers read it too.
+        self.work = WorkDir(work).snapshot(guidance=(split,))
+        self.split, self.train = split, train
         self.seed = cfg.seed
         self.net_size = (cfg.net.width, cfg.net.height)
         self.size = tuple(cfg.load_size) if train and cfg.preprocess == "resize_crop" else self.net_size
@@ -184,14 +186,14 @@ class SynthDataset(Dataset):
         self.dataset = params["dataset"]
         self.channels = LabelChannels.of(cfg.net)
         check_label_table(self.channels, self.work, (split,))
-        images = pq.read_table(self.work / "segments" / f"{split}_images.parquet", columns=["image_id", "status"])
+        images = pq.read_table(self.work.images_table(split), columns=["image_id", "status"])
         status = np.asarray(images["status"].to_pylist())
         self.rows = np.flatnonzero(status == "ok")  # composer rows, in cache order
         ids = [images["image_id"][int(r)].as_py() for r in self.rows]
         with open_guidance(self.work, split) as f:
             cached = [s.decode() if isinstance(s, bytes) else s for s in f["image_id"][...]]
         if cached != ids:
-            raise StageError(f"{self.work / 'guidance' / (split + '.h5')}: the guidance cache does not match the "
+            raise StageError(f"{self.work.guidance_h5(split)}: the guidance cache does not match the "
                              f"segment store; run `resail guidance bake {self.work} --split {split} --rebuild`")
         self.image_ids = ids
         self.reader, self.records = records_for_ids(params, split, ids)
@@ -212,6 +214,7 @@ class SynthDataset(Dataset):
         if self._cache is not None:
             self._cache.close()
         self._composer = self._cache = None
+        self.work.close()
 
     def _open(self):
         if self._cache is None:

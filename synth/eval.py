@@ -46,7 +46,8 @@ Protocol (written into `metrics.json` with every result):
   the segmenter as the uint8 RGB pixels saved as PNG, never through a lossy format.
 
 Outputs in `WORK/eval/NAME/`: `images/{image_id}.png`, `grid.png` (label | guidance |
-generated | real), `per_class_iou.csv`, `report.md`, and `metrics.json`, written last. Its
+generated | real), `per_class_iou.csv`, `report.md`, and `metrics.json`, written last, all in a
+new folder published whole over the previous evaluation (the stage lifecycle, lifecycle.py). Its
 `protocol` records what a reader needs to compare the numbers: the segmenter, its weight files'
 SHA-256, scales, input size, resize, normalisation and id space; the FID implementation and the
 Inception weights' SHA-256; the number of images, their format (PNG) and the real reference set.
@@ -342,8 +343,23 @@ def _generate_and_score(cfg: EvalConfig, run: LoadedRun, data: SynthDataset, n: 
 
 
 def run_eval(cfg: EvalConfig, *, progress: bool = False) -> dict:
-    """Generate the split with the run's G_ema, score it, write WORK/eval/NAME/; returns the metrics."""
+    """Generate the split with the run's G_ema, score it, write WORK/eval/NAME/; returns the metrics.
+    One evaluation of a run at a time; it writes a new folder, published whole once its metrics.json
+    is written (lifecycle.py), so the previous results stay readable until the new ones replace them."""
     t_start = time.perf_counter()
+    if cfg.run == FID_STATS:
+        raise InputError(f"run name {FID_STATS!r}: WORK/eval/{FID_STATS} holds the FID statistics cache; evaluate a "
+                         "run of another name")
+    wd = WorkDir(cfg.work)
+    with wd.stage(f"eval-{cfg.run}", f"eval-{cfg.run}", f"the evaluation of run {cfg.run!r}", stage="eval") as st:
+        st.restart()  # what a killed evaluation left: an evaluation is not resumed
+        metrics = _evaluate(cfg, st.staging, t_start, progress)
+        st.commit()
+    return metrics
+
+
+def _evaluate(cfg: EvalConfig, out_dir: Path, t_start: float, progress: bool) -> dict:
+    """`run_eval`'s work, every output written into `out_dir`, metrics.json last."""
     run = LoadedRun.load(cfg.work, cfg.run, cfg.checkpoint, cfg.device)
     wd, (W, H) = run.work, run.size
     sc = _load_scorers(cfg, run)
@@ -355,13 +371,8 @@ def run_eval(cfg: EvalConfig, *, progress: bool = False) -> dict:
             raise InputError(f"{wd.root}: the {cfg.split} split has {n} usable image(s); "
                              + ("FID needs at least 2" if n else "nothing to evaluate"))
         ids = data.image_ids[:n]
-        out_dir = wd.eval_dir(cfg.run)
         img_dir = out_dir / "images"
         img_dir.mkdir(parents=True, exist_ok=True)
-        # An earlier eval's results stop being "done" now; its images may be of another checkpoint.
-        (out_dir / "metrics.json").unlink(missing_ok=True)
-        for stale in img_dir.glob("*.png"):
-            stale.unlink()
         real_cache = real_feats = None
         if cfg.fid:
             key = fingerprint({"v": PROTOCOL_VERSION, "split": cfg.split, "ids": ids, "size": [W, H],

@@ -140,9 +140,11 @@ class LoadedRun:
         from ..pipeline.guidance import LabelMapGuidance, query_label_map
 
         s = self.search
-        found = query_label_map(self.open_index(), label_map, instance_map,
+        index = self.open_index()
+        found = query_label_map(index, label_map, instance_map,
                                 SearchConfig(k=k, k_prefilter=s.k_prefilter, max_score=s.max_score), where=where)
-        return LabelMapGuidance(self.work.root, found.segments, found.result, found.label_hw, size=self.size,
+        # the crops come from the store version the index was built on (the index's snapshot)
+        return LabelMapGuidance(index.work, found.segments, found.result, found.label_hw, size=self.size,
                                 mode=s.mode, seed=seed, where=where)
 
     # ---------------------------------------------------------------- G

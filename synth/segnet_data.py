@@ -46,10 +46,10 @@ class SegnetImages(Dataset):
     def __init__(self, work: str | Path, split: str, preset: NetworkPreset, flip: bool = False):
         self.work, self.split, self.flip = Path(work), split, flip
         self.size = (preset.width, preset.height)
-        wd = WorkDir(self.work)
-        params = wd.require_segments()["params"]
+        with WorkDir(self.work).snapshot() as wd:  # the manifest and the image table of one store version
+            params = wd.require_segments()["params"]
+            table = pq.read_table(wd.images_table(split), columns=["image_id", "status"])
         self.dataset = params["dataset"]
-        table = pq.read_table(wd.images_table(split), columns=["image_id", "status"])
         ids = [i for i, s in zip(table["image_id"].to_pylist(), table["status"].to_pylist()) if s == "ok"]
         if not ids:
             raise InputError(f"{self.work}: the segment store lists no usable {split} images")

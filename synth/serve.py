@@ -157,8 +157,8 @@ class Synthesizer:
         self.size = self.run.size                          # (W, H)
         self.class_ids = self.run.labels.drawable          # the palette: the classes the run can draw
         self.colors = self.run.labels.colors(self.class_ids)
-        self.run.open_index()  # now: a missing or stale index fails before serving
-        self.train = SegmentStore(self.work, "train")
+        # now: a missing or stale index fails before serving; the thumbnails' store is the index's version
+        self.train = SegmentStore(self.run.open_index().work, "train")
         self.train_segment_id = self.train.table["segment_id"].to_numpy()
         self.val = self._val_label_paths()
         self.sessions = SessionStore(cfg.max_sessions)

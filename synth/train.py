@@ -477,10 +477,13 @@ def train(cfg: TrainConfig, work: str | Path, *, resume: bool = False, progress:
         # ---- setup: processes and device, the run folder and its lock, the resume point, data, networks
         d, device = _processes(cfg)
         cleanup.callback(shutdown, d)
-        run_dir = WorkDir(work).run(cfg.name)
+        wd = WorkDir(work)
+        run_dir = wd.run(cfg.name)
+        if d.rank0:  # one training process per run: its lock before reading the run's state
+            cleanup.callback(wd.lock_run(cfg.name).release)
         resume_from = _resume_point(run_dir, resume)
-        if d.rank0:  # one training process per run; records what it trains on (lineage.json)
-            cleanup.callback(WorkDir(work).claim_run(cfg.name, resuming=resume_from is not None).release)
+        if d.rank0:  # records what it trains on (lineage.json)
+            cleanup.callback(wd.claim_run(cfg.name, resuming=resume_from is not None).release)
         state, extended = None, None
         if resume_from is not None:
             state, saved = read_state(resume_from)
@@ -555,8 +558,16 @@ def saved_config(work: str | Path, name: str) -> TrainConfig:
                          "another --name") from e
 
 
-def dry_run(cfg: TrainConfig, work: str | Path) -> Path:
-    """Write the resolved config to the run folder and stop there."""
-    path = WorkDir(work).run(cfg.name) / "config.json"
-    write_json_atomic(path, cfg.to_dict())
+def dry_run(cfg: TrainConfig, work: str | Path) -> Path | None:
+    """Save the resolved config of a new run as `runs/NAME/config.json` (under the run's lock) and
+    return its path; for a run folder that exists already, write nothing and return None (its
+    config.json is what `--resume` continues from)."""
+    wd = WorkDir(work)
+    path = wd.run(cfg.name) / "config.json"
+    if path.parent.exists():
+        return None
+    with wd.lock_run(cfg.name):
+        if path.parent.exists():  # created since the first look
+            return None
+        write_json_atomic(path, cfg.to_dict())
     return path

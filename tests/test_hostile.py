@@ -37,13 +37,14 @@ from PIL import Image
 
 from builders.formats import write_ade, write_folder
 from builders.work import baked_work, copy_work, index_work, toy_dataset
-from resail import artifacts
-from resail.artifacts import StageLock, atomic_path
+from resail import artifacts, lifecycle
+from resail.artifacts import atomic_path
 from resail.cli import main
 from resail.common import read_rgb
 from resail.errors import BusyError, DiskFullError, InputError, StageError
 from resail.index.build import build_index
 from resail.index.retrieval import RetrievalIndex
+from resail.lifecycle import StageLock
 from resail.pipeline import bake as bake_mod
 from resail.pipeline.bake import BakeConfig, bake
 from resail.pipeline.datasets import make_reader
@@ -206,25 +207,26 @@ def test_2_a_rebake_on_a_full_disk_says_so_and_keeps_the_previous_cache(work, mo
     assert not list(wd.guidance_staging("val").glob(".*.tmp"))
 
 
-def test_2_a_commit_killed_halfway_is_finished_by_the_next_bake(work, monkeypatch):
+def test_2_a_bake_killed_before_it_was_published_is_published_by_the_next_bake(work, monkeypatch):
+    """Killed between sealing the new bake (guidance/val@N) and switching the link to it: readers keep
+    the previous bake whole, and the next bake of the same parameters publishes the sealed one."""
     wd = WorkDir(work)
-    real = os.replace
-    moved = []
+    before = wd.require_guidance("val")
 
-    def crash_after_first_move(src, dst):
-        real(src, dst)
-        moved.append(dst)
-        if Path(dst) == wd.matches_table("val"):
-            raise KeyboardInterrupt
+    def killed(*folders):
+        raise KeyboardInterrupt
 
-    monkeypatch.setattr(bake_mod.os, "replace", crash_after_first_move)
+    monkeypatch.setattr(lifecycle, "publish", killed)
     with pytest.raises(KeyboardInterrupt):
         bake(BakeConfig(work, "val", k=3, size=(SIZE, SIZE), n_preview=0, rebuild=True))
     monkeypatch.undo()
-    with pytest.raises(StageError, match="val_matches.parquet.*rerun `resail guidance bake"):
-        wd.require_guidance("val")  # new matches, old manifest: refused, never mixed
-    m = bake(BakeConfig(work, "val", k=3, size=(SIZE, SIZE), n_preview=0))  # finishes the commit
+    assert wd.require_guidance("val") == before and pq.read_table(wd.matches_table("val"))["rank"].to_numpy().max() == 4
+    sealed = wd.versions("guidance-val").newest()
+    mtime = (sealed / "val.h5").stat().st_mtime_ns
+    m = bake(BakeConfig(work, "val", k=3, size=(SIZE, SIZE), n_preview=0))  # up to date: published, not redone
     assert m["params"]["k"] == 3 and wd.require_guidance("val")["fingerprint"] == m["fingerprint"]
+    assert wd.guidance_h5("val").resolve() == sealed / "val.h5" and (sealed / "val.h5").stat().st_mtime_ns == mtime
+    assert pq.read_table(wd.matches_table("val"))["rank"].to_numpy().max() == 2
 
 
 # ---------------------------------------------------------------- 3: a failing rebuild
@@ -249,16 +251,25 @@ def test_3_a_corrupt_photo_fails_the_rebuild_and_keeps_the_store(tmp_path, capsy
     assert wd.require_segments()["counts"]["train"]["images_skipped"] == 1
 
 
-def test_3_a_swap_killed_between_its_renames_is_finished(work, tmp_path):
+def test_3_an_index_build_killed_before_it_published_is_finished(work, monkeypatch):
+    """`index build` publishes the new store with the index built from it: killed before that
+    (both sealed, as segments@N and index@N), it leaves the previous pair in use, and the next
+    build publishes the sealed pair without rebuilding it."""
     wd = WorkDir(work)
-    shutil.copytree(wd.segments, wd.segments_staging, copy_function=shutil.copy2)
-    os.rename(wd.segments, wd.segments.with_name("segments.old"))  # killed after the first rename
-    with pytest.raises(StageError, match="interrupted while it replaced the segment store"):
-        wd.require_segments()
-    m = json.loads((wd.segments_staging / "manifest.json").read_text())
-    build_segments(SegmentsConfig("ade20k", Path(m["params"]["root"]), work))
-    assert wd.segments.is_dir() and not wd.segments_staging.exists()
-    assert not wd.segments.with_name("segments.old").exists()
+    before = {"segments": wd.require_segments(), "index": wd.require_index()}
+    edit_one_label(Path(before["segments"]["params"]["root"]).parent)
+    monkeypatch.setattr(lifecycle, "publish", lambda *folders: (_ for _ in ()).throw(KeyboardInterrupt))
+    root = before["segments"]["params"]["root"]
+    assert main(["-q", "index", "build", "--dataset", "ade20k", "--root", root, "--work", str(work)]) != 0
+    monkeypatch.undo()
+    assert {"segments": wd.require_segments(), "index": wd.require_index()} == before
+    sealed = {k: wd.versions(k).newest() for k in before}
+    assert all(sealed[k] != wd.versions(k).current() for k in before)
+    assert main(["-q", "index", "build", "--dataset", "ade20k", "--root", root, "--work", str(work)]) == 0
+    assert {k: wd.versions(k).current() for k in before} == sealed
+    assert wd.require_index()["upstream"]["segments"] == wd.require_segments()["fingerprint"] != \
+        before["segments"]["fingerprint"]
+    assert not wd.segments_staging.exists() and not wd.index_staging.exists()
 
 
 # ---------------------------------------------------------------- 4: photos of any mode, bounded size
@@ -324,7 +335,7 @@ def test_5_a_changed_bake_parameter_asks_for_rebuild(work, capsys):
     before = wd.require_guidance("val")
     assert main(["guidance", "bake", str(work), "--split", "val", "--k", "10", "--size", f"{SIZE}x{SIZE}"]) == 1
     line = one_error_line(capsys)
-    assert "split 'val' was baked with other parameters (k 5 → 10); rerun with --rebuild" in line
+    assert "the val guidance was baked with other parameters (k 5 → 10); rerun with --rebuild" in line
     assert wd.require_guidance("val") == before
     assert main(["-q", "guidance", "bake", str(work), "--split", "val", "--k", "10", "--size", f"{SIZE}x{SIZE}",
                  "--rebuild"]) == 0
@@ -344,7 +355,7 @@ def test_5_a_changed_store_parameter_asks_for_rebuild(tmp_path, capsys):
 HOLD = """
 import sys
 from pathlib import Path
-from resail.artifacts import stage_lock
+from resail.lifecycle import stage_lock
 shard = tuple(int(v) for v in sys.argv[3].split("/")) if sys.argv[3] != "-" else None
 with stage_lock(Path(sys.argv[1]), sys.argv[2], "a test holder", shard=shard, merge=shard is None):
     print("held", flush=True)

@@ -177,11 +177,20 @@ def test_non_finite_loss_stops_and_names_the_term(work, monkeypatch):
         train(tiny_config("nan", steps=2), work, progress=False)
 
 
-def test_dry_run_writes_config_only_and_missing_cache_is_named(work, tmp_path):
+def test_dry_run_writes_config_only_and_missing_cache_is_named(work, tmp_path, capsys):
     cfg = tiny_config("dry")
     path = dry_run(cfg, work)
     assert sorted(p.name for p in path.parent.iterdir()) == ["config.json"]
-    assert json.loads(path.read_text())["net"]["ngf"] == 4
+    saved = path.read_bytes()
+    assert json.loads(saved)["net"]["ngf"] == 4
+    # a run that exists keeps its config.json (what --resume continues from): nothing is written
+    assert dry_run(tiny_config("dry", batch_size=3), work) is None and path.read_bytes() == saved
+    from resail.cli import main
+
+    assert main(["train", str(work), "--preset", "toy", "--name", "dry", "--batch-size", "3", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "batch 3" in out and f"dry run: {path.parent} exists; nothing written" in out
+    assert path.read_bytes() == saved and sorted(p.name for p in path.parent.iterdir()) == ["config.json"]
     with pytest.raises(InputError, match="--no-vgg"):
         train(tiny_config("vgg", vgg=True, vgg_weights=str(tmp_path / "missing.pth")), work, progress=False)
     with pytest.raises(InputError, match="--segnet"):

@@ -23,9 +23,11 @@ import torch
 import torch.multiprocessing as mp
 
 from builders.work import baked_work
+from resail.errors import BusyError
 from resail.synth.checkpoint import list_checkpoints, load_snapshot, read_state
 from resail.synth.config import resolve_config
 from resail.synth.train import train
+from resail.workdir import WorkDir
 
 SIZE, STEPS = 96, 8
 TOML = f"""
@@ -58,8 +60,8 @@ def work(tmp_path_factory):
     return work
 
 
-def config(work, name):
-    return resolve_config("toy", n_train=6, toml=work / "tiny.toml", overrides={"name": name, "steps": STEPS})
+def config(work, name, steps=STEPS):
+    return resolve_config("toy", n_train=6, toml=work / "tiny.toml", overrides={"name": name, "steps": steps})
 
 
 @pytest.fixture(scope="module")
@@ -69,10 +71,10 @@ def reference(work, one_thread):
     return read_state(list_checkpoints(summary["run_dir"], "state")[-1])[0]
 
 
-def start_training(work, name) -> subprocess.Popen:
+def start_training(work, name, *flags: str) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     return subprocess.Popen([sys.executable, "-m", "resail.cli", "train", str(work), "--preset", "toy", "--name", name,
-                             "--config", str(work / "tiny.toml"), "--steps", str(STEPS), "-q"],
+                             "--config", str(work / "tiny.toml"), "--steps", str(STEPS), "-q", *flags],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 
@@ -168,6 +170,48 @@ def test_sigkill_resumes_from_the_last_periodic_checkpoint(work, reference):
     last = last_state_step(run_dir)
     assert last % 3 == 0 and last < STEPS  # a periodic checkpoint (checkpoint_every = 3)
     assert_same_state(reference, resume_to_the_end(work, "killed"))
+
+
+def _stat(pid: int) -> list[str] | None:
+    """/proc/PID/stat after the command name: state, parent pid, …; None once the process is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def _alive(pid: int) -> bool:
+    stat = _stat(pid)
+    return stat is not None and stat[0] != "Z"
+
+
+def _children(pid: int) -> list[int]:
+    """The running processes whose parent is `pid`."""
+    pids = (int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit())
+    return [c for c in pids if (_stat(c) or ["Z", "0"])[1] == str(pid) and _alive(c)]
+
+
+def test_sigkill_with_data_loader_workers_frees_the_run_at_once(work):
+    """The OOM killer's SIGKILL to a training with 2 data-loader workers: the orphaned workers live
+    on for seconds, yet `--resume` is accepted at once (they never held the run's lock), while a
+    live training refuses a second writer."""
+    name, wd = "killed-workers", WorkDir(work)
+    run_dir = wd.run(name)
+    proc = start_training(work, name, "--workers", "2", "--steps", "1000")  # runs until killed
+    try:
+        wait_for(lambda: list_checkpoints(run_dir, "state"), proc)
+        workers = _children(proc.pid)
+        with pytest.raises(BusyError, match=f"run '{name}' .* another process \\(pid {proc.pid} on "):
+            wd.claim_run(name, resuming=True)
+    finally:
+        proc.kill()
+        proc.wait(timeout=60)
+    assert len(workers) >= 2
+    wd.claim_run(name, resuming=True).release()  # at once: the lock is free ...
+    assert any(_alive(p) for p in workers), "the workers exited before the run was claimed: nothing was tested"  # ... while they live
+    last = last_state_step(run_dir)
+    summary = train(config(work, name, steps=last + 1), work, progress=False, resume=True)
+    assert summary["steps"] == last + 1 and summary["stopped_by"] is None
 
 
 def _signalled_worker(rank, world, port, work, out):

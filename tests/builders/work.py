@@ -63,5 +63,5 @@ def baked_work(base: Path, *, n_train: int, n_val: int, size: Size, seed: int = 
 def copy_work(work: Path, dst: Path) -> Path:
     """A private copy of a shared work dir, for a test that writes into it. The copy keeps every
     file's modification time, so its manifests still match their inputs (a file's fingerprint is
-    its name, size and mtime)."""
-    return Path(shutil.copytree(work, dst))
+    its name, size and mtime), and the stage folders' links to their versions (lifecycle.py)."""
+    return Path(shutil.copytree(work, dst, symlinks=True))
