@@ -19,7 +19,7 @@ from builders.work import baked_work
 from resail.artifacts import write_manifest
 from resail.cli import main
 from resail.errors import BusyError
-from resail.index.build import RetrievalIndex
+from resail.index.retrieval import RetrievalIndex
 from resail.lifecycle import Stage, StageLock, Versions, open_versions, stage_lock
 from resail.pipeline.bake import BakeConfig, bake
 from resail.pipeline.guidance import load_composer, open_guidance
