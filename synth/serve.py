@@ -110,6 +110,7 @@ class Session:
     variants: list[np.ndarray] = field(default_factory=list)   # chosen ranks of the last variants
     read_as: str = ""                 # how the upload was read (format, and what `auto` saw)
     notes: list[str] = field(default_factory=list)             # e.g. stretched to the model size
+    extras: dict = field(default_factory=dict)  # a baseline G's edge and positional maps (LoadedRun.extras)
 
 
 def png_size(data: bytes) -> tuple[int, int]:
@@ -135,7 +136,8 @@ class Synthesizer:
         self.size = self.run.size                          # (W, H)
         self.class_ids = self.run.run_class_ids            # the palette: the classes the run can draw
         self.colors = _palette(self.run.dataset, self.class_ids)
-        self.run.open_index()  # now: a missing or stale index fails before serving
+        if self.run.uses_guidance:
+            self.run.open_index()  # now: a missing or stale index fails before serving
         self.train = SegmentStore(self.work, "train")
         self.train_segment_id = self.train.table["segment_id"].to_numpy()
         self.val = self._val_label_paths()
@@ -210,7 +212,7 @@ class Synthesizer:
         t0 = time.perf_counter()
         s.guidance = s.guidance_state.compose()                                  # H×W×3
         t1 = time.perf_counter()
-        s.image = self.run.generate(s.label_map[None], s.guidance[None])[0]     # H×W×3
+        s.image = self.run.generate(s.label_map[None], s.guidance[None], extras=[s.extras])[0]  # H×W×3
         s.timings.update(compose_ms=round(1000 * (t1 - t0), 1),
                          generate_ms=round(1000 * (time.perf_counter() - t1), 1))
         s.version += 1
@@ -230,7 +232,8 @@ class Synthesizer:
                 g.resample(np.arange(len(g.segments)), seed)
             note = self.run.label_note(label_map, "uploaded label map")
             s = Session(uuid.uuid4().hex[:16], g, self.run.at_size(label_map), seed, k,
-                        read_as=f"{read.format}: {read.how}", notes=[note] if note else [])
+                        read_as=f"{read.format}: {read.how}", notes=[note] if note else [],
+                        extras=self.run.extras(label_map))
             s.before = g.matches()
             s.timings["retrieve_ms"] = round(1000 * (time.perf_counter() - t0), 1)
             self._render(s)
@@ -301,7 +304,7 @@ class Synthesizer:
                     chosen.append(g.chosen.copy())
             finally:
                 g.chosen[:] = keep
-            images = self.run.generate(np.repeat(s.label_map[None], n, 0), np.stack(guidance))
+            images = self.run.generate(np.repeat(s.label_map[None], n, 0), np.stack(guidance), extras=[s.extras] * n)
             s.variants = chosen
             return list(zip(guidance, images)), round(1000 * (time.perf_counter() - t0), 1)
 

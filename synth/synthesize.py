@@ -21,6 +21,12 @@ model size with nearest neighbour, as the trainer resizes the dataset's maps, wi
 that stretches it. G takes it through the run's label table (from its snapshot); a class the
 table lacks is an error that lists the classes the run covers. `label_out` writes the map G took
 (at the model size, pixel for pixel with the image) as dataset ids or in the palette.
+
+A run whose G reads no guidance (SPADE, CLADE; docs/baselines.md) retrieves nothing: the segment
+list is empty and the guidance black. Its G may read SPADE's instance edge map, made from
+`instance` (the instance file its authors' dataset has: Cityscapes `instanceIds`, COCO-Stuff's
+SPADE `{split}_inst` map) or, without one, from the label map's boundaries; and CLADE-ICPE's
+positional maps, made from the label map at its own size.
 """
 
 from __future__ import annotations
@@ -91,6 +97,9 @@ def synthesize(cfg: SynthesizeConfig) -> SynthesisResult:
     instance_map = read_instance_map(cfg.instance, label_map, str(cfg.label)) if cfg.instance is not None else None
     run.check_classes(label_map, str(cfg.label))
     notes = [n for n in [run.label_note(label_map, str(cfg.label))] if n]
+    if run.config.net.edges and instance_map is None:
+        notes.append(f"run {cfg.run!r} reads an instance edge map and no --instance was given: it gets the label "
+                     "map's boundaries (pass the instance map its authors' dataset has)")
     for note in notes:
         log.warning("synthesize: %s", note)
 
@@ -108,7 +117,8 @@ def synthesize(cfg: SynthesizeConfig) -> SynthesisResult:
         g.close()
 
     label_small = run.at_size(label_map)                                    # H×W native ids, as the trainer
-    image = run.generate(label_small[None], guidance[None], str(cfg.label))[0]  # H×W×3
+    extras = run.extras(label_map, instance_map)                            # {} for a RESAIL run
+    image = run.generate(label_small[None], guidance[None], str(cfg.label), [extras])[0]  # H×W×3
     write_png_atomic(cfg.out, image)
     if cfg.guidance_out is not None:
         write_png_atomic(cfg.guidance_out, guidance)
