@@ -1,19 +1,22 @@
 """What the SPADE, CLADE and official RESAIL code feed their generators, dataset by dataset.
 
-Their label channels are not resail's (channel = native class id, 0 = void/don't care):
+Their label channels are resail's (channel = native class id, 0 = void/don't care) but for
+COCO-Stuff:
 
 | dataset | SPADE, CLADE | official RESAIL |
 |---|---|---|
-| ADE20K(-outdoor) | id − 1, void last (150 classes + don't care = 151) | the ids themselves (151) |
-| COCO-Stuff | stuffthingmap value, 255 → 182 last (183) | the same (183; its training config: 184) |
+| ADE20K(-outdoor) | the ids themselves (151): see below | the ids themselves (151) |
+| COCO-Stuff | stuffthingmap value, 255 → 182, the last (183) | the same (183; its training config: 184) |
 | Cityscapes | labelIds (35) | labelIds (35) |
 
-(The official COCO-Stuff training config set 183 classes and a don't-care channel: 184 channels,
-channel 182 never set; its weights on that channel are dropped at import.)
-
-"void last" is a rotation of resail's channels: the authors' channel a = resail channel a + 1, and
-their last channel is resail's channel 0. An imported generator's weights on those channels are
-permuted once (`channel_order`) and it then reads resail's one-hot, which is the same function.
+SPADE's and CLADE's ADE20K loaders mean to shift the ids down by one and put void last
+(`postprocess`: `label = label - 1; label[label == -1] = label_nc`), but the shifted tensor is a
+new one that is never stored back, so their generators were trained and tested on the raw ids.
+COCO-Stuff's "void last" is a rotation of resail's channels: the authors' channel a = resail
+channel a + 1, and their last channel is resail's channel 0. An imported generator's weights on
+those channels are permuted once (`channel_order`) and it then reads resail's one-hot, which is
+the same function. (The official COCO-Stuff training config set 183 classes and a don't-care
+channel: 184 channels, channel 182 never set; its weights on that channel are dropped at import.)
 
 SPADE and CLADE also feed SPADE's instance edge map as one more channel where the dataset has
 instance maps (their `no_instance` default is off for Cityscapes and COCO-Stuff, on for ADE20K);
@@ -47,10 +50,8 @@ AUTHORS_SIZE = {"ade20k": (256, 256, "normal"), "ade20k-outdoor": (256, 256, "no
 
 
 def void_last(source: str, dataset: str) -> bool:
-    """Whether the authors' label channels put void last (their ids shifted down by one)."""
-    if dataset == "cocostuff":
-        return True
-    return dataset in ("ade20k", "ade20k-outdoor") and source != "resail-official"
+    """Whether the authors' label channels put void last (their ids shifted down by one): COCO-Stuff's."""
+    return dataset == "cocostuff"
 
 
 def label_layout(source: str, dataset: str) -> str:
@@ -59,9 +60,7 @@ def label_layout(source: str, dataset: str) -> str:
         return "Cityscapes labelIds, channel = id"
     if dataset == "cocostuff":
         return "COCO-Stuff stuffthingmap value v -> channel v, unlabeled (255) -> the last channel"
-    if void_last(source, dataset):
-        return "ADE20K id - 1, void (0) -> the last channel"
-    return "ADE20K ids, channel = id (0 = void)"
+    return "ADE20K ids, channel = id (0 = void; the loader's shift to void-last is never stored)"
 
 
 def channel_order(n: int, last_void: bool) -> torch.Tensor:
