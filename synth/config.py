@@ -330,7 +330,8 @@ def format_config(cfg: TrainConfig) -> str:
         f"run {cfg.name!r}: preset {cfg.preset}, recipe {cfg.recipe}, {n.width}x{n.height}, norm {n.norm}, "
         f"ngf {n.ngf}, ndf {n.ndf}, "
         f"{n.semantic_nc} label channels" + (" (channel = native id)" if n.label_ids is None else
-                                             f" (label table of native ids {n.label_ids[1]}..{n.label_ids[-1]})"),
+                                             f" (label table of native ids {n.label_ids[1]}..{n.label_ids[-1]})")
+        + (" + instance edge map" if n.edges else ""),
         f"  data: {cfg.n_train} images, batch {cfg.batch_size}, {cfg.preprocess} (load {cfg.load_size[0]}x"
         f"{cfg.load_size[1]}), flip {cfg.flip}, colour ref {cfg.color_ref}, distortion p colour/res/shape "
         f"{cfg.p_color:g}/{cfg.p_resolution:g}/{cfg.p_shape:g}, workers {cfg.workers}",

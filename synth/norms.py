@@ -32,6 +32,11 @@ from .baselines.clade import CladeNorm
 class FP32SpectralNorm(_SpectralNorm):
     """torch's spectral-norm parametrization, computed with autocast off (in the weight's fp32)."""
 
+    def _power_method(self, weight_mat: torch.Tensor, n_power_iterations: int) -> None:
+        if weight_mat.is_meta:  # no values to iterate on (`resail model summary`): skip torch's slow meta ops
+            return
+        super()._power_method(weight_mat, n_power_iterations)
+
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         device = weight.device.type
         if not (torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device)):

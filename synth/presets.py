@@ -13,7 +13,9 @@ has one channel per listed native id instead, channel c ↔ native id label_ids[
 void (synth/labels.py): `toy` lists the 22 ADE20K classes the toy generator draws, so its label
 map has 23 channels rather than 151. The seg loss ignores channel 0 where the trainer says so.
 That list is a constant here, not computed from the toy generator, so that loading a preset never
-imports the generator; tests/test_label_table.py checks that the two agree.
+imports the generator; tests/test_label_table.py checks that the two agree. With `edges`, G and D
+also take SPADE's instance edge map as one channel after the label map (`input_nc`); the
+segmentation network still predicts the `semantic_nc` label channels.
 
 `NetworkPreset` is a frozen dataclass; the trainer extends it (subclass or a wrapping config)
 with its training fields. `dataclasses.replace(preset, ngf=16)` makes a variant.

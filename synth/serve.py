@@ -20,6 +20,11 @@ preset without one), and G takes the map through that table.
 Uploads are checked before decoding (PNG signature, byte size, header size) so that a bad file
 gets a 4xx and a message for the page, never a server error.
 
+A run whose generator reads no guidance (SPADE, CLADE: docs/baselines.md) gets a `NoGuidance`:
+nothing is retrieved, the index is never opened, the page shows no segments to edit; its G takes
+SPADE's edge map (from the painted map's boundaries) and CLADE-ICPE's positional maps where it
+reads them.
+
 Every model or store access runs under one lock: the app serves one person on localhost, and
 h5py handles and G are not meant to be shared between threads.
 """

@@ -7,6 +7,11 @@ Every step, on one batch (label map m, real x, distorted GT I_d, retrieval guida
             hinge_fake(D(m, x̂_d)) + hinge_real(D(m, x)) + hinge_fake(D(m, x̂_r)) + hinge_real(D(m, x))
   EMA       G_ema ← β·G_ema + (1 − β)·G, BN statistics copied
 
+With a baseline norm (`--norm spade|clade|clade-icpe`, docs/baselines.md) the same step trains
+the authors' generator: m then ends with SPADE's instance edge map where the network takes it,
+CLADE-ICPE also reads the positional maps, and a norm that reads no guidance makes x̂_d and x̂_r
+the same image.
+
 In each phase D sees [x̂_d; x̂_r; x] concatenated in one call, as the official trainer feeds it
 fake and real together (it makes one call per fake, with x twice; one call of 3B runs x once).
 D is batch-independent (per-sample InstanceNorm, no BatchNorm), so every slice equals its own

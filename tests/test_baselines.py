@@ -86,10 +86,12 @@ def test_parameter_counts_equal_the_authors_full_size_generators():
         assert count_parameters(build_generator(net, device="meta")) == META["parameters"][case], case
 
 
-def test_model_summary_prints_the_authors_counts_with_their_defaults(capsys):
-    """`--norm clade-icpe` on Cityscapes takes the edge map by default, as its authors feed it."""
-    assert main(["model", "summary", "--preset", "cityscapes", "--norm", "clade-icpe", "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["G"] == META["parameters"]["clade-icpe-cityscapes"]
+@pytest.mark.parametrize("norm", ["clade", "clade-icpe"])
+def test_model_summary_prints_the_authors_counts_with_their_defaults(norm, capsys):
+    """The CLADE norms take the edge map on Cityscapes and COCO-Stuff by default, as their authors feed it."""
+    for dataset in ("ade20k", "cityscapes", "cocostuff"):
+        assert main(["model", "summary", "--preset", dataset, "--norm", norm, "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["G"] == META["parameters"][f"{norm}-{dataset}"]
 
 
 # ---------------------------------------------------------------- import + generate

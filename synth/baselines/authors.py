@@ -14,8 +14,8 @@ SPADE's and CLADE's ADE20K loaders mean to shift the ids down by one and put voi
 new one that is never stored back, so their generators were trained and tested on the raw ids.
 COCO-Stuff's "void last" is a rotation of resail's channels: the authors' channel a = resail
 channel a + 1, and their last channel is resail's channel 0. An imported generator's weights on
-those channels are permuted once (`channel_order`) and it then reads resail's one-hot, which is
-the same function. (The official COCO-Stuff training config set 183 classes and a don't-care
+those channels are permuted once (synth/baselines/importers.py) and it then reads resail's
+one-hot, which is the same function. (The official COCO-Stuff training config set 183 classes and a don't-care
 channel: 184 channels, channel 182 never set; its weights on that channel are dropped at import.)
 
 SPADE and CLADE also feed SPADE's instance edge map as one more channel where the dataset has
@@ -32,8 +32,6 @@ The authors' test-time sizes (`AUTHORS_SIZE`): 256×256 with 'normal' upsampling
 from __future__ import annotations
 
 import dataclasses
-
-import torch
 
 from ...errors import InputError
 from ..presets import NetworkPreset
@@ -61,12 +59,6 @@ def label_layout(source: str, dataset: str) -> str:
     if dataset == "cocostuff":
         return "COCO-Stuff stuffthingmap value v -> channel v, unlabeled (255) -> the last channel"
     return "ADE20K ids, channel = id (0 = void; the loader's shift to void-last is never stored)"
-
-
-def channel_order(n: int, last_void: bool) -> torch.Tensor:
-    """For each of resail's `n` label channels, the authors' channel that holds the same class."""
-    order = torch.arange(n)
-    return (order - 1) % n if last_void else order
 
 
 def authors_edges(norm: str, preset: str) -> bool:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ...errors import InputError
 from ..data import instance_edges, resize_nearest
 from ..presets import NetworkPreset
 from .icpe import icpe_maps, resize_maps, skip_id
@@ -55,7 +56,9 @@ class NoGuidance:
         return []
 
     def resample(self, segments, seed: int) -> None:
-        """Nothing to draw: no segment has matches."""
+        """Nothing to draw: no segment has matches (naming segments to redraw is an error)."""
+        if len(segments):
+            raise InputError("this run's generator reads no retrieval guidance: there are no segments to resample")
 
     def compose(self) -> np.ndarray:
         H, W = self.segment_map.shape

@@ -52,6 +52,7 @@ from ..presets import UPSAMPLING, NetworkPreset, get_preset
 from .authors import AUTHORS_SIZE, SOURCES, dataset_preset, label_layout, void_last
 
 NUM_BATCHES_TRACKED = "num_batches_tracked"
+AUTHORS_UPSAMPLING = ("normal", "more", "most")   # SPADE's --num_upsampling_layers
 SN_KEYS = {"parametrizations.weight.original": "weight_orig", "parametrizations.weight.0._u": "weight_u",
            "parametrizations.weight.0._v": "weight_v"}
 # resail's norm submodules → the authors' names, per source
@@ -88,8 +89,9 @@ class ImportConfig:
     def __post_init__(self):
         if self.source not in SOURCES:
             raise InputError(f"--from {self.source!r}: choose one of {', '.join(SOURCES)}")
-        if self.upsampling is not None and self.upsampling not in UPSAMPLING:
-            raise InputError(f"--num-upsampling-layers {self.upsampling!r}: choose one of {', '.join(UPSAMPLING)}")
+        if self.upsampling is not None and self.upsampling not in AUTHORS_UPSAMPLING:
+            raise InputError(f"--num-upsampling-layers {self.upsampling!r}: choose one of "
+                             f"{', '.join(AUTHORS_UPSAMPLING)} (the authors' generators)")
         check_run_name(self.name)
 
 
