@@ -3,6 +3,7 @@ CLADE-ICPE generators in their authors' layout (random weights, tiny widths) imp
 trained for two steps, all four evaluated under one protocol and printed in one table; and a
 CLADE-ICPE run trained here with the instance edge map, its items, one step and its evaluation."""
 
+import io
 import json
 import re
 import shlex
@@ -11,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from builders.baselines import listings, reference_state
 from builders.work import bake_splits, copy_work
@@ -108,3 +110,32 @@ def test_clade_icpe_trains_here_with_the_edge_map_and_positional_maps(toy):
     protocol = json.loads((work / "eval" / "icpe-cli" / "metrics.json").read_text())["protocol"]
     assert protocol["guidance"] is None and protocol["generator"]["norm"] == "clade-icpe"
     assert "SPADE's instance edge map" in protocol["generator"]["inputs"]
+
+
+def test_serve_generates_with_an_imported_clade_icpe_generator_and_retrieves_nothing(toy, tmp_path):
+    """`resail serve`'s calls on an imported guidance-free run: no segments, a black guidance, the
+    image `resail synthesize` makes from the same map, and a resample that is refused."""
+    from starlette.testclient import TestClient
+
+    from resail.synth.serve import ServeConfig, Synthesizer, create_app
+    from resail.synth.synthesize import SynthesizeConfig, synthesize
+
+    work, files = toy
+    assert main(["model", "import", "--from", "clade-icpe", str(files["clade-icpe-ade20k"]), "--work", str(work),
+                 "--name", "served", "--crop-size", str(SIZE), "--quiet"]) == 0
+    synth = Synthesizer(ServeConfig(work, "served"))
+    label = synth.val_label_map(0).astype(np.uint8)
+    path = tmp_path / "label.png"
+    Image.fromarray(label).save(path)
+    with TestClient(create_app(synth)) as client:
+        r = client.post("/api/generate", content=path.read_bytes(), headers={"content-type": "image/png"})
+        assert r.status_code == 200, r.text
+        state = r.json()
+        assert state["segments"] == [] and (state["width"], state["height"]) == (SIZE, SIZE)
+        served = np.asarray(Image.open(io.BytesIO(client.get(state["images"]["output"]).content)))
+        black = np.asarray(Image.open(io.BytesIO(client.get(state["images"]["guidance"]).content)))
+        assert not black.any()
+        assert client.post(f"/api/session/{state['session']}/segment/0/resample").status_code == 404
+    synth.close()
+    made = synthesize(SynthesizeConfig(work, "served", path, tmp_path / "out.png"))
+    assert made.segments == [] and np.array_equal(made.image, served)
