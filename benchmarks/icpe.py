@@ -60,7 +60,7 @@ def measure(preset: str, n: int, out: Path) -> dict:
             "compute_ms_max": round(1000 * max(compute), 1),
             "with_resize_ms_median": round(1000 * float(np.median(with_resize)), 1),
             "cache_mb_per_image": round(per_image / 2**20, 2),
-            "cache_gb_train": round(per_image * TRAIN_IMAGES[cfg.fmt] / 2**30, 1),
+            "cache_gb_train": round(per_image * TRAIN_IMAGES[cfg.fmt] / 2**30, 1),  # GiB
             "read_ms_warm": round(1000 * read_s, 1)}
 
 
