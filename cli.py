@@ -678,8 +678,12 @@ def model_summary(preset, norm, instance_edges, as_json):
 @click.option("--num-upsampling-layers", "upsampling", type=click.Choice(("normal", "more", "most")), default=None,
               help="The authors' --num_upsampling_layers [default: theirs, normal; Cityscapes more; most when the "
                    "file has up_4].")
+@click.option("--ngf", type=click.IntRange(1), default=None,
+              help="The authors' --ngf; read off the file (fc), so only checked [default: the file's].")
+@click.option("--no-instance/--instance", "no_instance", default=None,
+              help="The authors' --no_instance; read off the file (the edge channel), so only checked.")
 @common
-def model_import(source, file, work, name, crop_size, aspect_ratio, upsampling):
+def model_import(source, file, work, name, crop_size, aspect_ratio, upsampling, ngf, no_instance):
     """Turn a generator file in its authors' layout (SPADE's latest_net_G.pth, CLADE's best_net_G.pth, the
     official RESAIL code's) into a run that eval, synthesize and serve use as they are.
 
@@ -688,7 +692,8 @@ def model_import(source, file, work, name, crop_size, aspect_ratio, upsampling):
     from .synth.baselines.importers import ImportConfig, describe, import_generator
 
     result = import_generator(ImportConfig(source=source, path=file, work=work, name=name, crop_size=crop_size,
-                                           aspect_ratio=aspect_ratio, upsampling=upsampling))
+                                           aspect_ratio=aspect_ratio, upsampling=upsampling, ngf=ngf,
+                                           no_instance=no_instance))
     click.echo(describe(result))
 
 

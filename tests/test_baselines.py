@@ -125,7 +125,7 @@ def test_model_import_then_synthesize_cli(case, tmp_path, capsys):
     size = c["size"]
     assert main(["model", "import", "--from", c["source"], str(authors_file(tmp_path / "G.pth", case)), "--work",
                  str(work), "--name", "imported", "--crop-size", str(size[0]), "--aspect-ratio",
-                 str(size[0] / size[1]), "--quiet"]) == 0
+                 str(size[0] / size[1]), "--ngf", "4", "--instance", "--quiet"]) == 0   # flags that agree pass
     said = capsys.readouterr().out
     assert "ngf 4" in said and "instance edge map yes" in said
     label, inst, out = tmp_path / "label.png", tmp_path / "inst.png", tmp_path / "out.png"
@@ -179,6 +179,8 @@ def test_import_refuses_what_it_cannot_map_with_one_line(tmp_path, capsys):
     refused({**state, "fc.weight": state["fc.weight"][:, :140]}, "fc.weight takes 140 input channels")
     refused(state, "needs a multiple of 32", crop_size=48)
     refused(state, "has no up_4 block", upsampling="most")
+    refused(state, "--ngf 64: .* has ngf 4", ngf=64)
+    refused(state, "--instance: .* trained without the instance edge map", no_instance=False)
     refused([1, 2], "expected a bare state dict")
     # a module. prefix is dropped; a missing num_batches_tracked is set to 0 and said so
     path = tmp_path / "ok.pth"

@@ -85,6 +85,8 @@ class ImportConfig:
     crop_size: int | None = None        # the authors' --crop_size (image width) [default: theirs for the dataset]
     aspect_ratio: float | None = None   # --aspect_ratio, width / height [default: theirs]
     upsampling: str | None = None       # --num_upsampling_layers [default: theirs; 'most' when up_4 exists]
+    ngf: int | None = None              # --ngf, checked against the file (it is read off fc)
+    no_instance: bool | None = None     # --no_instance, checked against the file (the edge channel)
 
     def __post_init__(self):
         if self.source not in SOURCES:
@@ -234,11 +236,22 @@ def infer_network(state: dict, cfg: ImportConfig, dataset: str) -> tuple[Network
     net = dataclasses.replace(base, width=width, height=height, upsampling=upsampling, ngf=ngf,
                               norm=NORM_OF[cfg.source], norm_hidden=hidden, edges=layout.edges,
                               segnet_channels=base.segnet_channels[:depth])  # no segnet of its own: unused
+    _check_given(cfg, ngf, layout.edges, int(fc.shape[1]))
     inferred = {"ngf": ngf, "label_channels": layout.channels, "instance_edge_map": layout.edges,
                 "norm_hidden": hidden if cfg.source in ("spade", "resail-official") else None,
                 "upsampling": upsampling, "size": [width, height],
                 "size_from": "flags" if cfg.crop_size or cfg.aspect_ratio else f"the authors' {dataset} default"}
     return net, layout, inferred, notes
+
+
+def _check_given(cfg: ImportConfig, ngf: int, edges: bool, n_in: int) -> None:
+    """The authors' options given as flags must agree with what the tensors say."""
+    if cfg.ngf is not None and cfg.ngf != ngf:
+        raise InputError(f"--ngf {cfg.ngf}: {cfg.path} has ngf {ngf} (fc.weight has {16 * ngf} output channels)")
+    if cfg.no_instance is not None and cfg.no_instance == edges:
+        raise InputError(f"--{'no-' if cfg.no_instance else ''}instance: {cfg.path} was trained "
+                         f"{'with' if edges else 'without'} the instance edge map (fc.weight takes {n_in} input "
+                         "channels); drop the flag")
 
 
 # ---------------------------------------------------------------- the renaming
