@@ -196,10 +196,10 @@ def _hidden(state: dict, source: str, default: int, path: Path) -> int:
 def _size(cfg: ImportConfig, dataset: str, most: bool) -> tuple[int, int, str]:
     """(width, height, upsampling) of the authors' run: their defaults for the dataset, or the flags."""
     width, height, upsampling = AUTHORS_SIZE[dataset]
-    upsampling = "most" if most else (cfg.upsampling or upsampling)
+    upsampling = cfg.upsampling or ("most" if most else upsampling)
     if most != (upsampling == "most"):
-        raise InputError(f"{cfg.path}: --num-upsampling-layers {upsampling} but the file has no up_4 block "
-                         "(only 'most' has one)")
+        has = "has an up_4 block (only 'most' has one)" if most else "has no up_4 block (only 'most' has one)"
+        raise InputError(f"--num-upsampling-layers {upsampling}: {cfg.path} {has}")
     crop = cfg.crop_size or width
     aspect = cfg.aspect_ratio or width / height
     k = 2 ** UPSAMPLING[upsampling]
