@@ -27,6 +27,8 @@ PRESET_NAMES = tuple(PRESETS)
 SEED = click.IntRange(0, 2**32 - 1)  # numpy's seed range: a negative or huge seed is a usage error
 MAX_SIDE = 4096  # --size: well above any preset (Cityscapes 512x256), far below running out of memory
 SEGMENTERS = ("drn-d-105", "upernet-r101", "deeplabv2-r101")  # resail.synth.segmenters.SEGMENTERS, without torch
+NORM_CHOICES = ("resail", "spade", "clade", "clade-icpe")      # resail.synth.presets.NORMS
+IMPORT_SOURCES = ("spade", "clade", "clade-icpe", "resail-official")  # resail.synth.baselines.authors.SOURCES
 
 
 class Size(click.ParamType):
@@ -418,8 +420,12 @@ def guidance_preview_distort(work, out, n, seed, color_ref, size):
                    "one), then stop.")
 @click.option("--batch-size", type=click.IntRange(1), default=None, help="Global batch over all processes.")
 @click.option("--workers", type=click.IntRange(0), default=None, help="Data loader worker processes per rank.")
-@click.option("--norm", type=click.Choice(("resail", "spade")), default=None,
-              help="Generator normalisation; spade = the paper's baseline ablation.")
+@click.option("--norm", type=click.Choice(NORM_CHOICES), default=None,
+              help="Generator normalisation: RESAIL's, or a baseline (spade = the paper's ablation; clade, "
+                   "clade-icpe as their authors define them; docs/baselines.md).")
+@click.option("--instance-edges/--no-instance-edges", default=None,
+              help="Feed SPADE's instance edge map to G and D as one more label channel [default: on for "
+                   "clade/clade-icpe on cityscapes and cocostuff, as their authors do; off otherwise].")
 @click.option("--no-retrieval-loss", is_flag=True, help="Drop the retrieval-guidance path (the paper's ablation).")
 @click.option("--recipe", type=click.Choice(("resail", "official")), default=None,
               help="official: the official run's choices where this project departs from them (void as a "
@@ -445,7 +451,7 @@ def guidance_preview_distort(work, out, n, seed, color_ref, size):
 @click.option("--seed", type=SEED, default=None, help="Random seed [default: 0].")
 @click.option("--device", default=None, help="cpu, cuda, cuda:N [default: auto].")
 @common
-def train(work, preset, name, steps, epochs, config_file, resume, dry_run, batch_size, workers, norm,
+def train(work, preset, name, steps, epochs, config_file, resume, dry_run, batch_size, workers, norm, instance_edges,
           no_retrieval_loss, recipe, color_ref, distort_p, no_vgg, vgg_weights, seg_loss, segnet, amp, channels_last,
           seed, device):
     """Train a RESAIL generator on a work directory's caches (torchrun for several processes).
@@ -471,7 +477,7 @@ def train(work, preset, name, steps, epochs, config_file, resume, dry_run, batch
         raise click.BadParameter("--vgg-weights with --no-vgg: choose one", param_hint="--vgg-weights")
     rank0 = int(os.environ.get("RANK", "0")) == 0
     overrides = dict(name=name or preset, steps=steps, epochs=epochs, batch_size=batch_size, workers=workers,
-                     norm=norm, amp=amp, channels_last=channels_last, seed=seed, device=device,
+                     norm=norm, edges=instance_edges, amp=amp, channels_last=channels_last, seed=seed, device=device,
                      segnet=str(segnet) if segnet else None, vgg_weights=str(vgg_weights) if vgg_weights else None)
     if no_retrieval_loss:
         overrides["retrieval_loss"] = False
@@ -607,6 +613,26 @@ def synthesize(work, run_name, label, label_format, instance, out, label_out, la
                + (f", label map -> {result.label_out}" if result.label_out else ""))
 
 
+@cli.command(context_settings=CONTEXT)
+@click.argument("work", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--run", "runs", multiple=True, required=True, callback=lambda ctx, p, v: [run_name_option(r) for r in v],
+              help="A run evaluated with `resail eval` (several times: one table row each).")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the table to this Markdown file.")
+@click.option("--allow-mixed", is_flag=True, help="Print even when the runs were scored under different protocols.")
+@common
+def compare(work, runs, out, allow_mixed):
+    """One table of several runs' eval results (FID, KID, mIoU, pixel accuracy), refused when their
+    protocols differ."""
+    from .artifacts import write_bytes_atomic
+    from .synth.baselines.compare import compare as table
+
+    text = table(work, list(runs), allow_mixed=allow_mixed)
+    click.echo(text, nl=False)
+    if out is not None:
+        write_bytes_atomic(out, text.encode())
+
+
 # ---------------------------------------------------------------- model / segnet
 
 
@@ -618,24 +644,63 @@ def model():
 
 @model.command("summary", context_settings=CONTEXT)
 @click.option("--preset", type=click.Choice(PRESET_NAMES), required=True, help="Network preset.")
+@click.option("--norm", type=click.Choice(NORM_CHOICES), default=None,
+              help="Generator normalisation [default: the preset's, resail].")
+@click.option("--instance-edges/--no-instance-edges", default=None,
+              help="Count SPADE's instance edge map as one more label channel [default: as `resail train`].")
 @click.option("--json", "as_json", is_flag=True, help="Print the parameter counts as one JSON object.")
 @common
-def model_summary(preset, as_json):
+def model_summary(preset, norm, instance_edges, as_json):
     """Parameter counts of G, D and the segmentation network (built on the meta device)."""
     import json
 
+    from .synth.baselines.authors import baseline_network
     from .synth.networks import model_summary as summarize
     from .synth.presets import get_preset
 
-    counts = summarize(preset)
+    p = baseline_network(get_preset(preset), norm, instance_edges)
+    counts = summarize(p)
     if as_json:
         click.echo(json.dumps(counts))
         return
-    p = get_preset(preset)
-    click.echo(f"preset {preset}: {p.semantic_nc} label channels, {p.width}x{p.height}, {p.upsampling} upsampling, "
-               f"norm {p.norm}, ngf {p.ngf}, ndf {p.ndf}")
+    click.echo(f"preset {preset}: {p.semantic_nc} label channels{' + instance edge map' if p.edges else ''}, "
+               f"{p.width}x{p.height}, {p.upsampling} upsampling, norm {p.norm}, ngf {p.ngf}, ndf {p.ndf}")
     for net, label in (("G", "generator"), ("D", "discriminator"), ("segnet", "segmentation net")):
         click.echo(f"  {label:<17} {counts[net]:>13,} parameters")
+
+
+@model.command("import", context_settings=CONTEXT)
+@click.option("--from", "source", type=click.Choice(IMPORT_SOURCES), required=True,
+              help="Whose code saved the file: SPADE, CLADE, CLADE-ICPE (CLADE with --add_dist) or the "
+                   "official RESAIL code.")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--work", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True,
+              help="Work dir of the generator's dataset (`resail index build` first): the run lands in WORK/runs/NAME.")
+@click.option("--name", required=True, callback=lambda ctx, p, v: run_name_option(v), help="Run name.")
+@click.option("--crop-size", type=click.IntRange(8, MAX_SIDE), default=None,
+              help="The authors' --crop_size, the image width [default: theirs for the dataset, 256; Cityscapes 512].")
+@click.option("--aspect-ratio", type=click.FloatRange(0.1, 10), default=None,
+              help="The authors' --aspect_ratio, width / height [default: theirs, 1; Cityscapes 2].")
+@click.option("--num-upsampling-layers", "upsampling", type=click.Choice(("normal", "more", "most")), default=None,
+              help="The authors' --num_upsampling_layers [default: theirs, normal; Cityscapes more; most when the "
+                   "file has up_4].")
+@click.option("--ngf", type=click.IntRange(1), default=None,
+              help="The authors' --ngf; read off the file (fc), so only checked [default: the file's].")
+@click.option("--no-instance/--instance", "no_instance", default=None,
+              help="The authors' --no_instance; read off the file (the edge channel), so only checked.")
+@common
+def model_import(source, file, work, name, crop_size, aspect_ratio, upsampling, ngf, no_instance):
+    """Turn a generator file in its authors' layout (SPADE's latest_net_G.pth, CLADE's best_net_G.pth, the
+    official RESAIL code's) into a run that eval, synthesize and serve use as they are.
+
+    ngf, the label and instance-edge channels, the hidden width and 'most' upsampling are read off the
+    tensors; every key is mapped or refused (docs/baselines.md)."""
+    from .synth.baselines.importers import ImportConfig, describe, import_generator
+
+    result = import_generator(ImportConfig(source=source, path=file, work=work, name=name, crop_size=crop_size,
+                                           aspect_ratio=aspect_ratio, upsampling=upsampling, ngf=ngf,
+                                           no_instance=no_instance))
+    click.echo(describe(result))
 
 
 @cli.group(context_settings=CONTEXT)

@@ -31,12 +31,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import InputError
+from .baselines.authors import baseline_network
 from .presets import AT_LEAST_1, NETWORK_SCHEMA, NON_NEGATIVE, POSITIVE, NetworkPreset, Range, Schema, get_preset, show
 
 PREPROCESS = ("resize_crop", "fixed")
 AMP = ("auto", "off", "bf16", "fp16")
 COLOR_REFS = ("topk", "class")
 RECIPES = ("resail", "official")
+# Where a run's generator comes from: trained here, or `resail model import --from SOURCE`.
+ORIGINS = ("resail", "spade", "clade", "clade-icpe", "resail-official")
 
 # Training fields of each preset; the network side lives in synth/presets.py.
 TRAIN_PRESETS: dict[str, dict] = {
@@ -62,7 +65,7 @@ RESUME_FREE = frozenset({"workers", "device", "log_every", "sample_every", "chec
 
 # Range or choices of each field (its annotation gives the type); `epochs` is the one key that is no field.
 TRAIN_RULES = {
-    "recipe": RECIPES, "preprocess": PREPROCESS, "color_ref": COLOR_REFS, "amp": AMP,
+    "recipe": RECIPES, "origin": ORIGINS, "preprocess": PREPROCESS, "color_ref": COLOR_REFS, "amp": AMP,
     "batch_size": AT_LEAST_1, "load_size": AT_LEAST_1, "workers": NON_NEGATIVE, "epochs": AT_LEAST_1,
     "steps": AT_LEAST_1, "lr_G": POSITIVE, "lr_D": POSITIVE, "beta1": Range(0, 1, hi_open=True),
     "beta2": Range(0, 1, hi_open=True), "seed": Range(0, 2**32 - 1),
@@ -79,6 +82,7 @@ class TrainConfig:
     preset: str = "toy"
     name: str = "run"
     recipe: str = "resail"                  # or "official": the official run's choices (docs/deviations.md)
+    origin: str = "resail"                  # or the authors' code an imported G comes from (docs/baselines.md)
     # data
     batch_size: int = 4                     # global batch (all processes together)
     preprocess: str = "resize_crop"         # resize to load_size, random crop to net size; or 'fixed' resize
@@ -164,7 +168,7 @@ class TrainConfig:
 
 TRAIN_SCHEMA = Schema.of(TrainConfig, TRAIN_RULES, epochs=int)
 # The keys of a TOML file (and of flags): the preset comes from --preset, the rest is derived.
-_DERIVED = {"net", "preset", "notes", "n_train", "total_steps", "decay_start", "history"}
+_DERIVED = {"net", "preset", "origin", "notes", "n_train", "total_steps", "decay_start", "history"}
 _TRAIN_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)} - _DERIVED | {"epochs"}
 _NET_FIELDS = {f.name for f in dataclasses.fields(NetworkPreset)} - {"name"}
 
@@ -219,6 +223,8 @@ def resolve_config(preset: str, *, n_train: int, toml: str | Path | None = None,
             notes.append("segmentation loss off: no --segnet given (train one with `resail segnet train`)")
     net_fields.update({k: v for k, v in (network or {}).items() if v is not None})
     net = get_preset(preset, **net_fields)
+    if "edges" not in net_fields:  # a CLADE norm takes the edge map where its authors feed it
+        net = baseline_network(net)
     fields.setdefault("load_size", (net.width, net.height))
     epochs = fields.pop("epochs", None)
     if epochs is not None:  # --epochs N keeps the preset's constant/decay proportion
@@ -324,7 +330,8 @@ def format_config(cfg: TrainConfig) -> str:
         f"run {cfg.name!r}: preset {cfg.preset}, recipe {cfg.recipe}, {n.width}x{n.height}, norm {n.norm}, "
         f"ngf {n.ngf}, ndf {n.ndf}, "
         f"{n.semantic_nc} label channels" + (" (channel = native id)" if n.label_ids is None else
-                                             f" (label table of native ids {n.label_ids[1]}..{n.label_ids[-1]})"),
+                                             f" (label table of native ids {n.label_ids[1]}..{n.label_ids[-1]})")
+        + (" + instance edge map" if n.edges else ""),
         f"  data: {cfg.n_train} images, batch {cfg.batch_size}, {cfg.preprocess} (load {cfg.load_size[0]}x"
         f"{cfg.load_size[1]}), flip {cfg.flip}, colour ref {cfg.color_ref}, distortion p colour/res/shape "
         f"{cfg.p_color:g}/{cfg.p_resolution:g}/{cfg.p_shape:g}, workers {cfg.workers}",

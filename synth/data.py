@@ -8,8 +8,15 @@ One item of `SynthDataset` is one image of a split, as tensors at the network si
   guidance   3×H×W float in [−1, 1]   retrieval guidance from `guidance/{split}.h5` (bilinear
                                       resize when the cache was baked at another size)
   distorted  3×H×W float in [−1, 1]   distorted ground truth, built here (`with_distorted`)
-  edges      1×H×W float {0, 1}       instance boundaries (`instance_edges`; zeros without instances)
+  edges      1×H×W float {0, 1}       instance boundaries (`instance_edges`, or a network with `edges`): SPADE's
+                                      edge map where SPADE has one (`edge_sources`), else the instance map's
+                                      (zeros without instances)
+  dist       2×H×W float in (−1, 1)   CLADE-ICPE's positional maps (a `clade-icpe` network), computed from the
+                                      label map at its own size, resized as the CLADE authors do
   index      int                      row in the split (= row of the guidance cache)
+
+A network that takes no guidance (SPADE, CLADE) is evaluated with `with_guidance=False`: no
+guidance cache is read and `guidance` is black.
 
 Training items are resized to the load size, then cropped and flipped identically. The distorted
 ground truth follows the official order (reference §4.4): colour and resolution distortion at
@@ -18,7 +25,9 @@ the photo's original resolution, the photo's resize, the crop, then the TPS warp
 before it: the same distribution of warps, mirrored). Resizes follow the config's `recipe`:
 `resail` shrinks the photo with OpenCV INTER_AREA and picks label pixels by ⌊i·n/N⌋
 (`common.nearest_floor`); `official` uses PIL bicubic and PIL nearest (pixel centres,
-`common.nearest_pil`), as the official transform does (`PHOTO_RESIZE`, `LABEL_RESIZE`).
+`common.nearest_pil`), as the official transform does (`PHOTO_RESIZE`, `LABEL_RESIZE`); a
+generator imported from its authors' code takes its label maps through PIL nearest too, as they
+fed it (`label_resize`).
 
 Every random number of an item comes from `default_rng([seed, epoch, index])`, so an item never
 depends on the worker count, on the worker that builds it, or on what was drawn before: keys are
@@ -44,11 +53,12 @@ from torch.utils.data import Dataset, Sampler
 
 from ..common import nearest_floor, nearest_pil
 from ..errors import InputError, StageError
-from ..pipeline.datasets import records_for_ids
+from ..pipeline.datasets import read_index_png, records_for_ids
 from ..pipeline.distort import DistortConfig
 from ..pipeline.guidance import load_composer, open_guidance, resize_area
 from ..pipeline.labels.spaces import LabelChannels
 from ..workdir import WorkDir
+from .baselines.icpe import flip_maps, icpe_maps, resize_maps, skip_id
 from .config import TrainConfig
 from .presets import NetworkPreset
 
@@ -126,6 +136,17 @@ def one_hot(label: torch.Tensor, num_channels: int) -> torch.Tensor:
     return out.scatter_(1, label.unsqueeze(1), 1.0)
 
 
+def label_input(net: NetworkPreset, label: torch.Tensor, edges: torch.Tensor | None = None) -> torch.Tensor:
+    """G's and D's label input: B×H×W channel ids → B×`net.input_nc`×H×W, the one-hot map then the
+    B×1×H×W edge map when the network takes it (a missing edge map is an error)."""
+    m = one_hot(label, net.semantic_nc)
+    if not net.edges:
+        return m
+    if edges is None:
+        raise ValueError(f"preset {net.name!r} takes the instance edge map, and none was given")
+    return torch.cat([m, edges.to(m)], dim=1)
+
+
 def to_tensor(rgb: np.ndarray) -> torch.Tensor:
     """H×W×3 uint8 → 3×H×W float in [−1, 1]."""
     return torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).float().div_(127.5).sub_(1.0)
@@ -144,6 +165,26 @@ def resize_bicubic_pil(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 PHOTO_RESIZE = {"resail": resize_area, "official": resize_bicubic_pil}  # the recipe's photo resize
 # label and instance maps, (map, height, width): by index, so any id stays exact (common.py)
 LABEL_RESIZE = {"resail": nearest_floor, "official": nearest_pil}
+
+
+def label_resize(cfg: TrainConfig):
+    """The rule a run's label maps are resized with: the recipe's, and PIL's for a generator
+    imported from its authors' code (`origin`), as they fed it."""
+    return nearest_pil if cfg.origin != "resail" else LABEL_RESIZE[cfg.recipe]
+
+
+def edge_sources(sample, dataset: str) -> list[np.ndarray]:
+    """The maps (at the photo's size) whose boundaries make a sample's edge map. Cityscapes and
+    COCO-Stuff in SPADE's layout: the instance file itself, as SPADE reads it (`instanceIds`, the
+    `{split}_inst` map that holds label values under instance counters); COCO-Stuff as downloaded:
+    label map and instance map, whose joint boundaries are what SPADE's instance file draws;
+    otherwise the instance map alone (none: no edges)."""
+    path = sample.record.instance_path
+    if dataset in ("cityscapes", "cocostuff") and path:
+        return [read_index_png(path)]
+    if dataset == "cocostuff":
+        return [sample.label_map] + ([sample.instance_map] if sample.instance_map is not None else [])
+    return [sample.instance_map] if sample.instance_map is not None else []
 
 
 def instance_edges(instance_map: np.ndarray | None, shape: tuple[int, int]) -> np.ndarray:
@@ -166,19 +207,21 @@ class SynthDataset(Dataset):
     evaluation and sample grids (`train=False`: resized to the network size, no augmentation)."""
 
     def __init__(self, work: str | Path, split: str, cfg: TrainConfig, *, train: bool = True,
-                 with_distorted: bool | None = None):
+                 with_distorted: bool | None = None, with_guidance: bool = True):
         # One snapshot of the guidance, index and store, pinned until `close()`: the workers read it too.
-        self.work = WorkDir(work).snapshot(guidance=(split,))
+        self.work = WorkDir(work).snapshot(guidance=(split,) if with_guidance else ())
         self.split, self.train = split, train
         self.seed = cfg.seed
         self.net_size = (cfg.net.width, cfg.net.height)
         self.size = tuple(cfg.load_size) if train and cfg.preprocess == "resize_crop" else self.net_size
         self.flip = train and cfg.flip
         self.with_distorted = train if with_distorted is None else with_distorted
-        self.with_edges = cfg.instance_edges
+        self.with_edges = cfg.instance_edges or cfg.net.edges
+        self.with_dist = cfg.net.icpe
+        self.with_guidance = with_guidance
         self.color_ref = cfg.color_ref
         self.photo_resize = PHOTO_RESIZE[cfg.recipe]
-        self.label_resize = LABEL_RESIZE[cfg.recipe]
+        self.label_resize = label_resize(cfg)
         self.distort_cfg = DistortConfig(p_color=cfg.p_color, p_resolution=cfg.p_resolution, p_shape=cfg.p_shape)
 
         seg = segments_params(self.work)
@@ -190,15 +233,19 @@ class SynthDataset(Dataset):
         status = np.asarray(images["status"].to_pylist())
         self.rows = np.flatnonzero(status == "ok")  # composer rows, in cache order
         ids = [images["image_id"][int(r)].as_py() for r in self.rows]
-        with open_guidance(self.work, split) as f:
-            cached = [s.decode() if isinstance(s, bytes) else s for s in f["image_id"][...]]
-        if cached != ids:
-            raise StageError(f"{self.work.guidance_h5(split)}: the guidance cache does not match the "
-                             f"segment store; run `resail guidance bake {self.work} --split {split} --rebuild`")
+        if with_guidance:
+            self._check_guidance_cache(ids)
         self.image_ids = ids
         self.reader, self.records = records_for_ids(params, split, ids)
         self._composer = None
         self._cache = None
+
+    def _check_guidance_cache(self, ids: list[str]) -> None:
+        with open_guidance(self.work, self.split) as f:
+            cached = [s.decode() if isinstance(s, bytes) else s for s in f["image_id"][...]]
+        if cached != ids:
+            raise StageError(f"{self.work.guidance_h5(self.split)}: the guidance cache does not match the segment "
+                             f"store; run `resail guidance bake {self.work} --split {self.split} --rebuild`")
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -217,7 +264,7 @@ class SynthDataset(Dataset):
         self.work.close()
 
     def _open(self):
-        if self._cache is None:
+        if self._cache is None and self.with_guidance:
             self._cache = open_guidance(self.work, self.split)
         if self._composer is None and self.with_distorted:
             self._composer = load_composer(self.work, self.split, size=self.size)
@@ -236,13 +283,19 @@ class SynthDataset(Dataset):
         sample = self.reader.load(self.records[index])
         photo = self.photo_resize(sample.image, (W, H))
         label = self.label_resize(sample.label_map, H, W).astype(np.int64)
-        guidance = self._cache["guidance"][index]
-        if guidance.shape[:2] != (H, W):
-            guidance = cv2.resize(guidance, (W, H), interpolation=cv2.INTER_LINEAR)
-        planes = {"image": photo, "label": label, "guidance": guidance}
-        if self.with_edges:
-            inst = None if sample.instance_map is None else self.label_resize(sample.instance_map, H, W)
-            planes["edges"] = instance_edges(inst, (H, W))
+        planes = {"image": photo, "label": label}
+        if self.with_guidance:
+            guidance = self._cache["guidance"][index]
+            if guidance.shape[:2] != (H, W):
+                guidance = cv2.resize(guidance, (W, H), interpolation=cv2.INTER_LINEAR)
+            planes["guidance"] = guidance
+        else:  # black: the network takes no guidance
+            planes["guidance"] = np.zeros((H, W, 3), np.uint8)
+        if self.with_edges:  # resized, then its boundaries, as SPADE computes them
+            edges = [instance_edges(self.label_resize(m, H, W), (H, W)) for m in edge_sources(sample, self.dataset)]
+            planes["edges"] = np.maximum.reduce(edges) if edges else instance_edges(None, (H, W))
+        if self.with_dist:  # from the label map at its own size, like the authors' precomputed maps
+            planes["dist"] = resize_maps(icpe_maps(sample.label_map, skip_id(self.dataset)), W, H).transpose(1, 2, 0)
         planes = {name: a[oy:oy + h, ox:ox + w] for name, a in planes.items()}
         if self.with_distorted:  # built on the crop: its warp runs after it
             planes["distorted"] = self._composer.distorted_gt(
@@ -251,6 +304,10 @@ class SynthDataset(Dataset):
 
         item = {"index": index}
         for name, a in planes.items():
+            if name == "dist":  # H×W×2 → 2×H×W; a mirrored map is the mirrored label map's
+                item[name] = torch.from_numpy(flip_maps(a.transpose(2, 0, 1)) if flip
+                                              else np.ascontiguousarray(a.transpose(2, 0, 1)))
+                continue
             if flip:
                 a = a[:, ::-1]
             if name == "label":

@@ -84,5 +84,5 @@ def _downsample(x: torch.Tensor) -> torch.Tensor:
 
 def build_discriminator(preset: NetworkPreset, device: torch.device | str | None = None) -> MultiscaleDiscriminator:
     with torch.device(device) if device is not None else contextlib.nullcontext():
-        D = MultiscaleDiscriminator(preset.semantic_nc, preset.ndf, preset.n_layers_D, preset.num_D)
+        D = MultiscaleDiscriminator(preset.input_nc, preset.ndf, preset.n_layers_D, preset.num_D)
     return init_weights(D)

@@ -8,7 +8,12 @@ Protocol (written into `metrics.json` with every result):
 * Generation: G_ema of the run's snapshot (latest, or `checkpoint`) in eval mode, so BatchNorm
   uses its running statistics; label map = the split's label map nearest-resized to the model
   size (as the trainer does), guidance = the baked retrieval guidance `WORK/guidance/{split}.h5`
-  (reference §7: test time uses I_r only). The output is clamped to [−1, 1], mapped to
+  (reference §7: test time uses I_r only). A generator that reads no guidance (SPADE, CLADE, from
+  `--norm` or `resail model import`) gets none and needs no bake; it gets SPADE's instance edge
+  map and CLADE-ICPE's positional maps where it reads them, and an imported one gets its label
+  maps through PIL's nearest neighbour, as its authors fed it (docs/baselines.md). Real images
+  and scores are made as for a RESAIL run of the default recipe: one protocol, one table.
+  The output is clamped to [−1, 1], mapped to
   round((x + 1)·127.5) as uint8 and saved losslessly as PNG: the metrics see exactly the saved
   8-bit images (the official in-training FID truncates instead of rounding; ≤ 1/255 per pixel).
 * Real images: the split's photos resized to the model size with the trainer's resize
@@ -73,7 +78,7 @@ from ..errors import InputError
 from ..pipeline.labels.classes import palette_lut
 from ..pipeline.labels.spaces import ADE20K, IdSpace, LabelChannels, eval_id_space
 from ..workdir import WorkDir
-from .data import SynthDataset, check_label_table, to_uint8
+from .data import SynthDataset, check_label_table, label_resize, to_uint8
 from .inception import FEATURE_DIM, find_weights, inception_features, load_inception
 from .inference import LoadedRun
 from .metrics import argmax_over, confusion_matrix, feature_distances, segmentation_scores
@@ -315,7 +320,8 @@ def _generate_and_score(cfg: EvalConfig, run: LoadedRun, data: SynthDataset, n: 
     try:
         for batch in loader:
             t = time.perf_counter()
-            fake = run.render(batch["label"], batch["guidance"])                       # B×H×W×3
+            extras = {k: batch[k] for k in ("edges", "dist") if k in batch}              # a baseline G's inputs
+            fake = run.render(batch["label"], batch["guidance"], extras)                # B×H×W×3
             real = to_uint8(batch["image"])                                            # B×H×W×3
             tm["generate_s"] += time.perf_counter() - t
             t = time.perf_counter()
@@ -364,7 +370,8 @@ def _evaluate(cfg: EvalConfig, out_dir: Path, t_start: float, progress: bool) ->
     wd, (W, H) = run.work, run.size
     sc = _load_scorers(cfg, run)
 
-    data = SynthDataset(wd.root, cfg.split, run.config, train=False, with_distorted=False)
+    data = SynthDataset(wd.root, cfg.split, run.config, train=False, with_distorted=False,
+                        with_guidance=run.uses_guidance)
     try:
         n = len(data) if cfg.limit is None else min(cfg.limit, len(data))
         if n == 0 or (cfg.fid and n < 2):
@@ -431,6 +438,7 @@ def _per_class(scores: dict, class_ids: list[int], names: dict[int, str]) -> lis
 def _protocol(cfg: EvalConfig, run: LoadedRun, sc: _Scorers, ids: list[str], real_cache, recomputed: bool) -> dict:
     wd, (W, H), n = run.work, run.size, len(ids)
     bake = (wd.guidance_manifest(cfg.split) or {}).get("params", {})
+    rule = label_resize(run.config).__name__  # common.py's nearest rule the run's label maps go through
     p = {
         "version": PROTOCOL_VERSION,
         "n_images": n,
@@ -440,11 +448,14 @@ def _protocol(cfg: EvalConfig, run: LoadedRun, sc: _Scorers, ids: list[str], rea
                            "images": f"the first {n} images of the split in store order, each photo resized to "
                                      f"{W}x{H} with cv2.INTER_AREA (the trainer's resize)",
                            "image_ids_fingerprint": fingerprint(ids)},
-        "generator": "G_ema in eval mode (BatchNorm running statistics), no gradient, float32",
-        "guidance": {"cache": str(wd.guidance_h5(cfg.split)),
-                     **{k: bake.get(k) for k in ("compose_mode", "choose", "k", "seed", "size", "max_score")}},
-        "label_map": "native ids, nearest-resized to the model size, through the run's label table "
-                     "(label_ids) to channels; one-hot input to G",
+        "generator": {"weights": "G_ema in eval mode (BatchNorm running statistics), no gradient, float32",
+                      "norm": run.config.net.norm, "origin": run.config.origin,
+                      "inputs": generator_inputs(run.config.net)},
+        "guidance": ({"cache": str(wd.guidance_h5(cfg.split)),
+                      **{k: bake.get(k) for k in ("compose_mode", "choose", "k", "seed", "size", "max_score")}}
+                     if run.uses_guidance else None),
+        "label_map": f"native ids, nearest-resized to the model size ({rule}), through the run's label "
+                     "table (label_ids) to channels; one-hot input to G",
         "generated_images": "clamp to [-1, 1], round((x+1)*127.5) to uint8, saved as PNG; metrics use these bytes",
         "real_images": "split photos resized to the model size with cv2.INTER_AREA (the trainer's resize), uint8",
     }
@@ -471,6 +482,13 @@ def _protocol(cfg: EvalConfig, run: LoadedRun, sc: _Scorers, ids: list[str], rea
                       "with a non-empty union; pixel accuracy over non-ignored pixels; the real images give the "
                       "segmenter's own ceiling"}
     return p
+
+
+def generator_inputs(net) -> list[str]:
+    """What G reads, in the protocol's words."""
+    return (["one-hot label map"] + (["SPADE's instance edge map"] if net.edges else [])
+            + (["retrieval guidance"] if net.guided else [])
+            + (["CLADE-ICPE positional maps (label map at its own size, torch nearest)"] if net.icpe else []))
 
 
 def _write_per_class(path: Path, rows: list[dict]) -> None:

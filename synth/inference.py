@@ -24,6 +24,11 @@ and then does the jobs the three commands had each written for themselves:
 
 Nothing here imports the trainer: inference needs a snapshot, never the training state. The
 retrieval index opens on first use and stays open (a server reuses it for every request).
+
+A run's generator may read no guidance (SPADE, CLADE: a `--norm` baseline or a generator from
+`resail model import`, docs/baselines.md): `guidance` then retrieves nothing and returns a
+`NoGuidance`, and `extras` gives the inputs such a generator reads instead (SPADE's instance
+edge map, CLADE-ICPE's positional maps), computed from the label and instance maps as given.
 """
 
 from __future__ import annotations
@@ -37,9 +42,10 @@ import torch
 from ..pipeline.labels.spaces import LabelChannels
 from ..pipeline.labels.vocabulary import Vocabulary
 from ..workdir import SPLITS, WorkDir
+from .baselines.extras import NoGuidance, image_extras
 from .checkpoint import find_snapshot, load_snapshot
 from .config import TrainConfig
-from .data import LABEL_RESIZE, one_hot, to_tensor, to_uint8
+from .data import label_input, label_resize, to_tensor, to_uint8
 from .distributed import resolve_device
 from .generator import Generator
 
@@ -105,6 +111,11 @@ class LoadedRun:
         return self.labels.dataset
 
     @property
+    def uses_guidance(self) -> bool:
+        """Whether the run's G reads retrieval guidance (RESAIL's norm); else nothing is retrieved."""
+        return self.config.net.guided
+
+    @property
     def class_ids(self) -> list[int]:
         return self.labels.class_ids
 
@@ -117,9 +128,16 @@ class LoadedRun:
         return self.labels.channels
 
     def at_size(self, label_map: np.ndarray) -> np.ndarray:
-        """H×W native ids → int64 at the model size, nearest-resized as the trainer does (the run's recipe)."""
+        """H×W native ids → int64 at the model size, nearest-resized as the run's training data was
+        (the recipe's rule, PIL's for imported generators: `synth.data.label_resize`)."""
         W, H = self.size
-        return LABEL_RESIZE[self.config.recipe](label_map, H, W).astype(np.int64)
+        return label_resize(self.config)(label_map, H, W).astype(np.int64)
+
+    def extras(self, label_map: np.ndarray, instance_map: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """The edge map (1×H×W) and positional maps (2×H×W) the run's G reads, at the model size, from
+        a label map (native ids) and its instance map at their own size; {} for a RESAIL run."""
+        return image_extras(self.config.net, self.dataset, label_map, instance_map, self.size,
+                            resize=label_resize(self.config))
 
     # ---------------------------------------------------------------- guidance
 
@@ -135,7 +153,10 @@ class LoadedRun:
                  seed: int | None = None, where: str = "label map"):
         """Decompose `label_map` (native ids, any size) with the store's rules, retrieve the top-k
         training segments of each segment, and return the `LabelMapGuidance` that composes them
-        at the model size (every segment on its best match, or with `seed` on a drawn one)."""
+        at the model size (every segment on its best match, or with `seed` on a drawn one). A run
+        whose G reads no guidance retrieves nothing: a `NoGuidance`."""
+        if not self.uses_guidance:
+            return NoGuidance(self.size)
         from ..index.search import SearchConfig
         from ..pipeline.guidance import LabelMapGuidance, query_label_map
 
@@ -150,13 +171,25 @@ class LoadedRun:
     # ---------------------------------------------------------------- G
 
     @torch.no_grad()
-    def render(self, label: torch.Tensor, guidance: torch.Tensor) -> np.ndarray:
-        """B×H×W channel ids of the run's table + B×3×H×W guidance in [−1, 1] → B×H×W×3 uint8."""
-        m = one_hot(label.to(self.device), self.config.net.semantic_nc)  # B×L×H×W
-        return to_uint8(self.G(m, guidance.to(self.device)))
+    def forward(self, label: torch.Tensor, guidance: torch.Tensor, extras: dict | None = None) -> torch.Tensor:
+        """G_ema's B×3×H×W output in [−1, 1]: B×H×W channel ids of the run's table, B×3×H×W guidance
+        in [−1, 1] (unread by a baseline G), and the batched `extras` the run's G reads ("edges"
+        B×1×H×W, "dist" B×2×H×W)."""
+        net, extras = self.config.net, extras or {}
+        edges = extras.get("edges")
+        m = label_input(net, label.to(self.device), None if edges is None else edges.to(self.device))
+        dist = extras["dist"].to(self.device) if net.icpe else None
+        return self.G(m, guidance.to(self.device) if net.guided else None, dist)
 
-    def generate(self, label_map: np.ndarray, guidance: np.ndarray, where: str = "label map") -> np.ndarray:
-        """B×H×W native ids at the model size + B×H×W×3 uint8 guidance → B×H×W×3 uint8."""
+    def render(self, label: torch.Tensor, guidance: torch.Tensor, extras: dict | None = None) -> np.ndarray:
+        """`forward` as B×H×W×3 uint8."""
+        return to_uint8(self.forward(label, guidance, extras))
+
+    def generate(self, label_map: np.ndarray, guidance: np.ndarray, where: str = "label map",
+                 extras: list[dict] | None = None) -> np.ndarray:
+        """B×H×W native ids at the model size + B×H×W×3 uint8 guidance (+ one `extras` dict per image
+        for a baseline G) → B×H×W×3 uint8."""
         label = self.channels.to_channels(label_map, where)                 # B×H×W channel ids
         g = torch.stack([to_tensor(x) for x in guidance])                   # B×3×H×W
-        return self.render(torch.from_numpy(label), g)
+        batched = {k: torch.from_numpy(np.stack([e[k] for e in extras])) for k in extras[0]} if extras else None
+        return self.render(torch.from_numpy(label), g, batched)

@@ -1,9 +1,11 @@
 """Spatially adaptive normalisation: the RESAIL module (reference §6.1) and plain SPADE.
 
-Both share one interface, `norm(x, label_map, guidance)`:
+They share one interface with the CLADE norms (synth/baselines/clade.py), `norm(x, label_map,
+guidance, dist=None)`:
   x          B×C×h×w features,
   label_map  B×L×H×W one-hot label map (any resolution; resized nearest to h×w),
-  guidance   B×3×H×W guidance image (any resolution; resized bilinearly to h×w, ignored by SPADE).
+  guidance   B×3×H×W guidance image (any resolution; resized bilinearly to h×w, ignored by SPADE),
+  dist       B×2×H×W intra-class positional maps (read by CLADE-ICPE only).
 The output is BN(x)·(1 + γ) + β with a parameter-free BatchNorm2d. Under DDP the trainer swaps
 it for SyncBatchNorm with `torch.nn.SyncBatchNorm.convert_sync_batchnorm`, as the official
 `spectralspadesyncbatch3x3` does. No conv in this module has spectral norm (reference §8.12).
@@ -24,9 +26,16 @@ from torch import nn
 from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import _SpectralNorm
 
+from .baselines.clade import CladeNorm
+
 
 class FP32SpectralNorm(_SpectralNorm):
     """torch's spectral-norm parametrization, computed with autocast off (in the weight's fp32)."""
+
+    def _power_method(self, weight_mat: torch.Tensor, n_power_iterations: int) -> None:
+        if weight_mat.is_meta:  # no values to iterate on (`resail model summary`): skip torch's slow meta ops
+            return
+        super()._power_method(weight_mat, n_power_iterations)
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         device = weight.device.type
@@ -74,7 +83,8 @@ class SpadeNorm(nn.Module):
         self.gamma = conv3x3(hidden, channels)
         self.beta = conv3x3(hidden, channels)
 
-    def forward(self, x: torch.Tensor, label_map: torch.Tensor, guidance: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, label_map: torch.Tensor, guidance: torch.Tensor | None = None,
+                dist: torch.Tensor | None = None) -> torch.Tensor:
         m = resize_label_map(label_map, x.shape[-2:])  # B×L×h×w
         a = F.relu(self.shared(m))
         return self.bn(x) * (1 + self.gamma(a)) + self.beta(a)
@@ -106,7 +116,8 @@ class ResailNorm(nn.Module):
         self.mix_gamma = nn.Parameter(torch.zeros(()))
         self.mix_beta = nn.Parameter(torch.zeros(()))
 
-    def forward(self, x: torch.Tensor, label_map: torch.Tensor, guidance: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, label_map: torch.Tensor, guidance: torch.Tensor,
+                dist: torch.Tensor | None = None) -> torch.Tensor:
         size = x.shape[-2:]
         m = resize_label_map(label_map, size)  # B×L×h×w
         g = resize_guidance(guidance, size)    # B×3×h×w
@@ -129,9 +140,13 @@ class ResailNorm(nn.Module):
         return self.bn(x) * (1 + gamma) + beta
 
 
-def make_norm(kind: str, channels: int, semantic_nc: int, hidden: int = 128) -> nn.Module:
+def make_norm(kind: str, channels: int, semantic_nc: int, hidden: int = 128, edges: bool = False) -> nn.Module:
+    """A norm of `kind` (synth/presets.py NORMS) over `semantic_nc` label input channels, the last of
+    them the instance edge map when `edges` (SPADE and RESAIL take it as one more channel, CLADE apart)."""
     if kind == "resail":
         return ResailNorm(channels, semantic_nc, hidden)
     if kind == "spade":
         return SpadeNorm(channels, semantic_nc, hidden)
-    raise ValueError(f"unknown norm {kind!r}; expected 'resail' or 'spade'")
+    if kind in ("clade", "clade-icpe"):
+        return CladeNorm(channels, semantic_nc - int(edges), icpe=kind == "clade-icpe", edges=edges)
+    raise ValueError(f"unknown norm {kind!r}; expected 'resail', 'spade', 'clade' or 'clade-icpe'")

@@ -13,7 +13,9 @@ has one channel per listed native id instead, channel c ↔ native id label_ids[
 void (labels/spaces.py): `toy` lists the 22 ADE20K classes the toy generator draws, so its label
 map has 23 channels rather than 151. The seg loss ignores channel 0 where the trainer says so.
 That list is a constant here, not computed from the toy generator, so that loading a preset never
-imports the generator; tests/test_label_table.py checks that the two agree.
+imports the generator; tests/test_label_table.py checks that the two agree. With `edges`, G and D
+also take SPADE's instance edge map as one channel after the label map (`input_nc`); the
+segmentation network still predicts the `semantic_nc` label channels.
 
 `NetworkPreset` is a frozen dataclass; the trainer extends it (subclass or a wrapping config)
 with its training fields. `dataclasses.replace(preset, ngf=16)` makes a variant.
@@ -36,8 +38,11 @@ from dataclasses import dataclass
 
 from ..errors import InputError
 
-UPSAMPLING = {"few": 4, "normal": 5, "more": 6}
-NORMS = ("resail", "spade")
+UPSAMPLING = {"few": 4, "normal": 5, "more": 6, "most": 7}
+# The generator's normalisation: RESAIL's module, or a baseline (SPADE; CLADE and CLADE-ICPE,
+# synth/baselines/clade.py). Only RESAIL's reads the retrieval guidance; CLADE-ICPE reads the
+# intra-class positional maps (synth/baselines/icpe.py).
+NORMS = ("resail", "spade", "clade", "clade-icpe")
 
 
 @dataclass(frozen=True)
@@ -152,16 +157,18 @@ class NetworkPreset:
     dontcare: bool = False        # one extra channel for "don't care" (COCO-Stuff's 255 in SPADE)
     width: int = 256              # W of the generated image
     height: int = 256             # H of the generated image
-    upsampling: str = "normal"    # 'normal' (5 ×2 ups), 'more' (6: an extra up between the middle blocks)
+    upsampling: str = "normal"    # 'normal' (5 ×2 ups), 'more' (6: an extra up between the middle blocks),
+                                  # 'most' (7: SPADE's, 'more' and a last block up_4 at ngf/2)
                                   # or 'few' (4: no up between head_0 and G_middle_0; this project's, for toy64)
     ngf: int = 64                 # G widths: 16·ngf at the bottom down to ngf before the RGB conv
-    norm: str = "resail"          # 'resail' (§6.1) or 'spade' (the baseline / ablation)
+    norm: str = "resail"          # 'resail' (§6.1), or a baseline: 'spade', 'clade', 'clade-icpe' (NORMS)
     norm_hidden: int = 128        # hidden width of the RESAIL/SPADE branches (AdaIN vectors are 2×)
     ndf: int = 64
     n_layers_D: int = 4
     num_D: int = 2
     segnet_channels: tuple[int, ...] = (128, 128, 256, 256, 512, 512)  # U-Net encoder widths
     label_ids: tuple[int, ...] | None = None  # channel c ↔ native id label_ids[c]; None: channel = native id
+    edges: bool = False           # G and D also take SPADE's instance edge map, one channel after the label map
 
     def __post_init__(self) -> None:
         NETWORK_SCHEMA.check_instance(self, f"preset {self.name!r}")
@@ -200,6 +207,21 @@ class NetworkPreset:
         """Channels of the one-hot label map fed to G, D and out of the segmentation network."""
         n = self.label_nc if self.label_ids is None else len(self.label_ids)
         return n + int(self.dontcare)
+
+    @property
+    def input_nc(self) -> int:
+        """Channels of G's and D's label input: the one-hot label map, then the edge map (`edges`)."""
+        return self.semantic_nc + int(self.edges)
+
+    @property
+    def guided(self) -> bool:
+        """Whether G reads the retrieval guidance (RESAIL's norm); the baselines' G ignores it."""
+        return self.norm == "resail"
+
+    @property
+    def icpe(self) -> bool:
+        """Whether G reads CLADE-ICPE's intra-class positional maps."""
+        return self.norm == "clade-icpe"
 
     @property
     def n_up(self) -> int:

@@ -23,6 +23,11 @@ preset without one), and G takes the map through that table.
 Uploads are checked before decoding (PNG signature, byte size, header size) so that a bad file
 gets a 4xx and a message for the page, never a server error.
 
+A run whose generator reads no guidance (SPADE, CLADE: docs/baselines.md) gets a `NoGuidance`:
+nothing is retrieved, the index is never opened, the page shows no segments to edit; its G takes
+SPADE's edge map (from the painted map's boundaries) and CLADE-ICPE's positional maps where it
+reads them.
+
 Every model or store access runs under one lock: the app serves one person on localhost, and
 h5py handles and G are not meant to be shared between threads.
 """
@@ -158,7 +163,8 @@ class Synthesizer:
         self.class_ids = self.run.labels.drawable          # the palette: the classes the run can draw
         self.colors = self.run.labels.colors(self.class_ids)
         # now: a missing or stale index fails before serving; the thumbnails' store is the index's version
-        self.train = SegmentStore(self.run.open_index().work, "train")
+        # (a run whose G reads no guidance retrieves nothing: no index needed)
+        self.train = SegmentStore(self.run.open_index().work if self.run.uses_guidance else self.work, "train")
         self.train_segment_id = self.train.table["segment_id"].to_numpy()
         self.val = self._val_label_paths()
         self.sessions = SessionStore(cfg.max_sessions)

@@ -26,6 +26,12 @@ model size with nearest neighbour, as the trainer resizes the dataset's maps, wi
 that stretches it. G takes it through the run's label table (from its snapshot); a class the
 table lacks is an error that lists the classes the run covers. `label_out` writes the map G took
 (at the model size, pixel for pixel with the image) as dataset ids or in the palette.
+
+A run whose G reads no guidance (SPADE, CLADE; docs/baselines.md) retrieves nothing: the segment
+list is empty and the guidance black. Its G may read SPADE's instance edge map, made from
+`instance` (the instance file its authors' dataset has: Cityscapes `instanceIds`, COCO-Stuff's
+SPADE `{split}_inst` map) or, without one, from the label map's boundaries; and CLADE-ICPE's
+positional maps, made from the label map at its own size.
 """
 
 from __future__ import annotations
@@ -107,8 +113,12 @@ class Synthesis:
         self.run, self.k, self.seed, self.where = run, k, seed, where
         self.label_map = run.at_size(label_map)              # H×W native ids at the model size (G's input)
         self.state = run.guidance(label_map, instance_map, k=k, seed=seed, where=where)
+        self.extras = run.extras(label_map, instance_map)     # a baseline G's edge / positional maps; {} for RESAIL
         note = aspect_note(label_map.shape, run.size, where)
         self.notes = [note] if note else []                   # e.g. the model size stretches the map
+        if run.config.net.edges and instance_map is None:
+            self.notes.append(f"run {run.name!r} reads an instance edge map and no instance map was given: it gets "
+                              "the label map's boundaries (pass the instance map its authors' dataset has)")
         self.before = self.state.matches()                    # the matches ahead of the last edit
         self.edited: set[int] = set()                         # the segments the last edit changed
         self.guidance: np.ndarray | None = None
@@ -123,7 +133,7 @@ class Synthesis:
         t0 = time.perf_counter()
         self.guidance = self.state.compose()                                                   # H×W×3
         t1 = time.perf_counter()
-        self.image = self.run.generate(self.label_map[None], self.guidance[None], self.where)[0]  # H×W×3
+        self.image = self.run.generate(self.label_map[None], self.guidance[None], self.where, [self.extras])[0]
         self.timings.update(compose_ms=_ms_since(t0, t1), generate_ms=_ms_since(t1))
 
     # ---------------------------------------------------------------- edits
@@ -162,7 +172,8 @@ class Synthesis:
                 chosen.append(g.chosen.copy())
         finally:
             g.chosen[:] = keep
-        images = self.run.generate(np.repeat(self.label_map[None], n, 0), np.stack(guidance), self.where)
+        images = self.run.generate(np.repeat(self.label_map[None], n, 0), np.stack(guidance), self.where,
+                                   [self.extras] * n)
         return guidance, images, chosen
 
     def adopt(self, chosen: np.ndarray) -> None:

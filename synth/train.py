@@ -7,6 +7,11 @@ Every step, on one batch (label map m, real x, distorted GT I_d, retrieval guida
             hinge_fake(D(m, x̂_d)) + hinge_real(D(m, x)) + hinge_fake(D(m, x̂_r)) + hinge_real(D(m, x))
   EMA       G_ema ← β·G_ema + (1 − β)·G, BN statistics copied
 
+With a baseline norm (`--norm spade|clade|clade-icpe`, docs/baselines.md) the same step trains
+the authors' generator: m then ends with SPADE's instance edge map where the network takes it,
+CLADE-ICPE also reads the positional maps, and a norm that reads no guidance makes x̂_d and x̂_r
+the same image.
+
 In each phase D sees [x̂_d; x̂_r; x] concatenated in one call, as the official trainer feeds it
 fake and real together (it makes one call per fake, with x twice; one call of 3B runs x once).
 D is batch-independent (per-sample InstanceNorm, no BatchNorm), so every slice equals its own
@@ -61,7 +66,7 @@ from ..pipeline.labels.spaces import LabelChannels
 from ..workdir import WorkDir
 from .checkpoint import list_checkpoints, read_state, rng_state, save_run_checkpoint, set_rng_state
 from .config import TrainConfig
-from .data import StepBatchSampler, SynthDataset, one_hot, to_uint8
+from .data import StepBatchSampler, SynthDataset, label_input, to_uint8
 from .discriminator import build_discriminator
 from .distributed import (
     Dist,
@@ -145,13 +150,20 @@ class ResailTrainer:
                               enabled=self.amp_dtype is not None)
 
     def inputs(self, batch: dict) -> dict[str, torch.Tensor]:
-        """Batch tensors on the device: `label_map` one-hot, images B×3×H×W."""
+        """Batch tensors on the device: `label_map` one-hot (+ the edge map), images B×3×H×W, and
+        CLADE-ICPE's positional maps `dist` when the network reads them."""
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
-        out = {"label_map": one_hot(batch["label"].to(self.device, non_blocking=True), self.cfg.net.semantic_nc)}
-        for k in ("image", "guidance", "distorted"):
+        edges = batch["edges"].to(self.device, non_blocking=True) if self.cfg.net.edges else None
+        out = {"label_map": label_input(self.cfg.net, batch["label"].to(self.device, non_blocking=True), edges)}
+        for k in ("image", "guidance", "distorted") + (("dist",) if self.cfg.net.icpe else ()):
             if k in batch:
                 out[k] = batch[k].to(self.device, non_blocking=True)
         return {k: v.contiguous(memory_format=fmt) for k, v in out.items()}
+
+    @staticmethod
+    def fake(G: nn.Module, x: dict, guidance: str) -> torch.Tensor:
+        """G on the batch's label map with the guidance `x[guidance]` (and the positional maps)."""
+        return G(x["label_map"], x[guidance], x.get("dist"))
 
     def discriminate(self, m: torch.Tensor, fakes: list[torch.Tensor],
                      real: torch.Tensor) -> tuple[list[list[list[torch.Tensor]]], list[list[torch.Tensor]]]:
@@ -166,21 +178,22 @@ class ResailTrainer:
         cfg, m, real = self.cfg, x["label_map"], x["image"]
         terms = {}
         with self._autocast():
-            fakes = [self.G(m, x["distorted"])]
+            fakes = [self.fake(self.G, x, "distorted")]
             if cfg.retrieval_loss:
-                fakes.append(self.G(m, x["guidance"]))
+                fakes.append(self.fake(self.G, x, "guidance"))
             (out_d, *out_r), out_real = self.discriminate(m, fakes, real)
             fake_d = fakes[0]
+            labels = m[:, :cfg.net.semantic_nc]  # the one-hot map, without the edge map
             terms["G_gan_d"] = hinge_g(out_d)
             terms["G_fm"] = feature_matching(out_d, out_real)  # the real features are detached
             if self.vgg is not None:
                 terms["G_vgg"] = self.vgg(fake_d.float(), real.float())
             if self.seg is not None:
-                terms["G_seg_d"] = self.seg(fake_d, m)
+                terms["G_seg_d"] = self.seg(fake_d, labels)
             if out_r:
                 terms["G_gan_r"] = hinge_g(out_r[0])
                 if self.seg is not None:
-                    terms["G_seg_r"] = self.seg(fakes[1], m)
+                    terms["G_seg_r"] = self.seg(fakes[1], labels)
         weight = {"G_fm": cfg.lambda_feat, "G_vgg": cfg.lambda_vgg, "G_seg_d": cfg.lambda_seg,
                   "G_seg_r": cfg.lambda_seg}
         total = sum(weight.get(k, 1.0) * v.float() for k, v in terms.items())
@@ -191,9 +204,9 @@ class ResailTrainer:
         terms = {}
         with self._autocast():
             with torch.no_grad():
-                fakes = [self.G(m, x["distorted"])]
+                fakes = [self.fake(self.G, x, "distorted")]
                 if self.cfg.retrieval_loss:
-                    fakes.append(self.G(m, x["guidance"]))
+                    fakes.append(self.fake(self.G, x, "guidance"))
             (out_d, *out_r), out_real = self.discriminate(m, fakes, x["image"])
             terms["D_real"] = hinge_d_real(out_real)
             terms["D_fake_d"] = hinge_d_fake(out_d)
@@ -389,7 +402,7 @@ class Ticks:
 def write_sample_grid(path: Path, trainer: ResailTrainer, batch: dict, palette: np.ndarray) -> None:
     """Rows of label (colourised) | guidance | distorted GT | G_ema(label, guidance) | real."""
     x = trainer.inputs(batch)
-    out = trainer.G_ema(x["label_map"], x["guidance"])
+    out = trainer.fake(trainer.G_ema, x, "guidance")
     native = LabelChannels.of(trainer.cfg.net).to_native(batch["label"].numpy())
     label = palette[np.clip(native, 0, len(palette) - 1)]
     cols = [label, to_uint8(batch["guidance"]), to_uint8(batch["distorted"]), to_uint8(out), to_uint8(batch["image"])]
