@@ -26,8 +26,8 @@ import cv2
 import numba
 import numpy as np
 import scipy.ndimage
-import torch
-import torch.nn.functional as F
+
+from ...common import nearest_torch_legacy
 
 # The native id of the authors' skipped label value 0, per dataset (COCO-Stuff: native = value + 1).
 SKIP_ID = {"ade20k": 0, "ade20k-outdoor": 0, "cityscapes": 0, "cocostuff": 1}
@@ -91,11 +91,12 @@ def _encode_components(comp: np.ndarray, n: int, y0: int, x0: int, out: np.ndarr
 
 
 def resize_maps(maps: np.ndarray, width: int, height: int) -> np.ndarray:
-    """2×h×w maps → 2×height×width with torch's nearest interpolation, as the authors resize them."""
+    """2×h×w maps → 2×height×width with torch's nearest rule (`common.nearest_torch_legacy`, what its legacy
+    interpolation picks), as the authors resize them."""
     if maps.shape[-2:] == (height, width):
         return maps
-    t = torch.from_numpy(np.ascontiguousarray(maps, np.float32))[None]
-    return F.interpolate(t, size=(height, width), mode="nearest")[0].numpy()
+    moved = nearest_torch_legacy(np.ascontiguousarray(maps, np.float32).transpose(1, 2, 0), height, width)
+    return np.ascontiguousarray(moved.transpose(2, 0, 1))
 
 
 def flip_maps(maps: np.ndarray) -> np.ndarray:
