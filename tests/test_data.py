@@ -103,15 +103,17 @@ def test_recipe_chooses_the_photo_and_label_resize(work, recipe):
     ds.close()
 
 
-@pytest.mark.parametrize("recipe, rule", [("resail", nearest_floor), ("official", nearest_pil)])
-def test_user_label_maps_are_resized_with_the_runs_recipe(recipe, rule):
-    """synthesize, serve and the editor resize a user's map as the run's trainer resized its data."""
+@pytest.mark.parametrize("recipe, origin, rule", [("resail", "resail", nearest_floor), ("official", "resail", nearest_pil),
+                                                   ("resail", "spade", nearest_pil)])
+def test_user_label_maps_are_resized_with_the_runs_recipe(recipe, origin, rule):
+    """synthesize, serve and the editor resize a user's map as the run's trainer resized its data
+    (an imported generator: as its authors' loader did, PIL's rule)."""
     from types import SimpleNamespace
 
     from resail.synth.inference import LoadedRun
 
     label = np.random.default_rng(0).integers(0, 150, (83, 121)).astype(np.int32)
-    run = SimpleNamespace(size=(64, 48), config=SimpleNamespace(recipe=recipe))
+    run = SimpleNamespace(size=(64, 48), config=SimpleNamespace(recipe=recipe, origin=origin))
     got = LoadedRun.at_size(run, label)
     assert got.dtype == np.int64 and np.array_equal(got, rule(label, 48, 64))
     assert not np.array_equal(nearest_floor(label, 48, 64), nearest_pil(label, 48, 64))  # the recipes differ here
