@@ -65,6 +65,7 @@ from tqdm.auto import tqdm
 from ..artifacts import atomic_path, fingerprint, write_bytes_atomic, write_json_atomic, write_png_atomic
 from ..errors import InputError
 from ..pipeline.label_maps import ADE20K, IdSpace, eval_id_space
+from ..threads import init_worker
 from ..workdir import WorkDir
 from .data import SynthDataset, check_label_table, label_palette, to_uint8
 from .inception import FEATURE_DIM, find_weights, inception_features, load_inception, sha256_of
@@ -392,7 +393,8 @@ def _generate_and_score(cfg: EvalConfig, run: LoadedRun, data: SynthDataset, n: 
     out = {"fake": [], "real": [], "grid": [],
            "timings": {"generate_s": 0.0, "write_s": 0.0, "inception_s": 0.0, "segment_s": 0.0}}
     tm, device, palette = out["timings"], run.device, label_palette(run.dataset)
-    loader = DataLoader(Subset(data, range(n)), batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.workers)
+    loader = DataLoader(Subset(data, range(n)), batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.workers,
+                        worker_init_fn=init_worker)
     bar = tqdm(total=n, desc=f"eval {cfg.run}", unit="img", disable=not progress)
     try:
         for batch in loader:

@@ -44,7 +44,7 @@ def test_index_imports_nothing_from_pipeline_but_the_store():
 
 # docs/architecture.md, "Layers": a module imports only from its own layer and those above it.
 LAYERS = [
-    ("errors", "artifacts", "workdir"),
+    ("errors", "artifacts", "workdir", "threads"),
     ("pipeline.classes", "pipeline.coco", "pipeline.datasets", "pipeline.decompose", "pipeline.store", "pipeline.compose",
      "pipeline.distort", "pipeline.toy_scene", "pipeline.label_maps", "index.descriptors", "index.score"),
     ("index.shards", "index.build", "index.search", "index.query"),
