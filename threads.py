@@ -200,10 +200,15 @@ def plan(workers: int = 0, *, alongside: bool = True, threads: int | None = None
 # ---------------------------------------------------------------- applying it
 
 
+def library_env(n: int) -> dict[str, str]:
+    """The library variables for `n` threads (numba refuses more threads than cores): for a child
+    process that should start with them, before its first import."""
+    return {var: str(min(n, os.cpu_count() or n) if var == "NUMBA_NUM_THREADS" else n) for var in LIBRARY_ENV}
+
+
 def _export(n: int) -> None:
-    """The library variables for libraries loaded from now on (numba refuses more threads than cores)."""
-    for var in LIBRARY_ENV:
-        os.environ[var] = str(min(n, os.cpu_count() or n) if var == "NUMBA_NUM_THREADS" else n)
+    """`n` threads for the libraries this process loads from now on, and for its child processes."""
+    os.environ.update(library_env(n))
 
 
 def _set_loaded(n: int) -> None:

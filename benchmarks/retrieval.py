@@ -40,6 +40,7 @@ import numpy as np
 from resail.index.build import RetrievalIndex, build_index
 from resail.index.descriptors import resize_mask_nearest
 from resail.index.search import QueryBatch, SearchConfig, search
+from resail.threads import use
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the shared fixture builders (tests/builders)
 from builders.store import write_fake_store  # noqa: E402
@@ -207,10 +208,8 @@ def main(argv=None):
     if args.quick:
         args.queries = min(args.queries, 100)
         args.ssd_queries = min(args.ssd_queries, 10)
-    import torch
 
-    faiss.omp_set_num_threads(args.threads)
-    torch.set_num_threads(args.threads)
+    use(threads=args.threads)  # FAISS and torch
 
     t0 = time.perf_counter()
     data = make_segments(max(sizes), args.seed)
