@@ -1,10 +1,10 @@
 """One thread policy for every command: how many threads this process and its worker processes run.
 
-Left alone, every library sizes its thread pool by the host's cores and sees neither a cgroup's
+Left alone, every library sizes its thread pool by the cores it counts and sees neither a cgroup's
 CPU quota nor the workers beside it: `resail train` ran one torch thread per core next to two
 data-loader workers, and OpenMP threads, which wait for each other at every parallel region, slow
 down many times over once one of them loses its core to another process (BENCHMARKS.md, "Thread
-policy": 15× with one busy neighbour on 2 cores).
+policy": 23 s → 271 s beside one busy process on 2 cores; 20 s → 50 s with the policy).
 
 The policy counts the CPUs this process may really use (`available_cpus`: the affinity mask,
 lowered by a cgroup v2 `cpu.max` or v1 `cpu.cfs_quota_us` quota rounded to the nearest CPU,

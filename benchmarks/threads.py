@@ -86,8 +86,10 @@ def train_once(work: Path, mode: str, busy: bool, args, log_dir: Path) -> dict:
 
 
 def machine() -> dict:
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
+    info = Path("/proc/cpuinfo")
+    lines = info.read_text().splitlines() if info.exists() else []
+    model = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")),
+                 platform.processor())
     cpus, source = available_cpus()
     return {"cpu": model, "cpus": cpus, "cpus_from": source, "python": platform.python_version()}
 
