@@ -19,8 +19,8 @@ A stage's output never depends on the sharding or on `jobs`: parts are merged in
 Tasks run through joblib with the backend named by `backend` (loky: one worker process each),
 with a tqdm bar. `jobs=1` runs them inline in this process, which keeps tracebacks and test hooks
 simple. A task in a worker first takes the thread policy's per-worker count (`threads.init_worker`;
-joblib's workers also get it as their inner thread limit), so `jobs` workers never run more threads
-than the CPUs the command was given (threads.py).
+joblib's workers also get it as their inner thread limit), so `jobs` workers share the command's
+CPUs instead of each sizing its pools by the whole machine (threads.py).
 
 **Dask.** `parallel_backend("dask", scheduler)` (the `--backend dask [--scheduler ADDRESS]` of
 every parallel command) connects a `distributed.Client` to the scheduler at ADDRESS, or starts a
