@@ -105,17 +105,23 @@ def _setup_logging(quiet: bool, debug: bool) -> None:
     logging.getLogger("resail").setLevel(level)
 
 
+THREADS_HELP = ("CPUs this command shares between its process and its workers [default: those it may use: "
+                "CPU affinity and cgroup quota; RESAIL_THREADS=N or off].")
+
+
 def common(fn):
-    """`--quiet` and `--debug` on every command; the values land in ctx.obj."""
+    """`--quiet`, `--debug` and `--threads` on every command; the values land in ctx.obj."""
 
     @click.option("--quiet", "-q", is_flag=True, help="No progress bars or info messages; errors only.")
     @click.option("--debug", is_flag=True, help="Show full tracebacks and debug logs.")
+    @click.option("--threads", type=click.IntRange(1, 4096), default=None, help=THREADS_HELP)
     @click.pass_context
     @functools.wraps(fn)
-    def wrapper(ctx, *args, quiet=False, debug=False, **kwargs):
+    def wrapper(ctx, *args, quiet=False, debug=False, threads=None, **kwargs):
         obj = ctx.ensure_object(dict)
         obj["quiet"] = obj.get("quiet", False) or quiet
         obj["debug"] = obj.get("debug", False) or debug
+        obj["threads"] = threads if threads is not None else obj.get("threads")
         _setup_logging(obj["quiet"], obj["debug"])
         return ctx.invoke(fn, *args, **kwargs)
 
@@ -126,12 +132,27 @@ def progress_enabled() -> bool:
     return not click.get_current_context().find_root().obj.get("quiet", False)
 
 
+def use_threads(workers: int = 0, *, alongside: bool = True) -> None:
+    """The thread policy (threads.py) for this command's process and its `workers` worker processes:
+    `alongside` when the main process computes while they run (data loaders), else a stage's workers.
+    Called after the command's imports, so that the libraries it loads take the count."""
+    from .threads import use
+
+    use(workers, alongside=alongside, threads=click.get_current_context().find_root().obj.get("threads"))
+
+
+def use_stage_threads(jobs: int) -> None:
+    """The thread policy of a parallel stage: `jobs` workers compute its parts while this process waits."""
+    use_threads(jobs if jobs > 1 else 0, alongside=False)
+
+
 @click.group(context_settings=CONTEXT)
 @click.version_option(__version__, prog_name="resail")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars or info messages; errors only.")
 @click.option("--debug", is_flag=True, help="Show full tracebacks and debug logs.")
+@click.option("--threads", type=click.IntRange(1, 4096), default=None, help=THREADS_HELP)
 @click.pass_context
-def cli(ctx, quiet, debug):
+def cli(ctx, quiet, debug, threads):
     """resail: retrieval-based semantic image synthesis (RESAIL, CVPR 2022) as staged offline jobs.
 
     \b
@@ -143,7 +164,7 @@ def cli(ctx, quiet, debug):
       resail eval WORK --run NAME
     Try `resail demo` for the whole pipeline on a built-in toy dataset.
     """
-    ctx.ensure_object(dict).update(quiet=quiet, debug=debug)
+    ctx.ensure_object(dict).update(quiet=quiet, debug=debug, threads=threads)
     _setup_logging(quiet, debug)
 
 
@@ -191,6 +212,7 @@ def data_toy(out, fmt, preset, realistic, n_train, n_val, size, seed, jobs, back
         width, height = size or ((512, 256) if fmt == "cityscapes" else (256, 256))
         cfg = ToyConfig(fmt=fmt, **{**run, "width": width, "height": height})
     t0 = time.perf_counter()
+    use_stage_threads(jobs)
     with parallel_backend(backend, scheduler, jobs):
         root = make_toy_dataset(out, cfg, progress=progress_enabled())
     click.echo(f"toy {cfg.fmt} dataset{f' ({preset})' if preset else ''}: {n_train} train + {n_val} val images "
@@ -249,6 +271,7 @@ def index_build(dataset, root, work, splits, jobs, shard, merge, preserved_ratio
                          crop_max_side=crop_max_side, crop_codec=crop_codec, image_list=image_list, layout=layout,
                          on_error=on_error, rebuild=rebuild, uncovered_things=uncovered_things)
     log.info("index build, stage 1 (segments): %s", ", ".join(f"{k}={v}" for k, v in cfg.__dict__.items()))
+    use_stage_threads(jobs)
     with parallel_backend(backend, scheduler, jobs):  # a new store is published with the index built from it
         manifest = build_segments(cfg, progress=progress_enabled(), publish="train" not in cfg.splits)
     if manifest is None:  # a shard-only run: the index waits for --merge
@@ -300,6 +323,7 @@ def index_query(work, label, label_format, instance, k, k_prefilter, max_score, 
     if k_prefilter < k:
         raise click.BadParameter(f"--k-prefilter {k_prefilter} must be at least --k {k}", param_hint="--k-prefilter")
     cfg = SearchConfig(k=k, k_prefilter=k_prefilter, max_score=max_score, exact=exact)
+    use_threads()
     index = RetrievalIndex(work, device=device)
     read = read_store_label_map(work, label, label_format)
     log.info("index query: %s read as %s (%s)", label, read.format, read.how)
@@ -370,6 +394,7 @@ def guidance_bake(work, split, k, choose, seed, compose_mode, size, k_prefilter,
     cfg = BakeConfig(work=work, split=split, k=k, choose=choose, seed=seed, compose_mode=compose_mode, size=size,
                      k_prefilter=k_prefilter, max_score=max_score, exclude_same_image=exclude_same_image,
                      jobs=jobs, shard=shard, merge=merge, n_preview=n_preview, rebuild=rebuild)
+    use_stage_threads(jobs)
     with parallel_backend(backend, scheduler, jobs):
         m = bake(cfg, progress=progress_enabled())
     if m.get("complete") is False:
@@ -394,6 +419,7 @@ def guidance_preview_distort(work, out, n, seed, color_ref, size):
     """Write rows of real | distorted ground truth | retrieval guidance for training images."""
     from .pipeline.guidance import preview_distort
 
+    use_threads()
     click.echo(f"distortion preview -> {preview_distort(work, out, n=n, seed=seed, color_ref=color_ref, size=size)}")
 
 
@@ -505,6 +531,7 @@ def train(work, preset, name, steps, epochs, config_file, resume, dry_run, batch
             click.echo(f"dry run: config -> {path}" if path else
                        f"dry run: {work / 'runs' / cfg.name} exists; nothing written (the config above is not saved)")
         return
+    use_threads(cfg.workers)
     summary = run_training(cfg, work, resume=resume, progress=progress_enabled())
     if rank0:
         last = summary["last"]
@@ -561,6 +588,7 @@ def eval_(work, run_name, checkpoint, split, fid, kid, inception_weights, seg, s
                      segmenter_weights=segmenter_weights, upernet_scales=upernet_scales, batch_size=batch_size,
                      device=device, limit=limit, n_grid=n_grid, workers=workers)
     log.info("eval: %s", ", ".join(f"{k}={v}" for k, v in cfg.to_dict().items()))
+    use_threads(workers)
     m = run_eval(cfg, progress=progress_enabled())
     click.echo(f"eval {run_name}: {format_metrics(m)} -> {WorkDir(work).eval_dir(run_name) / 'metrics.json'}")
 
@@ -606,6 +634,7 @@ def synthesize(work, run_name, label, label_format, instance, out, label_out, la
                            seed=seed, k=k, resample=indices, resample_seed=resample_seed, guidance_out=guidance_out,
                            device=device, label_format=label_format, label_out=label_out,
                            label_out_format=label_out_format)
+    use_threads()
     result = run_synthesis(cfg)
     log.info("synthesize: %s read as %s", label, result.label_read_as)
     click.echo(format_segments(result))
@@ -736,6 +765,7 @@ def segnet_train(work, preset, steps, batch_size, lr, no_balance, checkpoint_eve
                           train=SegnetTrainConfig(steps=steps, lr=lr, class_balance=not no_balance,
                                                   checkpoint_every=checkpoint_every))
     log.info("segnet train: %s", cfg)
+    use_threads(workers)
     report = train_segnet_on_work(work, cfg, progress=progress_enabled())
     val = report.get("val", {})
     click.echo(f"segnet {preset}: {report['steps']} steps, val mIoU {val.get('miou', float('nan')):.4f}, "
@@ -766,6 +796,7 @@ def serve(work, run_name, checkpoint, host, port, k, max_sessions, device):
         log.warning("serve: binding %s makes the page reachable from other machines; it has no authentication", host)
     cfg = ServeConfig(work=work, run=run_name, checkpoint=checkpoint, host=host, port=port, k=k,
                       max_sessions=max_sessions, device=device)
+    use_threads()
     click.echo(f"resail serve: loading run {run_name} ...")
     run_server(cfg, ready=lambda: click.echo(f"resail serve: open http://{host}:{port}/ (Ctrl+C to stop)"))
 
@@ -790,7 +821,8 @@ def demo(out, n_train, n_val, seed, jobs, train_steps, segnet_steps, preset):
     from .demo import run_demo
 
     for stage, where in run_demo(out, n_train=n_train, n_val=n_val, seed=seed, jobs=jobs, train_steps=train_steps,
-                                 segnet_steps=segnet_steps, preset=preset, progress=progress_enabled()):
+                                 segnet_steps=segnet_steps, preset=preset, progress=progress_enabled(),
+                                 threads=click.get_current_context().find_root().obj.get("threads")):
         click.echo(f"[demo] {stage}: {where}")
 
 
@@ -818,6 +850,7 @@ def segment(images, segmenter, weights, out, upernet_scales, device):
                                f"got {len(weights)}")
     from .synth.segmenters import load_segmenter, segment_images
 
+    use_threads()
     seg = load_segmenter(segmenter, weights, device, upernet_scales=upernet_scales)
     written = segment_images(seg, images, out, progress=progress_enabled())
     click.echo(f"resail segment: {len(written)} id maps ({seg.protocol['ids']}) in {out}")

@@ -15,16 +15,19 @@ from .pipeline.bake import BakeConfig, bake
 from .pipeline.guidance import preview_distort
 from .pipeline.segments_stage import SegmentsConfig, build_segments
 from .pipeline.toy import ToyConfig, make_toy_dataset
+from .threads import use
 from .workdir import SPLITS, WorkDir
 
 
 def run_demo(out: Path, *, n_train: int = 200, n_val: int = 40, seed: int = 0, jobs: int = 1,
              train_steps: int = 250, segnet_steps: int = 150, preset: str = "toy64",
-             progress: bool = True) -> Iterator[tuple[str, str]]:
+             progress: bool = True, threads: int | None = None) -> Iterator[tuple[str, str]]:
     """Run every built stage on a toy ADE20K-format dataset under `out`; yield (stage, output path).
-    Guidance is baked at the training preset's size (`toy64`: 64×64, `toy`: 128×128)."""
+    Guidance is baked at the training preset's size (`toy64`: 64×64, `toy`: 128×128). `threads`
+    overrides the thread policy's CPU count (threads.py), which each phase splits its own way."""
     from .synth.presets import get_preset
 
+    use(jobs if jobs > 1 else 0, alongside=False, threads=threads)  # the stages: `jobs` workers per part
     net = get_preset(preset)
     size = (net.width, net.height)
     out = Path(out)
@@ -42,14 +45,12 @@ def run_demo(out: Path, *, n_train: int = 200, n_val: int = 40, seed: int = 0, j
         yield f"guidance previews ({split})", str(wd.guidance_preview(split))
     grid = preview_distort(wd.root, out / "distortion_preview.png", n=6, seed=seed, size=size)
     yield "guidance preview-distort", str(grid)
-    yield from _synthesis_stages(wd, root, preset, seed, jobs, train_steps, segnet_steps, progress)
+    yield from _synthesis_stages(wd, root, preset, seed, jobs, train_steps, segnet_steps, progress, threads)
 
 
 def _synthesis_stages(wd: WorkDir, root: Path, preset: str, seed: int, jobs: int, train_steps: int,
-                      segnet_steps: int, progress: bool) -> Iterator[tuple[str, str]]:
+                      segnet_steps: int, progress: bool, threads: int | None) -> Iterator[tuple[str, str]]:
     """segnet train → train → eval → synthesize with a small toy preset on the CPU."""
-    import torch
-
     from .synth.config import resolve_config
     from .synth.data import count_images
     from .synth.eval import EvalConfig, run_eval
@@ -59,14 +60,16 @@ def _synthesis_stages(wd: WorkDir, root: Path, preset: str, seed: int, jobs: int
     from .synth.train import train
 
     work = wd.root
-    torch.set_num_threads(max(1, jobs))
+    use(threads=threads)  # segnet, eval and synthesize load their data in this process
     train_segnet_on_work(work, SegnetRunConfig(preset, workers=0, train=SegnetTrainConfig(
         steps=segnet_steps, checkpoint_every=segnet_steps)), progress=progress)
     yield "segnet train (segmentation network for the seg loss and mIoU)", str(wd.segnet(preset))
     cfg = resolve_config(preset, n_train=count_images(work, "train"), overrides=dict(
         name="demo", steps=train_steps, seed=seed, workers=max(0, jobs - 1), segnet=str(wd.segnet(preset))))
+    use(cfg.workers, threads=threads)  # the trainer beside its data-loader workers
     summary = train(cfg, work, resume=wd.run("demo").exists(), progress=progress)
     yield f"train ({preset} preset)", str(summary["run_dir"])
+    use(threads=threads)
     seg = run_eval(EvalConfig(work, "demo", fid=False, kid=False), progress=progress).get("segmentation", {})
     gen, real = seg.get("generated", {}).get("miou", float("nan")), seg.get("real", {}).get("miou", float("nan"))
     yield (f"eval (segnet mIoU {gen:.3f} on generated vs {real:.3f} on real images; FID needs the Inception "

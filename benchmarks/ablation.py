@@ -67,6 +67,7 @@ from resail.synth.norms import ResailNorm
 from resail.synth.segnet import SegNet, SegnetTrainConfig, load_segnet
 from resail.synth.segnet_data import SegnetRunConfig, train_segnet_on_work
 from resail.synth.train import ResailTrainer
+from resail.threads import use
 from resail.workdir import WorkDir
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the shared fixture builders (tests/builders)
@@ -375,9 +376,10 @@ def main() -> None:
     ap.add_argument("--steps", default="100,200,400,800,1600,3200",
                     help="Comma-separated step counts to judge at; the last is the budget [default: %(default)s].")
     ap.add_argument("--report", action="store_true", help="Gather every seed's results: table and curve.png.")
-    ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads [default: 1].")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="CPUs for the thread policy (resail/threads.py), one seed a core [default: 1].")
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+    use(threads=args.threads)
     if args.prepare:
         result = prepare(args.out, args.preset, args.n_train, args.n_val, args.segnet_steps)
     elif args.seed is not None:

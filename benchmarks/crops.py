@@ -33,13 +33,13 @@ import sys
 import time
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from resail.common import nearest_cv2, read_rgb
 from resail.pipeline.datasets import list_split, make_reader
 from resail.pipeline.decompose import decompose, thing_lut
 from resail.pipeline.store import crop_pixels, decode_crop, decode_mask, encode_crop
+from resail.threads import use
 
 
 def _resize_nearest(a: np.ndarray | None, hw: tuple[int, int]) -> np.ndarray | None:
@@ -105,7 +105,7 @@ def main() -> None:
     ap.add_argument("--label-maps", type=int, default=40, help="label maps used (train split, in id order)")
     ap.add_argument("--crop-max-side", type=int, default=256)
     args = ap.parse_args()
-    cv2.setNumThreads(1)
+    use(threads=1)
     photos = []
     for p in args.photos:
         im = read_rgb(p)

@@ -35,6 +35,7 @@ from resail.pipeline.coco import coco_annotations, coco_instance_map
 from resail.pipeline.decompose import decompose, thing_lut
 from resail.pipeline.segments_stage import SegmentsConfig, build_segments
 from resail.pipeline.toy import ToyConfig, make_toy_dataset
+from resail.threads import use
 from resail.workdir import WorkDir
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the shared fixture builders (tests/builders)
@@ -121,7 +122,7 @@ def _as_rle(annotations: list[dict], shape: tuple[int, int]) -> list[dict]:
 
 
 def coco_main(args) -> None:
-    cv2.setNumThreads(1)  # as a stage-1 worker runs: one image per core
+    use(threads=1)  # as a stage-1 worker runs: one image per core
     cfg = ToyConfig.preset("cocostuff-real", n_train=args.n_train, n_val=1, n_jobs=2)
     root = make_toy_dataset(args.out / "cocostuff-real", cfg)
     reader = datasets.make_reader("cocostuff", root)

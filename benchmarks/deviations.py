@@ -38,6 +38,7 @@ from resail.synth.losses import balanced_cross_entropy, hinge_d_fake, hinge_d_re
 from resail.synth.presets import get_preset
 from resail.synth.segnet import build_segnet
 from resail.synth.train import get_lr
+from resail.threads import use
 from resail.workdir import WorkDir
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the shared fixture builders (tests/builders)
@@ -436,8 +437,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--keep", type=Path, default=None, help="folder for the toy work dir, kept and reused")
     args = ap.parse_args()
-    torch.set_num_threads(1)
-    cv2.setNumThreads(1)
+    use(threads=1)
     base = args.keep or Path(tempfile.mkdtemp(prefix="resail_bench_deviations_"))
     try:
         work = toy_work(base)

@@ -43,6 +43,7 @@ from resail.pipeline.compose import Piece, compose
 from resail.pipeline.distort import DistortConfig, draw_segments, resample_resolution
 from resail.pipeline.guidance import load_composer
 from resail.pipeline.tps import contour_points, degenerate_targets, fit_tps, tps_source_map
+from resail.threads import init_worker, use
 from resail.workdir import WorkDir
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the shared fixture builders (tests/builders)
@@ -112,7 +113,7 @@ _BARRIER = None  # set in each worker: the timed loops start together
 def _init(barrier) -> None:
     global _BARRIER
     _BARRIER = barrier
-    cv2.setNumThreads(1)
+    init_worker()  # as a data-loader worker runs: one thread
 
 
 def _item(comp, row: int, rng: np.random.Generator, crop: int, method: str) -> np.ndarray:
@@ -164,6 +165,7 @@ def main() -> None:
     ap.add_argument("--crop", type=int, default=256, help="side of the random crop (the network size)")
     args = ap.parse_args()
     native = tuple(int(v) for v in args.native.lower().split("x"))
+    use(2)  # the policy of the trainer beside two data-loader workers: one thread each (init_worker)
     base = args.keep or Path(tempfile.mkdtemp(prefix="resail_bench_distort_"))
     work = toy_work(base, args.n_train, native)
     comp = load_composer(work, "train", size=(args.load, args.load))

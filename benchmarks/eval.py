@@ -33,6 +33,7 @@ from resail.synth.generator import build_generator
 from resail.synth.inception import FIDInception, randomize_
 from resail.synth.presets import get_preset
 from resail.synth.segnet import SegnetTrainConfig, build_segnet, save_checkpoint
+from resail.threads import use
 from resail.workdir import WorkDir
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the shared fixture builders (tests/builders)
@@ -65,7 +66,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--keep", type=Path, default=None, help="Build the work dir here and keep it.")
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+    use(threads=args.threads)
 
     base = args.keep or Path(tempfile.mkdtemp(prefix="resail_bench_eval_"))
     try:

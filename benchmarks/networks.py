@@ -28,6 +28,7 @@ from resail.synth.generator import build_generator
 from resail.synth.losses import LossWeights, feature_matching, hinge_d_fake, hinge_d_real, hinge_g
 from resail.synth.networks import count_parameters
 from resail.synth.presets import get_preset
+from resail.threads import use
 
 
 def fake_batch(preset, batch: int, device, channels_last: bool):
@@ -105,10 +106,10 @@ def main() -> None:
     ap.add_argument("--gpu-steps", type=int, default=20)
     ap.add_argument("--gpu-batch", type=int, default=4)
     ap.add_argument("--skip-full", action="store_true", help="CPU: time the toy preset only")
-    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads [default: torch's choice]")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="CPUs for the thread policy (resail/threads.py) [default: those this process may use].")
     args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    use(threads=args.threads)
 
     results = {"bench": "networks", "threads": torch.get_num_threads(), "cpu": []}
     runs = [("toy", 1, 5, False, {}), ("toy", 1, 5, True, {}), ("toy", 4, 3, True, {}),

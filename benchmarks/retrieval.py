@@ -41,6 +41,7 @@ from resail.common import nearest_torch_legacy
 from resail.index.build import build_index
 from resail.index.retrieval import RetrievalIndex
 from resail.index.search import QueryBatch, SearchConfig, search
+from resail.threads import use
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the shared fixture builders (tests/builders)
 from builders.store import write_fake_store  # noqa: E402
@@ -208,10 +209,8 @@ def main(argv=None):
     if args.quick:
         args.queries = min(args.queries, 100)
         args.ssd_queries = min(args.ssd_queries, 10)
-    import torch
 
-    faiss.omp_set_num_threads(args.threads)
-    torch.set_num_threads(args.threads)
+    use(threads=args.threads)  # FAISS and torch
 
     t0 = time.perf_counter()
     data = make_segments(max(sizes), args.seed)

@@ -78,6 +78,8 @@ import h5py
 import numpy as np
 import psutil  # with dask[distributed], in the dev extras
 
+from resail import threads
+
 HERE = Path(__file__).resolve()
 sys.path.insert(0, str(HERE.parent))  # benchmarks/retrieval.py (mask generator, recall)
 sys.path.insert(0, str(HERE.parents[1] / "tests"))  # tests/builders (fake segment stores)
@@ -130,11 +132,9 @@ def _stage_bake(a: dict) -> dict:
 
 def _distort_worker(args) -> tuple[int, float, float]:
     work, rows, barrier = args
-    import cv2
-
     from resail.pipeline.guidance import load_composer
 
-    cv2.setNumThreads(1)
+    threads.init_worker()  # as a data-loader worker runs: one thread
     comp = load_composer(Path(work), "train")  # at the bake's (the preset's) training size
     try:
         for row in rows[:2]:  # warm-up: numba caches, first reads
@@ -183,13 +183,11 @@ def _stage_retrieval_build(a: dict) -> dict:
 
 
 def _stage_retrieval_query(a: dict) -> dict:
-    import faiss
     from retrieval import recall
 
     from resail.index.retrieval import RetrievalIndex
     from resail.index.search import QueryBatch, SearchConfig, search
 
-    faiss.omp_set_num_threads(a["threads"])
     q = np.load(a["queries"])
     nq = q["canon"].shape[0]
     index = RetrievalIndex(Path(a["work"]))
@@ -283,6 +281,8 @@ def vm_hwm_mb() -> float:
 def child_main(spec: str) -> None:
     """Run one stage; print one JSON line with its result, wall seconds and peak RSS (MB)."""
     a = json.loads(spec)
+    jobs = a.get("jobs", 1)
+    threads.use(jobs if jobs > 1 else 0, alongside=False, threads=a.get("threads", 1))  # see run_stage
     t0, cpu0 = time.perf_counter(), time.process_time()
     with TreeUsage() as use:
         out = STAGES[a["stage"]](a)
@@ -300,7 +300,9 @@ def child_main(spec: str) -> None:
 
 def run_stage(**spec) -> dict:
     """One stage in a fresh child process (its own peak RSS, its own imports)."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1"}
+    # One thread a process from the child's first import (the thread policy's variables; the child
+    # applies the policy with one CPU, or the retrieval queries' --threads).
+    env = {**os.environ, **threads.library_env(1)}
     load = os.getloadavg()[0]
     p = subprocess.run([sys.executable, str(HERE), "--child", json.dumps(spec, default=str)], env=env,
                        capture_output=True, text=True)

@@ -27,6 +27,7 @@ import torch
 from resail.synth.segmenters.deeplab import MSC, DeepLabSegmenter, DeepLabV2
 from resail.synth.segmenters.drn import DRNSeg, DRNSegmenter
 from resail.synth.segmenters.upernet import UperNet, UperNetSegmenter
+from resail.threads import use
 
 CPU = torch.device("cpu")
 CASES = {  # name: (build the segmenter, (height, width))
@@ -55,12 +56,12 @@ def bench(name: str, images: int, size: tuple[int, int] | None = None) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", type=int, default=1, help="Images timed per segmenter.")
-    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads.")
+    ap.add_argument("--threads", type=int, default=2, help="CPUs for the thread policy (resail/threads.py).")
     ap.add_argument("--only", nargs="+", choices=list(CASES), default=list(CASES))
     ap.add_argument("--size", default=None, help="WxH: time every selected segmenter at this image size.")
     args = ap.parse_args()
     size = tuple(int(v) for v in args.size.lower().split("x"))[::-1] if args.size else None
-    torch.set_num_threads(args.threads)
+    use(threads=args.threads)
     torch.set_flush_denormal(True)
     results = []
     for name in args.only:

@@ -31,6 +31,7 @@ from resail.synth.config import resolve_config
 from resail.synth.data import SynthDataset, count_images
 from resail.synth.losses import VGGLoss
 from resail.synth.train import ResailTrainer, train
+from resail.threads import use
 from resail.workdir import WorkDir
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the shared fixture builders (tests/builders)
@@ -67,6 +68,7 @@ def time_steps(trainer: ResailTrainer, batch: dict, steps: int, sync) -> float:
 
 def cpu_section(work: Path, n_train: int, args) -> dict:
     cfg = resolve_config("toy", n_train=n_train, overrides={"steps": 1000, "workers": 1, "device": "cpu"})
+    threads = torch.get_num_threads()  # (a) and (b): this process alone, as main() set the policy
     trainer = ResailTrainer(cfg, torch.device("cpu"))
     sec = time_steps(trainer, fake_batch(cfg, cfg.batch_size), args.cpu_steps, lambda: None)
     ds = SynthDataset(work, "train", cfg)
@@ -80,11 +82,12 @@ def cpu_section(work: Path, n_train: int, args) -> dict:
     e2e_cfg = resolve_config("toy", n_train=n_train, overrides={
         "name": "bench-e2e", "steps": args.e2e_steps, "workers": 1, "device": "cpu", "log_every": args.e2e_steps,
         "sample_every": 10**9, "checkpoint_every": 10**9})
+    use(e2e_cfg.workers, threads=args.threads)  # (c) as `resail train` runs: the trainer beside its worker
     summary = train(e2e_cfg, work, progress=False)
     out = {"toy_step_s": round(sec, 3), "toy_step_samples_per_s": round(cfg.batch_size / sec, 3),
            "data_item_s": round(item_s, 3), "data_items_per_s": round(1 / item_s, 2),
            "e2e_samples_per_s": round(summary["samples_per_s"], 3), "e2e_steps": summary["steps_this_session"]}
-    print(f"CPU toy (batch {cfg.batch_size}, 128x128, {torch.get_num_threads()} threads): step {sec:.2f} s "
+    print(f"CPU toy (batch {cfg.batch_size}, 128x128, {threads} threads): step {sec:.2f} s "
           f"({cfg.batch_size / sec:.2f} samples/s); data {item_s:.3f} s/item; end to end with 1 worker "
           f"{summary['samples_per_s']:.2f} samples/s over {summary['steps_this_session']} steps")
     return out
@@ -120,10 +123,10 @@ def main() -> None:
     ap.add_argument("--e2e-steps", type=int, default=8)
     ap.add_argument("--gpu-steps", type=int, default=10)
     ap.add_argument("--skip-cpu", action="store_true")
-    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads [default: torch's].")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="CPUs for the thread policy (resail/threads.py) [default: those this process may use].")
     args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    use(threads=args.threads)
     base = args.out or Path(tempfile.mkdtemp(prefix="resail-bench-train-"))
     result = {"bench": "train", "threads": torch.get_num_threads()}
     if not args.skip_cpu:

@@ -18,7 +18,9 @@ A stage's output never depends on the sharding or on `jobs`: parts are merged in
 
 Tasks run through joblib with the backend named by `backend` (loky: one worker process each),
 with a tqdm bar. `jobs=1` runs them inline in this process, which keeps tracebacks and test hooks
-simple.
+simple. A task in a worker first takes the thread policy's per-worker count (`threads.init_worker`;
+joblib's workers also get it as their inner thread limit), so `jobs` workers share the command's
+CPUs instead of each sizing its pools by the whole machine (threads.py).
 
 **Dask.** `parallel_backend("dask", scheduler)` (the `--backend dask [--scheduler ADDRESS]` of
 every parallel command) connects a `distributed.Client` to the scheduler at ADDRESS, or starts a
@@ -47,11 +49,12 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import h5py
-from joblib import Parallel, delayed
+from joblib import Parallel, delayed, parallel_config
 from tqdm import tqdm
 
 from ..artifacts import write_json_atomic
 from ..errors import InputError, StageError
+from ..threads import init_worker, worker_threads
 
 BACKEND = "loky"
 BACKENDS = ("loky", "dask")
@@ -120,7 +123,14 @@ def execute(fn: Callable, calls: Iterable[tuple], *, jobs: int = 1, backend: str
         return _on_dask(_session["client"], fn, calls)
     if jobs == 1:
         return (fn(*args) for args in calls)
-    return Parallel(n_jobs=jobs, backend=backend, return_as="generator")(delayed(fn)(*args) for args in calls)
+    with parallel_config(backend=backend, inner_max_num_threads=worker_threads()):
+        return Parallel(n_jobs=jobs, return_as="generator")(delayed(_in_worker)(fn, *args) for args in calls)
+
+
+def _in_worker(fn: Callable, *args) -> Any:
+    """A task in a worker process: the thread policy's per-worker count, then the task."""
+    init_worker()
+    return fn(*args)
 
 
 def _on_dask(client, fn: Callable, calls: Iterable[tuple]) -> Iterator[Any]:
@@ -129,7 +139,7 @@ def _on_dask(client, fn: Callable, calls: Iterable[tuple]) -> Iterator[Any]:
     from distributed import KilledWorker
     from distributed.comm import CommClosedError
 
-    futures = [client.submit(fn, *args, pure=False) for args in calls]
+    futures = [client.submit(_in_worker, fn, *args, pure=False) for args in calls]
     try:
         for future in futures:
             yield future.result()

@@ -142,10 +142,8 @@ def _inputs_fingerprint(records: list[ImageRecord], extra: list[Path]) -> str:
 
 
 def process_part(reader: Reader, records: list[ImageRecord], job: _Job, path: str) -> tuple[int, int, int]:
-    """Decompose and encode a run of images; write them as one part. Returns (images, segments, skipped)."""
-    import cv2
-
-    cv2.setNumThreads(1)  # one image per core: OpenCV's own threads would only contend
+    """Decompose and encode a run of images; write them as one part. Returns (images, segments, skipped).
+    OpenCV's threads are the thread policy's (threads.py): one image per core when `jobs` fills the CPUs."""
     lut = thing_lut(reader.table.thing_ids())
     images, cols, canon, pre, crops = [], {k: [] for k in ("class_id", "is_thing", "bbox", "area")}, [], [], []
     canon_area, crop_hw, crop_nbytes, image_row = [], [], [], []

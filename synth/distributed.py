@@ -14,7 +14,8 @@ the loop reads after each step, so a stop never lands between the G and the D up
 processes agree on it with one tiny all-reduce (`agree_on_stop`), so every rank stops after the
 same step and rank 0 writes one consistent checkpoint. Data-loader workers ignore the signals
 (`ignore_stop_signals`): SLURM and a terminal signal the whole process group, and a worker
-killed mid-batch would make the main process fail instead of stopping.
+killed mid-batch would make the main process fail instead of stopping. They also take the thread
+policy's per-worker count (`init_loader_worker`, threads.py).
 
 `resolve_device` is the one place where `--device auto` becomes a device, for every command.
 """
@@ -31,6 +32,7 @@ import torch.distributed as dist
 from torch import nn
 
 from ..errors import InputError
+from ..threads import init_worker
 
 
 @dataclass(frozen=True)
@@ -183,6 +185,13 @@ def ignore_stop_signals(worker_id: int = 0) -> None:
     its workers when it stops."""
     for s in STOP_SIGNALS:
         signal.signal(s, signal.SIG_IGN)
+
+
+def init_loader_worker(worker_id: int = 0) -> None:
+    """The trainer's data-loader `worker_init_fn`: the stop signals stay with the main process, and
+    the worker runs the thread policy's per-worker count of threads."""
+    ignore_stop_signals(worker_id)
+    init_worker(worker_id)
 
 
 def agree_on_stop(signum: int, d: Dist, device: torch.device) -> int:

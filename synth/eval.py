@@ -77,6 +77,7 @@ from ..common import sha256_file
 from ..errors import InputError
 from ..pipeline.labels.classes import palette_lut
 from ..pipeline.labels.spaces import ADE20K, IdSpace, LabelChannels, eval_id_space
+from ..threads import init_worker
 from ..workdir import WorkDir
 from .data import SynthDataset, check_label_table, label_resize, to_uint8
 from .inception import FEATURE_DIM, find_weights, inception_features, load_inception
@@ -315,7 +316,8 @@ def _generate_and_score(cfg: EvalConfig, run: LoadedRun, data: SynthDataset, n: 
     out = {"fake": [], "real": [], "grid": [],
            "timings": {"generate_s": 0.0, "write_s": 0.0, "inception_s": 0.0, "segment_s": 0.0}}
     tm, device, palette = out["timings"], run.device, palette_lut(run.dataset, 65536)
-    loader = DataLoader(Subset(data, range(n)), batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.workers)
+    loader = DataLoader(Subset(data, range(n)), batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.workers,
+                        worker_init_fn=init_worker)
     bar = tqdm(total=n, desc=f"eval {cfg.run}", unit="img", disable=not progress)
     try:
         for batch in loader:

@@ -26,6 +26,7 @@ from ..common import nearest_floor
 from ..errors import InputError
 from ..pipeline.datasets import records_for_ids
 from ..pipeline.labels.spaces import LabelChannels
+from ..threads import init_worker
 from ..workdir import WorkDir
 from .data import check_label_table, data_label_table
 from .distributed import resolve_device
@@ -98,8 +99,10 @@ def train_segnet_on_work(work: str | Path, cfg: SegnetRunConfig, progress: bool 
     device = resolve_device(cfg.device)
     pin = device.type == "cuda"
     loader = DataLoader(train_set, batch_size=min(cfg.batch_size, len(train_set)), shuffle=True, drop_last=True,
-                        num_workers=cfg.workers, pin_memory=pin, persistent_workers=cfg.workers > 0)
-    val_loader = DataLoader(val_set, batch_size=cfg.batch_size, num_workers=cfg.workers, pin_memory=pin)
+                        num_workers=cfg.workers, pin_memory=pin, persistent_workers=cfg.workers > 0,
+                        worker_init_fn=init_worker)
+    val_loader = DataLoader(val_set, batch_size=cfg.batch_size, num_workers=cfg.workers, pin_memory=pin,
+                            worker_init_fn=init_worker)
     ckpt = WorkDir(work).segnet(preset.name)
     metrics_path = ckpt.with_name(f"{preset.name}_metrics.json")
     torch.manual_seed(0)

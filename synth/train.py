@@ -74,8 +74,8 @@ from .distributed import (
     agree_on_stop,
     average_gradients,
     broadcast_from_rank0,
-    ignore_stop_signals,
     init_distributed,
+    init_loader_worker,
     mean_over_processes,
     resolve_device,
     shutdown,
@@ -366,7 +366,7 @@ def _loader(dataset: SynthDataset, cfg: TrainConfig, d: Dist, device: torch.devi
                                rank=d.rank, world_size=d.world_size)
     return torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.workers,
                                        pin_memory=device.type == "cuda", persistent_workers=False,
-                                       worker_init_fn=ignore_stop_signals)
+                                       worker_init_fn=init_loader_worker)
 
 
 # ---------------------------------------------------------------- logging and samples

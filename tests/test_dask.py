@@ -151,8 +151,8 @@ def test_unreachable_scheduler_is_one_line(monkeypatch, capsys, tmp_path):
     monkeypatch.setattr(runner, "CONNECT_TIMEOUT_S", 1)
     code = main(["data", "toy", str(tmp_path / "t"), "--n-train", "2", "--n-val", "1", "--backend", "dask",
                  "--scheduler", "tcp://127.0.0.1:9"])
-    err = capsys.readouterr().err.strip()
-    assert code == 1 and err.count("\n") == 0
+    info, err = capsys.readouterr().err.strip().rsplit("\n", 1)
+    assert code == 1 and info.startswith("threads: ") and "\n" not in info  # the thread policy's info line
     assert err.startswith("error: --scheduler tcp://127.0.0.1:9: cannot connect to a dask scheduler")
     assert not (tmp_path / "t").exists()
 

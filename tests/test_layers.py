@@ -52,7 +52,7 @@ def test_the_label_vocabulary_imports_only_the_base():
 
 # docs/architecture.md, "Layers": a module imports only from its own layer and those above it.
 LAYERS = [
-    ("errors", "common", "artifacts", "lifecycle", "workdir"),
+    ("errors", "common", "artifacts", "lifecycle", "workdir", "threads"),
     ("pipeline.labels", "pipeline.coco", "pipeline.datasets", "pipeline.decompose", "pipeline.store", "pipeline.compose",
      "pipeline.color_transfer", "pipeline.tps", "pipeline.distort", "pipeline.toy_scene", "index.descriptors",
      "index.score"),

@@ -72,7 +72,7 @@ def reference(work, one_thread):
 
 
 def start_training(work, name, *flags: str) -> subprocess.Popen:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    env = {**os.environ, "RESAIL_THREADS": "1"}  # one thread, as the reference (the thread policy, threads.py)
     return subprocess.Popen([sys.executable, "-m", "resail.cli", "train", str(work), "--preset", "toy", "--name", name,
                              "--config", str(work / "tiny.toml"), "--steps", str(STEPS), "-q", *flags],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
