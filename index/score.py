@@ -1,6 +1,6 @@
 """Exact retrieval score on bit-packed canonical masks (numba kernels).
 
-Score of query s against training candidate t (reference §2.2; lower is better):
+Score of query s against training candidate t (docs/method.md §2.2; lower is better):
 
     D(s, t) = |S_s xor S_t| / max(a_s, a_t) + λ · [max(b_s / b_t, b_t / b_s) ≥ 2]
 

@@ -1,7 +1,7 @@
 """`resail guidance bake`: retrieve every segment of a split, compose its guidance images, cache them.
 
 Outputs in `WORK/guidance/`:
-- `{split}_matches.parquet`: the long matches table (DESIGN.md contract: segment_id, rank,
+- `{split}_matches.parquet`: the long matches table (docs/design.md contract: segment_id, rank,
   match_id, score), one row per (query, rank); a query with no candidate has no rows;
 - `{split}.h5`: `guidance` (N×H×W×3 uint8, one gzip-compressed chunk per image) and `image_id` (N
   strings), at the dataset preset's training size;
@@ -60,7 +60,7 @@ STAGE = "guidance"
 PART_IMAGES = 64
 PART_BYTES = 2**28  # a part's images stay in memory until written: at most 256 MiB (64 images up to ~1k×1k)
 SEARCH_BATCH = 8192
-# Training size (W, H) of each dataset preset (reference §5.4); the toy data uses the ADE20K reader.
+# Training size (W, H) of each dataset preset (docs/method.md §5.4); the toy data uses the ADE20K reader.
 PRESET_SIZE = {"ade20k": (256, 256), "ade20k-outdoor": (256, 256), "cityscapes": (512, 256),
                "cocostuff": (256, 256), "folder": (256, 256)}
 # The guidance cache, lossless: gzip level 1 on one chunk per image. Measured on a 300-image

@@ -1,4 +1,4 @@
-"""Guidance composition: paste per-segment content into one image (DESIGN.md, method §3).
+"""Guidance composition: paste per-segment content into one image (docs/design.md, docs/method.md §3).
 
 Shared by the retrieval guidance (retrieved crops stretched to the query boxes) and the
 distorted ground truth (the image's own segments after distortion). Everything happens at the
@@ -15,7 +15,7 @@ Modes:
 - `clean` (default): black canvas; stuff content inside its own query mask only; thing content
   wherever its own (retrieved or warped) mask lands, except on other things' query masks and on
   unmatched segments, overwriting stuff; unmatched segments stay black. Values stay in [0, 255].
-- `official`: the official summed formula (method §3.2), G + 1 = Σ P'·M + Σ_things P'·(1 − other
+- `official`: the official summed formula (docs/method.md §3.2), G + 1 = Σ P'·M + Σ_things P'·(1 − other
   things' M) + Σ_stuff P'·M·(1 − ∪ things' Q), in [−1, 1] units, clipped to uint8 (as the
   official disk cache did).
 """

@@ -1,4 +1,4 @@
-"""Segment decomposition of one label map, with the official RESAIL default rules (method §1).
+"""Segment decomposition of one label map, with the official RESAIL default rules (docs/method.md §1).
 
 1. Things come from instance masks. An instance's class is the one its annotation declares
    (ADE20K via categoryMapping, Cityscapes value // 1000), or the majority label under its mask

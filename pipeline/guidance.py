@@ -268,7 +268,7 @@ class GuidanceComposer:
     def distorted_gt(self, image_row: int, rng: np.random.Generator, distort_cfg: DistortConfig | None = None,
                      color_ref: str = "topk", image: np.ndarray | None = None,
                      crop: tuple[int, int, int, int] | None = None, resize=None) -> np.ndarray:
-        """Distorted ground truth of one image, in the official order (method §4.4): its own
+        """Distorted ground truth of one image, in the official order (docs/method.md §4.4): its own
         segments colour- and resolution-distorted at the original resolution, resized to the
         target size with the photo's `resize(image, (W, H))` (default INTER_AREA), cropped to
         `crop` = (y0, x0, h, w) of the target canvas (default: all of it), TPS-warped on the crop

@@ -11,7 +11,7 @@ anything. A new schedule length (`--steps`, `--epochs`) extends or shortens the 
 learning-rate schedule is a pure function of (step, total), so it is simply recomputed over the
 new total, and the trainer appends the change to `history` (in config.json and every checkpoint).
 
-Per-dataset training settings follow the official code (reference §5.4): batch is the global
+Per-dataset training settings follow the official code (docs/method.md §5.4): batch is the global
 batch over all processes; epochs are `niter` at constant lr then `niter_decay` of linear decay.
 
 `recipe` names the choices where this project departs from the official run on purpose
@@ -88,7 +88,7 @@ class TrainConfig:
     preprocess: str = "resize_crop"         # resize to load_size, random crop to net size; or 'fixed' resize
     load_size: tuple[int, int] = (286, 286)  # (W, H) before the random crop
     flip: bool = True
-    color_ref: str = "topk"                 # colour reference of the distorted GT (reference §4.1)
+    color_ref: str = "topk"                 # colour reference of the distorted GT (docs/method.md §4.1)
     p_color: float = 1.0
     p_resolution: float = 1.0
     p_shape: float = 1.0
@@ -273,7 +273,7 @@ def _official_ade20k(recipe: str | None, preset: str) -> bool:
 
 def _check_recipe(cfg: TrainConfig, notes: list[str]) -> TrainConfig:
     """The official recipe trains in fp32 and, on ADE20K, without the segmentation loss (its
-    seg-loss path raised for ADE20K, reference §8.6)."""
+    seg-loss path raised for ADE20K, docs/method.md §8.6)."""
     if cfg.recipe != "official":
         return cfg
     if cfg.amp in ("bf16", "fp16"):

@@ -19,7 +19,7 @@ A network that takes no guidance (SPADE, CLADE) is evaluated with `with_guidance
 guidance cache is read and `guidance` is black.
 
 Training items are resized to the load size, then cropped and flipped identically. The distorted
-ground truth follows the official order (reference §4.4): colour and resolution distortion at
+ground truth follows the official order (docs/method.md §4.4): colour and resolution distortion at
 the photo's original resolution, the photo's resize, the crop, then the TPS warp on the crop
 (`GuidanceComposer.distorted_gt`); only its flip comes after the warp (the official code flips
 before it: the same distribution of warps, mirrored). Resizes follow the config's `recipe`:

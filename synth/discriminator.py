@@ -1,4 +1,4 @@
-"""The two-pathway multi-scale discriminator (SESAME-style, reference §6.4).
+"""The two-pathway multi-scale discriminator (SESAME-style, docs/method.md §6.4).
 
 At each scale an image pathway (RGB) and a label pathway (one-hot map) of identical layout run
 side by side; the label features, summed over channels into one map, gate the image features:

@@ -8,7 +8,7 @@ Protocol (written into `metrics.json` with every result):
 * Generation: G_ema of the run's snapshot (latest, or `checkpoint`) in eval mode, so BatchNorm
   uses its running statistics; label map = the split's label map nearest-resized to the model
   size (as the trainer does), guidance = the baked retrieval guidance `WORK/guidance/{split}.h5`
-  (reference §7: test time uses I_r only). A generator that reads no guidance (SPADE, CLADE, from
+  (docs/method.md §7: test time uses I_r only). A generator that reads no guidance (SPADE, CLADE, from
   `--norm` or `resail model import`) gets none and needs no bake; it gets SPADE's instance edge
   map and CLADE-ICPE's positional maps where it reads them, and an imported one gets its label
   maps through PIL's nearest neighbour, as its authors fed it (docs/baselines.md). Real images

@@ -1,4 +1,4 @@
-"""The RESAIL generator (reference §6.2–6.3): a SPADE generator whose norms are RESAIL modules.
+"""The RESAIL generator (docs/method.md §6.2–6.3): a SPADE generator whose norms are RESAIL modules.
 
 G(label_map, guidance) → image in [−1, 1]. No z / VAE: the input is the label map nearest-
 downsampled to the start grid (sh×sw) through a 3×3 conv; seven residual blocks with ×2 nearest

@@ -1,6 +1,6 @@
 """InceptionV3 pool3 features for FID, with the layout of the TF-ported FID Inception.
 
-FID papers (RESAIL included, reference §7) report numbers from pytorch-fid, whose network is the
+FID papers (RESAIL included, docs/method.md §7) report numbers from pytorch-fid, whose network is the
 2015 TensorFlow Inception graph ported to PyTorch. It differs from torchvision's Inception3 in
 three places: the 3×3 average pools of the A, C and first E blocks ignore padded pixels
 (`count_include_pad=False`), the last E block pools with a max instead of an average, and the

@@ -1,4 +1,4 @@
-"""Losses of RESAIL training (reference §5.2).
+"""Losses of RESAIL training (docs/method.md §5.2).
 
 D outputs are what `MultiscaleDiscriminator` returns: one list per scale, [features…, logits].
 Every function here returns the *unweighted* term; the trainer multiplies by `LossWeights`
@@ -12,7 +12,7 @@ Every function here returns the *unweighted* term; the trainer multiplies by `Lo
   seg      per-pixel CE of a frozen segmenter on the fake image against the label map, with
            per-batch class balancing w_c = N/(n_c·K) over ALL classes (N valid pixels, n_c pixels
            of class c, K classes present). The official code took the argmax over only the first
-           35 channels (reference §8.7), which sends every ADE20K/COCO class ≥ 35 to class 0; we do
+           35 channels (docs/method.md §8.7), which sends every ADE20K/COCO class ≥ 35 to class 0; we do
            not. The trainer ignores void (channel 0); the official code counts it as one more
            class, which `--recipe official` restores (`ignore_index=None`).
 """

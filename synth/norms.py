@@ -1,4 +1,4 @@
-"""Spatially adaptive normalisation: the RESAIL module (reference §6.1) and plain SPADE.
+"""Spatially adaptive normalisation: the RESAIL module (docs/method.md §6.1) and plain SPADE.
 
 They share one interface with the CLADE norms (synth/baselines/clade.py), `norm(x, label_map,
 guidance, dist=None)`:
@@ -8,7 +8,7 @@ guidance, dist=None)`:
   dist       B×2×H×W intra-class positional maps (read by CLADE-ICPE only).
 The output is BN(x)·(1 + γ) + β with a parameter-free BatchNorm2d. Under DDP the trainer swaps
 it for SyncBatchNorm with `torch.nn.SyncBatchNorm.convert_sync_batchnorm`, as the official
-`spectralspadesyncbatch3x3` does. No conv in this module has spectral norm (reference §8.12).
+`spectralspadesyncbatch3x3` does. No conv in this module has spectral norm (docs/method.md §8.12).
 
 `spectral_norm` is the spectral normalisation of G's residual blocks, D's middle layers and the
 segmentation network: torch's parametrization (same buffers, same state-dict keys, the same

@@ -1,6 +1,6 @@
 """Network presets: the sizes of G, D and the segmentation network per dataset.
 
-The full presets reproduce the official configurations (reference §5.4, §6): ngf = ndf = 64,
+The full presets reproduce the official configurations (docs/method.md §5.4, §6): ngf = ndf = 64,
 two discriminator scales of four layers, RESAIL modules with 128 hidden channels, and the
 OASIS U-Net widths for the segmentation network. `toy` shrinks every width so that one G+D
 training step runs well under a second on a CPU.

@@ -1,11 +1,11 @@
-"""The segmentation network behind L_seg and the mIoU metric (reference §6.5), and its training.
+"""The segmentation network behind L_seg and the mIoU metric (docs/method.md §6.5), and its training.
 
 An OASIS-discriminator-style U-Net without the extra "fake" class: an encoder of residual blocks
 that halve the resolution (widths 3 → 128, 128, 256, 256, 512, 512 at full size), a decoder of
 residual blocks that double it and take the mirrored encoder output as a skip connection, and a
 1×1 head to one logit per label-map channel. Every conv inside the blocks carries spectral norm;
 the head is a plain 1×1 conv applied to the last block's output with no activation before it,
-as in the official network (reference §6.5). Checkpoints written before this layout (a LeakyReLU
+as in the official network (docs/method.md §6.5). Checkpoints written before this layout (a LeakyReLU
 and a spectral-norm head) are refused with a clear error: their logits differ by about a third
 for the same body weights (docs/deviations.md), so they are retrained, not converted.
 

@@ -1,4 +1,4 @@
-"""`resail train`: the training loop (reference §5).
+"""`resail train`: the training loop (docs/method.md §5).
 
 Every step, on one batch (label map m, real x, distorted GT I_d, retrieval guidance I_r):
   G phase   x̂_d = G(m, I_d): GAN + λ_feat·FM + λ_vgg·VGG (+ λ_seg·seg)
@@ -121,7 +121,7 @@ def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
 
 
 class ResailTrainer:
-    """G, D, G_ema, their optimisers and the math of one step (reference §5.1–5.3)."""
+    """G, D, G_ema, their optimisers and the math of one step (docs/method.md §5.1–5.3)."""
 
     def __init__(self, cfg: TrainConfig, device: torch.device, d: Dist = Dist(), *,
                  vgg: VGGLoss | None = None, seg: SegmentationLoss | None = None):

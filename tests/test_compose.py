@@ -66,7 +66,7 @@ def test_unmatched_segments_stay_black():
 
 
 def official_reference(seg, is_thing, pieces):
-    """The summed formula of method §3.2 on full canvases, written independently of the module."""
+    """The summed formula of docs/method.md §3.2 on full canvases, written independently of the module."""
     n = len(is_thing)
     P = np.zeros((n, H, W, 3))
     Q = np.zeros((n, H, W))

@@ -440,7 +440,7 @@ def test_bad_inputs_and_config():
         DistortConfig(res_range=(0.0, 1.0))
 
 
-# --- resolutions and crop: the official order (method §4.4) ---------------------------------------
+# --- resolutions and crop: the official order (docs/method.md §4.4) ---------------------------------------
 
 
 def stripes(period: float, size: int) -> np.ndarray:

@@ -5,7 +5,7 @@ from resail.index.score import as_words, popcounts, rerank_topk, scan_topk, scor
 
 
 def reference_scores(q_mask, q_bbox, masks, bboxes, lam=1.0):
-    """The reference §2.2 score in plain numpy: XOR count / max area + λ·[bbox ratio ≥ 2]."""
+    """The docs/method.md §2.2 score in plain numpy: XOR count / max area + λ·[bbox ratio ≥ 2]."""
     q = q_mask.reshape(-1).astype(np.int64)
     t = masks.reshape(len(masks), -1).astype(np.int64)
     xor = (q[None] != t).sum(1)

@@ -46,7 +46,7 @@ def test_segnet_shapes_and_widths():
 
 
 def test_head_is_a_plain_1x1_conv_on_the_last_block_output():
-    """Official layout (reference §6.5): no spectral norm and no activation before the head."""
+    """Official layout (docs/method.md §6.5): no spectral norm and no activation before the head."""
     torch.manual_seed(0)
     net = SegNet(5, (8, 8, 16, 16)).eval()
     assert type(net.head) is torch.nn.Conv2d and net.head.kernel_size == (1, 1)

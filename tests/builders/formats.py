@@ -2,7 +2,7 @@
 
 Unlike the procedural toy generator (`resail data toy`), each writer here fabricates a few small
 images with known quirks (an instance-less thing, void pixels, a crowd RLE, 16-bit instance ids)
-so that a test can name exactly what the reader must return (reference/datasets/FORMATS.md §5).
+so that a test can name exactly what the reader must return (each official format: docs/decomposition.md, "Dataset layouts").
 """
 
 from __future__ import annotations
