@@ -250,6 +250,8 @@ def synthesize(cfg: SynthesizeConfig) -> SynthesisResult:
 
 def format_segments(result: SynthesisResult) -> str:
     """One line per segment: the index to pass to --resample, class, match and how good it is."""
+    if not result.segments:
+        return "no retrieval: this run's generator reads no guidance (the label map alone)"
     lines = [f"{'seg':>4}  {'class':<28} {'area':>8}  match"]
     for s in result.segments:
         cls = f"{s.class_id} {s.class_name}" + (" (thing)" if s.is_thing else "")
