@@ -57,7 +57,7 @@ def measure(photos: list[np.ndarray], samples, reader, crop_max_side: int) -> di
         hw = photo.shape[:2]
         label = _resize_nearest(s.label_map, hw)
         inst = _resize_nearest(s.instance_map, hw)
-        for seg in decompose(label, inst, s.instance_classes, lut, 0.9, reader.uncovered_official):
+        for seg in decompose(label, inst, s.instance_classes, lut, 0.9, reader.uncovered_rule):
             rgb, mask = crop_pixels(photo, seg, crop_max_side)
             h, w = mask.shape
             t0 = time.perf_counter()

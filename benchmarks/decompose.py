@@ -136,7 +136,7 @@ def coco_main(args) -> None:
         for rec in recs:
             s = reader.load(rec)
             n_seg += len(decompose(s.label_map, s.instance_map, s.instance_classes, lut,
-                                   uncovered=reader.uncovered_official))
+                                   uncovered_rule=reader.uncovered_rule))
         return time.perf_counter() - t0, time.process_time() - c0, n_seg
 
     shapes = [datasets.read_index_png(r.label_path).shape for r in recs]

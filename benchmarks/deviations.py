@@ -321,7 +321,7 @@ def measure_resizes(work: Path) -> dict:
     pixels whose label differs."""
     from resail.common import nearest_floor, nearest_pil, read_rgb
 
-    comp = open_composer(work, "train", (LOAD, LOAD))
+    comp = open_composer(work, "train", size=(LOAD, LOAD))
     label_paths = comp.store.images["label_path"].to_pylist()
     photo, noise, label = [], [], []
     for row in comp.ok_images():
@@ -344,9 +344,9 @@ def measure_guidance(work: Path) -> dict:
     composed at 256² and resized bilinearly to the 286² load size (the project's cache) against
     composed at 286² directly, mean absolute difference in 8-bit levels; (c) the official mode
     (`--compose official`, clipped) against clean, same measure."""
-    at_load = open_composer(work, "train", (LOAD, LOAD))
-    at_256 = open_composer(work, "train", (256, 256))
-    official = open_composer(work, "train", (LOAD, LOAD), mode="official")
+    at_load = open_composer(work, "train", size=(LOAD, LOAD))
+    at_256 = open_composer(work, "train", size=(256, 256))
+    official = open_composer(work, "train", size=(LOAD, LOAD), mode="official")
     above, resized, modes = [], [], []
     for row in at_load.ok_images():
         g = at_load.compose(int(row))
@@ -366,7 +366,7 @@ def measure_segment_map(work: Path) -> dict:
     """The query segment map at 286²: painted from each segment's stored mask stretched to its
     rounded box (ours) against the store's native segment map resized with PIL nearest (official
     transform of the query masks): share of pixels owned by another segment."""
-    comp = open_composer(work, "train", (LOAD, LOAD))
+    comp = open_composer(work, "train", size=(LOAD, LOAD))
     diff = []
     for row in comp.ok_images():
         row = int(row)
@@ -422,7 +422,7 @@ def measure_distortion_details(work: Path) -> dict:
         kernel.append(np.abs(resample_resolution(image, r).astype(int) - pil).mean())
     from resail.common import read_rgb
 
-    comp = open_composer(work, "train", (256, 256))
+    comp = open_composer(work, "train", size=(256, 256))
     photos = [resize_area(read_rgb(comp.image_path[int(row)]), (256, 256)) for row in comp.ok_images()]
     comp.close()
     shifts = np.random.default_rng(0).uniform(-0.4, 0.4, 100_000) * 0.22 * math.sqrt(2000)

@@ -41,7 +41,7 @@ import numpy as np
 from resail.pipeline.color_transfer import lab_to_rgb, rgb_to_lab
 from resail.pipeline.compose import Piece, compose
 from resail.pipeline.distort import DistortConfig, draw_segments, resample_resolution
-from resail.pipeline.guidance import load_composer
+from resail.pipeline.guidance import open_composer
 from resail.pipeline.tps import contour_points, degenerate_targets, fit_tps, tps_source_map
 from resail.threads import init_worker, use
 from resail.workdir import WorkDir
@@ -130,7 +130,7 @@ def _run(args) -> tuple[int, float, int, float]:
     composer's loading and a two-image warm-up left out of the timing; every worker starts its
     timed loop at the same moment (a barrier), so the walls overlap."""
     work, rows, seed, method, load, crop = args
-    comp = load_composer(Path(work), "train", size=(load, load))
+    comp = open_composer(Path(work), "train", size=(load, load))
     try:
         for row in rows[:2]:  # warm-up: numba kernels loaded from their cache, first reads
             _item(comp, int(row), np.random.default_rng([seed, int(row), 1]), crop, method)
@@ -168,7 +168,7 @@ def main() -> None:
     use(2)  # the policy of the trainer beside two data-loader workers: one thread each (init_worker)
     base = args.keep or Path(tempfile.mkdtemp(prefix="resail_bench_distort_"))
     work = toy_work(base, args.n_train, native)
-    comp = load_composer(work, "train", size=(args.load, args.load))
+    comp = open_composer(work, "train", size=(args.load, args.load))
     rows = comp.ok_images()[: args.images]
     comp.close()
     result = {"bench": "distort", "native": f"{native[0]}x{native[1]}", "load": args.load, "crop": args.crop,

@@ -32,7 +32,7 @@ from resail.synth.eval import EvalConfig, run_eval
 from resail.synth.generator import build_generator
 from resail.synth.inception import FIDInception, randomize_
 from resail.synth.presets import get_preset
-from resail.synth.segnet import SegnetTrainConfig, build_segnet, save_checkpoint
+from resail.synth.segnet import SegnetTrainConfig, build_segnet, save_segnet
 from resail.threads import use
 from resail.workdir import WorkDir
 
@@ -48,7 +48,7 @@ def build_work(base: Path, n_train: int, n_val: int) -> tuple[Path, Path]:
     cfg = TrainConfig(net=net, preset="toy", name="bench", batch_size=4, load_size=(144, 144), n_train=n_train)
     torch.manual_seed(0)
     write_snapshot(work, cfg, build_generator(net), step=0)
-    save_checkpoint(WorkDir(work).segnet("toy"), build_segnet(net), None, 0, SegnetTrainConfig())
+    save_segnet(WorkDir(work).segnet("toy"), build_segnet(net), None, 0, SegnetTrainConfig())
     weights = base / "inception_random.pth"
     torch.save(randomize_(FIDInception(), seed=0).state_dict(), weights)
     return work, weights

@@ -132,10 +132,10 @@ def _stage_bake(a: dict) -> dict:
 
 def _distort_worker(args) -> tuple[int, float, float]:
     work, rows, barrier = args
-    from resail.pipeline.guidance import load_composer
+    from resail.pipeline.guidance import open_composer
 
     threads.init_worker()  # as a data-loader worker runs: one thread
-    comp = load_composer(Path(work), "train")  # at the bake's (the preset's) training size
+    comp = open_composer(Path(work), "train")  # at the bake's (the preset's) training size
     try:
         for row in rows[:2]:  # warm-up: numba caches, first reads
             comp.distorted_gt(int(row), np.random.default_rng([1, int(row)]))
@@ -151,9 +151,9 @@ def _distort_worker(args) -> tuple[int, float, float]:
 def _stage_distort(a: dict) -> dict:
     import multiprocessing as mp
 
-    from resail.pipeline.guidance import load_composer
+    from resail.pipeline.guidance import open_composer
 
-    comp = load_composer(Path(a["work"]), "train")
+    comp = open_composer(Path(a["work"]), "train")
     rows = comp.ok_images()[: a["images"]]
     comp.close()
     ctx = mp.get_context("fork")

@@ -7,7 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from builders.work import toy_work
-from resail.errors import InputError, StageError
+from resail.errors import ConfigError, InputError, StageError
 from resail.index.retrieval import RetrievalIndex
 from resail.index.search import SearchConfig
 from resail.pipeline import bake as bake_mod
@@ -17,7 +17,7 @@ from resail.pipeline.guidance import (
     LabelMapGuidance,
     choose_ranks,
     dense_matches,
-    load_composer,
+    open_composer,
     preview_distort,
     query_label_map,
 )
@@ -52,7 +52,7 @@ def test_bake_val_writes_contract_tables_cache_and_previews(work):
         assert f["guidance"][...].max() > 0
         # lossless, one image per chunk: every image reads back as composed
         assert f["guidance"].compression == "gzip" and f["guidance"].chunks == (1, SIZE[1], SIZE[0], 3)
-        comp = load_composer(work, "val")
+        comp = open_composer(work, "val")
         try:
             for i, row in enumerate(comp.ok_images()):
                 assert np.array_equal(f["guidance"][i], comp.compose(int(row)))
@@ -152,10 +152,12 @@ def test_interrupted_bake_resumes_to_the_same_cache(work, monkeypatch):
 
 
 def test_bad_input(work, tmp_path):
-    with pytest.raises(InputError, match="--k"):
+    with pytest.raises(ConfigError, match="k 0: must be at least 1") as e:
         BakeConfig(work, "val", k=0)
-    with pytest.raises(InputError, match="--k"):
+    assert e.value.name == "k"
+    with pytest.raises(ConfigError, match="k_prefilter 256 must be at least k 300") as e:
         BakeConfig(work, "val", k=300)
+    assert e.value.name == "k_prefilter"
     with pytest.raises(StageError, match="resail index build"):
         bake(BakeConfig(tmp_path, "val"))
     only_segments = tmp_path / "w"
@@ -176,7 +178,7 @@ def test_bad_input(work, tmp_path):
 
 def test_distorted_gt_is_seeded_and_composed_like_guidance(work, tmp_path):
     bake(BakeConfig(work, "train", k=3, size=SIZE, n_preview=0))
-    comp = load_composer(work, "train")
+    comp = open_composer(work, "train")
     try:
         row = int(comp.ok_images()[0])
         a = comp.distorted_gt(row, np.random.default_rng(5))

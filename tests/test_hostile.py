@@ -48,7 +48,7 @@ from resail.lifecycle import StageLock
 from resail.pipeline import bake as bake_mod
 from resail.pipeline.bake import BakeConfig, bake
 from resail.pipeline.datasets import make_reader
-from resail.pipeline.guidance import load_composer
+from resail.pipeline.guidance import open_composer
 from resail.pipeline.segments_stage import SegmentsConfig, build_segments
 from resail.workdir import WorkDir
 
@@ -111,7 +111,7 @@ def test_1_guidance_of_a_rebuilt_store_is_refused_by_every_consumer(tmp_path, ca
                                              rf"resail guidance bake {work} --split {split}"):
             wd.require_guidance(split)
     with pytest.raises(StageError, match="guidance bake"):
-        load_composer(work, "train")  # the trainer's and eval's data, preview-distort
+        open_composer(work, "train")  # the trainer's and eval's data, preview-distort
     assert main(["guidance", "preview-distort", str(work), "--out", str(tmp_path / "p.png")]) == 1
     assert "rerun `resail guidance bake" in one_error_line(capsys)
     assert main(["train", str(work), "--preset", "toy", "--dry-run"]) == 1
@@ -488,7 +488,12 @@ def test_8_an_unusable_device_is_one_line_for_every_inference_command(shared_tin
     Image.fromarray(np.ones((SIZE, SIZE), np.uint8)).save(label)
     for argv in (["synthesize", str(work), "--run", "tiny", "--label", str(label), "--out", str(tmp_path / "o.png")],
                  ["eval", str(work), "--run", "tiny", "--no-fid", "--no-seg"]):
-        assert main([*argv, "--device", device]) == 1
+        code = main([*argv, "--device", device])
+        if device == "tpu":  # no device at all: a usage error of the flag (exit 2)
+            assert code == 2 and capsys.readouterr().err.splitlines()[-1] == \
+                "Error: Invalid value for '--device': device 'tpu': not a torch device; use auto, cpu, cuda or cuda:N"
+            continue
+        assert code == 1
         line = one_error_line(capsys)
         assert message in line and "corrupt" not in line
 

@@ -22,7 +22,7 @@ from resail.errors import BusyError
 from resail.index.retrieval import RetrievalIndex
 from resail.lifecycle import Stage, StageLock, Versions, open_versions, stage_lock
 from resail.pipeline.bake import BakeConfig, bake
-from resail.pipeline.guidance import load_composer, open_guidance
+from resail.pipeline.guidance import open_composer, open_guidance
 from resail.pipeline.store import SegmentStore
 from resail.workdir import WorkDir
 
@@ -182,7 +182,7 @@ def _read_guidance(work: Path) -> str:
         with open_guidance(snap, "val") as f:
             assert f.attrs["k"] == k and f["guidance"][0].any()
         assert pq.read_table(snap.matches_table("val"))["rank"].to_numpy().max() == k - 1
-        comp = load_composer(snap, "val")
+        comp = open_composer(snap, "val")
         try:
             assert comp.ids.shape[1] == k
             comp.compose(0)

@@ -117,9 +117,10 @@ def test_cli_build_and_one_line_errors(ade, tmp_path, capsys):
                  "--splits", "val", "--jobs", "1"]) == 0
     assert "val" in capsys.readouterr().out
     assert main(["index", "build", "--dataset", "cityscapes", "--root", str(ade), "--work", str(tmp_path / "c"),
-                 "--image-list", str(tmp_path / "segments" / "manifest.json")]) == 1
-    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error")]
-    assert len(err) == 1 and "--image-list applies to ade20k" in err[0]
+                 "--image-list", str(tmp_path / "segments" / "manifest.json")]) == 2  # a usage error of the flag
+    err = capsys.readouterr().err.splitlines()[-1]
+    assert err == "Error: Invalid value for '--image-list': an image list applies to ade20k and ade20k-outdoor, not " \
+                  "cityscapes"
     assert main(["index", "build", "--dataset", "ade20k", "--root", str(ade), "--work", str(tmp_path),
                  "--shard", "3/2"]) == 2
 

@@ -13,7 +13,7 @@ from PIL import Image
 
 from builders.runs import TINY_SIZE as SIZE
 from resail.cli import main
-from resail.errors import InputError
+from resail.errors import ConfigError
 from resail.pipeline.labels.files import encode_label_map
 from resail.synth.presets import get_preset
 from resail.synth.serve import ServeConfig, Synthesizer, create_app
@@ -240,5 +240,5 @@ def test_serve_cli_checks_its_run_before_serving(served, capsys):
     assert main(["serve", str(synth.work), "--run", "nope"]) == 1
     assert "no such run" in capsys.readouterr().err
     assert main(["serve", str(synth.work), "--run", "tiny", "--port", "0"]) == 2
-    with pytest.raises(InputError, match="--k"):
+    with pytest.raises(ConfigError, match="k 0: must be at least 1"):
         ServeConfig(synth.work, "tiny", k=0)

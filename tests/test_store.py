@@ -8,7 +8,7 @@ import pytest
 from builders.formats import write_ade
 from builders.store import write_fake_store
 from resail.common import nearest_torch_legacy
-from resail.errors import InputError, StageError
+from resail.errors import ConfigError, StageError
 from resail.pipeline.decompose import Segment
 from resail.pipeline.segments_stage import SegmentsConfig, build_segments
 from resail.pipeline.store import SegmentStore, decode_crop, decode_mask, encode_segments, rgba_crop
@@ -133,8 +133,9 @@ def test_codec_change_needs_rebuild(tmp_path):
     assert m["params"]["crop_codec"] == "raw"
     with SegmentStore(tmp_path / "w", "val") as st:
         assert st.crop_codec == "raw" and st.h5.attrs["crop_codec"] == "raw"
-    with pytest.raises(InputError, match="--crop-codec"):
+    with pytest.raises(ConfigError, match="crop_codec 'png': choose one of jpeg, raw") as e:
         SegmentsConfig("ade20k", tmp_path / "ade", tmp_path / "w", crop_codec="png")
+    assert e.value.name == "crop_codec"
 
 
 def test_store_written_before_codecs_reads_as_raw(tmp_path):

@@ -13,7 +13,7 @@ from PIL import Image
 
 from builders.runs import TINY_SIZE as SIZE
 from resail.cli import main
-from resail.errors import InputError
+from resail.errors import ConfigError, InputError
 from resail.pipeline.datasets import make_reader
 from resail.synth.inference import LoadedRun
 from resail.synth.presets import get_preset
@@ -139,8 +139,8 @@ def test_synthesize_reads_colour_maps_and_writes_the_label_map_it_took(run, tmp_
     assert (tmp_path / "b.png").read_bytes() == (tmp_path / "a.png").read_bytes()
     assert main(["synthesize", str(work), "--run", "tiny", "--label", str(color), "--out", str(tmp_path / "d.png"),
                  "--label-format", "ids", "--quiet"]) == 1
-    assert "not class ids; pass --label-format color" in capsys.readouterr().err
-    with pytest.raises(InputError, match="--label-out-format"):
+    assert "not class ids; read it as label format color" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="label output format 'jpeg'"):
         SynthesizeConfig(work, "tiny", label, tmp_path / "e.png", label_out_format="jpeg")
 
 

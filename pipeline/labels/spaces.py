@@ -70,8 +70,8 @@ def cityscapes_space_of(values: np.ndarray, where: str) -> tuple[str, str]:
     if above.size:
         return "ids", f"Cityscapes labelIds ({int(above[0])} occurs; trainIds stop at 18)"
     raise InputError(f"{where}: every value is in 0..18 and none is 255, so it reads as Cityscapes labelIds and as "
-                     "trainIds alike (0 is unlabeled in one, road in the other); pass --label-format ids (labelIds) "
-                     "or --label-format trainids")
+                     "trainIds alike (0 is unlabeled in one, road in the other); name its label format: ids "
+                     "(labelIds) or trainids")
 
 
 def ids_to_native(values: np.ndarray, dataset: str, fmt: str, where: str = "label map") -> np.ndarray:
