@@ -1,6 +1,7 @@
 """The stage lifecycle (lifecycle.py): locks that forked workers never hold, versions published by
 one link switch, pins that keep what a reader reads, recovery; and readers looping while `index
-build` and `guidance bake` publish new versions, without one error and without mixing versions."""
+build` and `guidance bake` publish new versions, without one error and without mixing versions; stage
+locks reentrant within a process and released for the next."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from builders.checks import taken_elsewhere
 from builders.work import baked_work
 from resail.artifacts import write_manifest
 from resail.cli import main
@@ -232,3 +234,14 @@ def test_guidance_keeps_its_file_names_beside_the_split_link(work):
         assert os.readlink(g / name) == f"val/{name}" and (g / name).is_file()
     with h5py.File(g / "val.h5") as f:
         assert f["guidance"].shape[0] == 2
+
+
+def test_locks_are_reentrant_in_one_process_and_released(tmp_path):
+    a = StageLock(tmp_path / "x.lock", "x").acquire()
+    b = StageLock(tmp_path / "x.lock", "x").acquire()
+    a.release()
+    other = taken_elsewhere(tmp_path, "x")
+    assert other.returncode != 0 and f"being written by another process (pid {os.getpid()} on" in other.stderr
+    b.release()
+    assert taken_elsewhere(tmp_path, "x").returncode == 0
+
