@@ -18,9 +18,8 @@ under the contract in `torchscript.py`.
     ids = seg.predict(rgb)          # H×W×3 uint8 RGB → H×W uint8 ids in the dataset's id space
     seg.protocol                    # name, scales, normalisation, resize, weight files' sha256 …
 
-On a CPU each image costs seconds to minutes (`benchmarks/segmenters.py`, 2 shared threads: UperNet
-12 s single-scale and ~130 s with its five scales at 683×512, DeepLab MSC ~60 s at 640×480, DRN
-~4 min at 2048×1024); segmenting a validation set is a GPU job.
+On a CPU each image costs seconds to minutes (`benchmarks/segmenters.py`; BENCHMARKS.md, Classic
+segmenters), so segmenting a validation set is a GPU job.
 """
 
 from __future__ import annotations
