@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,11 +66,9 @@ from resail.synth.norms import ResailNorm
 from resail.synth.segnet import SegNet, SegnetTrainConfig, load_segnet
 from resail.synth.segnet_data import SegnetRunConfig, train_segnet_on_work
 from resail.synth.train import ResailTrainer
+from resail.tests.builders.work import bake_splits, index_work, toy_dataset
 from resail.threads import use
 from resail.workdir import WorkDir
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the shared fixture builders (tests/builders)
-from builders.work import bake_splits, index_work, toy_dataset  # noqa: E402
 
 VARIANTS = {"resail": {}, "spade_norm": {"norm": "spade"}, "no_retrieval_loss": {"retrieval_loss": False}}
 GRID_ROWS = 6      # val images in comparison_{step}.png

@@ -27,7 +27,6 @@ Last line: one JSON object.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -35,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+from resail.benchmarks._common import emit
 from resail.common import nearest_cv2, read_rgb
 from resail.pipeline.datasets import list_split, make_reader
 from resail.pipeline.decompose import decompose, thing_lut
@@ -128,7 +128,7 @@ def main() -> None:
               f"{r['bytes_per_pixel']['raw']}, jpeg {r['bytes_per_pixel']['jpeg']} (mask "
               f"{r['bytes_per_pixel']['jpeg_mask_part']}), ratio {r['ratio_raw_to_jpeg']}x; error inside the mask "
               f"{r['error_inside_mask']}; ms per crop {r['ms_per_crop']}", file=sys.stderr)
-    print(json.dumps(out))
+    emit(out)
 
 
 if __name__ == "__main__":
