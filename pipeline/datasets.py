@@ -28,10 +28,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from ..choices import COCO_LAYOUTS, DATASETS, SPLITS
-from ..common import decoded_image, read_error, read_rgb
+from ..common import decoded_image, read_errors, read_rgb
 from ..errors import ConfigError, InputError
 from .coco import coco_annotation_texts, coco_annotations, coco_instance_map
 from .labels.classes import ClassTable, ade20k_instance_mapping, class_table
@@ -70,7 +69,7 @@ class Sample:
 
 def read_index_png(path: str | Path, channels: int = 1) -> np.ndarray:
     """A label/instance PNG as int32: H×W for 8/16-bit grey or palette files, H×W×3 when channels=3."""
-    try:
+    with read_errors(path, "PNG", "annotation file is missing; restore it or remove its image"):
         with decoded_image(path) as im:
             if channels == 3:
                 if im.mode != "RGB":
@@ -82,12 +81,6 @@ def read_index_png(path: str | Path, channels: int = 1) -> np.ndarray:
                                  f"found mode {im.mode}; convert it to class ids, not colours")
             # 16-bit PNGs open as "I" or "I;16" depending on Pillow: read values, never colours.
             return np.asarray(im).astype(np.int32)
-    except InputError:
-        raise
-    except FileNotFoundError:
-        raise InputError(f"{path}: annotation file is missing; restore it or remove its image") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise read_error(path, e, "PNG") from None
 
 
 def _check_same_size(image: np.ndarray, other: np.ndarray, image_path: str, other_path: str) -> None:

@@ -210,7 +210,7 @@ def _cycle(batches: Iterable) -> Iterator:
 
 
 def save_segnet(path: str | Path, segnet: SegNet, optimizer: torch.optim.Optimizer | None, step: int,
-                    train_config: SegnetTrainConfig, metrics: dict | None = None) -> None:
+                train_config: SegnetTrainConfig, metrics: dict | None = None) -> None:
     """Atomic: written to a temp file beside `path`, then moved into place (format: synth/checkpoint.py)."""
     save_segnet_checkpoint(path, config=segnet.config(), train_config=train_config.to_dict(), step=step,
                            state_dict=segnet.state_dict(), metrics=metrics,
