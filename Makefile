@@ -39,7 +39,7 @@ lint: install
 	$(BIN)/ruff check .
 
 bench: install
-	for b in benchmarks/*.py; do $(BIN)/python $$b || exit 1; done
+	for b in benchmarks/[!_]*.py; do $(BIN)/python $$b || exit 1; done
 
 clean:
 	rm -rf $(DEMO_OUT) .pytest_cache build *.egg-info

@@ -16,9 +16,29 @@ from pathlib import Path
 import click
 
 from . import __version__
-from .errors import ResailError
-from .pipeline.labels.classes import COCO_LAYOUTS, DATASETS, TOY_FORMATS, UNCOVERED_CHOICES  # light: no cv2, no torch
-from .synth.presets import PRESETS
+from .choices import (
+    BACKENDS,
+    CHOOSE,
+    COCO_LAYOUTS,
+    COLOR_REFS,
+    COMPOSE_MODES,
+    CROP_CODECS,
+    DATASETS,
+    FAISS_DEVICES,
+    LABEL_FORMATS,
+    LABEL_OUT_FORMATS,
+    ON_ERROR,
+    SEGMENTERS,
+    SPLITS,
+    TOY_FORMATS,
+    TOY_PRESETS,
+    UNCOVERED_THINGS,
+    UPERNET_SCALES,
+)
+from .errors import ConfigError, ResailError
+from .synth.baselines.authors import AUTHORS_UPSAMPLING, SOURCES  # the light modules of synth/: no torch
+from .synth.config import AMP, RECIPES
+from .synth.presets import DEMO_PRESETS, NORMS, PRESETS
 
 log = logging.getLogger("resail")
 
@@ -26,9 +46,8 @@ CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True, "max_con
 PRESET_NAMES = tuple(PRESETS)
 SEED = click.IntRange(0, 2**32 - 1)  # numpy's seed range: a negative or huge seed is a usage error
 MAX_SIDE = 4096  # --size: well above any preset (Cityscapes 512x256), far below running out of memory
-SEGMENTERS = ("drn-d-105", "upernet-r101", "deeplabv2-r101")  # resail.synth.segmenters.SEGMENTERS, without torch
-NORM_CHOICES = ("resail", "spade", "clade", "clade-icpe")      # resail.synth.presets.NORMS
-IMPORT_SOURCES = ("spade", "clade", "clade-icpe", "resail-official")  # resail.synth.baselines.authors.SOURCES
+# The library's name of a parameter whose flag stores it under another name (`common` maps a ConfigError).
+FLAG_NAMES = {"weights": "segmenter_weights", "segnet": "segnet_path", "run": "run_name", "edges": "instance_edges"}
 
 
 class Size(click.ParamType):
@@ -84,7 +103,6 @@ SHARD_HELP = ("Compute only shard I of N (images K*I//N .. K*(I+1)//N of K), the
               "merge with --merge once every shard has finished.")
 MERGE_HELP = ("Merge after checking that every shard has finished (alone: compute nothing). "
               "Without --shard and --merge: compute every missing part, then merge.")
-TOY_PRESETS = tuple(f"{f}-real" for f in TOY_FORMATS)  # pipeline/toy.py PRESETS
 
 
 def backend_options(fn):
@@ -92,7 +110,7 @@ def backend_options(fn):
     fn = click.option("--scheduler", default=None, metavar="ADDRESS",
                       help="With --backend dask: the scheduler's address, e.g. tcp://node1:8786 "
                            "[default: start a local cluster of --jobs worker processes].")(fn)
-    return click.option("--backend", type=click.Choice(("loky", "dask")), default="loky",
+    return click.option("--backend", type=click.Choice(BACKENDS), default="loky",
                         help="Where parallel tasks run: local worker processes (loky), or a dask cluster "
                              "(pip install 'resail[dask]'). Same bytes either way.")(fn)
 
@@ -110,7 +128,8 @@ THREADS_HELP = ("CPUs this command shares between its process and its workers [d
 
 
 def common(fn):
-    """`--quiet`, `--debug` and `--threads` on every command; the values land in ctx.obj."""
+    """`--quiet`, `--debug` and `--threads` on every command; the values land in ctx.obj. A parameter
+    the library refuses (`ConfigError`) becomes a usage error of the flag that gave it (`flag_error`)."""
 
     @click.option("--quiet", "-q", is_flag=True, help="No progress bars or info messages; errors only.")
     @click.option("--debug", is_flag=True, help="Show full tracebacks and debug logs.")
@@ -123,9 +142,24 @@ def common(fn):
         obj["debug"] = obj.get("debug", False) or debug
         obj["threads"] = threads if threads is not None else obj.get("threads")
         _setup_logging(obj["quiet"], obj["debug"])
-        return ctx.invoke(fn, *args, **kwargs)
+        try:
+            return ctx.invoke(fn, *args, **kwargs)
+        except ConfigError as e:
+            raise flag_error(ctx, e) from None
 
     return wrapper
+
+
+def flag_error(ctx: click.Context, e: ConfigError) -> click.BadParameter | ConfigError:
+    """The library's refusal of parameter `e.name` as a usage error of the flag that set it, when
+    this command was given that flag; else the error as it is (a default, a saved run's setting)."""
+    from click.core import ParameterSource
+
+    for param in ctx.command.params:
+        if param.name in (e.name, FLAG_NAMES.get(e.name)) and \
+                ctx.get_parameter_source(param.name) is ParameterSource.COMMANDLINE:
+            return click.BadParameter(str(e), ctx=ctx, param=param)
+    return e
 
 
 def progress_enabled() -> bool:
@@ -242,7 +276,7 @@ def index():
 @click.option("--max-side", type=click.IntRange(1), default=None,
               help="Downscale images whose longest side exceeds this (area for RGB, nearest for labels).")
 @click.option("--crop-max-side", type=click.IntRange(1), default=256, help="Longest side of stored RGBA crops.")
-@click.option("--crop-codec", type=click.Choice(("jpeg", "raw")), default="jpeg",
+@click.option("--crop-codec", type=click.Choice(CROP_CODECS), default="jpeg",
               help="How crops are stored: jpeg (RGB as JPEG q95 + exact mask, ~10x smaller) or raw (lossless RGBA).")
 @click.option("--image-list", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="Text file of image basenames to keep (ade20k, ade20k-outdoor; without it ade20k-outdoor reads "
@@ -250,11 +284,11 @@ def index():
 @click.option("--layout", type=click.Choice(COCO_LAYOUTS), default=None,
               help="cocostuff: the official COCO 2017 downloads (coco) or SPADE's prepared {split}_img/_label/_inst "
                    "folders (spade) [default: the one found under --root].")
-@click.option("--uncovered-things", type=click.Choice(UNCOVERED_CHOICES), default="official",
+@click.option("--uncovered-things", type=click.Choice(UNCOVERED_THINGS), default="official",
               help="Thing pixels without an instance: the official per-dataset rule, or always components.")
-@click.option("--on-error", type=click.Choice(("fail", "skip")), default="fail",
+@click.option("--on-error", type=click.Choice(ON_ERROR), default="fail",
               help="Bad image: stop with an error, or record it as skipped and go on.")
-@click.option("--device", type=click.Choice(("cpu", "cuda")), default="cpu",
+@click.option("--device", type=click.Choice(FAISS_DEVICES), default="cpu",
               help="Where to build the FAISS shards (cuda needs faiss-gpu).")
 @click.option("--rebuild", is_flag=True, help="Discard an existing or unfinished store and index and build again.")
 @backend_options
@@ -288,8 +322,6 @@ def index_build(dataset, root, work, splits, jobs, shard, merge, preserved_ratio
                f"{sum(s['n'] for s in im['shards'].values())} train segments -> {work / 'index'}")
 
 
-# The formats of labels/files.py, without importing it (the CLI's choices, light to import).
-LABEL_FORMATS = ("auto", "ids", "trainids", "color")
 LABEL_FORMAT_HELP = ("How to read --label: class ids in the dataset's label-file format (ids), Cityscapes trainIds, "
                      "a colour map in the dataset's palette (color), or auto: told apart from the pixels (a Cityscapes "
                      "map holding only 0..18 is ambiguous and must be named).")
@@ -307,7 +339,7 @@ LABEL_FORMAT_HELP = ("How to read --label: class ids in the dataset's label-file
               help="FAISS candidates reranked exactly (K'); must be at least --k.")
 @click.option("--max-score", type=float, default=None, help="Matches scoring above this count as none.")
 @click.option("--exact", is_flag=True, help="Scan every training segment of the class (no prefilter).")
-@click.option("--device", type=click.Choice(("cpu", "cuda")), default="cpu",
+@click.option("--device", type=click.Choice(FAISS_DEVICES), default="cpu",
               help="Where flat FAISS shards search (cuda needs faiss-gpu).")
 @click.option("--preview", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write a PNG mosaic: query mask | crops of the best matches, one row per segment.")
@@ -320,8 +352,6 @@ def index_query(work, label, label_format, instance, k, k_prefilter, max_score, 
     from .pipeline.guidance import query_label_map
     from .pipeline.labels.files import read_instance_map, read_store_label_map
 
-    if k_prefilter < k:
-        raise click.BadParameter(f"--k-prefilter {k_prefilter} must be at least --k {k}", param_hint="--k-prefilter")
     cfg = SearchConfig(k=k, k_prefilter=k_prefilter, max_score=max_score, exact=exact)
     use_threads()
     index = RetrievalIndex(work, device=device)
@@ -362,12 +392,12 @@ def guidance():
 
 @guidance.command("bake", context_settings=CONTEXT)
 @click.argument("work", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--split", type=click.Choice(("train", "val")), required=True, help="Split to bake.")
+@click.option("--split", type=click.Choice(SPLITS), required=True, help="Split to bake.")
 @click.option("--k", type=click.IntRange(1, 1000), default=10, help="Matches kept per segment (top-k).")
-@click.option("--choose", type=click.Choice(("top1", "sample")), default="top1",
+@click.option("--choose", type=click.Choice(CHOOSE), default="top1",
               help="Match pasted per segment: the best, or one drawn among the top-k (diversity).")
 @click.option("--seed", type=SEED, default=0, help="Seed of --choose sample (reproducible per segment).")
-@click.option("--compose", "compose_mode", type=click.Choice(("clean", "official")), default="clean",
+@click.option("--compose", "compose_mode", type=click.Choice(COMPOSE_MODES), default="clean",
               help="Composition rules: clean (clipped, no sums) or the official summed formula.")
 @click.option("--size", type=Size(), default=None,
               help="Guidance size WxH [default: the dataset preset's training size, e.g. 256x256].")
@@ -387,9 +417,6 @@ def guidance_bake(work, split, k, choose, seed, compose_mode, size, k_prefilter,
     from .pipeline.bake import BakeConfig, bake
     from .pipeline.runner import parallel_backend
     from .workdir import WorkDir
-
-    if k_prefilter < k:
-        raise click.BadParameter(f"--k-prefilter {k_prefilter} must be at least --k {k}", param_hint="--k-prefilter")
 
     cfg = BakeConfig(work=work, split=split, k=k, choose=choose, seed=seed, compose_mode=compose_mode, size=size,
                      k_prefilter=k_prefilter, max_score=max_score, exclude_same_image=exclude_same_image,
@@ -411,7 +438,7 @@ def guidance_bake(work, split, k, choose, seed, compose_mode, size, k_prefilter,
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Output PNG grid.")
 @click.option("--n", type=click.IntRange(1, 1000), default=8, help="Training images (rows) to show.")
 @click.option("--seed", type=SEED, default=0, help="Seed of the distortions.")
-@click.option("--color-ref", type=click.Choice(("topk", "class")), default="topk",
+@click.option("--color-ref", type=click.Choice(COLOR_REFS), default="topk",
               help="Colour reference: a random top-k match (official) or any training segment of the class.")
 @click.option("--size", type=Size(), default=None, help="Image size WxH [default: the baked guidance size].")
 @common
@@ -446,18 +473,18 @@ def guidance_preview_distort(work, out, n, seed, color_ref, size):
                    "one), then stop.")
 @click.option("--batch-size", type=click.IntRange(1), default=None, help="Global batch over all processes.")
 @click.option("--workers", type=click.IntRange(0), default=None, help="Data loader worker processes per rank.")
-@click.option("--norm", type=click.Choice(NORM_CHOICES), default=None,
+@click.option("--norm", type=click.Choice(NORMS), default=None,
               help="Generator normalisation: RESAIL's, or a baseline (spade = the paper's ablation; clade, "
                    "clade-icpe as their authors define them; docs/baselines.md).")
 @click.option("--instance-edges/--no-instance-edges", default=None,
               help="Feed SPADE's instance edge map to G and D as one more label channel [default: on for "
                    "clade/clade-icpe on cityscapes and cocostuff, as their authors do; off otherwise].")
 @click.option("--no-retrieval-loss", is_flag=True, help="Drop the retrieval-guidance path (the paper's ablation).")
-@click.option("--recipe", type=click.Choice(("resail", "official")), default=None,
+@click.option("--recipe", type=click.Choice(RECIPES), default=None,
               help="official: the official run's choices where this project departs from them (void as a "
                    "seg-loss class, no seg loss on ADE20K, PIL resizing, fp32; docs/deviations.md) "
                    "[default: resail].")
-@click.option("--color-ref", type=click.Choice(("topk", "class")), default=None,
+@click.option("--color-ref", type=click.Choice(COLOR_REFS), default=None,
               help="Colour reference of the distorted GT: a random top-k match (official) or any training "
                    "segment of the class (the paper's wording) [default: topk].")
 @click.option("--distort-p", type=(click.FloatRange(0, 1),) * 3, default=None, metavar="COLOR RES SHAPE",
@@ -470,7 +497,7 @@ def guidance_preview_distort(work, out, n, seed, color_ref, size):
               help="Segmentation loss (needs --segnet) [default: the preset's, off without --segnet].")
 @click.option("--segnet", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="Segmentation network checkpoint from `resail segnet train`.")
-@click.option("--amp", type=click.Choice(("auto", "off", "bf16", "fp16")), default=None,
+@click.option("--amp", type=click.Choice(AMP), default=None,
               help="Mixed precision [default: auto = bf16 on GPUs, off on CPUs; fp16 needs a GPU].")
 @click.option("--channels-last/--no-channels-last", default=None,
               help="NHWC weights and activations [default: on GPUs only].")
@@ -494,13 +521,9 @@ def train(work, preset, name, steps, epochs, config_file, resume, dry_run, batch
     from .synth.train import saved_config
     from .synth.train import train as run_training
 
-    if steps is not None and epochs is not None:
-        raise click.BadParameter("give --steps or --epochs, not both", param_hint="--steps/--epochs")
     if preset is None and not (resume and name):
         raise click.BadParameter("give --preset for a new run, or --resume --name NAME to continue a run "
                                  "with its own preset", param_hint="--preset")
-    if no_vgg and vgg_weights is not None:
-        raise click.BadParameter("--vgg-weights with --no-vgg: choose one", param_hint="--vgg-weights")
     rank0 = int(os.environ.get("RANK", "0")) == 0
     overrides = dict(name=name or preset, steps=steps, epochs=epochs, batch_size=batch_size, workers=workers,
                      norm=norm, edges=instance_edges, amp=amp, channels_last=channels_last, seed=seed, device=device,
@@ -553,7 +576,7 @@ def train(work, preset, name, steps, epochs, config_file, resume, dry_run, batch
               help="Run name under WORK/runs/.")
 @click.option("--checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="Generator snapshot to evaluate [default: the run's latest].")
-@click.option("--split", type=click.Choice(("val", "train")), default="val", help="Split to generate and score.")
+@click.option("--split", type=click.Choice(SPLITS), default="val", help="Split to generate and score.")
 @click.option("--fid/--no-fid", default=True, help="FID (and KID) with the TF-ported Inception; needs its weights.")
 @click.option("--kid/--no-kid", default=True, help="KID from the same Inception features (off with --no-fid).")
 @click.option("--inception-weights", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -566,7 +589,7 @@ def train(work, preset, name, steps, epochs, config_file, resume, dry_run, batch
                    f"{', '.join(SEGMENTERS)} (from the authors' weight files) or torchscript:PATH.")
 @click.option("--segmenter-weights", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="The --segmenter's weight file; for upernet-r101 twice: the encoder file, then the decoder file.")
-@click.option("--upernet-scales", type=click.Choice(("multi", "single")), default="multi",
+@click.option("--upernet-scales", type=click.Choice(UPERNET_SCALES), default="multi",
               help="upernet-r101: the authors' five test scales, or one pass at the image's own size.")
 @click.option("--batch-size", type=click.IntRange(1), default=8, help="Images per batch.")
 @click.option("--limit", type=click.IntRange(1), default=None, help="Evaluate only the first N images.")
@@ -580,9 +603,6 @@ def eval_(work, run_name, checkpoint, split, fid, kid, inception_weights, seg, s
     from .synth.eval import EvalConfig, format_metrics, run_eval
     from .workdir import WorkDir
 
-    if segmenter is not None and segmenter not in SEGMENTERS and not segmenter.startswith("torchscript:"):
-        raise click.BadParameter(f"{segmenter!r}: choose {', '.join(SEGMENTERS)} or torchscript:PATH",
-                                 param_hint="--segmenter")
     cfg = EvalConfig(work=work, run=run_name, split=split, checkpoint=checkpoint, fid=fid, kid=kid,
                      inception_weights=inception_weights, seg=seg, segnet=segnet_path, segmenter=segmenter,
                      segmenter_weights=segmenter_weights, upernet_scales=upernet_scales, batch_size=batch_size,
@@ -605,7 +625,7 @@ def eval_(work, run_name, checkpoint, split, fid, kid, inception_weights, seg, s
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Output PNG.")
 @click.option("--label-out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the label map G took (at the model size) here.")
-@click.option("--label-out-format", type=click.Choice(("ids", "color")), default="ids",
+@click.option("--label-out-format", type=click.Choice(LABEL_OUT_FORMATS), default="ids",
               help="--label-out as class ids in the dataset's label-file format, or in the dataset's palette.")
 @click.option("--checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="Generator snapshot [default: the run's latest].")
@@ -673,7 +693,7 @@ def model():
 
 @model.command("summary", context_settings=CONTEXT)
 @click.option("--preset", type=click.Choice(PRESET_NAMES), required=True, help="Network preset.")
-@click.option("--norm", type=click.Choice(NORM_CHOICES), default=None,
+@click.option("--norm", type=click.Choice(NORMS), default=None,
               help="Generator normalisation [default: the preset's, resail].")
 @click.option("--instance-edges/--no-instance-edges", default=None,
               help="Count SPADE's instance edge map as one more label channel [default: as `resail train`].")
@@ -699,7 +719,7 @@ def model_summary(preset, norm, instance_edges, as_json):
 
 
 @model.command("import", context_settings=CONTEXT)
-@click.option("--from", "source", type=click.Choice(IMPORT_SOURCES), required=True,
+@click.option("--from", "source", type=click.Choice(SOURCES), required=True,
               help="Whose code saved the file: SPADE, CLADE, CLADE-ICPE (CLADE with --add_dist) or the "
                    "official RESAIL code.")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
@@ -710,7 +730,7 @@ def model_summary(preset, norm, instance_edges, as_json):
               help="The authors' --crop_size, the image width [default: theirs for the dataset, 256; Cityscapes 512].")
 @click.option("--aspect-ratio", type=click.FloatRange(0.1, 10), default=None,
               help="The authors' --aspect_ratio, width / height [default: theirs, 1; Cityscapes 2].")
-@click.option("--num-upsampling-layers", "upsampling", type=click.Choice(("normal", "more", "most")), default=None,
+@click.option("--num-upsampling-layers", "upsampling", type=click.Choice(AUTHORS_UPSAMPLING), default=None,
               help="The authors' --num_upsampling_layers [default: theirs, normal; Cityscapes more; most when the "
                    "file has up_4].")
 @click.option("--ngf", type=click.IntRange(1), default=None,
@@ -813,7 +833,7 @@ def serve(work, run_name, checkpoint, host, port, k, max_sessions, device):
 @click.option("--jobs", type=click.IntRange(1, 1024), default=2, help="Parallel worker processes.")
 @click.option("--train-steps", type=click.IntRange(1), default=250, help="Generator training steps.")
 @click.option("--segnet-steps", type=click.IntRange(1), default=150, help="Segmentation network training steps.")
-@click.option("--preset", type=click.Choice(["toy64", "toy"]), default="toy64", show_default=True,
+@click.option("--preset", type=click.Choice(DEMO_PRESETS), default="toy64", show_default=True,
               help="Training preset: toy64 (64×64, fast) or toy (128×128).")
 @common
 def demo(out, n_train, n_val, seed, jobs, train_steps, segnet_steps, preset):
@@ -837,17 +857,12 @@ def demo(out, n_train, n_val, seed, jobs, train_steps, segnet_steps, preset):
               help="The authors' weight file; for upernet-r101 twice: the encoder file, then the decoder file.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Folder for DIR/<image stem>.png, one single-channel id map per image.")
-@click.option("--upernet-scales", type=click.Choice(("multi", "single")), default="multi",
+@click.option("--upernet-scales", type=click.Choice(UPERNET_SCALES), default="multi",
               help="upernet-r101: the authors' five test scales, or one pass at the image's own size.")
 @click.option("--device", default="auto", help="torch device: auto (cuda when available), cpu, cuda, cuda:1 ...")
 @common
 def segment(images, segmenter, weights, out, upernet_scales, device):
     """Segment IMAGE... with a classic evaluation segmenter, as its authors' evaluation code does."""
-    wanted = 2 if segmenter == "upernet-r101" else 1
-    if len(weights) != wanted:
-        raise click.UsageError(f"--segmenter {segmenter} takes {wanted} --weights "
-                               f"{'(the encoder file, then the decoder file)' if wanted == 2 else 'file'}; "
-                               f"got {len(weights)}")
     from .synth.segmenters import load_segmenter, segment_images
 
     use_threads()

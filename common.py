@@ -148,13 +148,22 @@ def _check_pixels(im: Image.Image, path: str | Path) -> None:
                          "or a photo far larger than training needs); downscale or remove it")
 
 
-def read_error(path: str | Path, e: Exception, what: str) -> InputError:
-    """The one-line InputError for a file Pillow could not read (`what`: "image", "PNG", …)."""
-    if isinstance(e, Image.DecompressionBombError):
-        return InputError(f"{path}: too many pixels ({e}); downscale or remove it")
-    if isinstance(e, OSError) and e.errno is not None:  # a link loop, a folder, no permission
-        return InputError(f"{path}: cannot read ({e.strerror}); fix or remove it")
-    return InputError(f"{path}: corrupt or truncated {what} ({e}); re-download or remove it")
+@contextlib.contextmanager
+def read_errors(path: str | Path, what: str, missing: str) -> Iterator[None]:
+    """What goes wrong while Pillow reads the file at `path`, as one-line InputErrors: `missing` is
+    the line's tail when the file is gone, `what` names the kind of file ("image", "PNG", …)."""
+    try:
+        yield
+    except InputError:
+        raise
+    except FileNotFoundError:
+        raise InputError(f"{path}: {missing}") from None
+    except Image.DecompressionBombError as e:
+        raise InputError(f"{path}: too many pixels ({e}); downscale or remove it") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        if isinstance(e, OSError) and e.errno is not None:  # a link loop, a folder, no permission
+            raise InputError(f"{path}: cannot read ({e.strerror}); fix or remove it") from None
+        raise InputError(f"{path}: corrupt or truncated {what} ({e}); re-download or remove it") from None
 
 
 @contextlib.contextmanager
@@ -177,15 +186,9 @@ def read_rgb(path: str | Path, decoder: str = "pil") -> np.ndarray:
         raise ValueError(f"decoder {decoder!r}: choose one of {', '.join(DECODERS)}")
     if decoder == "cv2":
         return _read_rgb_cv2(path)
-    try:
+    with read_errors(path, "image", "image file is missing; restore it or remove it from the dataset"):
         with decoded_image(path) as im:
             return photo_rgb(im)
-    except InputError:
-        raise
-    except FileNotFoundError:
-        raise InputError(f"{path}: image file is missing; restore it or remove it from the dataset") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise read_error(path, e, "image") from None
 
 
 def _read_rgb_cv2(path: str | Path) -> np.ndarray:

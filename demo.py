@@ -10,13 +10,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterator
 
+from .choices import SPLITS
 from .index.build import build_index
 from .pipeline.bake import BakeConfig, bake
 from .pipeline.guidance import preview_distort
 from .pipeline.segments_stage import SegmentsConfig, build_segments
 from .pipeline.toy import ToyConfig, make_toy_dataset
 from .threads import use
-from .workdir import SPLITS, WorkDir
+from .workdir import WorkDir
 
 
 def run_demo(out: Path, *, n_train: int = 200, n_val: int = 40, seed: int = 0, jobs: int = 1,

@@ -4,7 +4,7 @@ Left alone, every library sizes its thread pool by the cores it counts and sees 
 CPU quota nor the workers beside it: `resail train` ran one torch thread per core next to two
 data-loader workers, and OpenMP threads, which wait for each other at every parallel region, slow
 down many times over once one of them loses its core to another process (BENCHMARKS.md, "Thread
-policy": 16 s alone, 113 s beside one busy process on 2 cores; 18 s and 20 s with the policy).
+policy", has the figures with and without this policy).
 
 The policy counts the CPUs this process may really use (`available_cpus`: the affinity mask,
 lowered by a cgroup v2 `cpu.max` or v1 `cpu.cfs_quota_us` quota rounded to the nearest CPU,

@@ -40,12 +40,12 @@ from pathlib import Path
 from typing import Iterable
 
 from .artifacts import MANIFEST, check_files, write_json_atomic
+from .choices import SPLITS
 from .errors import InputError, StageError
 from .lifecycle import Stage, StageLock, Version, Versions, open_versions, stage_lock
 
 log = logging.getLogger("resail")
 
-SPLITS = ("train", "val")
 _RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 INDEX_LOCK = "index"  # `resail index build` writes the segment store and the index under one lock
 
@@ -393,4 +393,4 @@ def _read_json(path: Path) -> dict | None:
         return {}
 
 
-__all__ = ["MANIFEST", "SPLITS", "WorkDir", "check_run_name"]
+__all__ = ["MANIFEST", "WorkDir", "check_run_name"]

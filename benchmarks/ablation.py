@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,18 +59,16 @@ from resail.artifacts import write_json_atomic, write_png_atomic
 from resail.pipeline.labels.classes import palette_lut
 from resail.pipeline.labels.spaces import LabelChannels
 from resail.synth.config import resolve_config
-from resail.synth.data import StepBatchSampler, SynthDataset, count_images, segments_params, to_uint8
-from resail.synth.eval import Segmenter
+from resail.synth.data import StepBatchSampler, SynthDataset, count_images, to_uint8
+from resail.synth.eval import SegnetScorer
 from resail.synth.metrics import feature_distances
 from resail.synth.norms import ResailNorm
 from resail.synth.segnet import SegNet, SegnetTrainConfig, load_segnet
 from resail.synth.segnet_data import SegnetRunConfig, train_segnet_on_work
 from resail.synth.train import ResailTrainer
+from resail.tests.builders.work import bake_splits, index_work, toy_dataset
 from resail.threads import use
 from resail.workdir import WorkDir
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the shared fixture builders (tests/builders)
-from builders.work import bake_splits, index_work, toy_dataset  # noqa: E402
 
 VARIANTS = {"resail": {}, "spade_norm": {"norm": "spade"}, "no_retrieval_loss": {"retrieval_loss": False}}
 GRID_ROWS = 6      # val images in comparison_{step}.png
@@ -149,14 +146,14 @@ class Judge:
     real_scores: dict
     floor: dict | None
 
-    def scorer(self) -> Segmenter:
-        return Segmenter(self.segnet, self.labels, self.class_ids, "cpu")
+    def scorer(self) -> SegnetScorer:
+        return SegnetScorer(self.segnet, self.labels, self.class_ids, "cpu")
 
     def batches(self):
         return torch.utils.data.DataLoader(self.val, batch_size=EVAL_BATCH, shuffle=False, num_workers=0)
 
 
-def _scores(scorer: Segmenter, source: str) -> dict:
+def _scores(scorer: SegnetScorer, source: str) -> dict:
     s = scorer.scores()[source]
     return {"miou": round(s["miou"], 4), "pixel_acc": round(s["pixel_acc"], 4)}
 
@@ -177,9 +174,9 @@ def make_judge(out: Path, preset: str) -> Judge:
     cfg = resolve_config(preset, n_train=count_images(work, "train"))
     segnet = load_segnet(WorkDir(work).segnet(preset))
     labels = LabelChannels.of(cfg.net)
-    class_ids = [int(c) for c in segments_params(work)["classes"]["ids"]]
+    class_ids = [int(c) for c in WorkDir(work).require_segments()["classes"]["ids"]]
     val = SynthDataset(work, "val", cfg, train=False, with_distorted=True)
-    scorer = Segmenter(segnet, labels, class_ids, "cpu")
+    scorer = SegnetScorer(segnet, labels, class_ids, "cpu")
     feats, shown = [], []
     for batch in torch.utils.data.DataLoader(val, batch_size=EVAL_BATCH, shuffle=False, num_workers=0):
         images = to_uint8(batch["image"])

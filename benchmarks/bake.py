@@ -12,19 +12,15 @@ Last line: one JSON object with the headline figures.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
+from resail.benchmarks._common import finish, machine, scratch
 from resail.pipeline.bake import BakeConfig, bake
+from resail.tests.builders.work import baked_work
 from resail.workdir import WorkDir
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the shared fixture builders (tests/builders)
-from builders.work import baked_work  # noqa: E402
 
 SIZE = (256, 256)
 
@@ -35,10 +31,9 @@ def main() -> None:
     ap.add_argument("--n-val", type=int, default=200)
     ap.add_argument("--keep", type=Path, default=None, help="work folder to keep (default: a temp dir)")
     args = ap.parse_args()
-    base = args.keep or Path(tempfile.mkdtemp(prefix="resail_bench_bake_"))
+    base = scratch(args.keep, "bake")
     work = baked_work(base, n_train=args.n_train, n_val=args.n_val, size=SIZE, splits=("train",), jobs=2)
-    result = {"bench": "bake", "size": f"{SIZE[0]}x{SIZE[1]}", "n_val_images": args.n_val,
-              "cpus": os.cpu_count(), "load_avg_1min_before": round(os.getloadavg()[0], 2)}
+    result = {"bench": "bake", "size": f"{SIZE[0]}x{SIZE[1]}", "n_val_images": args.n_val, **machine()}
     for jobs in (1, 2):
         for p in WorkDir(work).guidance.glob("val*"):  # the val bake: its link, versions and the names beside it
             shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
@@ -50,10 +45,7 @@ def main() -> None:
         print(f"bake val, {jobs} job(s): {m['images']} images in {dt:.2f}s "
               f"(retrieval {m['timings']['retrieve_s']}s, compose {m['timings']['compose_s']}s)", file=sys.stderr)
     result["bake_speedup_2jobs"] = round(result["bake_images_per_s_2job"] / result["bake_images_per_s_1job"], 2)
-    result["load_avg_1min_after"] = round(os.getloadavg()[0], 2)
-    if args.keep is None:
-        shutil.rmtree(base)
-    print(json.dumps(result))
+    finish(result, base, args.keep)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,6 @@ Last line: one JSON object.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -35,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+from resail.benchmarks._common import emit
 from resail.common import nearest_cv2, read_rgb
 from resail.pipeline.datasets import list_split, make_reader
 from resail.pipeline.decompose import decompose, thing_lut
@@ -57,7 +57,7 @@ def measure(photos: list[np.ndarray], samples, reader, crop_max_side: int) -> di
         hw = photo.shape[:2]
         label = _resize_nearest(s.label_map, hw)
         inst = _resize_nearest(s.instance_map, hw)
-        for seg in decompose(label, inst, s.instance_classes, lut, 0.9, reader.uncovered_official):
+        for seg in decompose(label, inst, s.instance_classes, lut, 0.9, reader.uncovered_rule):
             rgb, mask = crop_pixels(photo, seg, crop_max_side)
             h, w = mask.shape
             t0 = time.perf_counter()
@@ -128,7 +128,7 @@ def main() -> None:
               f"{r['bytes_per_pixel']['raw']}, jpeg {r['bytes_per_pixel']['jpeg']} (mask "
               f"{r['bytes_per_pixel']['jpeg_mask_part']}), ratio {r['ratio_raw_to_jpeg']}x; error inside the mask "
               f"{r['error_inside_mask']}; ms per crop {r['ms_per_crop']}", file=sys.stderr)
-    print(json.dumps(out))
+    emit(out)
 
 
 if __name__ == "__main__":

@@ -17,10 +17,8 @@ shared machine). Target: after ≥ before.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
-import sys
 import time
 from pathlib import Path
 
@@ -29,17 +27,16 @@ import numpy as np
 import pycocotools.mask as coco_mask
 from joblib import Parallel, delayed
 
+from resail.benchmarks._common import emit
 from resail.errors import InputError
 from resail.pipeline import datasets
 from resail.pipeline.coco import coco_annotations, coco_instance_map
 from resail.pipeline.decompose import decompose, thing_lut
 from resail.pipeline.segments_stage import SegmentsConfig, build_segments
 from resail.pipeline.toy import ToyConfig, make_toy_dataset
+from resail.tests.builders.work import toy_dataset
 from resail.threads import use
 from resail.workdir import WorkDir
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the shared fixture builders (tests/builders)
-from builders.work import toy_dataset  # noqa: E402
 
 
 def _run(root: Path, work: Path, jobs: int) -> tuple[float, float, dict]:
@@ -136,7 +133,7 @@ def coco_main(args) -> None:
         for rec in recs:
             s = reader.load(rec)
             n_seg += len(decompose(s.label_map, s.instance_map, s.instance_classes, lut,
-                                   uncovered=reader.uncovered_official))
+                                   uncovered_rule=reader.uncovered_rule))
         return time.perf_counter() - t0, time.process_time() - c0, n_seg
 
     shapes = [datasets.read_index_png(r.label_path).shape for r in recs]
@@ -181,7 +178,7 @@ def coco_main(args) -> None:
           f"(median of {args.repeats} paired CPU times): load + decompose {speedup:.3f}×, painting polygons "
           f"{ratio['polygons']:.2f}×, painting RLE {ratio['rle']:.2f}×; load average before the runs {load:.2f} "
           f"on {os.cpu_count()} cores")
-    print(json.dumps({
+    emit({
         "bench": "decompose-coco", "dataset": "toy-cocostuff-real-640x480", "n_images": n,
         "annotations_per_image": round(n_ann / n, 1),
         "images_per_cpu_s_before": round(ips["before"], 1), "images_per_cpu_s_after": round(ips["after"], 1),
@@ -192,7 +189,7 @@ def coco_main(args) -> None:
         "segments_per_image_before": round(segs["before"] / n, 1),
         "segments_per_image_after": round(segs["after"] / n, 1),
         "load_avg_before": round(load, 2),
-    }))
+    })
 
 
 def main() -> None:
@@ -231,12 +228,12 @@ def main() -> None:
           f"({h5 / n_seg:.0f} in the HDF5 file)")
     print(f"jobs=1 CPU time: {args.n_train / min(cpu):.1f} images per CPU-second (less sensitive to other "
           f"processes than wall time); load average before the runs {load:.2f} on {os.cpu_count()} cores")
-    print(json.dumps({
+    emit({
         "bench": "decompose", "dataset": "toy-ade20k-256", "n_images": args.n_train, "segments": n_seg,
         "images_per_s_1job": round(ips1, 1), "images_per_s_2jobs": round(ips2, 1),
         "speedup_2jobs": round(ips2 / ips1, 2), "images_per_cpu_s_1job": round(args.n_train / min(cpu), 1),
         "bytes_per_segment": round(on_disk / n_seg), "load_avg_before": round(load, 2),
-    }))
+    })
 
 
 if __name__ == "__main__":

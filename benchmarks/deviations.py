@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import math
 import shutil
 import sys
@@ -29,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from resail.benchmarks._common import emit
 from resail.pipeline.distort import resample_resolution
 from resail.pipeline.guidance import open_composer, paint_segment_map, resize_area
 from resail.synth import norms
@@ -38,11 +38,9 @@ from resail.synth.losses import balanced_cross_entropy, hinge_d_fake, hinge_d_re
 from resail.synth.presets import get_preset
 from resail.synth.segnet import build_segnet
 from resail.synth.train import get_lr
+from resail.tests.builders.work import baked_work
 from resail.threads import use
 from resail.workdir import WorkDir
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the shared fixture builders (tests/builders)
-from builders.work import baked_work  # noqa: E402
 
 NATIVE, LOAD = (512, 384), 286  # ADE20K-like original (W, H) and the ade20k preset's load size
 
@@ -92,7 +90,7 @@ def measure_distort_resolution() -> dict:
     """r ~ U(0.5, 1) (11 evenly spaced values) on 512² 1/f images shrunk to 286²: the share of the
     upper half of the canvas spectrum (≥ 0.25 cycles/px) the resolution step keeps, and its mean
     absolute change of the pixels, applied at the original resolution before the resize
-    (official, now ours) or after it at the load size (ours before issue 20)."""
+    (official, and this project's) or after it at the load size (the other order of docs/deviations.md, row 1)."""
     kept = {"official": [], "load_size": []}
     change = {"official": [], "load_size": []}
     for seed in range(3):
@@ -235,10 +233,10 @@ def sn_layers(net: torch.nn.Module) -> list[tuple[norms.FP32SpectralNorm, torch.
 
 def measure_precision() -> dict:
     """(a) σ of every spectral-norm layer of the ade20k D at initialisation with the power
-    iteration's mv in bf16 (what CUDA autocast did before issue 20) against fp32: relative error.
+    iteration's mv in bf16 (what CUDA autocast does to a power iteration left inside it) against fp32: relative error.
     (b) D's gradient (hinge real + fake on random 96² inputs, one training-mode pass, everything
     else in fp32) with that σ against the fp32 σ. (c) σ after one power iteration against after
-    two (one D call per phase, issue 18, against the official two), after an Adam-sized step from
+    two (one D call per phase, this project's trainer, against the official two), after an Adam-sized step from
     converged u, v. (d) At initialisation, σ's estimate after the first training forward (one
     power iteration) over the true σ: torch's parametrization (u, v converged on the weights
     before `init_weights`, ours) against the official hook-based spectral norm (random u, v)."""
@@ -321,7 +319,7 @@ def measure_resizes(work: Path) -> dict:
     pixels whose label differs."""
     from resail.common import nearest_floor, nearest_pil, read_rgb
 
-    comp = open_composer(work, "train", (LOAD, LOAD))
+    comp = open_composer(work, "train", size=(LOAD, LOAD))
     label_paths = comp.store.images["label_path"].to_pylist()
     photo, noise, label = [], [], []
     for row in comp.ok_images():
@@ -344,9 +342,9 @@ def measure_guidance(work: Path) -> dict:
     composed at 256² and resized bilinearly to the 286² load size (the project's cache) against
     composed at 286² directly, mean absolute difference in 8-bit levels; (c) the official mode
     (`--compose official`, clipped) against clean, same measure."""
-    at_load = open_composer(work, "train", (LOAD, LOAD))
-    at_256 = open_composer(work, "train", (256, 256))
-    official = open_composer(work, "train", (LOAD, LOAD), mode="official")
+    at_load = open_composer(work, "train", size=(LOAD, LOAD))
+    at_256 = open_composer(work, "train", size=(256, 256))
+    official = open_composer(work, "train", size=(LOAD, LOAD), mode="official")
     above, resized, modes = [], [], []
     for row in at_load.ok_images():
         g = at_load.compose(int(row))
@@ -366,7 +364,7 @@ def measure_segment_map(work: Path) -> dict:
     """The query segment map at 286²: painted from each segment's stored mask stretched to its
     rounded box (ours) against the store's native segment map resized with PIL nearest (official
     transform of the query masks): share of pixels owned by another segment."""
-    comp = open_composer(work, "train", (LOAD, LOAD))
+    comp = open_composer(work, "train", size=(LOAD, LOAD))
     diff = []
     for row in comp.ok_images():
         row = int(row)
@@ -422,7 +420,7 @@ def measure_distortion_details(work: Path) -> dict:
         kernel.append(np.abs(resample_resolution(image, r).astype(int) - pil).mean())
     from resail.common import read_rgb
 
-    comp = open_composer(work, "train", (256, 256))
+    comp = open_composer(work, "train", size=(256, 256))
     photos = [resize_area(read_rgb(comp.image_path[int(row)]), (256, 256)) for row in comp.ok_images()]
     comp.close()
     shifts = np.random.default_rng(0).uniform(-0.4, 0.4, 100_000) * 0.22 * math.sqrt(2000)
@@ -453,7 +451,7 @@ def main() -> None:
     finally:
         if args.keep is None:
             shutil.rmtree(base)
-    print(json.dumps(result))
+    emit(result)
 
 
 if __name__ == "__main__":

@@ -25,12 +25,8 @@ one JSON object with the headline figures.
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing as mp
-import os
-import shutil
 import sys
-import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -38,16 +34,15 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from resail.benchmarks._common import finish, machine, scratch
 from resail.pipeline.color_transfer import lab_to_rgb, rgb_to_lab
 from resail.pipeline.compose import Piece, compose
 from resail.pipeline.distort import DistortConfig, draw_segments, resample_resolution
-from resail.pipeline.guidance import load_composer
+from resail.pipeline.guidance import open_composer
 from resail.pipeline.tps import contour_points, degenerate_targets, fit_tps, tps_source_map
+from resail.tests.builders.work import baked_work
 from resail.threads import init_worker, use
 from resail.workdir import WorkDir
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the shared fixture builders (tests/builders)
-from builders.work import baked_work  # noqa: E402
 
 
 def toy_work(base: Path, n_train: int, native: tuple[int, int]) -> Path:
@@ -130,7 +125,7 @@ def _run(args) -> tuple[int, float, int, float]:
     composer's loading and a two-image warm-up left out of the timing; every worker starts its
     timed loop at the same moment (a barrier), so the walls overlap."""
     work, rows, seed, method, load, crop = args
-    comp = load_composer(Path(work), "train", size=(load, load))
+    comp = open_composer(Path(work), "train", size=(load, load))
     try:
         for row in rows[:2]:  # warm-up: numba kernels loaded from their cache, first reads
             _item(comp, int(row), np.random.default_rng([seed, int(row), 1]), crop, method)
@@ -166,13 +161,13 @@ def main() -> None:
     args = ap.parse_args()
     native = tuple(int(v) for v in args.native.lower().split("x"))
     use(2)  # the policy of the trainer beside two data-loader workers: one thread each (init_worker)
-    base = args.keep or Path(tempfile.mkdtemp(prefix="resail_bench_distort_"))
+    base = scratch(args.keep, "distort")
     work = toy_work(base, args.n_train, native)
-    comp = load_composer(work, "train", size=(args.load, args.load))
+    comp = open_composer(work, "train", size=(args.load, args.load))
     rows = comp.ok_images()[: args.images]
     comp.close()
     result = {"bench": "distort", "native": f"{native[0]}x{native[1]}", "load": args.load, "crop": args.crop,
-              "images": len(rows), "cpus": os.cpu_count(), "load_avg_1min_before": round(os.getloadavg()[0], 2)}
+              "images": len(rows), **machine()}
     for workers in (1, 2):
         r = rate(work, rows, workers, "windowed", args.load, args.crop)
         result.update({f"{k}_{workers}w": v for k, v in r.items() if k != "segments_per_image"})
@@ -184,10 +179,7 @@ def main() -> None:
     result["speedup_vs_baseline_1w"] = round(result["images_per_s_1w"] / b["images_per_s"], 2)
     print(f"baseline (naive whole-canvas distortion), 1 worker: {b['images_per_s']} images/s",
           file=sys.stderr)
-    result["load_avg_1min_after"] = round(os.getloadavg()[0], 2)
-    if args.keep is None:
-        shutil.rmtree(base)
-    print(json.dumps(result))
+    finish(result, base, args.keep)
 
 
 if __name__ == "__main__":

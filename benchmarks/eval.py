@@ -17,28 +17,25 @@ Last line: one JSON object with the headline figures.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
+from resail.benchmarks._common import emit
 from resail.synth.config import TrainConfig
 from resail.synth.eval import EvalConfig, run_eval
 from resail.synth.generator import build_generator
 from resail.synth.inception import FIDInception, randomize_
 from resail.synth.presets import get_preset
-from resail.synth.segnet import SegnetTrainConfig, build_segnet, save_checkpoint
+from resail.synth.segnet import SegnetTrainConfig, build_segnet, save_segnet
+from resail.tests.builders.runs import write_snapshot
+from resail.tests.builders.work import baked_work
 from resail.threads import use
 from resail.workdir import WorkDir
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the shared fixture builders (tests/builders)
-from builders.runs import write_snapshot  # noqa: E402
-from builders.work import baked_work  # noqa: E402
 
 
 def build_work(base: Path, n_train: int, n_val: int) -> tuple[Path, Path]:
@@ -48,7 +45,7 @@ def build_work(base: Path, n_train: int, n_val: int) -> tuple[Path, Path]:
     cfg = TrainConfig(net=net, preset="toy", name="bench", batch_size=4, load_size=(144, 144), n_train=n_train)
     torch.manual_seed(0)
     write_snapshot(work, cfg, build_generator(net), step=0)
-    save_checkpoint(WorkDir(work).segnet("toy"), build_segnet(net), None, 0, SegnetTrainConfig())
+    save_segnet(WorkDir(work).segnet("toy"), build_segnet(net), None, 0, SegnetTrainConfig())
     weights = base / "inception_random.pth"
     torch.save(randomize_(FIDInception(), seed=0).state_dict(), weights)
     return work, weights
@@ -99,7 +96,7 @@ def main() -> None:
     finally:
         if args.keep is None:
             shutil.rmtree(base, ignore_errors=True)
-    print(json.dumps(result))
+    emit(result)
 
 
 if __name__ == "__main__":

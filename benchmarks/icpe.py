@@ -20,13 +20,13 @@ Last line: one JSON object (docs/baselines.md quotes it).
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from resail.benchmarks._common import emit
 from resail.pipeline.datasets import make_reader
 from resail.pipeline.toy import ToyConfig, make_toy_dataset
 from resail.synth.baselines.icpe import icpe_maps, resize_maps, skip_id
@@ -76,7 +76,7 @@ def main() -> None:
               f"(max {r['compute_ms_max']}), {r['with_resize_ms_median']} ms with the resize; a cache would hold "
               f"{r['cache_mb_per_image']} MB per image, {r['cache_gb_train']} GB for the train split "
               f"(read back warm: {r['read_ms_warm']} ms)")
-    print(json.dumps(results))
+    emit(results)
 
 
 if __name__ == "__main__":

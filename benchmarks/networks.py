@@ -23,6 +23,7 @@ import time
 
 import torch
 
+from resail.benchmarks._common import emit
 from resail.synth.discriminator import build_discriminator
 from resail.synth.generator import build_generator
 from resail.synth.losses import LossWeights, feature_matching, hinge_d_fake, hinge_d_real, hinge_g
@@ -144,7 +145,7 @@ def main() -> None:
         summary[f"gpu_{r['preset']}_b{r['batch']}_{tag}_peak_gib"] = r["peak_mem_gib"]
     if "gpu_name" in results:
         summary["gpu"] = results["gpu_name"]
-    print(json.dumps(summary))
+    emit(summary)
 
 
 if __name__ == "__main__":

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 
+from resail.benchmarks._common import emit
 from resail.common import source_indices
 
 RULES = ("torch_legacy", "floor", "floor_f64", "pil", "cv2")
@@ -40,7 +40,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--max", type=int, default=512, help="largest side n and N")
     args = ap.parse_args()
-    print(json.dumps(disagreements(args.max)))
+    emit(disagreements(args.max))
 
 
 if __name__ == "__main__":

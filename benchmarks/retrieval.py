@@ -27,7 +27,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import sys
 import tempfile
 import time
@@ -37,14 +36,13 @@ import cv2
 import faiss
 import numpy as np
 
+from resail.benchmarks._common import emit, peak_rss_mb
 from resail.common import nearest_torch_legacy
 from resail.index.build import build_index
 from resail.index.retrieval import RetrievalIndex
 from resail.index.search import QueryBatch, SearchConfig, search
+from resail.tests.builders.store import write_fake_store
 from resail.threads import use
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the shared fixture builders (tests/builders)
-from builders.store import write_fake_store  # noqa: E402
 
 R, r = 128, 32
 
@@ -135,10 +133,6 @@ def recall(exact_ids, exact_scores, got_ids, got_scores, k):
         hits = sum(1 for i, s in zip(g_id.tolist(), g_s.tolist()) if i >= 0 and (i in exact_set or s == kth))
         total += min(hits, int(valid.sum())) / int(valid.sum())
     return total / len(exact_ids)
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def run_size(n, data, queries, args, workdir):
@@ -249,7 +243,7 @@ def main(argv=None):
         "loadavg_end": os.getloadavg(),
         "per_size": results,
     }
-    print(json.dumps(headline))
+    emit(headline)
 
 
 if __name__ == "__main__":

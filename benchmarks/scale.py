@@ -65,24 +65,20 @@ import argparse
 import json
 import os
 import platform
-import resource
 import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import h5py
 import numpy as np
-import psutil  # with dask[distributed], in the dev extras
 
 from resail import threads
+from resail.benchmarks._common import TreeUsage, emit, peak_rss_mb
 
 HERE = Path(__file__).resolve()
-sys.path.insert(0, str(HERE.parent))  # benchmarks/retrieval.py (mask generator, recall)
-sys.path.insert(0, str(HERE.parents[1] / "tests"))  # tests/builders (fake segment stores)
 
 DATASETS = {  # reader name: preset, measured train/val images, full train/val images
     "ade20k": {"preset": "ade20k-real", "n": (2000, 200), "full": (20210, 2000)},
@@ -132,10 +128,10 @@ def _stage_bake(a: dict) -> dict:
 
 def _distort_worker(args) -> tuple[int, float, float]:
     work, rows, barrier = args
-    from resail.pipeline.guidance import load_composer
+    from resail.pipeline.guidance import open_composer
 
     threads.init_worker()  # as a data-loader worker runs: one thread
-    comp = load_composer(Path(work), "train")  # at the bake's (the preset's) training size
+    comp = open_composer(Path(work), "train")  # at the bake's (the preset's) training size
     try:
         for row in rows[:2]:  # warm-up: numba caches, first reads
             comp.distorted_gt(int(row), np.random.default_rng([1, int(row)]))
@@ -151,9 +147,9 @@ def _distort_worker(args) -> tuple[int, float, float]:
 def _stage_distort(a: dict) -> dict:
     import multiprocessing as mp
 
-    from resail.pipeline.guidance import load_composer
+    from resail.pipeline.guidance import open_composer
 
-    comp = load_composer(Path(a["work"]), "train")
+    comp = open_composer(Path(a["work"]), "train")
     rows = comp.ok_images()[: a["images"]]
     comp.close()
     ctx = mp.get_context("fork")
@@ -183,8 +179,7 @@ def _stage_retrieval_build(a: dict) -> dict:
 
 
 def _stage_retrieval_query(a: dict) -> dict:
-    from retrieval import recall
-
+    from resail.benchmarks.retrieval import recall
     from resail.index.retrieval import RetrievalIndex
     from resail.index.search import QueryBatch, SearchConfig, search
 
@@ -227,57 +222,6 @@ STAGES = {"segments": _stage_segments, "index": _stage_index, "bake": _stage_bak
           "noop": _stage_noop}
 
 
-class TreeUsage:
-    """Sampled every 50 ms: the peak RSS of this process's children (the largest one) and of the
-    whole tree, the peak *anonymous* memory (RSS less file-backed and shared pages: what the
-    stage needs, whereas memmapped store pages it touched are reclaimable cache) of this process
-    and of its largest child, and the CPU seconds of the children (last reading of each)."""
-
-    def __init__(self, period: float = 0.05):
-        self.me, self.period = psutil.Process(), period
-        self.worker = self.tree = self.anon_main = self.anon_worker = 0
-        self._cpu: dict[int, float] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.period):
-            rss = []
-            for child in self.me.children(recursive=True):
-                try:
-                    with child.oneshot():
-                        m, t = child.memory_info(), child.cpu_times()
-                except psutil.Error:  # exited between the listing and the read
-                    continue
-                rss.append(m.rss)
-                self.anon_worker = max(self.anon_worker, m.rss - m.shared)
-                self._cpu[child.pid] = t.user + t.system
-            m = self.me.memory_info()
-            self.worker = max([self.worker, *rss])
-            self.tree = max(self.tree, m.rss + sum(rss))
-            self.anon_main = max(self.anon_main, m.rss - m.shared)
-
-    @property
-    def children_cpu_s(self) -> float:
-        return sum(self._cpu.values())
-
-    def __enter__(self) -> TreeUsage:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
-def vm_hwm_mb() -> float:
-    """Peak RSS of this process since its exec (VmHWM), MB."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def child_main(spec: str) -> None:
     """Run one stage; print one JSON line with its result, wall seconds and peak RSS (MB)."""
     a = json.loads(spec)
@@ -287,7 +231,7 @@ def child_main(spec: str) -> None:
     with TreeUsage() as use:
         out = STAGES[a["stage"]](a)
     wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
-    main, mb = vm_hwm_mb(), 2**20
+    main, mb = peak_rss_mb(), 2**20
     out.update(wall_s=round(wall, 3), cpu_main_s=round(cpu, 2), cpu_workers_s=round(use.children_cpu_s, 2),
                rss_main_mb=round(main, 1), rss_worker_mb=round(use.worker / mb, 1),
                rss_tree_mb=round(max(use.tree / mb, main), 1), anon_main_mb=round(use.anon_main / mb, 1),
@@ -414,7 +358,8 @@ def retrieval_masks(base: Path, n: int, seed: int = 0) -> Path:
     """n synthetic realistic masks (benchmarks/retrieval.py), made in chunks on 2 processes, cached
     as an .npz of canon (packed R×R), pre (packed r×r) and bbox (areas)."""
     from joblib import Parallel, delayed
-    from retrieval import make_segments
+
+    from resail.benchmarks.retrieval import make_segments
 
     path = base / "retrieval" / f"masks_{n}_{seed}.npz"
     if not path.exists():
@@ -428,7 +373,7 @@ def retrieval_masks(base: Path, n: int, seed: int = 0) -> Path:
 
 
 def measure_retrieval(base: Path, sizes, queries: int, exact_queries: int, threads: int) -> list[dict]:
-    from builders.store import write_fake_store
+    from resail.tests.builders.store import write_fake_store
 
     masks = np.load(retrieval_masks(base, max(sizes)))
     qpath = retrieval_masks(base, queries, seed=1)  # held-out draws
@@ -784,8 +729,8 @@ def main() -> None:
     if args.keep is None:
         shutil.rmtree(base, ignore_errors=True)
     machine["reused_measurements"] = bool(args.reuse)
-    print(json.dumps({"bench": "scale", "machine": machine, "wall_s": round(time.perf_counter() - t_start, 1),
-                      "targets": verdict, "retrieval": retrieval, "datasets": results}))
+    emit({"bench": "scale", "machine": machine, "wall_s": round(time.perf_counter() - t_start, 1),
+                      "targets": verdict, "retrieval": retrieval, "datasets": results})
 
 
 if __name__ == "__main__":

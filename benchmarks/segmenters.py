@@ -24,6 +24,7 @@ import time
 import numpy as np
 import torch
 
+from resail.benchmarks._common import emit
 from resail.synth.segmenters.deeplab import MSC, DeepLabSegmenter, DeepLabV2
 from resail.synth.segmenters.drn import DRNSeg, DRNSegmenter
 from resail.synth.segmenters.upernet import UperNet, UperNetSegmenter
@@ -67,8 +68,8 @@ def main() -> None:
     for name in args.only:
         results.append(bench(name, args.images, size))
         print(json.dumps(results[-1]), flush=True)
-    print(json.dumps({"bench": "segmenters", "device": "cpu", "threads": args.threads, "images": args.images,
-                      "s_per_100": {f"{r['segmenter']}@{r['size']}": r["s_per_100"] for r in results}}))
+    emit({"bench": "segmenters", "device": "cpu", "threads": args.threads, "images": args.images,
+                      "s_per_100": {f"{r['segmenter']}@{r['size']}": r["s_per_100"] for r in results}})
 
 
 if __name__ == "__main__":

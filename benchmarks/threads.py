@@ -24,7 +24,6 @@ The last line of the output is one JSON object with the headline figures.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shutil
@@ -35,11 +34,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from resail.benchmarks._common import emit
+from resail.tests.builders.work import bake_splits, index_work, toy_dataset
 from resail.threads import ENV, available_cpus, use
 from resail.workdir import WorkDir
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the shared fixture builders (tests/builders)
-from builders.work import bake_splits, index_work, toy_dataset  # noqa: E402
 
 PRESET = "toy64"
 MODES = {"old": "off", "new": None}  # RESAIL_THREADS per mode (None: unset, the policy)
@@ -121,7 +119,7 @@ def main() -> None:
               "policy": cells["new", False][0]["policy"]}
     result["target_met"] = result["slowdown"]["new"] <= TARGET
     print(f"busy / quiet: old {result['slowdown']['old']}×, new {result['slowdown']['new']}× (target ≤ {TARGET}×)")
-    print(json.dumps(result))
+    emit(result)
 
 
 if __name__ == "__main__":

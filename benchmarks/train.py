@@ -19,23 +19,20 @@ The last line of the output is one JSON object with the headline figures.
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
+from resail.benchmarks._common import emit
 from resail.synth.config import resolve_config
 from resail.synth.data import SynthDataset, count_images
 from resail.synth.losses import VGGLoss
 from resail.synth.train import ResailTrainer, train
+from resail.tests.builders.work import bake_splits, index_work, toy_dataset
 from resail.threads import use
 from resail.workdir import WorkDir
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the shared fixture builders (tests/builders)
-from builders.work import bake_splits, index_work, toy_dataset  # noqa: E402
 
 GRID_ROWS = 6  # val images in comparison.png
 
@@ -138,7 +135,7 @@ def main() -> None:
         result.update(cpu_section(work, n_train, args))
     if torch.cuda.is_available():
         result.update(gpu_section(args))
-    print(json.dumps(result))
+    emit(result)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from resail.pipeline.guidance import load_composer, preview_distort
+from resail.pipeline.guidance import open_composer, preview_distort
 from resail.pipeline.labels.classes import palette_lut
 
 
@@ -16,7 +16,7 @@ def main(out: Path) -> None:
     for image_row in (1, 4):
         panels = []
         for mode in ("clean", "official"):
-            comp = load_composer(work, "val", size=(192, 192))
+            comp = open_composer(work, "val", size=(192, 192))
             comp.mode = mode
             if mode == "clean":
                 panels.append(comp.label_preview(image_row, palette_lut("ade20k", 65536)))

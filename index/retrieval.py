@@ -16,8 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..choices import FAISS_DEVICES
 from ..common import short_hash
-from ..errors import StageError
+from ..errors import ConfigError, StageError
 from ..pipeline.store import SegmentStore
 from ..workdir import WorkDir
 from .score import as_words, popcounts
@@ -172,10 +173,11 @@ class RetrievalIndex:
                              f"R={self.table.R}, r={self.table.r}; {REBUILD_HINT}")
         self.device = device
         self._gpu = None
+        if device not in FAISS_DEVICES:
+            raise ConfigError("device", f"FAISS device {device!r}: choose one of {', '.join(FAISS_DEVICES)}")
         if device == "cuda":
             if not gpu_available():
-                raise StageError("--device cuda needs faiss-gpu and a visible GPU; install faiss-gpu "
-                                 "or use --device cpu")
+                raise StageError("FAISS on cuda needs faiss-gpu and a visible GPU; install faiss-gpu or use the cpu")
             import faiss
 
             self._gpu = faiss.StandardGpuResources()

@@ -34,6 +34,7 @@ from typing import Sequence
 import faiss
 import numpy as np
 
+from ..errors import ConfigError
 from .retrieval import RetrievalIndex, Shard
 from .score import as_words, band_candidates, popcounts, rerank_topk, scan_topk
 from .shards import ShardParams, size_bins
@@ -56,8 +57,15 @@ class SearchConfig:
     max_fetch: int = 8192  # cap of the over-fetch of IVF/GPU shards
 
     def __post_init__(self):
-        if self.k < 1 or self.k_prefilter < self.k:
-            raise ValueError(f"need 1 ≤ k ≤ k_prefilter, got k={self.k}, k_prefilter={self.k_prefilter}")
+        check_k(self.k, self.k_prefilter)
+
+
+def check_k(k: int, k_prefilter: int) -> None:
+    """The error of every retrieval for matches per segment (k) outside 1 ≤ k ≤ K' (`k_prefilter`)."""
+    if k < 1:
+        raise ConfigError("k", f"k {k}: must be at least 1")
+    if k_prefilter < k:
+        raise ConfigError("k_prefilter", f"k_prefilter {k_prefilter} must be at least k {k}")
 
 
 @dataclass

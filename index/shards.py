@@ -13,8 +13,9 @@ Small shards use `IndexBinaryFlat` (exact Hamming); above `ivf_threshold` rows a
 (`choose_params`) is recorded in the manifest. An IVF class also gets *size-window sub-shards*
 `c{class:04d}.w{j:02d}.faiss`: window j holds the rows of bbox-area octaves j-1..j+1, a contiguous
 row range, so a query of octave j finds its whole size band inside window j with little
-over-fetch (measured: asking the whole-class IVF for K'·n/|band| hits costs 4× more, the
-cost of FAISS's result heap grows with k). Windows triple the stored prefilter codes. The Hamming
+over-fetch (asking the whole-class IVF for K'·n/|band| hits costs several times more: the cost
+of FAISS's result heap grows with k; BENCHMARKS.md, Retrieval). Windows triple the stored
+prefilter codes. The Hamming
 distance of two r×r masks is the shape term's numerator at low resolution, so the shard's
 nearest rows are good candidates for the exact R×R rerank.
 """
@@ -82,12 +83,10 @@ def choose_params(n: int, ivf_threshold: int = IVF_THRESHOLD) -> ShardParams:
     at most `NPROBE_MAX`.
 
     A query scans nprobe lists of √n rows plus the nlist centroids. With nprobe = nlist/6 that is
-    a sixth of the shard, so the cost grows like n; nlist/6 was tuned with
-    benchmarks/retrieval.py at N = 100k (K' = 256: nlist/8 gave recall@10 0.980, nlist/5 0.991 at
-    +35 % time). Above nlist = 6·NPROBE_MAX (windows of ~80k rows) the probe count stops growing,
-    so the cost grows like √n, the length of a list: benchmarks/scale.py measured, on a 1M-segment
-    class (windows of 250k rows, nlist 500), 1.35 ms/query with nlist/6 = 84 probes against
-    0.92 ms with 48, recall@1 1.000 → 0.997 and recall@10 0.993 → 0.987 (docs/scale.md).
+    a sixth of the shard, so the cost grows like n; nlist/6 is the recall/time trade-off
+    benchmarks/retrieval.py found at N = 100k. Above nlist = 6·NPROBE_MAX (windows of ~80k rows)
+    the probe count stops growing, so the cost grows like √n, the length of a list, for a small
+    loss of recall (benchmarks/scale.py; the figures of both: BENCHMARKS.md, Retrieval).
     """
     if n < ivf_threshold:
         return ShardParams("flat")

@@ -43,13 +43,13 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from ..artifacts import atomic_path, ensure_free_space, fingerprint, write_manifest, write_png_atomic
-from ..errors import InputError
+from ..choices import CHOOSE, COMPOSE_MODES, SPLITS
+from ..errors import ConfigError
 from ..index.retrieval import RetrievalIndex
-from ..index.search import QueryBatch, SearchConfig, search
+from ..index.search import QueryBatch, SearchConfig, check_k, search
 from ..lifecycle import Stage
 from ..workdir import WorkDir
-from .compose import MODES
-from .guidance import CHOICES, SEED_MAX, GuidanceComposer, open_composer
+from .guidance import SEED_MAX, GuidanceComposer, open_composer
 from .labels.classes import palette_lut
 from .runner import Parts, check_shard, run_job
 from .store import SegmentStore
@@ -93,16 +93,16 @@ class BakeConfig:
     rebuild: bool = False
 
     def __post_init__(self):
-        if self.split not in ("train", "val"):
-            raise InputError(f"--split {self.split!r}: choose train or val")
-        if not 1 <= self.k <= self.k_prefilter:
-            raise InputError(f"--k {self.k}: must be between 1 and the prefilter size {self.k_prefilter}")
+        if self.split not in SPLITS:
+            raise ConfigError("split", f"split {self.split!r}: choose one of {', '.join(SPLITS)}")
+        check_k(self.k, self.k_prefilter)
         if not 0 <= self.seed <= SEED_MAX:
-            raise InputError(f"--seed {self.seed}: must be between 0 and {SEED_MAX}")
-        if self.choose not in CHOICES:
-            raise InputError(f"--choose {self.choose!r}: choose one of {', '.join(CHOICES)}")
-        if self.compose_mode not in MODES:
-            raise InputError(f"--compose {self.compose_mode!r}: choose one of {', '.join(MODES)}")
+            raise ConfigError("seed", f"seed {self.seed}: must be between 0 and {SEED_MAX}")
+        if self.choose not in CHOOSE:
+            raise ConfigError("choose", f"choose {self.choose!r}: choose one of {', '.join(CHOOSE)}")
+        if self.compose_mode not in COMPOSE_MODES:
+            raise ConfigError("compose_mode", f"compose_mode {self.compose_mode!r}: choose one of "
+                                              f"{', '.join(COMPOSE_MODES)}")
         check_shard(self.shard)
 
     def search_params(self) -> dict:
@@ -159,8 +159,8 @@ def retrieve_split(work: Path | WorkDir, split: str, cfg: BakeConfig, progress: 
 
 
 def _composer(wd: WorkDir, cfg: BakeConfig, size: tuple[int, int], matches: Path) -> GuidanceComposer:
-    return open_composer(wd, cfg.split, size, mode=cfg.compose_mode, k=cfg.k, choose=cfg.choose, seed=cfg.seed,
-                         matches_path=matches)
+    return open_composer(wd, cfg.split, size=size, mode=cfg.compose_mode, k=cfg.k, choose=cfg.choose, seed=cfg.seed,
+                         matches=matches)
 
 
 def part_images(size: tuple[int, int]) -> int:

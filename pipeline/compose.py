@@ -29,9 +29,8 @@ import cv2
 import numba
 import numpy as np
 
+from ..choices import COMPOSE_MODES
 from ..common import nearest_cv2
-
-MODES = ("clean", "official")
 
 
 @dataclass(frozen=True)
@@ -68,8 +67,8 @@ def _window(piece: Piece, shape: tuple[int, int]):
 def compose(segment_map: np.ndarray, query_is_thing: Sequence[bool], pieces: Sequence[Piece],
             mode: str = "clean") -> np.ndarray:
     """Compose the guidance image (H×W×3 uint8) from `pieces` over the query `segment_map`."""
-    if mode not in MODES:
-        raise ValueError(f"unknown composition mode {mode!r}: choose one of {', '.join(MODES)}")
+    if mode not in COMPOSE_MODES:
+        raise ValueError(f"unknown composition mode {mode!r}: choose one of {', '.join(COMPOSE_MODES)}")
     is_thing = np.asarray(query_is_thing, dtype=bool)
     if mode == "official":
         return _compose_official(segment_map, is_thing, pieces)

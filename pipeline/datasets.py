@@ -28,17 +28,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
-from ..common import decoded_image, read_error, read_rgb
-from ..errors import InputError
+from ..choices import COCO_LAYOUTS, DATASETS, SPLITS
+from ..common import decoded_image, read_errors, read_rgb
+from ..errors import ConfigError, InputError
 from .coco import coco_annotation_texts, coco_annotations, coco_instance_map
-from .labels.classes import COCO_LAYOUTS, DATASETS, ClassTable, ade20k_instance_mapping, class_table
+from .labels.classes import ClassTable, ade20k_instance_mapping, class_table
 
 log = logging.getLogger("resail")
 
 MAJORITY = -1
-SPLITS = ("train", "val")
 IMAGE_EXTS = (".jpg", ".jpeg", ".png")
 
 
@@ -70,7 +69,7 @@ class Sample:
 
 def read_index_png(path: str | Path, channels: int = 1) -> np.ndarray:
     """A label/instance PNG as int32: H×W for 8/16-bit grey or palette files, H×W×3 when channels=3."""
-    try:
+    with read_errors(path, "PNG", "annotation file is missing; restore it or remove its image"):
         with decoded_image(path) as im:
             if channels == 3:
                 if im.mode != "RGB":
@@ -82,12 +81,6 @@ def read_index_png(path: str | Path, channels: int = 1) -> np.ndarray:
                                  f"found mode {im.mode}; convert it to class ids, not colours")
             # 16-bit PNGs open as "I" or "I;16" depending on Pillow: read values, never colours.
             return np.asarray(im).astype(np.int32)
-    except InputError:
-        raise
-    except FileNotFoundError:
-        raise InputError(f"{path}: annotation file is missing; restore it or remove its image") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise read_error(path, e, "PNG") from None
 
 
 def _check_same_size(image: np.ndarray, other: np.ndarray, image_path: str, other_path: str) -> None:
@@ -121,10 +114,10 @@ class Reader:
     """Base class: `records(split)` lists a split; `load(record)` reads one image."""
 
     dataset: str = ""
-    # What happens to thing-class pixels that no instance covers, in the official code:
-    # "drop", "drop_if_instanced" (COCO: dropped only when the class has an instance in the image)
-    # or "components". `--uncovered-things components` overrides it.
-    uncovered_official: str = "components"
+    # What happens to thing-class pixels that no instance covers in the official code: one of
+    # decompose.UNCOVERED_RULES ("drop_if_instanced": COCO drops them only when the class has an
+    # instance in the image). `uncovered_things="components"` overrides it.
+    uncovered_rule: str = "components"
     has_instances: bool = False
 
     def __init__(self, root: str | Path):
@@ -189,7 +182,7 @@ class ADE20KReader(Reader):
     optional annotations_instance/…/*.png (RGB: R = Instance100 category, G = instance id)."""
 
     dataset = "ade20k"
-    uncovered_official = "drop"
+    uncovered_rule = "drop"
     FOLDERS = {"train": "training", "val": "validation"}
 
     def __init__(self, root: str | Path, image_list: str | Path | None = None):
@@ -279,7 +272,7 @@ class CityscapesReader(Reader):
     """leftImg8bit/{split}/{city}/*_leftImg8bit.png with gtFine/{split}/{city}/*_gtFine_{labelIds,instanceIds}.png."""
 
     dataset = "cityscapes"
-    uncovered_official = "components"  # group pixels ("car group") become components
+    uncovered_rule = "components"  # group pixels ("car group") become components
     has_instances = True
 
     def records(self, split: str) -> list[ImageRecord]:
@@ -311,7 +304,7 @@ class CityscapesReader(Reader):
 
 
 class CocoStuffReader(Reader):
-    """COCO-Stuff in one of two layouts (`LAYOUTS`), with the same label maps (stuffthingmaps PNGs,
+    """COCO-Stuff in one of two layouts (`choices.COCO_LAYOUTS`), with the same label maps (stuffthingmaps PNGs,
     v → class v+1, 255 → void):
 
     - `coco`, the official downloads: `{split}2017/*.jpg`, the stuffthingmaps and
@@ -323,8 +316,7 @@ class CocoStuffReader(Reader):
     `layout=None` picks the one found under the root."""
 
     dataset = "cocostuff"
-    uncovered_official = "drop_if_instanced"
-    LAYOUTS = COCO_LAYOUTS
+    uncovered_rule = "drop_if_instanced"
     MAP_DIRS = ("stuffthingmaps_trainval2017/{s}2017", "stuffthingmaps/{s}2017", "{s}2017")
 
     def __init__(self, root: str | Path, layout: str | None = None):
@@ -332,8 +324,8 @@ class CocoStuffReader(Reader):
         if layout is None:
             spade = any((self.root / f"{s}_label").is_dir() for s in SPLITS)
             layout = "spade" if spade and not any((self.root / f"{s}2017").is_dir() for s in SPLITS) else "coco"
-        if layout not in self.LAYOUTS:
-            raise InputError(f"COCO-Stuff layout {layout!r}: choose one of {', '.join(self.LAYOUTS)}")
+        if layout not in COCO_LAYOUTS:
+            raise ConfigError("layout", f"COCO-Stuff layout {layout!r}: choose one of {', '.join(COCO_LAYOUTS)}")
         self.layout = layout
         if layout == "spade":
             self.has_instances = any((self.root / f"{s}_inst").is_dir() for s in SPLITS)
@@ -455,7 +447,7 @@ class FolderReader(Reader):
     instances/{split}/*.png (instance ids, 0 = none; class = majority label) and classes.csv."""
 
     dataset = "folder"
-    uncovered_official = "components"
+    uncovered_rule = "components"
 
     def __init__(self, root: str | Path):
         super().__init__(root)
@@ -522,11 +514,11 @@ def make_reader(dataset: str, root: str | Path, image_list: str | Path | None = 
     `layout` chooses between the layouts a dataset comes in (COCO-Stuff: `coco` or `spade`),
     None = the one found under `root`."""
     if image_list is not None and dataset not in ("ade20k", "ade20k-outdoor"):
-        raise InputError(f"--image-list applies to ade20k and ade20k-outdoor, not {dataset}")
+        raise ConfigError("image_list", f"an image list applies to ade20k and ade20k-outdoor, not {dataset}")
     if layout is not None and dataset != "cocostuff":
-        raise InputError(f"--layout applies to cocostuff, not {dataset}")
+        raise ConfigError("layout", f"layout {layout!r} applies to cocostuff, not {dataset}")
     if dataset not in READERS:
-        raise InputError(f"unknown dataset {dataset!r}: choose one of {', '.join(DATASETS)}")
+        raise ConfigError("dataset", f"unknown dataset {dataset!r}: choose one of {', '.join(DATASETS)}")
     if dataset in ("ade20k", "ade20k-outdoor"):
         return READERS[dataset](root, image_list)
     if dataset == "cocostuff":

@@ -6,7 +6,7 @@
    A declared class must also be the majority of the non-void label pixels under the mask,
    otherwise the image is bad input (`InputError`).
 2. Every other class present in the label map is split into 8-connected components
-   (cv2, connectivity 8). Thing pixels that no instance covers follow `uncovered`:
+   (cv2, connectivity 8). Thing pixels that no instance covers follow `uncovered_rule`:
    "components" (split like stuff), "drop" (ignored: official ADE20K), or "drop_if_instanced"
    (ignored when the class has an instance in this image, else components: official COCO-Stuff).
    Stuff components come from the label map as is, even where an instance overlaps it.
@@ -25,12 +25,12 @@ import cv2
 import numpy as np
 from scipy import ndimage
 
+from ..choices import UNCOVERED_THINGS
 from ..common import nearest_pil
-from ..errors import InputError
+from ..errors import ConfigError, InputError
 from .datasets import MAJORITY, READERS
-from .labels.classes import UNCOVERED_CHOICES
 
-UNCOVERED_RULES = ("components", "drop", "drop_if_instanced")
+UNCOVERED_RULES = ("components", "drop", "drop_if_instanced")  # each dataset's official one: Reader.uncovered_rule
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,11 +113,11 @@ def _instance_candidates(label_map, instance_map, instance_classes, where):
 
 
 def decompose(label_map: np.ndarray, instance_map: np.ndarray | None, instance_classes: np.ndarray | None,
-              is_thing: np.ndarray, preserved_ratio: float = 0.9, uncovered: str = "components",
+              is_thing: np.ndarray, preserved_ratio: float = 0.9, uncovered_rule: str = "components",
               where: str = "") -> list[Segment]:
     """Segments of one image. `is_thing` is a lookup table indexed by class id."""
-    if uncovered not in UNCOVERED_RULES:
-        raise ValueError(f"uncovered must be one of {UNCOVERED_RULES}")
+    if uncovered_rule not in UNCOVERED_RULES:
+        raise ValueError(f"uncovered_rule must be one of {UNCOVERED_RULES}")
     label_map = np.ascontiguousarray(label_map, dtype=np.int32)
     by_class: dict[int, list[_Candidate]] = {}
     instanced: set[int] = set()
@@ -132,7 +132,7 @@ def decompose(label_map: np.ndarray, instance_map: np.ndarray | None, instance_c
             continue
         window = label_map[sl] == c
         if is_thing[c] and instance_map is not None:
-            if uncovered == "drop" or (uncovered == "drop_if_instanced" and c in instanced):
+            if uncovered_rule == "drop" or (uncovered_rule == "drop_if_instanced" and c in instanced):
                 continue
             window &= instance_map[sl] == 0
         # SAUF (Wu) numbers components in raster order of their first pixel; OpenCV's default
@@ -180,16 +180,17 @@ class DecompositionRules:
 
     dataset: str
     preserved_ratio: float = 0.9
-    uncovered_things: str = "official"   # the dataset's official rule, or "components"
+    uncovered_things: str = "official"   # one of UNCOVERED_THINGS: the dataset's official rule, or "components"
     max_side: int | None = None          # longest side before decomposition (None: native size)
 
     def __post_init__(self):
         if not 0.0 < self.preserved_ratio <= 1.0:
-            raise InputError(f"preserved ratio {self.preserved_ratio} must be in (0, 1]")
-        if self.uncovered_things not in UNCOVERED_CHOICES:
-            raise InputError(f"uncovered things {self.uncovered_things!r}: choose one of {UNCOVERED_CHOICES}")
+            raise ConfigError("preserved_ratio", f"preserved_ratio {self.preserved_ratio} must be in (0, 1]")
+        if self.uncovered_things not in UNCOVERED_THINGS:
+            raise ConfigError("uncovered_things", f"uncovered_things {self.uncovered_things!r}: choose one of "
+                                                  f"{', '.join(UNCOVERED_THINGS)}")
         if self.max_side is not None and self.max_side < 1:
-            raise InputError(f"max side {self.max_side} must be positive")
+            raise ConfigError("max_side", f"max_side {self.max_side} must be positive")
 
     @classmethod
     def of(cls, params: dict) -> "DecompositionRules":
@@ -198,11 +199,11 @@ class DecompositionRules:
                    params.get("max_side"))
 
     @property
-    def uncovered(self) -> str:
+    def uncovered_rule(self) -> str:
         """The rule for thing pixels no instance covers (one of `UNCOVERED_RULES`)."""
         if self.uncovered_things == "components":
             return "components"
-        return READERS[self.dataset].uncovered_official
+        return READERS[self.dataset].uncovered_rule
 
     def apply(self, label_map: np.ndarray, instance_map: np.ndarray | None, instance_classes: np.ndarray | None,
               is_thing: np.ndarray, image: np.ndarray | None = None, where: str = ""):
@@ -212,5 +213,5 @@ class DecompositionRules:
             instance_classes = np.full(int(instance_map.max()) + 1, MAJORITY, np.int32)
         image, label_map, instance_map = downscale(image, label_map, instance_map, self.max_side)
         segments = decompose(label_map, instance_map, instance_classes, is_thing, self.preserved_ratio,
-                             self.uncovered, where)
+                             self.uncovered_rule, where)
         return image, label_map, instance_map, segments

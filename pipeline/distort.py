@@ -13,15 +13,15 @@ loops.
 Order and resolutions, as in the official code: colour transfer and resolution at the image's
 original resolution → the photo's resize to the training size (the caller's: the trainer's recipe
 picks it, synth/data.py) → the crop → the TPS warp at crop resolution, with control points from
-the query mask in the crop. The resolution step is then much milder than at the training size
-(this project's order until issue 20): r ~ U(0.5, 1) at the original resolution cuts frequencies
+the query mask in the crop. The resolution step is then much milder than at the training size:
+r ~ U(0.5, 1) at the original resolution cuts frequencies
 the ×0.56 shrink (ADE20K 512 → 286) would mostly remove anyway, so the distorted segment keeps
 96 % of the upper half of the training grid's spectrum instead of 52 % (docs/deviations.md,
 benchmarks/deviations.py). Each segment works in windows around its bounding box:
 `distort_appearance` at the original resolution, `to_canvas` (the photo's resize of that window,
 placed where the resize of the whole image puts it), then the warp on the crop (`_warp_on_crop`);
-`distort_segments` runs them in order. Colour transfer on the original's pixels is the dearer part:
-~1.4× the CPU of the old order at 512×384 (docs/deviations.md).
+`distort_segments` runs them in order. Colour transfer on the original's pixels is the dearer part
+(docs/deviations.md, row 1, has its cost).
 
 * **Resolution** uses `cv2.INTER_CUBIC` both ways. PIL's bicubic (official) widens its kernel by
   1/r when it shrinks, i.e. it anti-aliases; OpenCV's is a fixed 4×4 kernel, so the downsampled
@@ -36,8 +36,7 @@ placed where the resize of the whole image puts it), then the warp on the crop (
   segment matters as much as the pixel work. Each step is one compiled call (segment on black,
   colour transfer, the TPS steps), the draws of all of an image's segments come from a few
   generator calls (`draw_segments`), and a colour reference may be passed as its `LabStats`,
-  which `GuidanceComposer` caches per training segment. This took the distorted ground truth
-  from ~1 ms to ~0.65 ms of CPU per segment, everything included (BENCHMARKS.md,
+  which `GuidanceComposer` caches per training segment (the cost per segment: BENCHMARKS.md,
   `benchmarks/distort.py`).
 """
 

@@ -4,7 +4,7 @@ Three consumers, one set of rules (README.md, "Guidance composition"):
 - the bake stage (`bake.py`) composes the guidance of every image of a split with
   `GuidanceComposer` and caches it;
 - the training data (`synth/data.py`) opens that cache (`open_guidance`) and builds the distorted
-  ground truth of an image with the same composer (`load_composer`, `distorted_gt`);
+  ground truth of an image with the same composer (`open_composer`, `distorted_gt`);
 - synthesis and serving compose the guidance of a user's own label map (`LabelMapGuidance`),
   segment by segment, so one segment's match can change while the others keep theirs.
 
@@ -48,7 +48,6 @@ if TYPE_CHECKING:
     from ..index.retrieval import RetrievalIndex
     from ..index.search import SearchConfig, SearchResult
 
-CHOICES = ("top1", "sample")
 SEED_MAX = 2**32 - 1  # seeds of the match draws (`_uniform`) and of numpy: 0..2³²−1
 
 
@@ -301,38 +300,44 @@ class GuidanceComposer:
         return palette[classes[seg_map]]
 
 
-def open_composer(work: Path | WorkDir, split: str, size: tuple[int, int], *, mode: str = "clean", k: int = 10,
-                  choose: str = "top1", seed: int = 0, matches_path: Path | None = None) -> GuidanceComposer:
-    """A composer over `split` with the top-k of its matches table (the baked one, or the table at
-    `matches_path`, e.g. a bake's staging copy) and one chosen rank per segment."""
-    comp = GuidanceComposer(work, split, tuple(size), mode)
-    try:
-        matches = pq.read_table(matches_path or comp.work.matches_table(split))
-    except BaseException:
-        comp.close()
-        raise
-    comp.ids, _ = dense_matches(matches, comp.segment_id, k)
-    comp.chosen = choose_ranks(comp.ids, comp.segment_id, choose, seed)
-    return comp
+def open_composer(work: Path | WorkDir, split: str, *, size: tuple[int, int] | None = None, mode: str | None = None,
+                  k: int | None = None, choose: str | None = None, seed: int | None = None,
+                  matches: Path | None = None) -> GuidanceComposer:
+    """A composer over `split` with the top-k of a matches table and one chosen rank per segment.
 
-
-def load_composer(work: Path | WorkDir, split: str, *, size: tuple[int, int] | None = None,
-                  choose: str | None = None, seed: int | None = None) -> GuidanceComposer:
-    """A composer over a baked split, with the bake's matches, choice rule, mode and size
-    (each overridable), all of one snapshot (`work`'s, or one it takes and closes with the
-    composer). Needs `resail guidance bake WORK --split SPLIT` to have run."""
+    What is left None is the bake's: its size (W, H), composition mode, k, choice rule, seed and
+    matches table, all of one snapshot (`work`'s, or one it takes and closes with the composer),
+    which needs `resail guidance bake WORK --split SPLIT` to have run. A caller that gives every
+    parameter and the `matches` table's path (the bake itself, on its staging copy) reads no bake."""
+    given = {"size": size, "mode": mode, "k": k, "choose": choose, "seed": seed}
+    if matches is not None and None not in given.values():
+        return _open_composer(work, split, matches, **given)
     wd = WorkDir(work)
     snap = None if wd.pins(f"guidance-{split}") else wd.snapshot(guidance=(split,))
     try:
         p = (snap or wd).require_guidance(split)["params"]
-        comp = open_composer(snap or wd, split, tuple(size or p["size"]), mode=p["compose_mode"], k=p["k"],
-                             choose=choose or p["choose"], seed=p["seed"] if seed is None else seed)
+        baked = {"size": p["size"], "mode": p["compose_mode"], "k": p["k"], "choose": p["choose"], "seed": p["seed"]}
+        chosen = {n: baked[n] if v is None else v for n, v in given.items()}
+        comp = _open_composer(snap or wd, split, matches, **chosen)
     except BaseException:
         if snap is not None:
             snap.close()
         raise
     if snap is not None:
         comp._snapshot = snap  # closed with the composer
+    return comp
+
+
+def _open_composer(work: Path | WorkDir, split: str, matches: Path | None, *, size: tuple[int, int], mode: str,
+                   k: int, choose: str, seed: int) -> GuidanceComposer:
+    comp = GuidanceComposer(work, split, tuple(size), mode)
+    try:
+        table = pq.read_table(matches or comp.work.matches_table(split))
+    except BaseException:
+        comp.close()
+        raise
+    comp.ids, _ = dense_matches(table, comp.segment_id, k)
+    comp.chosen = choose_ranks(comp.ids, comp.segment_id, choose, seed)
     return comp
 
 
@@ -347,7 +352,7 @@ def open_guidance(work: Path | WorkDir, split: str) -> h5py.File:
 def preview_distort(work: Path, out: Path, *, n: int = 8, seed: int = 0, color_ref: str = "topk",
                     size: tuple[int, int] | None = None) -> Path:
     """A PNG grid, one row per training image: real | distorted ground truth | retrieval guidance."""
-    comp = load_composer(work, "train", size=size)
+    comp = open_composer(work, "train", size=size)
     try:
         rng = np.random.default_rng(seed)
         rows = []

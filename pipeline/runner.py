@@ -53,13 +53,13 @@ from joblib import Parallel, delayed, parallel_config
 from tqdm import tqdm
 
 from ..artifacts import write_json_atomic
-from ..errors import InputError, StageError
+from ..choices import BACKENDS
+from ..errors import ConfigError, InputError, StageError
 from ..threads import init_worker, worker_threads
 
 BACKEND = "loky"
-BACKENDS = ("loky", "dask")
-CONNECT_TIMEOUT_S = 10          # an unreachable --scheduler fails after this long, with one line
-DASK_MISSING = "--backend dask needs dask.distributed, which is not installed: pip install 'resail[dask]'"
+CONNECT_TIMEOUT_S = 10          # an unreachable scheduler fails after this long, with one line
+DASK_MISSING = "the dask backend needs dask.distributed, which is not installed: pip install 'resail[dask]'"
 _session: dict[str, Any] = {"client": None}  # the dask client of the enclosing `parallel_backend`
 
 
@@ -161,10 +161,10 @@ def parallel_backend(backend: str = BACKEND, scheduler: str | None = None, jobs:
     dask: connect to `scheduler` (an address such as tcp://host:8786), or start a local cluster
     of `jobs` worker processes when it is None; both are closed on exit."""
     if backend not in BACKENDS:
-        raise InputError(f"--backend {backend!r}: choose one of {', '.join(BACKENDS)}")
+        raise ConfigError("backend", f"backend {backend!r}: choose one of {', '.join(BACKENDS)}")
     if backend != "dask":
         if scheduler is not None:
-            raise InputError("--scheduler needs --backend dask")
+            raise ConfigError("scheduler", f"scheduler {scheduler}: a scheduler address goes with the dask backend")
         yield
         return
     with _dask_client(scheduler, jobs) as client:
@@ -192,7 +192,7 @@ def _dask_client(scheduler: str | None, jobs: int) -> Iterator[Any]:
         client = Client(scheduler, timeout=CONNECT_TIMEOUT_S)
     except (OSError, TimeoutError, ValueError) as e:
         why = str(e).splitlines()[0] if str(e) else f"{type(e).__name__} after {CONNECT_TIMEOUT_S} s"
-        raise InputError(f"--scheduler {scheduler}: cannot connect to a dask scheduler ({why}); start one with "
+        raise InputError(f"dask scheduler {scheduler}: cannot connect ({why}); start one with "
                          "`dask scheduler` or check the address") from e
     with client:
         yield client
@@ -263,6 +263,6 @@ def run_job(parts: Parts, fn: Callable, args_of: Callable[[int, int], tuple], *,
 
 
 def check_shard(shard: Sequence[int] | None) -> None:
-    """The error every stage gives for a bad `--shard I/N`."""
+    """The error every stage gives for a bad shard (I, N)."""
     if shard is not None and not 0 <= shard[0] < shard[1]:
-        raise InputError(f"--shard {shard[0]}/{shard[1]}: need 0 ≤ I < N")
+        raise ConfigError("shard", f"shard {shard[0]}/{shard[1]}: need 0 ≤ I < N")

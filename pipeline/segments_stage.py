@@ -44,21 +44,21 @@ from ..artifacts import (
     write_json_atomic,
     write_manifest,
 )
+from ..choices import CROP_CODECS, ON_ERROR, SPLITS
 from ..common import sha256_file
-from ..errors import InputError, StageError
+from ..errors import ConfigError, InputError, StageError
 from ..index.descriptors import R_CANONICAL, R_PREFILTER
 from ..workdir import INDEX_LOCK, WorkDir
-from .datasets import SPLITS, ImageRecord, Reader, list_split, make_reader
+from .datasets import ImageRecord, Reader, list_split, make_reader
 from .decompose import DecompositionRules, thing_lut
 from .runner import Parts, check_shard, run_job
-from .store import CROP_CODECS, SegmentStore, encode_segments, merge_parts, write_part
+from .store import SegmentStore, encode_segments, merge_parts, write_part
 
 log = logging.getLogger("resail")
 
 STAGE = "segments"
 PART_IMAGES = 32
 FULL_ADE20K = 20_000  # ADE20K has 20,210 training images; its outdoor subset about half
-ON_ERROR = ("fail", "skip")
 WORK_FILES = ("parts", "state.json")  # the staging folder's resume state, dropped when it replaces the store
 
 
@@ -84,15 +84,15 @@ class SegmentsConfig:
     def __post_init__(self):
         _ = self.rules  # checks preserved_ratio, uncovered_things and max_side
         if self.on_error not in ON_ERROR:
-            raise InputError(f"--on-error must be one of {ON_ERROR}")
+            raise ConfigError("on_error", f"on_error {self.on_error!r}: choose one of {', '.join(ON_ERROR)}")
         check_shard(self.shard)
         bad = [s for s in self.splits if s not in SPLITS]
         if bad or not self.splits:
-            raise InputError(f"--splits {','.join(self.splits)}: choose from {', '.join(SPLITS)}")
+            raise ConfigError("splits", f"splits {','.join(self.splits)}: choose from {', '.join(SPLITS)}")
         if self.crop_max_side < 1:
-            raise InputError("--crop-max-side must be positive")
+            raise ConfigError("crop_max_side", f"crop_max_side {self.crop_max_side} must be positive")
         if self.crop_codec not in CROP_CODECS:
-            raise InputError(f"--crop-codec {self.crop_codec!r}: choose one of {', '.join(CROP_CODECS)}")
+            raise ConfigError("crop_codec", f"crop_codec {self.crop_codec!r}: choose one of {', '.join(CROP_CODECS)}")
 
     @property
     def rules(self) -> DecompositionRules:

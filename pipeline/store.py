@@ -38,6 +38,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..artifacts import atomic_path
+from ..choices import CROP_CODECS
 from ..common import nearest_floor_f64, nearest_torch_legacy
 from ..errors import StageError
 from ..index.descriptors import R_CANONICAL, R_PREFILTER, pack_masks, unpack_masks
@@ -63,7 +64,6 @@ IMAGE_INT = ("height", "width", "n_segments")
 _READ_BLOCK = 65_536  # rows per contiguous read of `SegmentStore.packed_rows`
 SEG_COLUMNS = ("class_id", "is_thing", "y0", "x0", "h", "w", "area", "canon_area", "crop_h", "crop_w",
                "crop_nbytes", "image_row")
-CROP_CODECS = ("jpeg", "raw")
 JPEG_QUALITY = 95
 # 4:4:4 chroma: 4:2:0 would average the black outside into the segment's edge pixels (errors up to
 # ~100 grey levels there on real photos, 2.2 mean) for 22 % fewer bytes; 4:4:4 keeps the edge

@@ -3,7 +3,7 @@
 One scene grammar (`toy_scene.py`) paints every image onto a dataset-free canvas of abstract
 roles and objects; a small per-format writer maps roles to the dataset's native class ids *by
 name* (through the shipped class tables) and encodes objects the way that dataset encodes
-instances (FORMATS.md §5):
+instances (docs/decomposition.md, "Dataset layouts"):
 
 - ade20k:     OUT/ADEChallengeData2016/{images,annotations,annotations_instance}/{training,validation}/
               ADE_{train,val}_%08d.{jpg,png}, objectInfo150.txt, sceneCategories.txt
@@ -41,13 +41,12 @@ from PIL import Image
 from tqdm import tqdm
 
 from ..artifacts import write_bytes_atomic, write_json_atomic
-from ..errors import InputError
-from .labels.classes import TOY_FORMATS, ade20k_instance_mapping, class_table
+from ..choices import SPLITS, TOY_FORMATS, TOY_PRESETS
+from ..errors import ConfigError, InputError
+from .labels.classes import ade20k_instance_mapping, class_table
 from .runner import execute
 from .toy_scene import MAX_WINDOWS, ROLES, Density, compose_scene
 
-FORMATS = TOY_FORMATS
-SPLITS = ("train", "val")
 MANIFEST = "toy_manifest.json"
 
 # role -> class name in (ADE20K short name, Cityscapes label name, COCO-Stuff name).
@@ -88,7 +87,8 @@ ADE_DIRS = {"train": "training", "val": "validation"}
 COCO_FIRST_ID = {"train": 1, "val": 1_000_001}   # disjoint image ids, as in COCO
 JPEG_QUALITY = 90
 # Realistic presets: the real dataset's image size and a density tuned to its instances per image
-# (docs/scale.md). Each sets these ToyConfig fields; --n-train/--n-val stay the caller's.
+# (docs/scale.md), one per name of `choices.TOY_PRESETS`. Each sets these ToyConfig fields; n_train and
+# n_val stay the caller's.
 PRESETS = {
     "ade20k-real": {"fmt": "ade20k", "width": 683, "height": 512, "objects": 1.0, "max_windows": 4},
     "cityscapes-real": {"fmt": "cityscapes", "width": 2048, "height": 1024, "objects": 3.5, "max_windows": 80},
@@ -109,22 +109,23 @@ class ToyConfig:
     n_jobs: int = 1        # parallel image workers; never changes the output
 
     def __post_init__(self) -> None:
-        if self.fmt not in FORMATS:
-            raise InputError(f"toy format {self.fmt!r}: choose one of {', '.join(FORMATS)}")
-        if self.n_train < 1 or self.n_val < 1:
-            raise InputError(f"toy dataset needs at least one image per split (n_train={self.n_train}, "
-                             f"n_val={self.n_val})")
+        if self.fmt not in TOY_FORMATS:
+            raise ConfigError("fmt", f"toy format {self.fmt!r}: choose one of {', '.join(TOY_FORMATS)}")
+        for name in ("n_train", "n_val"):
+            if getattr(self, name) < 1:
+                raise ConfigError(name, f"{name} {getattr(self, name)}: a toy dataset needs at least one image per "
+                                        "split")
         if self.width < 32 or self.height < 32:
-            raise InputError(f"toy image size {self.width}x{self.height} is too small: use at least 32x32")
+            raise ConfigError("size", f"toy image size {self.width}x{self.height} is too small: use at least 32x32")
         if not 0.0 < self.objects <= 10.0 or self.max_windows < 0:
-            raise InputError(f"toy density objects={self.objects}, max_windows={self.max_windows}: "
-                             "need 0 < objects ≤ 10 and max_windows ≥ 0")
+            raise ConfigError("objects", f"toy density objects={self.objects}, max_windows={self.max_windows}: "
+                                         "need 0 < objects ≤ 10 and max_windows ≥ 0")
 
     @classmethod
     def preset(cls, name: str, **overrides) -> ToyConfig:
         """The config of a realistic preset (`PRESETS`), with `overrides` (n_train, n_val, seed, …)."""
-        if name not in PRESETS:
-            raise InputError(f"toy preset {name!r}: choose one of {', '.join(PRESETS)}")
+        if name not in TOY_PRESETS:
+            raise ConfigError("preset", f"toy preset {name!r}: choose one of {', '.join(TOY_PRESETS)}")
         return cls(**{**PRESETS[name], **overrides})
 
     def density(self) -> Density:
@@ -163,7 +164,7 @@ def _coco_annotated() -> set[int]:
 @functools.cache
 def role_spec(fmt: str) -> _Spec:
     """Per-role lookup tables of one format, from class names resolved in the shipped tables."""
-    col = FORMATS.index(fmt)
+    col = TOY_FORMATS.index(fmt)
     table = class_table(fmt)
     native = np.zeros(len(ROLES), np.int32)
     valid = np.zeros(len(ROLES), bool)
@@ -192,8 +193,8 @@ def role_spec(fmt: str) -> _Spec:
 def toy_class_ids(fmt: str = "ade20k") -> tuple[int, ...]:
     """The native class ids (as the format's reader returns them, void 0 first) that the toy
     grammar can put in a label map of format `fmt`: the label table of the `toy` network preset."""
-    if fmt not in FORMATS:
-        raise InputError(f"toy format {fmt!r}: choose one of {', '.join(FORMATS)}")
+    if fmt not in TOY_FORMATS:
+        raise ConfigError("fmt", f"toy format {fmt!r}: choose one of {', '.join(TOY_FORMATS)}")
     spec = role_spec(fmt)
     return tuple(sorted({0} | {int(c) for c in spec.native[spec.extra["valid"]]}))
 

@@ -30,16 +30,16 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import InputError
-from .baselines.authors import baseline_network
+from ..choices import COLOR_REFS
+from ..errors import ConfigError, InputError
+from .baselines.authors import SOURCES, baseline_network
 from .presets import AT_LEAST_1, NETWORK_SCHEMA, NON_NEGATIVE, POSITIVE, NetworkPreset, Range, Schema, get_preset, show
 
 PREPROCESS = ("resize_crop", "fixed")
 AMP = ("auto", "off", "bf16", "fp16")
-COLOR_REFS = ("topk", "class")
 RECIPES = ("resail", "official")
 # Where a run's generator comes from: trained here, or `resail model import --from SOURCE`.
-ORIGINS = ("resail", "spade", "clade", "clade-icpe", "resail-official")
+ORIGINS = ("resail", *SOURCES)
 
 # Training fields of each preset; the network side lives in synth/presets.py.
 TRAIN_PRESETS: dict[str, dict] = {
@@ -179,10 +179,10 @@ def read_toml(path: str | Path) -> dict:
     try:
         data = tomllib.loads(path.read_text())
     except FileNotFoundError:
-        raise InputError(f"--config {path}: no such file") from None
+        raise InputError(f"{path}: no such config file") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise InputError(f"--config {path}: not valid TOML ({e})") from e
-    source = f"--config {path}"
+        raise InputError(f"{path}: not a valid TOML config ({e})") from e
+    source = str(path)
     net = data.pop("network", {})
     if not isinstance(net, dict):
         raise InputError(f"{source}: network = {show(net)}: expected a [network] table")
@@ -229,7 +229,7 @@ def resolve_config(preset: str, *, n_train: int, toml: str | Path | None = None,
     epochs = fields.pop("epochs", None)
     if epochs is not None:  # --epochs N keeps the preset's constant/decay proportion
         if fields.get("steps") is not None:
-            raise InputError("--steps and --epochs: choose one")
+            raise ConfigError("epochs", f"epochs {epochs} with steps {fields['steps']}: choose one")
         fields["niter"], fields["niter_decay"] = split_epochs(
             epochs, fields.get("niter", TrainConfig.niter), fields.get("niter_decay", TrainConfig.niter_decay))
     cfg = TrainConfig(net=net, preset=preset, **fields)
@@ -243,8 +243,8 @@ def resolve_resumed(saved: TrainConfig, *, n_train: int, preset: str | None = No
     now (None values ignored). A given `steps` or `epochs` replaces the saved schedule length;
     the trainer refuses any change outside RESUME_FREE against the checkpoint."""
     if preset is not None and preset != saved.preset:
-        raise InputError(f"--preset {preset}: run {saved.name!r} was trained with preset {saved.preset!r}; "
-                         "leave --preset out to resume it, or start a new run with another --name")
+        raise ConfigError("preset", f"preset {preset}: run {saved.name!r} was trained with preset {saved.preset!r}; "
+                                    "give none to resume it, or start a new run under another name")
     given = {k: v for k, v in (overrides or {}).items() if v is not None}
     net_given = {k: v for k, v in (network or {}).items() if v is not None}
     if toml is not None:
@@ -277,11 +277,11 @@ def _check_recipe(cfg: TrainConfig, notes: list[str]) -> TrainConfig:
     if cfg.recipe != "official":
         return cfg
     if cfg.amp in ("bf16", "fp16"):
-        raise InputError(f"--amp {cfg.amp} with --recipe official: the official run trains in fp32; "
-                         "drop --amp or use --recipe resail")
+        raise ConfigError("amp", f"amp {cfg.amp} with recipe official: the official run trains in fp32; leave amp "
+                                 "unset or use recipe resail")
     if _official_ade20k(cfg.recipe, cfg.preset) and cfg.seg_loss:
-        raise InputError("--seg-loss with --recipe official on ade20k: the official ADE20K run had no "
-                         "segmentation loss; drop --seg-loss or use --recipe resail")
+        raise ConfigError("seg_loss", "seg_loss with recipe official on ade20k: the official ADE20K run had no "
+                                      "segmentation loss; leave it unset or use recipe resail")
     if _official_ade20k(cfg.recipe, cfg.preset) and cfg.segnet is not None:
         notes.append("--segnet unused: the official ADE20K run had no segmentation loss (recipe official)")
         cfg = dataclasses.replace(cfg, segnet=None)
@@ -295,19 +295,19 @@ def _check_and_finish(cfg: TrainConfig, n_train: int, notes: list[str]) -> Train
     cfg = _check_recipe(cfg, notes)
     lw, lh = cfg.load_size
     if cfg.preprocess == "resize_crop" and (lw < net.width or lh < net.height):
-        raise InputError(f"load_size {lw}x{lh} is smaller than the crop {net.width}x{net.height}")
+        raise ConfigError("load_size", f"load_size {lw}x{lh} is smaller than the crop {net.width}x{net.height}")
     if cfg.preprocess == "fixed" and (lw, lh) != (net.width, net.height):
         cfg = dataclasses.replace(cfg, load_size=(net.width, net.height))
     if n_train < cfg.batch_size:
-        raise InputError(f"{n_train} training images are fewer than the batch size {cfg.batch_size}; "
-                         "lower --batch-size")
+        raise ConfigError("batch_size", f"batch_size {cfg.batch_size}: the data has only {n_train} training "
+                                        "images; lower it")
     if cfg.vgg_weights is not None and not cfg.vgg:
-        raise InputError("--vgg-weights with --no-vgg: choose one")
+        raise ConfigError("vgg_weights", f"vgg_weights {cfg.vgg_weights} with the VGG loss off: choose one")
     if not cfg.vgg:
         notes.append("VGG perceptual loss off" + (" (toy preset default)" if cfg.preset.startswith("toy") else ""))
     if cfg.seg_loss and cfg.segnet is None:
-        raise InputError("the segmentation loss needs a trained segmentation network: pass --segnet PATH "
-                         "(from `resail segnet train`) or --no-seg-loss")
+        raise ConfigError("segnet", "the segmentation loss needs a trained segmentation network: give its "
+                                    "checkpoint (from `resail segnet train`) or turn seg_loss off")
     if not cfg.seg_loss and cfg.segnet is not None:
         notes.append("--segnet given but the segmentation loss is off (pass --seg-loss to use it)")
     steps_per_epoch = max(1, n_train // cfg.batch_size)
@@ -318,7 +318,7 @@ def _check_and_finish(cfg: TrainConfig, n_train: int, notes: list[str]) -> Train
         total = (cfg.niter + cfg.niter_decay) * steps_per_epoch
         decay_start = cfg.niter * steps_per_epoch
     if total < 1:
-        raise InputError("the schedule has no steps: raise --epochs or pass --steps")
+        raise ConfigError("epochs", "the schedule has no steps: raise epochs or give steps")
     return dataclasses.replace(cfg, n_train=n_train, total_steps=total, decay_start=decay_start,
                                notes=tuple(cfg.notes) + tuple(notes))
 

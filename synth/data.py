@@ -55,7 +55,7 @@ from ..common import nearest_floor, nearest_pil
 from ..errors import InputError, StageError
 from ..pipeline.datasets import read_index_png, records_for_ids
 from ..pipeline.distort import DistortConfig
-from ..pipeline.guidance import load_composer, open_guidance, resize_area
+from ..pipeline.guidance import open_composer, open_guidance, resize_area
 from ..pipeline.labels.spaces import LabelChannels
 from ..workdir import WorkDir
 from .baselines.icpe import flip_maps, icpe_maps, resize_maps, skip_id
@@ -67,10 +67,6 @@ def count_images(work: str | Path, split: str = "train") -> int:
     """Images in the baked guidance cache of a split (a clear error when it is not baked)."""
     with open_guidance(Path(work), split) as f:
         return int(f["image_id"].shape[0])
-
-
-def segments_params(work: Path) -> dict:
-    return WorkDir(work).require_segments()
 
 
 def data_class_ids(work: Path, split: str) -> dict[int, str] | None:
@@ -120,7 +116,7 @@ def check_label_table(channels: LabelChannels, work: Path, splits: tuple[str, ..
     bad = channels.missing(present)
     if not bad:
         return
-    classes = segments_params(work).get("classes", {})
+    classes = WorkDir(work).require_segments().get("classes", {})
     names = dict(zip(classes.get("ids", []), classes.get("names", [])))
     split, image_id = present[bad[0]]
     needed = sorted({0} | set(present).union(*((data_class_ids(work, s) or {}) for s in ("train", "val"))))
@@ -224,8 +220,7 @@ class SynthDataset(Dataset):
         self.label_resize = label_resize(cfg)
         self.distort_cfg = DistortConfig(p_color=cfg.p_color, p_resolution=cfg.p_resolution, p_shape=cfg.p_shape)
 
-        seg = segments_params(self.work)
-        params = seg["params"]
+        params = self.work.require_segments()["params"]
         self.dataset = params["dataset"]
         self.channels = LabelChannels.of(cfg.net)
         check_label_table(self.channels, self.work, (split,))
@@ -267,7 +262,7 @@ class SynthDataset(Dataset):
         if self._cache is None and self.with_guidance:
             self._cache = open_guidance(self.work, self.split)
         if self._composer is None and self.with_distorted:
-            self._composer = load_composer(self.work, self.split, size=self.size)
+            self._composer = open_composer(self.work, self.split, size=self.size)
 
     def __getitem__(self, key) -> dict:
         epoch, index = key if isinstance(key, tuple) else (0, key)

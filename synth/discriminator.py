@@ -16,9 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .init import init_weights
 from .norms import spectral_norm
 from .presets import NetworkPreset
+from .weight_init import init_weights
 
 KERNEL, PAD = 4, 2  # pad = ceil((4 - 1) / 2) as in pix2pixHD/SPADE
 

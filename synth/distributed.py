@@ -17,7 +17,8 @@ same step and rank 0 writes one consistent checkpoint. Data-loader workers ignor
 killed mid-batch would make the main process fail instead of stopping. They also take the thread
 policy's per-worker count (`init_loader_worker`, threads.py).
 
-`resolve_device` is the one place where `--device auto` becomes a device, for every command.
+`resolve_device` is the one place where a device name (`auto`, `cpu`, `cuda:N`) becomes a device, for
+every command.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..errors import InputError
+from ..errors import ConfigError, InputError
 from ..threads import init_worker
 
 
@@ -50,21 +51,26 @@ class Dist:
 
 def _parse_device(name: str) -> torch.device:
     try:
-        return torch.device(name)
+        device = torch.device(name)
     except RuntimeError:
-        raise InputError(f"--device {name!r}: not a torch device; use auto, cpu, cuda or cuda:N") from None
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise ConfigError("device", f"device {name!r}: not a torch device; use auto, cpu, cuda or cuda:N")
+    return device
 
 
 def resolve_device(name: str = "auto", local_rank: int = 0) -> torch.device:
     """`auto` → this process's GPU when CUDA is available, else the CPU; `cuda` without an index →
-    this process's GPU (torchrun's LOCAL_RANK); an explicit CUDA device without CUDA is an error."""
+    this process's GPU (torchrun's LOCAL_RANK); a CUDA device this machine does not have is an error."""
     if name == "auto":
         return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
     device = _parse_device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
+        raise InputError(f"device {name}: CUDA is not available on this machine; use cpu")
     if device.type == "cuda" and device.index is None:
         device = torch.device(f"cuda:{local_rank}")
+    if device.type == "cuda" and device.index >= torch.cuda.device_count():
+        raise InputError(f"device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     return device
 
 

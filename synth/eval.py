@@ -73,8 +73,9 @@ from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
 from ..artifacts import atomic_path, fingerprint, write_bytes_atomic, write_json_atomic, write_png_atomic
+from ..choices import SEGMENTERS, SPLITS, UPERNET_SCALES
 from ..common import sha256_file
-from ..errors import InputError
+from ..errors import ConfigError, InputError
 from ..pipeline.labels.classes import palette_lut
 from ..pipeline.labels.spaces import ADE20K, IdSpace, LabelChannels, eval_id_space
 from ..threads import init_worker
@@ -91,8 +92,7 @@ log = logging.getLogger(__name__)
 PROTOCOL_VERSION = 1
 FID_STATS = "fid_stats"   # WORK/eval/fid_stats/: cached real-image statistics, shared by every run
 IMAGE_FORMAT = "PNG, 8-bit RGB, lossless (never JPEG): every metric sees exactly the saved pixels"
-UPERNET_SCALES = ("multi", "single")
-PUBLISHED_FOR = {"drn-d-105": "cityscapes", "upernet-r101": "ade20k", "deeplabv2-r101": "cocostuff"}
+PUBLISHED_FOR = dict(zip(SEGMENTERS, ("cityscapes", "ade20k", "cocostuff")))  # the dataset each was trained on
 
 
 # ---------------------------------------------------------------- the stage
@@ -119,22 +119,27 @@ class EvalConfig:
     workers: int = 0
 
     def __post_init__(self):
-        if self.split not in ("train", "val"):
-            raise InputError(f"--split {self.split!r}: choose train or val")
+        if self.split not in SPLITS:
+            raise ConfigError("split", f"split {self.split!r}: choose one of {', '.join(SPLITS)}")
         if self.batch_size < 1:
-            raise InputError(f"--batch-size {self.batch_size}: must be at least 1")
+            raise ConfigError("batch_size", f"batch_size {self.batch_size}: must be at least 1")
         if self.limit is not None and self.limit < 1:
-            raise InputError(f"--limit {self.limit}: must be at least 1")
+            raise ConfigError("limit", f"limit {self.limit}: must be at least 1")
         if self.kid and not self.fid:
             object.__setattr__(self, "kid", False)  # KID reuses the Inception features
         if self.upernet_scales not in UPERNET_SCALES:
-            raise InputError(f"--upernet-scales {self.upernet_scales!r}: choose multi or single")
+            raise ConfigError("upernet_scales", f"upernet_scales {self.upernet_scales!r}: choose one of "
+                                                f"{', '.join(UPERNET_SCALES)}")
         if self.segmenter is None:
             if self.segmenter_weights:
-                raise InputError("--segmenter-weights without --segmenter: name the segmenter they belong to")
+                raise ConfigError("segmenter_weights", "segmenter weights without a segmenter: name the segmenter "
+                                                       "they belong to")
+        elif not self.segmenter.startswith("torchscript:") and self.segmenter not in SEGMENTERS:
+            raise ConfigError("segmenter", f"segmenter {self.segmenter!r}: choose one of {', '.join(SEGMENTERS)} "
+                                           "or torchscript:PATH")
         elif self.segnet is not None or not self.seg:
-            raise InputError(f"--segmenter {self.segmenter} scores the images instead of the segmentation network: "
-                             f"pass it without {'--segnet' if self.seg else '--no-seg'}")
+            raise ConfigError("segmenter", f"segmenter {self.segmenter} scores the images instead of the "
+                                           f"segmentation network: {'give no segnet' if self.seg else 'leave seg on'}")
         object.__setattr__(self, "segmenter_weights", tuple(Path(w) for w in self.segmenter_weights))
 
     def to_dict(self) -> dict:
@@ -149,7 +154,7 @@ def find_segnet(work: Path, preset: str, dataset: str, path: Path | None) -> Pat
     dataset's preset; None when there is none."""
     if path is not None:
         if not Path(path).is_file():
-            raise InputError(f"--segnet {path}: no such file")
+            raise InputError(f"{path}: no such segmentation network file")
         return Path(path)
     wd = WorkDir(work)
     for name in dict.fromkeys([preset, DATASET_PRESET.get(dataset)]):
@@ -158,7 +163,7 @@ def find_segnet(work: Path, preset: str, dataset: str, path: Path | None) -> Pat
     return None
 
 
-class Segmenter:
+class SegnetScorer:
     """A SegNet restricted to the evaluated classes; accumulates one confusion matrix per source
     ("generated", "real") in the segmenter's channel space.
 
@@ -197,7 +202,7 @@ class Segmenter:
 
 class SegmenterScorer:
     """A classic segmenter (synth/segmenters: the published three, or `torchscript:PATH`) scoring
-    images in its id space; accumulates one confusion matrix per source like `Segmenter`.
+    images in its id space; accumulates one confusion matrix per source like `SegnetScorer`.
 
     `labels` is the label table of the label maps handed to `add` (the generator's); they go to
     native ids, then into `space` (−1 = ignored). Matrix position p < K is `space.ids[p]`; position
@@ -247,7 +252,7 @@ class _Scorers:
     inception: torch.nn.Module | None = None
     weights: Path | None = None
     weights_sha: str | None = None
-    segmenter: Segmenter | SegmenterScorer | None = None
+    segmenter: SegnetScorer | SegmenterScorer | None = None
     segnet_path: Path | None = None
     seg_protocol: dict | None = None
     class_ids: list[int] | None = None
@@ -264,7 +269,7 @@ def _load_classic(cfg: EvalConfig, run: LoadedRun, sc: _Scorers) -> _Scorers:
 
     made_for = PUBLISHED_FOR.get(cfg.segmenter)
     if made_for is not None and made_for != _family(run.dataset):
-        raise InputError(f"--segmenter {cfg.segmenter} segments {made_for}, but run {run.name!r} is of "
+        raise InputError(f"segmenter {cfg.segmenter} segments {made_for}, but run {run.name!r} is of "
                          f"{run.dataset}; use " + ", ".join(f"{n} for {d}" for n, d in PUBLISHED_FOR.items())
                          + ", or torchscript:PATH (predicting the dataset's evaluation ids)")
     seg = load_segmenter(cfg.segmenter, cfg.segmenter_weights, run.device, upernet_scales=cfg.upernet_scales)
@@ -297,9 +302,9 @@ def _load_scorers(cfg: EvalConfig, run: LoadedRun) -> _Scorers:
                       fix=f"use a segmentation network of this dataset (--segnet, or `resail segnet train {work}`)")
     k, (W, H) = 2 ** segnet.depth, run.size
     if W % k or H % k:
-        raise InputError(f"--segnet {sc.segnet_path}: needs image sides divisible by {k}, the model makes "
-                         f"{W}x{H}; pass a segmentation network of fewer levels or --no-seg")
-    sc.segmenter = Segmenter(segnet, run.channels, run.class_ids, device)
+        raise InputError(f"{sc.segnet_path}: the segmentation network needs image sides divisible by {k}, the "
+                         f"model makes {W}x{H}; pass a segmentation network of fewer levels or --no-seg")
+    sc.segmenter = SegnetScorer(segnet, run.channels, run.class_ids, device)
     sc.class_ids, sc.names = run.class_ids, run.names
     sc.seg_protocol = {"segmenter": "segnet", "checkpoint": str(sc.segnet_path),
                        "weights": [{"file": sc.segnet_path.name, "sha256": sha256_file(sc.segnet_path)}],

@@ -21,9 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .init import init_weights
 from .norms import make_norm, resize_guidance, resize_label_map, spectral_norm
 from .presets import UPSAMPLING, NetworkPreset
+from .weight_init import init_weights
 
 
 class ResBlock(nn.Module):

@@ -7,7 +7,7 @@ a picture with a trained run:
   the work dir's segment manifest              → dataset, class ids, names, thing flags
   the run's config                             → its label table (`LabelChannels`); with the
                                                  class table, the run's `Vocabulary` (labels/)
-  the guidance bake's manifest (val, else train) → search and composition settings
+  the guidance bake's manifest (val, else train) → its parameters (`bake`): K', max score, composition
 
 and then does the jobs the three commands had each written for themselves:
 
@@ -39,9 +39,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..choices import SPLITS
 from ..pipeline.labels.spaces import LabelChannels
 from ..pipeline.labels.vocabulary import Vocabulary
-from ..workdir import SPLITS, WorkDir
+from ..workdir import WorkDir
 from .baselines.extras import NoGuidance, image_extras
 from .checkpoint import find_snapshot, load_snapshot
 from .config import TrainConfig
@@ -50,25 +51,15 @@ from .distributed import resolve_device
 from .generator import Generator
 
 
-@dataclass(frozen=True)
-class SearchSettings:
-    """Retrieval and composition settings for label maps outside the store."""
-
-    k_prefilter: int = 256
-    max_score: float | None = None
-    mode: str = "clean"
-
-
-def search_settings(work: str | Path) -> SearchSettings:
-    """The settings of the guidance bake (val, else train), so that a user's label map gets
-    guidance built like the guidance the run was trained and evaluated with."""
+def bake_params(work: str | Path) -> dict:
+    """The parameters of the guidance bake (val, else train; {} when neither is baked), so that a
+    user's label map gets guidance built like the guidance the run was trained and evaluated with."""
     wd = WorkDir(work)
     for split in reversed(SPLITS):
         m = wd.guidance_manifest(split)
         if m is not None:
-            p = m["params"]
-            return SearchSettings(p.get("k_prefilter", 256), p.get("max_score"), p.get("compose_mode", "clean"))
-    return SearchSettings()
+            return m["params"]
+    return {}
 
 
 @dataclass
@@ -83,7 +74,7 @@ class LoadedRun:
     config: TrainConfig
     device: torch.device
     labels: Vocabulary                # the work dir's class table and the run's label table
-    search: SearchSettings
+    bake: dict                        # the guidance bake's parameters (`bake_params`)
     _index: object = field(default=None, repr=False)
 
     @classmethod
@@ -98,7 +89,7 @@ class LoadedRun:
         wd.check_run_lineage(run)  # a warning when the run was trained on another segment store
         labels = Vocabulary.of_store(manifest, LabelChannels.of(snap.config.net), f"run {run!r}")
         return cls(work=wd, name=run, snapshot=snap.path, step=snap.step, G=snap.G_ema, config=snap.config,
-                   device=device, labels=labels, search=search_settings(wd.root))
+                   device=device, labels=labels, bake=bake_params(wd.root))
 
     @property
     def size(self) -> tuple[int, int]:
@@ -160,13 +151,12 @@ class LoadedRun:
         from ..index.search import SearchConfig
         from ..pipeline.guidance import LabelMapGuidance, query_label_map
 
-        s = self.search
+        baked = {name: self.bake[name] for name in ("k_prefilter", "max_score") if name in self.bake}
         index = self.open_index()
-        found = query_label_map(index, label_map, instance_map,
-                                SearchConfig(k=k, k_prefilter=s.k_prefilter, max_score=s.max_score), where=where)
+        found = query_label_map(index, label_map, instance_map, SearchConfig(k=k, **baked), where=where)
         # the crops come from the store version the index was built on (the index's snapshot)
         return LabelMapGuidance(index.work, found.segments, found.result, found.label_hw, size=self.size,
-                                mode=s.mode, seed=seed, where=where)
+                                mode=self.bake.get("compose_mode", "clean"), seed=seed, where=where)
 
     # ---------------------------------------------------------------- G
 

@@ -272,6 +272,7 @@ PRESETS: dict[str, NetworkPreset] = {
                       ndf=16, n_layers_D=3, segnet_channels=(16, 16, 32, 32, 64, 64), label_ids=TOY_LABEL_IDS),
     )
 }
+DEMO_PRESETS = ("toy64", "toy")  # small enough for `resail demo` to train on a CPU in minutes
 
 
 def get_preset(name: str, **overrides) -> NetworkPreset:

@@ -32,11 +32,11 @@ from tqdm.auto import tqdm
 from ..errors import InputError
 from ..pipeline.labels.spaces import LabelChannels
 from .checkpoint import read_segnet_checkpoint, save_segnet_checkpoint
-from .init import init_weights
 from .losses import balanced_cross_entropy
 from .metrics import argmax_over, confusion_matrix, segmentation_scores
 from .norms import spectral_norm
 from .presets import NetworkPreset
+from .weight_init import init_weights
 
 log = logging.getLogger(__name__)
 
@@ -209,8 +209,8 @@ def _cycle(batches: Iterable) -> Iterator:
             raise InputError("segnet training: the batch source yielded no batches")
 
 
-def save_checkpoint(path: str | Path, segnet: SegNet, optimizer: torch.optim.Optimizer | None, step: int,
-                    train_config: SegnetTrainConfig, metrics: dict | None = None) -> None:
+def save_segnet(path: str | Path, segnet: SegNet, optimizer: torch.optim.Optimizer | None, step: int,
+                train_config: SegnetTrainConfig, metrics: dict | None = None) -> None:
     """Atomic: written to a temp file beside `path`, then moved into place (format: synth/checkpoint.py)."""
     save_segnet_checkpoint(path, config=segnet.config(), train_config=train_config.to_dict(), step=step,
                            state_dict=segnet.state_dict(), metrics=metrics,
@@ -281,7 +281,7 @@ def train_segnet(segnet: SegNet, batches: Iterable, config: SegnetTrainConfig = 
             loss_value = float(loss.detach())
             bar.set_postfix(loss=f"{loss_value:.4f}")
         if checkpoint is not None and step % config.checkpoint_every == 0 and step < config.steps:
-            save_checkpoint(checkpoint, segnet, opt, step, config)
+            save_segnet(checkpoint, segnet, opt, step, config)
     bar.close()
 
     result = {"steps": step, "loss": loss_value, "seconds": time.perf_counter() - t0}
@@ -290,5 +290,5 @@ def train_segnet(segnet: SegNet, batches: Iterable, config: SegnetTrainConfig = 
         log.info("segnet: val mIoU %.4f, pixel accuracy %.4f over %d pixels",
                  result["val"]["miou"], result["val"]["pixel_acc"], result["val"]["n_pixels"])
     if checkpoint is not None:
-        save_checkpoint(checkpoint, segnet, opt, step, config, metrics=result.get("val"))
+        save_segnet(checkpoint, segnet, opt, step, config, metrics=result.get("val"))
     return result

@@ -48,9 +48,10 @@ import numpy as np
 from PIL import Image
 
 from ..artifacts import encode_png
-from ..errors import InputError, ResailError, StageError
+from ..choices import LABEL_FORMATS
+from ..errors import ConfigError, InputError, ResailError, StageError
 from ..pipeline.guidance import SEED_MAX
-from ..pipeline.labels.files import LABEL_FORMATS, MAX_SIDE, LabelMapFile, LabelSizeError, aspect_note
+from ..pipeline.labels.files import MAX_SIDE, LabelMapFile, LabelSizeError, aspect_note
 from ..pipeline.store import SegmentStore
 from .inference import LoadedRun
 from .synthesize import Synthesis
@@ -92,11 +93,11 @@ class ServeConfig:
 
     def __post_init__(self):
         if self.k < 1:
-            raise InputError(f"--k {self.k}: must be at least 1")
+            raise ConfigError("k", f"k {self.k}: must be at least 1")
         if not 1 <= self.port <= 65535:
-            raise InputError(f"--port {self.port}: choose 1..65535")
+            raise ConfigError("port", f"port {self.port}: choose 1..65535")
         if self.max_sessions < 1:
-            raise InputError(f"--max-sessions {self.max_sessions}: must be at least 1")
+            raise ConfigError("max_sessions", f"max_sessions {self.max_sessions}: must be at least 1")
 
 
 @dataclass

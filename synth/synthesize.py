@@ -44,8 +44,9 @@ from pathlib import Path
 import numpy as np
 
 from ..artifacts import write_png_atomic
-from ..errors import InputError
-from ..pipeline.labels.files import LABEL_FORMATS, LABEL_OUT_FORMATS, aspect_note, read_instance_map
+from ..choices import LABEL_FORMATS, LABEL_OUT_FORMATS
+from ..errors import ConfigError, InputError
+from ..pipeline.labels.files import aspect_note, read_instance_map
 from .inference import LoadedRun
 
 log = logging.getLogger(__name__)
@@ -71,14 +72,16 @@ class SynthesizeConfig:
 
     def __post_init__(self):
         if self.k < 1:
-            raise InputError(f"--k {self.k}: must be at least 1")
+            raise ConfigError("k", f"k {self.k}: must be at least 1")
         if self.label_format not in LABEL_FORMATS:
-            raise InputError(f"--label-format {self.label_format!r}: choose one of {', '.join(LABEL_FORMATS)}")
+            raise ConfigError("label_format", f"label format {self.label_format!r}: choose one of "
+                                              f"{', '.join(LABEL_FORMATS)}")
         if self.label_out_format not in LABEL_OUT_FORMATS:
-            raise InputError(f"--label-out-format {self.label_out_format!r}: choose one of "
-                             f"{', '.join(LABEL_OUT_FORMATS)}")
+            raise ConfigError("label_out_format", f"label output format {self.label_out_format!r}: choose one of "
+                                                  f"{', '.join(LABEL_OUT_FORMATS)}")
         if self.resample_seed is not None and not self.resample:
-            raise InputError("--resample-seed without --resample: name the segments to draw again")
+            raise ConfigError("resample_seed", "a resample seed without segments to resample: name the segments "
+                                               "to draw again")
 
 
 @dataclass

@@ -273,12 +273,6 @@ class ResailTrainer:
 # ---------------------------------------------------------------- checkpoints
 
 
-def save_checkpoint(run_dir: Path, trainer: ResailTrainer, step: int, keep: int) -> Path:
-    """Write snapshot + full state for `step`, then drop all but the newest `keep` of each."""
-    return save_run_checkpoint(run_dir, step, trainer.cfg.to_dict(), trainer.G_ema.state_dict(),
-                               {"rng": rng_state(), **trainer.state_dict()}, keep)
-
-
 def resume_config(cfg: TrainConfig, saved: TrainConfig, step: int, path: Path) -> TrainConfig:
     """`cfg` for continuing the checkpoint at `path` (config `saved`, at `step`). Changes to the
     model or the data are refused; a new schedule length is appended to `history`."""
@@ -541,7 +535,8 @@ def train(cfg: TrainConfig, work: str | Path, *, resume: bool = False, progress:
             if outputs is not None and (step % cfg.sample_every == 0 or step == end):
                 outputs.sample(trainer, step)
             if d.rank0 and (step % cfg.checkpoint_every == 0 or step == end or stopped):
-                save_checkpoint(run_dir, trainer, step, cfg.keep_checkpoints)
+                save_run_checkpoint(run_dir, step, cfg.to_dict(), trainer.G_ema.state_dict(),
+                                    {"rng": rng_state(), **trainer.state_dict()}, cfg.keep_checkpoints)
             if stopped:
                 if d.rank0:
                     log.info("%s: stopped at step %d of %d; checkpoint written, continue with --resume",

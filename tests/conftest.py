@@ -4,10 +4,14 @@ The session-scoped work dirs are built once and shared read-only: a test that wr
 takes a private copy (`builders.work.copy_work`) first.
 """
 
+from pathlib import Path
+
 import pytest
 import torch
 
+from builders.checks import small_baked_work
 from builders.runs import TinyRun, serve_work, tiny_run
+from builders.work import copy_work
 
 
 @pytest.fixture(scope="module")
@@ -29,3 +33,15 @@ def shared_tiny_run(tmp_path_factory) -> TinyRun:
 def shared_serve_work(tmp_path_factory):
     """(work, first val label map): the tiny run `resail serve` tests read; read-only."""
     return serve_work(tmp_path_factory.mktemp("serve_work"))
+
+
+@pytest.fixture(scope="session")
+def shared_baked(tmp_path_factory) -> Path:
+    """A small toy work dir, both splits baked (`builders.checks.small_baked_work`); read-only."""
+    return small_baked_work(tmp_path_factory.mktemp("baked"))
+
+
+@pytest.fixture
+def baked_copy(shared_baked, tmp_path) -> Path:
+    """A private copy of `shared_baked` (same mtimes, so its manifests still hold), for a test that writes."""
+    return copy_work(shared_baked, tmp_path / "work")

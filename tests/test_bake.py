@@ -1,25 +1,33 @@
-"""The bake stage end to end on a tiny toy work dir: matches table, cache, previews, choice, editing, errors."""
+"""The bake stage end to end on a tiny toy work dir: matches table, cache, previews, choice, editing, errors;
+guidance of a rebuilt store or index refused by every consumer; re-bakes interrupted, killed or on a full
+disk that keep the previous bake whole; a changed parameter that asks for --rebuild; one writer per split
+and shard jobs that share it; a truncated cache baked again. The composer it uses: test_guidance.py."""
 
+
+import errno
+import shutil
+import subprocess
+import sys
 
 import h5py
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from builders.checks import SIDE, edit_one_label, held_elsewhere, one_error_line, rebuild_store, small_baked_work
 from builders.work import toy_work
-from resail.errors import InputError, StageError
-from resail.index.retrieval import RetrievalIndex
-from resail.index.search import SearchConfig
+from resail import lifecycle
+from resail.artifacts import atomic_path
+from resail.cli import main
+from resail.errors import BusyError, ConfigError, DiskFullError, StageError
+from resail.index.build import build_index
 from resail.pipeline import bake as bake_mod
 from resail.pipeline.bake import BakeConfig, bake
 from resail.pipeline.guidance import (
     GuidanceComposer,
-    LabelMapGuidance,
     choose_ranks,
     dense_matches,
-    load_composer,
-    preview_distort,
-    query_label_map,
+    open_composer,
 )
 from resail.pipeline.store import SegmentStore
 from resail.workdir import WorkDir
@@ -52,7 +60,7 @@ def test_bake_val_writes_contract_tables_cache_and_previews(work):
         assert f["guidance"][...].max() > 0
         # lossless, one image per chunk: every image reads back as composed
         assert f["guidance"].compression == "gzip" and f["guidance"].chunks == (1, SIZE[1], SIZE[0], 3)
-        comp = load_composer(work, "val")
+        comp = open_composer(work, "val")
         try:
             for i, row in enumerate(comp.ok_images()):
                 assert np.array_equal(f["guidance"][i], comp.compose(int(row)))
@@ -83,20 +91,6 @@ def test_unchanged_bake_is_skipped_and_changed_parameter_needs_rebuild(work):
     assert other["params"]["compose_mode"] == "official"
     assert WorkDir(work).require_guidance("val")["fingerprint"] == other["fingerprint"]
     bake(BakeConfig(work, "val", k=5, size=SIZE, n_preview=2, rebuild=True))  # back to the bake the others read
-
-
-def test_sample_choice_is_reproducible_and_varies_with_seed():
-    ids = np.arange(60).reshape(20, 3)
-    ids[0] = -1
-    ids[1, 1:] = -1
-    sid = np.arange(100, 120)
-    a = choose_ranks(ids, sid, "sample", seed=1)
-    assert np.array_equal(a, choose_ranks(ids, sid, "sample", seed=1))
-    assert not np.array_equal(a, choose_ranks(ids, sid, "sample", seed=2))
-    assert a[0] == -1 and a[1] == 0 and ((a[2:] >= 0) & (a[2:] < 3)).all()
-    assert (choose_ranks(ids, sid, "top1", seed=0)[1:] == 0).all()
-    # per-segment draws: the same segment gets the same rank whatever batch it is in
-    assert np.array_equal(choose_ranks(ids[5:], sid[5:], "sample", 1), a[5:])
 
 
 def test_local_edit_changes_only_the_chosen_segment(work):
@@ -152,10 +146,12 @@ def test_interrupted_bake_resumes_to_the_same_cache(work, monkeypatch):
 
 
 def test_bad_input(work, tmp_path):
-    with pytest.raises(InputError, match="--k"):
+    with pytest.raises(ConfigError, match="k 0: must be at least 1") as e:
         BakeConfig(work, "val", k=0)
-    with pytest.raises(InputError, match="--k"):
+    assert e.value.name == "k"
+    with pytest.raises(ConfigError, match="k_prefilter 256 must be at least k 300") as e:
         BakeConfig(work, "val", k=300)
+    assert e.value.name == "k_prefilter"
     with pytest.raises(StageError, match="resail index build"):
         bake(BakeConfig(tmp_path, "val"))
     only_segments = tmp_path / "w"
@@ -172,81 +168,6 @@ def test_bad_input(work, tmp_path):
     (no_val / "index").symlink_to(work / "index")
     with pytest.raises(StageError, match="val.h5: missing.*index build"):
         bake(BakeConfig(no_val, "val"))
-
-
-def test_distorted_gt_is_seeded_and_composed_like_guidance(work, tmp_path):
-    bake(BakeConfig(work, "train", k=3, size=SIZE, n_preview=0))
-    comp = load_composer(work, "train")
-    try:
-        row = int(comp.ok_images()[0])
-        a = comp.distorted_gt(row, np.random.default_rng(5))
-        b = comp.distorted_gt(row, np.random.default_rng(5))
-        c = comp.distorted_gt(row, np.random.default_rng(6))
-        assert a.shape == (SIZE[1], SIZE[0], 3) and np.array_equal(a, b) and not np.array_equal(a, c)
-        seg_map, rows, _ = comp.segment_map(row)
-        stuff_only = np.isin(seg_map, [i for i, r in enumerate(rows) if not comp.is_thing[r]])
-        assert a[stuff_only].any()  # stuff keeps (distorted) content inside its own masks
-        cls = comp.distorted_gt(row, np.random.default_rng(5), color_ref="class")
-        assert cls.shape == a.shape
-        # The cached colour-reference statistics are those of the reference crop itself.
-        from resail.pipeline.color_transfer import lab_stats
-
-        for seg_row in rows[:6]:
-            for u in (0.0, 0.37, 0.999):
-                for how in ("topk", "class"):
-                    crop = comp.color_reference(int(seg_row), u, how)
-                    stats = comp.color_reference_stats(int(seg_row), u, how)
-                    if crop is None:
-                        assert stats is None
-                        continue
-                    expected = lab_stats(*crop)
-                    assert np.array_equal(stats.mean, expected.mean) and np.array_equal(stats.std, expected.std)
-    finally:
-        comp.close()
-    out = preview_distort(work, tmp_path / "grid.png", n=2)
-    import cv2
-    grid = cv2.imread(str(out))
-    assert grid.shape == (2 * SIZE[1], 3 * SIZE[0], 3)
-
-
-def test_label_map_guidance_and_local_resample(work):
-    from resail.pipeline.datasets import make_reader
-
-    seg = WorkDir(work).require_segments()
-    reader = make_reader("ade20k", seg["params"]["root"])
-    sample = reader.load(reader.records("val")[0])
-    found = query_label_map(RetrievalIndex(work), sample.label_map, cfg=SearchConfig(k=5))
-    g = LabelMapGuidance(work, found.segments, found.result, sample.label_map.shape, size=SIZE)
-    try:
-        first = g.compose()
-        assert first.shape == (SIZE[1], SIZE[0], 3) and first.any()
-        assert np.array_equal(first, g.compose())
-        lm = g.label_map_at_size()
-        assert lm.shape == (SIZE[1], SIZE[0]) and set(np.unique(lm)) <= set(np.unique(sample.label_map)) | {0}
-        # resample the largest segment that has several candidates: only its pixels may change
-        multi = [i for i in range(len(g.segments)) if (g.ids[i] >= 0).sum() > 1]
-        i = max(multi, key=lambda i: (g.segment_map == i).sum())
-        for seed in range(20):
-            before = g.chosen.copy()
-            g.resample([i], seed)
-            if g.chosen[i] != before[i]:
-                break
-        assert g.chosen[i] != before[i]
-        assert np.array_equal(np.delete(g.chosen, i), np.delete(before, i))
-        after = g.compose()
-        changed = np.any(after != first, axis=2)
-        if not g.is_thing[i]:
-            assert not changed[g.segment_map != i].any()
-    finally:
-        g.close()
-
-
-def test_label_map_guidance_refuses_a_map_without_segments(work):
-    index = RetrievalIndex(work)
-    void = np.zeros((40, 50), np.int32)
-    empty = query_label_map(index, void)
-    with pytest.raises(InputError, match="my map: no segment"):
-        LabelMapGuidance(work, empty.segments, empty.result, void.shape, size=SIZE, where="my map")
 
 
 def test_shards_merge_like_one_run(work, monkeypatch):
@@ -282,3 +203,186 @@ def test_shards_merge_like_one_run(work, monkeypatch):
     with h5py.File(wd.guidance_h5("train")) as f:
         assert np.array_equal(f["guidance"][...], reference[0]) and f["image_id"][...].tolist() == reference[1]
     assert not wd.guidance_parts("train").exists()
+
+
+def test_guidance_of_a_rebuilt_store_is_refused_by_every_consumer(tmp_path, capsys, caplog):
+    base = tmp_path / "w"
+    work = small_baked_work(base)
+    wd = WorkDir(work)
+    wd.claim_run("r", resuming=False).release()  # what `resail train --name r` records
+    edit_one_label(base / "toy")
+    rebuild_store(work)  # "dataset files changed; rebuilding": segments and index are new
+    with caplog.at_level("WARNING", "resail"):
+        wd.check_run_lineage("r")  # eval, synthesize and serve with run r
+    assert "run 'r' was trained on another segment store" in caplog.text
+    for split in ("train", "val"):
+        with pytest.raises(StageError, match=rf"{split} guidance was baked from another segment store.*"
+                                             rf"resail guidance bake {work} --split {split}"):
+            wd.require_guidance(split)
+    with pytest.raises(StageError, match="guidance bake"):
+        open_composer(work, "train")  # the trainer's and eval's data, preview-distort
+    assert main(["guidance", "preview-distort", str(work), "--out", str(tmp_path / "p.png")]) == 1
+    assert "rerun `resail guidance bake" in one_error_line(capsys)
+    assert main(["train", str(work), "--preset", "toy", "--dry-run"]) == 1
+    assert "rerun `resail guidance bake" in one_error_line(capsys)
+    # the bake itself sees the new store and bakes again, without --rebuild
+    m = bake(BakeConfig(work, "train", k=5, size=(SIDE, SIDE), n_preview=0))
+    assert wd.require_guidance("train")["fingerprint"] == m["fingerprint"]
+    assert m["upstream"] == {"segments": wd.require_segments()["fingerprint"], "index": wd.require_index()["fingerprint"]}
+
+
+def test_a_rebuilt_index_alone_makes_the_guidance_stale(baked_copy):
+    work = baked_copy
+    build_index(work, progress=False, rebuild=True)
+    with pytest.raises(StageError, match="another segment store or index"):
+        WorkDir(work).require_guidance("train")
+
+
+def test_an_interrupted_rebake_leaves_the_previous_bake_whole(baked_copy, monkeypatch):
+    work = baked_copy
+    wd = WorkDir(work)
+    before = {p: p.read_bytes() for p in (wd.matches_table("val"), wd.guidance_h5("val"))}
+
+    def killed(*args):
+        raise KeyboardInterrupt  # SIGINT/SIGTERM while composing, after the new matches were written
+
+    monkeypatch.setattr(bake_mod, "_bake_part", killed)
+    with pytest.raises(KeyboardInterrupt):
+        bake(BakeConfig(work, "val", k=3, size=(SIDE, SIDE), n_preview=0, rebuild=True))
+    assert wd.matches_table("val", wd.guidance_staging("val")).exists()  # the new matches wait in staging
+    assert {p: p.read_bytes() for p in before} == before
+    m = wd.require_guidance("val")
+    assert m["params"]["k"] == 5 and pq.read_table(wd.matches_table("val"))["rank"].to_numpy().max() == 4
+    # the next plain bake is up to date (the bake it reports is whole); the rebuild resumes and commits
+    assert bake(BakeConfig(work, "val", k=5, size=(SIDE, SIDE), n_preview=0))["fingerprint"] == m["fingerprint"]
+    monkeypatch.undo()
+    m3 = bake(BakeConfig(work, "val", k=3, size=(SIDE, SIDE), n_preview=0, rebuild=True))
+    assert wd.require_guidance("val")["params"]["k"] == 3 == m3["params"]["k"]
+    assert pq.read_table(wd.matches_table("val"))["rank"].to_numpy().max() == 2
+    assert not wd.guidance_staging("val").exists()
+
+
+KILLED_BAKE = """
+import sys, time
+from pathlib import Path
+from resail.pipeline import bake as bake_mod
+
+def stuck(*args):
+    print("composing", flush=True)
+    time.sleep(600)
+
+bake_mod._bake_part = stuck
+bake_mod.bake(bake_mod.BakeConfig(Path(sys.argv[1]), "val", k=3, size=(64, 64), n_preview=0, rebuild=True))
+"""
+
+
+def test_a_rebake_killed_with_sigkill_leaves_the_previous_bake_and_no_lock(baked_copy):
+    work = baked_copy
+    import signal
+
+    wd = WorkDir(work)
+    before = wd.require_guidance("val")
+    p = subprocess.Popen([sys.executable, "-c", KILLED_BAKE, str(work)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline().strip() == "composing"  # the new matches are written, the lock is held
+        with pytest.raises(BusyError, match=f"pid {p.pid}"):
+            bake(BakeConfig(work, "val", k=5, size=(SIDE, SIDE), n_preview=0))
+    finally:
+        p.send_signal(signal.SIGKILL)
+        p.wait(timeout=60)
+    assert wd.require_guidance("val") == before
+    assert bake(BakeConfig(work, "val", k=5, size=(SIDE, SIDE), n_preview=0)) == before  # up to date, lock free
+
+
+def test_a_rebake_on_a_full_disk_says_so_and_keeps_the_previous_cache(baked_copy, monkeypatch, capsys):
+    work = baked_copy
+    wd = WorkDir(work)
+    before = wd.guidance_h5("val").read_bytes()
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**9, 10**9 - 1000, 1000))
+    with pytest.raises(DiskFullError, match="val guidance cache needs about .* MiB but only 0 MiB are free"):
+        bake(BakeConfig(work, "val", k=3, size=(SIDE, SIDE), n_preview=0, rebuild=True))
+    monkeypatch.undo()
+
+    def full(parts, ranges, out, *args):  # the disk fills while HDF5 writes the merged cache
+        with atomic_path(out) as tmp:
+            tmp.write_bytes(b"half")
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(bake_mod, "_merge", full)
+    assert main(["guidance", "bake", str(work), "--split", "val", "--k", "3", "--size", f"{SIDE}x{SIDE}",
+                 "--rebuild"]) == 1
+    line = one_error_line(capsys)
+    assert "val.h5: the disk is full" in line and "nothing was replaced" in line
+    assert wd.guidance_h5("val").read_bytes() == before and wd.require_guidance("val")["params"]["k"] == 5
+    assert not list(wd.guidance_staging("val").glob(".*.tmp"))
+
+
+def test_a_bake_killed_before_it_was_published_is_published_by_the_next_bake(baked_copy, monkeypatch):
+    """Killed between sealing the new bake (guidance/val@N) and switching the link to it: readers keep
+    the previous bake whole, and the next bake of the same parameters publishes the sealed one."""
+    work = baked_copy
+    wd = WorkDir(work)
+    before = wd.require_guidance("val")
+
+    def killed(*folders):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(lifecycle, "publish", killed)
+    with pytest.raises(KeyboardInterrupt):
+        bake(BakeConfig(work, "val", k=3, size=(SIDE, SIDE), n_preview=0, rebuild=True))
+    monkeypatch.undo()
+    assert wd.require_guidance("val") == before and pq.read_table(wd.matches_table("val"))["rank"].to_numpy().max() == 4
+    sealed = wd.versions("guidance-val").newest()
+    mtime = (sealed / "val.h5").stat().st_mtime_ns
+    m = bake(BakeConfig(work, "val", k=3, size=(SIDE, SIDE), n_preview=0))  # up to date: published, not redone
+    assert m["params"]["k"] == 3 and wd.require_guidance("val")["fingerprint"] == m["fingerprint"]
+    assert wd.guidance_h5("val").resolve() == sealed / "val.h5" and (sealed / "val.h5").stat().st_mtime_ns == mtime
+    assert pq.read_table(wd.matches_table("val"))["rank"].to_numpy().max() == 2
+
+
+def test_a_changed_bake_parameter_asks_for_rebuild(baked_copy, capsys):
+    work = baked_copy
+    wd = WorkDir(work)
+    before = wd.require_guidance("val")
+    assert main(["guidance", "bake", str(work), "--split", "val", "--k", "10", "--size", f"{SIDE}x{SIDE}"]) == 1
+    line = one_error_line(capsys)
+    assert "the val guidance was baked with other parameters (k 5 → 10); rerun with --rebuild" in line
+    assert wd.require_guidance("val") == before
+    assert main(["-q", "guidance", "bake", str(work), "--split", "val", "--k", "10", "--size", f"{SIDE}x{SIDE}",
+                 "--rebuild"]) == 0
+    assert wd.require_guidance("val")["params"]["k"] == 10
+
+
+def test_a_second_bake_of_a_split_fails_at_once_naming_the_first(baked_copy, capsys):
+    work = baked_copy
+    wd = WorkDir(work)
+    with held_elsewhere(wd.locks, "guidance-val") as pid:
+        assert main(["guidance", "bake", str(work), "--split", "val", "--k", "5", "--size", f"{SIDE}x{SIDE}"]) == 1
+        line = one_error_line(capsys)
+        assert f"the val guidance of {work} is being written by another process (pid {pid} on " in line
+        assert "wait for it to finish" in line and "--rebuild" not in line
+        bake(BakeConfig(work, "train", k=5, size=(SIDE, SIDE), n_preview=0))  # the other split is free
+
+
+def test_shard_jobs_share_a_stage_and_a_merge_waits_for_them(baked_copy):
+    work = baked_copy
+    wd = WorkDir(work)
+    with held_elsewhere(wd.locks, "guidance-val", shard="0/2") as pid:
+        bake(BakeConfig(work, "val", k=5, size=(SIDE, SIDE), n_preview=0, shard=(1, 2)))  # another shard: fine
+        with pytest.raises(BusyError, match=rf"shard 0/2 .*pid {pid}"):
+            bake(BakeConfig(work, "val", k=5, size=(SIDE, SIDE), n_preview=0, shard=(0, 2)))
+        with pytest.raises(BusyError, match=rf"pid {pid} .*guidance-val 0/2"):
+            bake(BakeConfig(work, "val", k=5, size=(SIDE, SIDE), n_preview=0, merge=True))
+
+
+def test_a_truncated_guidance_cache_is_refused_and_baked_again(baked_copy, capsys):
+    work = baked_copy
+    wd = WorkDir(work)
+    h5 = wd.guidance_h5("val")
+    h5.write_bytes(h5.read_bytes()[:1000])
+    with pytest.raises(StageError, match=r"val.h5: 1000 bytes, but the stage wrote \d+ .*rerun `resail guidance bake"):
+        wd.require_guidance("val")
+    assert main(["-q", "guidance", "bake", str(work), "--split", "val", "--k", "5", "--size", f"{SIDE}x{SIDE}"]) == 0
+    with h5py.File(wd.guidance_h5("val")) as f:
+        assert f["guidance"].shape[0] == 2
+

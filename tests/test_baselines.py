@@ -173,14 +173,14 @@ def test_import_refuses_what_it_cannot_map_with_one_line(tmp_path, capsys):
             import_generator(ImportConfig(source=source, path=path, work=work, name="x", crop_size=crop_size, **kw))
         assert "\n" not in str(e.value)
 
-    refused(state, "holds a spade generator .*use --from spade", source="clade")
+    refused(state, "holds a spade generator .*its source is spade", source="clade")
     refused({k: v for k, v in state.items() if k != "up_1.conv_0.weight_v"}, "missing, first up_1.conv_0.weight_v")
     refused({**state, "up_1.extra.weight": torch.zeros(3)}, "does not have, first up_1.extra.weight")
     refused({**state, "fc.weight": state["fc.weight"][:, :140]}, "fc.weight takes 140 input channels")
     refused(state, "needs a multiple of 32", crop_size=48)
     refused(state, "has no up_4 block", upsampling="most")
-    refused(state, "--ngf 64: .* has ngf 4", ngf=64)
-    refused(state, "--instance: .* trained without the instance edge map", no_instance=False)
+    refused(state, "ngf 64: .* has ngf 4", ngf=64)
+    refused(state, "no_instance False: .* trained without the instance edge map", no_instance=False)
     refused([1, 2], "expected a bare state dict")
     # a module. prefix is dropped; a missing num_batches_tracked is set to 0 and said so
     path = tmp_path / "ok.pth"
@@ -195,8 +195,8 @@ def test_import_refuses_what_it_cannot_map_with_one_line(tmp_path, capsys):
     (folder / "segments" / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(InputError, match="authors' label layout is not known"):
         import_generator(ImportConfig(source="spade", path=path, work=folder, name="f", crop_size=32))
-    assert main(["model", "import", "--from", "clade", str(path), "--work", str(work), "--name", "y"]) == 1
-    assert capsys.readouterr().err.count("\n") == 1
+    assert main(["model", "import", "--from", "clade", str(path), "--work", str(work), "--name", "y"]) == 2
+    assert capsys.readouterr().err.splitlines()[-1].startswith("Error: Invalid value for '--from': ")
 
 
 def test_imported_run_records_its_origin_and_mapping(tmp_path):

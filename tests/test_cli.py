@@ -1,4 +1,5 @@
-"""The package installs as `resail` (never top-level `index`/`pipeline`) and the CLI follows its conventions."""
+"""The package installs as `resail` (never top-level `index`/`pipeline`) and the CLI follows its conventions:
+out-of-range values, run names that are paths and k above K' are usage errors (exit 2), never tracebacks."""
 
 import os
 import subprocess
@@ -74,3 +75,35 @@ def test_unexpected_failure_is_one_line_and_debug_shows_traceback(tmp_path, caps
     assert err[-1].startswith("error:") and "resail index build" in err[-1]
     with pytest.raises(StageError):
         main(["guidance", "bake", str(bad), "--split", "val", "--debug"])
+
+
+@pytest.mark.parametrize("argv", [
+    ["data", "toy", "OUT", "--seed", "-1"],
+    ["data", "toy", "OUT", "--seed", str(2**40)],
+    ["data", "toy", "OUT", "--size", "100000x100000"],
+    ["guidance", "bake", "WORK", "--split", "val", "--seed", "-1"],
+    ["guidance", "preview-distort", "WORK", "--out", "x.png", "--seed", "-5"],
+    ["train", "WORK", "--preset", "toy", "--seed", "-1"],
+    ["synthesize", "WORK", "--run", "tiny", "--label", "L", "--out", "o.png", "--seed", "-1"],
+])
+def test_out_of_range_values_are_usage_errors(argv, tmp_path, capsys):
+    (tmp_path / "L").write_bytes(b"")
+    named = {"OUT": str(tmp_path / "o"), "WORK": str(tmp_path), "L": str(tmp_path / "L")}
+    assert main([named.get(a, a) for a in argv]) == 2
+    assert "Traceback" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [
+    ["train", "WORK", "--preset", "toy", "--name", "../../x"],
+    ["eval", "WORK", "--run", "../x"],
+    ["synthesize", "WORK", "--run", "a/b", "--label", "L", "--out", "o.png"],
+    ["serve", "WORK", "--run", ".."],
+    ["guidance", "bake", "WORK", "--split", "val", "--k", "0"],
+    ["guidance", "bake", "WORK", "--split", "val", "--k", "20", "--k-prefilter", "10"],
+])
+def test_paths_and_out_of_range_flags_are_usage_errors(argv, tmp_path, capsys):
+    (tmp_path / "L").write_bytes(b"")
+    argv = [str(tmp_path) if a == "WORK" else str(tmp_path / "L") if a == "L" else a for a in argv]
+    assert main(argv) == 2
+    assert not (tmp_path.parent / "x").exists()
+

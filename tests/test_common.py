@@ -1,8 +1,11 @@
 """The shared small operations (common.py): every nearest-neighbour rule against the library it
-reproduces on a few thousand size pairs, the one photo reader, the hashes."""
+reproduces on a few thousand size pairs, the one photo reader (16-bit and palette photos, images too
+large to decode refused before decoding), the hashes."""
 
 import hashlib
 import re
+import struct
+import zlib
 from pathlib import Path
 
 import cv2
@@ -158,3 +161,39 @@ def test_hashes(tmp_path):
     (tmp_path / "f").write_bytes(blob)
     assert sha256_file(tmp_path / "f", chunk=4096) == hashlib.sha256(blob).hexdigest()  # several blocks
     assert short_hash(blob) == hashlib.sha256(blob).hexdigest()[:16]
+
+
+def test_sixteen_bit_grey_and_palette_photos_decode_to_their_8bit_values(tmp_path):
+    grey16 = (np.arange(24 * 30, dtype=np.uint32).reshape(24, 30) * 90).astype(np.uint16)
+    Image.fromarray(grey16).save(tmp_path / "g16.png")
+    rgb = read_rgb(tmp_path / "g16.png")
+    assert rgb.dtype == np.uint8 and rgb.shape == (24, 30, 3)
+    assert np.array_equal(rgb[..., 0], np.round(grey16 / 257).astype(np.uint8)) and rgb.min() == 0 and rgb.max() < 255
+    pal = Image.fromarray(np.arange(24 * 30).reshape(24, 30).astype(np.uint8) % 4, "P")
+    pal.putpalette([255, 0, 0, 0, 255, 0, 0, 0, 255, 10, 20, 30] + [0] * 756)
+    pal.save(tmp_path / "p.png")
+    assert read_rgb(tmp_path / "p.png")[0, :4].tolist() == [[255, 0, 0], [0, 255, 0], [0, 0, 255], [10, 20, 30]]
+
+
+def png_header_only(path: Path, width: int, height: int) -> None:
+    """A PNG whose header claims width×height pixels (no pixel data): a decompression bomb's shape."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b""))
+
+
+def test_an_oversized_image_is_refused_before_decoding(tmp_path):
+    from resail.pipeline.datasets import read_index_png
+
+    bomb = tmp_path / "bomb.png"
+    png_header_only(bomb, 12_000, 12_000)  # above resail's limit, below Pillow's own
+    with pytest.raises(InputError, match=r"bomb.png: 12000x12000 pixels is above the .*-pixel limit"):
+        read_rgb(bomb)
+    with pytest.raises(InputError, match=r"bomb.png: 12000x12000 pixels"):
+        read_index_png(bomb)
+    png_header_only(bomb, 100_000, 100_000)  # Pillow refuses it as it opens it
+    with pytest.raises(InputError, match="bomb.png: too many pixels"):
+        read_rgb(bomb)
+

@@ -17,8 +17,8 @@ def toml_error(tmp_path, text: str) -> str:
     with pytest.raises(InputError) as e:
         resolve_config("toy", n_train=20, toml=path)
     message = str(e.value)
-    assert "\n" not in message and message.startswith(f"--config {path}: ")
-    return message[len(f"--config {path}: "):]
+    assert "\n" not in message and message.startswith(f"{path}: ")
+    return message[len(f"{path}: "):]
 
 
 @pytest.mark.parametrize("text, expected", [

@@ -16,7 +16,7 @@ from distributed import Client, LocalCluster
 
 from builders.work import toy_dataset
 from resail.cli import main
-from resail.errors import InputError, StageError
+from resail.errors import ConfigError, InputError, StageError
 from resail.index.build import build_index
 from resail.pipeline import bake as bake_mod
 from resail.pipeline import runner, segments_stage
@@ -153,7 +153,7 @@ def test_unreachable_scheduler_is_one_line(monkeypatch, capsys, tmp_path):
                  "--scheduler", "tcp://127.0.0.1:9"])
     info, err = capsys.readouterr().err.strip().rsplit("\n", 1)
     assert code == 1 and info.startswith("threads: ") and "\n" not in info  # the thread policy's info line
-    assert err.startswith("error: --scheduler tcp://127.0.0.1:9: cannot connect to a dask scheduler")
+    assert err.startswith("error: dask scheduler tcp://127.0.0.1:9: cannot connect")
     assert not (tmp_path / "t").exists()
 
 
@@ -162,6 +162,7 @@ def test_missing_dask_and_bad_flags_are_one_line(monkeypatch):
     with pytest.raises(InputError, match=r"pip install 'resail\[dask\]'"):
         with parallel_backend("dask"):
             pass
-    with pytest.raises(InputError, match="--scheduler needs --backend dask"):
+    with pytest.raises(ConfigError, match="a scheduler address goes with the dask backend") as e:
         with parallel_backend("loky", "tcp://somewhere:8786"):
             pass
+    assert e.value.name == "scheduler"

@@ -10,7 +10,7 @@ from PIL import Image
 
 from builders.work import baked_work
 from resail.common import nearest_floor, nearest_pil
-from resail.errors import InputError
+from resail.errors import ConfigError, InputError
 from resail.synth.config import TrainConfig, format_config, resolve_config
 from resail.synth.data import StepBatchSampler, SynthDataset, instance_edges, one_hot, to_tensor
 
@@ -63,7 +63,7 @@ def test_config_precedence_preset_toml_flags(tmp_path):
     toml.write_text("batchsize = 2\n")
     with pytest.raises(InputError, match="batchsize"):
         resolve_config("toy", n_train=20, toml=toml)
-    with pytest.raises(InputError, match="batch size"):
+    with pytest.raises(ConfigError, match="batch_size 4: the data has only 3 training images"):
         resolve_config("toy", n_train=3)
     with pytest.raises(InputError, match="choose one"):
         resolve_config("toy", n_train=20, overrides={"steps": 5, "epochs": 2})

@@ -1,7 +1,10 @@
-"""Readers on tiny fixtures in the official formats, including their quirks, and bad input."""
+"""Readers on tiny fixtures in the official formats, including their quirks, and bad input (a file name
+that is not UTF-8 among them)."""
 
 import json
 import logging
+import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -131,3 +134,15 @@ def test_size_mismatch_truncated_and_foreign_ids(tmp_path):
     png.write_bytes(png.read_bytes()[:60])
     with pytest.raises(InputError, match="ADE_val_00000001.png"):
         r.load(list_split(r, "val")[0])
+
+
+def test_a_file_name_that_is_not_utf8_is_named(tmp_path):
+    root = write_folder(tmp_path / "f", n=1, instances=False)
+    bad = os.fsdecode(b"img\xff")
+    for sub in ("images", "labels"):
+        shutil.copy(root / sub / "train/img000.png", root / sub / "train" / f"{bad}.png")
+    from resail.pipeline.datasets import list_split
+
+    with pytest.raises(InputError, match=r"img\\xff.png: the file name is not valid UTF-8"):
+        list_split(make_reader("folder", root), "train")
+

@@ -14,7 +14,7 @@ THINGS = (2, 3)
 EIGHT = np.ones((3, 3), int)
 
 
-def reference(label, inst, inst_classes, ratio, uncovered):
+def reference(label, inst, inst_classes, ratio, uncovered_rule):
     """Pixel loops and scipy labelling, written for clarity, not speed."""
     cands = {}
     instanced = set()
@@ -35,7 +35,7 @@ def reference(label, inst, inst_classes, ratio, uncovered):
         if not m.any():
             continue
         if c in THINGS and inst is not None:
-            if uncovered == "drop" or (uncovered == "drop_if_instanced" and c in instanced):
+            if uncovered_rule == "drop" or (uncovered_rule == "drop_if_instanced" and c in instanced):
                 continue
             m = m & (inst == 0)
         comp, n = ndimage.label(m, structure=EIGHT)
@@ -62,9 +62,9 @@ def _full(seg, shape):
 @settings(max_examples=40, deadline=None)
 @given(seed=st.integers(0, 2**31), h=st.integers(1, 14), w=st.integers(1, 14), n_cls=st.integers(1, 5),
        with_inst=st.booleans(), majority=st.booleans(),
-       uncovered=st.sampled_from(["components", "drop", "drop_if_instanced"]),
+       uncovered_rule=st.sampled_from(["components", "drop", "drop_if_instanced"]),
        ratio=st.sampled_from([0.5, 0.9, 1.0]))
-def test_matches_reference(seed, h, w, n_cls, with_inst, majority, uncovered, ratio):
+def test_matches_reference(seed, h, w, n_cls, with_inst, majority, uncovered_rule, ratio):
     rng = np.random.default_rng(seed)
     label = rng.integers(0, n_cls + 1, (h, w)).astype(np.int32)
     inst = classes = None
@@ -77,8 +77,8 @@ def test_matches_reference(seed, h, w, n_cls, with_inst, majority, uncovered, ra
             # Declared classes that agree with the label map, so the consistency check passes.
             label[inst > 0] = 2 + (inst[inst > 0] % 2)
             classes = np.array([0] + [2 + (i % 2) for i in range(1, k + 1)], np.int32)
-    got = decompose(label, inst, classes, thing_lut(THINGS), ratio, uncovered)
-    want = reference(label, inst, classes, ratio, uncovered)
+    got = decompose(label, inst, classes, thing_lut(THINGS), ratio, uncovered_rule)
+    want = reference(label, inst, classes, ratio, uncovered_rule)
     assert [s.class_id for s in got] == [c for c, _ in want]
     for s, (c, m) in zip(got, want):
         assert np.array_equal(_full(s, label.shape), m)

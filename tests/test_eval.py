@@ -14,14 +14,14 @@ from builders.runs import TINY_SIZE as SIZE
 from builders.runs import tiny_preset
 from builders.work import copy_work
 from resail.cli import main
-from resail.errors import InputError
+from resail.errors import ConfigError, InputError
 from resail.synth import eval as eval_mod
 from resail.synth import inception as inception_mod
 from resail.synth import metrics as metrics_mod
 from resail.synth.eval import EvalConfig, run_eval
 from resail.synth.inception import FIDInception, inception_features, load_inception, randomize_
 from resail.synth.presets import get_preset
-from resail.synth.segnet import SegnetTrainConfig, build_segnet, save_checkpoint
+from resail.synth.segnet import SegnetTrainConfig, build_segnet, save_segnet
 
 
 @pytest.fixture(scope="module")
@@ -159,7 +159,7 @@ def test_eval_cli_without_fid_and_bad_input(tiny_run, tmp_path, capsys, monkeypa
     (work / "runs" / "empty").mkdir()
     with pytest.raises(InputError, match="no generator snapshot"):
         run_eval(EvalConfig(work, "empty", fid=False))
-    with pytest.raises(InputError, match="--segnet"):
+    with pytest.raises(InputError, match="missing.pt: no such segmentation network file"):
         run_eval(EvalConfig(work, "tiny", fid=False, segnet=tmp_path / "missing.pt"))
 
 
@@ -168,14 +168,14 @@ def test_eval_remaps_labels_to_a_segmenter_with_another_label_table(tiny_run, tm
     through native ids; a segmenter whose table misses classes of the data is refused."""
     work, _ = tiny_run
     net = tiny_preset(get_preset("ade20k"), width=SIZE, height=SIZE, segnet_channels=(4,) * 5)
-    save_checkpoint(tmp_path / "ade.pt", build_segnet(net), None, 0, SegnetTrainConfig())
+    save_segnet(tmp_path / "ade.pt", build_segnet(net), None, 0, SegnetTrainConfig())
     m = run_eval(EvalConfig(work, "tiny", fid=False, segnet=tmp_path / "ade.pt", limit=2, n_grid=0))
     assert m["segmentation"]["segnet"].endswith("ade.pt") and m["segmentation"]["real"]["n_pixels"] > 0
     ids = {r["id"] for r in m["per_class_iou"]}   # native ADE20K ids (the segmenter may predict any of the 150)
     assert ids <= set(range(1, 151)) and ids & {c for c in get_preset("toy").label_ids if c > 22}
     narrow = tiny_preset(get_preset("toy", label_ids=(0, 2, 3)), width=SIZE, height=SIZE,
                          segnet_channels=(4,) * 5)
-    save_checkpoint(tmp_path / "narrow.pt", build_segnet(narrow), None, 0, SegnetTrainConfig())
+    save_segnet(tmp_path / "narrow.pt", build_segnet(narrow), None, 0, SegnetTrainConfig())
     with pytest.raises(InputError, match="segmentation network has no label channel"):
         run_eval(EvalConfig(work, "tiny", fid=False, segnet=tmp_path / "narrow.pt", limit=2))
 
@@ -253,14 +253,15 @@ def test_eval_with_a_torchscript_segmenter_end_to_end(tiny_run, shared_tiny_run,
                  "--device", "cpu", "--segmenter", f"torchscript:{path}"]) == 0
     assert "torchscript:const.pt mIoU" in capsys.readouterr().out
     assert main(["eval", str(work), "--run", "tiny", "--no-fid", "--segmenter", "segformer"]) == 2
+    assert "Invalid value for '--segmenter': segmenter 'segformer': choose one of drn-d-105" in capsys.readouterr().err
     weights = tmp_path / "drn.pth"
     weights.write_bytes(b"not read: the dataset check comes first")
     assert main(["eval", str(work), "--run", "tiny", "--no-fid", "--quiet", "--segmenter", "drn-d-105",
                  "--segmenter-weights", str(weights)]) == 1
     assert "drn-d-105 segments cityscapes, but run 'tiny' is of ade20k" in capsys.readouterr().err
-    with pytest.raises(InputError, match="without --segnet"):
+    with pytest.raises(ConfigError, match="instead of the segmentation network: give no segnet"):
         EvalConfig(work, "tiny", segmenter=f"torchscript:{path}", segnet=tmp_path / "x.pt")
-    with pytest.raises(InputError, match="--segmenter-weights without --segmenter"):
+    with pytest.raises(ConfigError, match="segmenter weights without a segmenter"):
         EvalConfig(work, "tiny", segmenter_weights=(weights,))
 
 

@@ -1,11 +1,19 @@
+"""`resail index build`'s index: shards and manifest, skip-when-done, a changed or damaged store or shard
+named in one line; a build killed before it published, finished by the next one; one writer at a time;
+a full disk that keeps the previous index. `resail index query`: test_query.py."""
+
+import errno
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from builders.formats import ADE_THING, ade_scene, write_ade
+from builders.checks import edit_one_label, held_elsewhere, one_error_line
 from builders.store import write_fake_store
+from resail import artifacts, lifecycle
+from resail.cli import main
 from resail.errors import StageError
 from resail.index.build import build_index
 from resail.index.retrieval import RetrievalIndex
@@ -108,29 +116,52 @@ def test_corrupt_shard_file_is_a_clear_error(tmp_path, damage):
     assert RetrievalIndex(tmp_path).shard(1).n == 50
 
 
-def test_cli_index_query_on_a_real_store(tmp_path, capsys):
-    from PIL import Image
+def test_an_index_build_killed_before_it_published_is_finished(baked_copy, monkeypatch):
+    """`index build` publishes the new store with the index built from it: killed before that
+    (both sealed, as segments@N and index@N), it leaves the previous pair in use, and the next
+    build publishes the sealed pair without rebuilding it."""
+    work = baked_copy
+    wd = WorkDir(work)
+    before = {"segments": wd.require_segments(), "index": wd.require_index()}
+    edit_one_label(Path(before["segments"]["params"]["root"]).parent)
+    monkeypatch.setattr(lifecycle, "publish", lambda *folders: (_ for _ in ()).throw(KeyboardInterrupt))
+    root = before["segments"]["params"]["root"]
+    assert main(["-q", "index", "build", "--dataset", "ade20k", "--root", root, "--work", str(work)]) != 0
+    monkeypatch.undo()
+    assert {"segments": wd.require_segments(), "index": wd.require_index()} == before
+    sealed = {k: wd.versions(k).newest() for k in before}
+    assert all(sealed[k] != wd.versions(k).current() for k in before)
+    assert main(["-q", "index", "build", "--dataset", "ade20k", "--root", root, "--work", str(work)]) == 0
+    assert {k: wd.versions(k).current() for k in before} == sealed
+    assert wd.require_index()["upstream"]["segments"] == wd.require_segments()["fingerprint"] != \
+        before["segments"]["fingerprint"]
+    assert not wd.segments_staging.exists() and not wd.index_staging.exists()
 
-    from resail.cli import main
-    from resail.pipeline.segments_stage import SegmentsConfig, build_segments
 
-    root, work = tmp_path / "ade", tmp_path / "work"
-    write_ade(root, n_train=4, n_val=1)
-    build_segments(SegmentsConfig("ade20k", root, work))
-    build_index(work, progress=False)
-    _, label, _ = ade_scene(np.random.default_rng(5))
-    Image.fromarray(label).save(tmp_path / "label.png")
-    preview = tmp_path / "preview.png"
-    assert main(["index", "query", str(work), "--label", str(tmp_path / "label.png"), "--k", "3",
-                 "--preview", str(preview)]) == 0
-    out = capsys.readouterr().out
-    assert f"class {ADE_THING}" in out and "segment 0: class 1" in out and preview.exists()
-    first = out.splitlines()[1].split()
-    assert len(first) == 3 and all(":" in m for m in first)  # 3 matches as id:score
-    label[label == 4] = 77  # a class absent from the store
-    Image.fromarray(label).save(tmp_path / "label.png")
-    assert main(["index", "query", str(work), "--label", str(tmp_path / "label.png")]) == 0
-    assert "none (class 77 has no training segments" in capsys.readouterr().out
-    (work / "index" / "c0001.faiss").write_bytes(b"junk")
-    assert main(["index", "query", str(work), "--label", str(tmp_path / "label.png")]) == 1
-    assert "--rebuild" in capsys.readouterr().err
+def test_a_second_index_build_fails_at_once_naming_the_first(baked_copy, capsys):
+    work = baked_copy
+    wd = WorkDir(work)
+    m = wd.require_segments()
+    with held_elsewhere(wd.locks, "index") as pid:
+        assert main(["index", "build", "--dataset", "ade20k", "--root", m["params"]["root"], "--work",
+                     str(work)]) == 1
+        assert f"pid {pid}" in one_error_line(capsys)
+
+
+def test_a_full_disk_during_index_build_is_one_line_and_keeps_the_index(baked_copy, monkeypatch, capsys):
+    work = baked_copy
+    wd = WorkDir(work)
+    before = wd.require_index()
+
+    def no_space(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(artifacts.os, "fsync", no_space)
+    m = wd.require_segments()
+    assert main(["index", "build", "--dataset", "ade20k", "--root", m["params"]["root"], "--work", str(work),
+                 "--rebuild"]) == 1
+    line = one_error_line(capsys)
+    assert "the disk is full" in line and "nothing was replaced" in line
+    monkeypatch.undo()
+    assert wd.require_index() == before and wd.require_guidance("val")
+

@@ -17,7 +17,7 @@ from resail.pipeline.labels.spaces import LabelChannels
 from resail.pipeline.toy import ROLE_CLASSES, toy_class_ids
 from resail.synth.config import TrainConfig, resolve_config
 from resail.synth.presets import PRESETS, TOY_LABEL_IDS, NetworkPreset, get_preset
-from resail.synth.segnet import SegNet, SegnetTrainConfig, load_segnet, save_checkpoint
+from resail.synth.segnet import SegNet, SegnetTrainConfig, load_segnet, save_segnet
 
 TOY = PRESETS["toy"]
 
@@ -105,7 +105,7 @@ def test_label_ids_round_trip_through_config_json_and_toml(tmp_path):
 
 def test_segnet_checkpoint_carries_its_label_table(tmp_path):
     net = SegNet(4, (4, 4), label_ids=(0, 2, 3, 137))
-    save_checkpoint(tmp_path / "s.pt", net, None, 0, SegnetTrainConfig())
+    save_segnet(tmp_path / "s.pt", net, None, 0, SegnetTrainConfig())
     back = load_segnet(tmp_path / "s.pt")
     assert back.label_ids == (0, 2, 3, 137) and back.label_channels() == net.label_channels()
     assert back.label_channels().to_native([3]).tolist() == [137]

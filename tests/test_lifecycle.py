@@ -1,6 +1,7 @@
 """The stage lifecycle (lifecycle.py): locks that forked workers never hold, versions published by
 one link switch, pins that keep what a reader reads, recovery; and readers looping while `index
-build` and `guidance bake` publish new versions, without one error and without mixing versions."""
+build` and `guidance bake` publish new versions, without one error and without mixing versions; stage
+locks reentrant within a process and released for the next."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from builders.checks import taken_elsewhere
 from builders.work import baked_work
 from resail.artifacts import write_manifest
 from resail.cli import main
@@ -22,7 +24,7 @@ from resail.errors import BusyError
 from resail.index.retrieval import RetrievalIndex
 from resail.lifecycle import Stage, StageLock, Versions, open_versions, stage_lock
 from resail.pipeline.bake import BakeConfig, bake
-from resail.pipeline.guidance import load_composer, open_guidance
+from resail.pipeline.guidance import open_composer, open_guidance
 from resail.pipeline.store import SegmentStore
 from resail.workdir import WorkDir
 
@@ -182,7 +184,7 @@ def _read_guidance(work: Path) -> str:
         with open_guidance(snap, "val") as f:
             assert f.attrs["k"] == k and f["guidance"][0].any()
         assert pq.read_table(snap.matches_table("val"))["rank"].to_numpy().max() == k - 1
-        comp = load_composer(snap, "val")
+        comp = open_composer(snap, "val")
         try:
             assert comp.ids.shape[1] == k
             comp.compose(0)
@@ -232,3 +234,14 @@ def test_guidance_keeps_its_file_names_beside_the_split_link(work):
         assert os.readlink(g / name) == f"val/{name}" and (g / name).is_file()
     with h5py.File(g / "val.h5") as f:
         assert f["guidance"].shape[0] == 2
+
+
+def test_locks_are_reentrant_in_one_process_and_released(tmp_path):
+    a = StageLock(tmp_path / "x.lock", "x").acquire()
+    b = StageLock(tmp_path / "x.lock", "x").acquire()
+    a.release()
+    other = taken_elsewhere(tmp_path, "x")
+    assert other.returncode != 0 and f"being written by another process (pid {os.getpid()} on" in other.stderr
+    b.release()
+    assert taken_elsewhere(tmp_path, "x").returncode == 0
+

@@ -112,7 +112,7 @@ def test_void_is_a_class_only_under_the_official_recipe(tmp_path):
     """resail ignores void pixels (label 0) in L_seg; the official loss, which `--recipe official`
     restores, counts void as one more class: it changes the value and sends gradient there."""
     from resail.synth.config import resolve_config
-    from resail.synth.segnet import SegnetTrainConfig, build_segnet, save_checkpoint
+    from resail.synth.segnet import SegnetTrainConfig, build_segnet, save_segnet
     from resail.synth.train import build_losses
 
     network = dict(ngf=4, norm_hidden=4, ndf=4, width=96, height=96, segnet_channels=(4,) * 5)
@@ -121,7 +121,7 @@ def test_void_is_a_class_only_under_the_official_recipe(tmp_path):
                                   overrides=dict(recipe=recipe, batch_size=2, segnet=str(segnet_path)))
            for recipe in ("resail", "official")}
     torch.manual_seed(0)
-    save_checkpoint(segnet_path, build_segnet(cfg["resail"].net), None, 0, SegnetTrainConfig())
+    save_segnet(segnet_path, build_segnet(cfg["resail"].net), None, 0, SegnetTrainConfig())
     seg = {recipe: build_losses(c, torch.device("cpu"))[1] for recipe, c in cfg.items()}
     assert seg["resail"].ignore_index == 0 and seg["official"].ignore_index is None
 

@@ -11,7 +11,7 @@ import torch
 
 from resail.errors import InputError
 from resail.pipeline.labels.spaces import LabelChannels
-from resail.synth.eval import Segmenter
+from resail.synth.eval import SegnetScorer
 from resail.synth.metrics import (
     argmax_over,
     confusion_matrix,
@@ -176,7 +176,7 @@ def test_argmax_over_the_evaluated_channels_only():
 
 def test_segnet_train_and_eval_give_one_miou():
     """The val score `resail segnet train` prints (`evaluate_segnet`) and the real-image score of
-    `resail eval` (its `Segmenter`) are the same numbers for one network on the same pixels."""
+    `resail eval` (its `SegnetScorer`) are the same numbers for one network on the same pixels."""
     torch.manual_seed(0)
     table = (0, 4, 9, 12, 20)                       # native ids of the network's five channels
     net = SegNet(len(table), (4, 4), table).eval()
@@ -186,7 +186,7 @@ def test_segnet_train_and_eval_give_one_miou():
     x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
     dataset_classes = [4, 9, 20]                    # native 12 has a channel but is not a class of the data
     trained = evaluate_segnet(net, [(x[:2], labels[:2]), (x[2:], labels[2:])], dataset_classes)
-    scorer = Segmenter(net, LabelChannels(table, len(table)), dataset_classes, "cpu")
+    scorer = SegnetScorer(net, LabelChannels(table, len(table)), dataset_classes, "cpu")
     scorer.add("real", images[:1], labels[:1])
     scorer.add("real", images[1:], labels[1:])
     evaluated = scorer.scores()["real"]

@@ -4,7 +4,7 @@ import h5py
 import numpy as np
 import pytest
 
-from resail.errors import InputError, StageError
+from resail.errors import ConfigError, StageError
 from resail.pipeline.runner import Parts, check_shard, finished_parts, run_job, shard_range
 
 
@@ -54,5 +54,6 @@ def test_merge_errors_name_what_to_run(tmp_path):
         finished_parts(parts)
     with pytest.raises(StageError, match="different counts"):
         run(parts, [], shard=None, merge=False)
-    with pytest.raises(InputError, match="--shard 3/3"):
+    with pytest.raises(ConfigError, match="shard 3/3: need 0 ≤ I < N") as e:
         check_shard((3, 3))
+    assert e.value.name == "shard"

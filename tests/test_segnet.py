@@ -9,7 +9,7 @@ from resail.synth.segnet import (
     SegnetTrainConfig,
     evaluate_segnet,
     load_segnet,
-    save_checkpoint,
+    save_segnet,
     train_segnet,
 )
 
@@ -61,7 +61,7 @@ def test_head_is_a_plain_1x1_conv_on_the_last_block_output():
 
 def test_checkpoint_with_the_former_head_is_refused(tmp_path):
     net = SegNet(3, (4, 4))
-    save_checkpoint(tmp_path / "s.pt", net, None, 0, SegnetTrainConfig())
+    save_segnet(tmp_path / "s.pt", net, None, 0, SegnetTrainConfig())
     state = torch.load(tmp_path / "s.pt", weights_only=True)
     head = state["state_dict"]
     head["head.parametrizations.weight.original"] = head.pop("head.weight")
@@ -121,7 +121,7 @@ class _Reiterable:
 
 def test_train_segnet_rejects_mismatched_checkpoint_and_empty_source(tmp_path):
     ckpt = tmp_path / "segnet.pt"
-    save_checkpoint(ckpt, SegNet(3, (4, 4)), None, 1, SegnetTrainConfig())
+    save_segnet(ckpt, SegNet(3, (4, 4)), None, 1, SegnetTrainConfig())
     with pytest.raises(InputError, match="different network"):
         train_segnet(SegNet(NUM_CLASSES, (4, 4)), [], SegnetTrainConfig(steps=2), checkpoint=ckpt, progress=False)
     with pytest.raises(InputError, match="no batches"):

@@ -1,7 +1,8 @@
 """`resail serve` through Starlette's test client on a tiny toy run: generate, region info,
 resample and choose (only that region's guidance changes), variants, downloads in both label-map
 forms, colour uploads, and bad uploads (not a PNG, too small, unknown class ids or colours,
-oversized) answered with a 4xx and a message."""
+oversized, an out-of-range seed) answered with a 4xx and a message; a busy port fails before the
+"open" line."""
 
 import base64
 import io
@@ -13,7 +14,7 @@ from PIL import Image
 
 from builders.runs import TINY_SIZE as SIZE
 from resail.cli import main
-from resail.errors import InputError
+from resail.errors import ConfigError
 from resail.pipeline.labels.files import encode_label_map
 from resail.synth.presets import get_preset
 from resail.synth.serve import ServeConfig, Synthesizer, create_app
@@ -240,5 +241,42 @@ def test_serve_cli_checks_its_run_before_serving(served, capsys):
     assert main(["serve", str(synth.work), "--run", "nope"]) == 1
     assert "no such run" in capsys.readouterr().err
     assert main(["serve", str(synth.work), "--run", "tiny", "--port", "0"]) == 2
-    with pytest.raises(InputError, match="--k"):
+    with pytest.raises(ConfigError, match="k 0: must be at least 1"):
         ServeConfig(synth.work, "tiny", k=0)
+
+
+def test_serve_answers_an_out_of_range_seed_with_a_400(shared_serve_work):
+    import io
+
+    from starlette.testclient import TestClient
+
+    from resail.synth.serve import ServeConfig, Synthesizer, create_app
+
+    work, label = shared_serve_work
+    body = io.BytesIO()
+    Image.fromarray(label).save(body, format="PNG")
+    synth = Synthesizer(ServeConfig(work, "tiny", k=5))
+    try:
+        with TestClient(create_app(synth)) as client:
+            for seed in (-1, 2**40):
+                r = client.post("/api/generate", content=body.getvalue(), params={"seed": seed},
+                                headers={"content-type": "image/png"})
+                assert r.status_code == 400 and f"seed={seed}: choose 0..4294967295" in r.json()["error"]
+            assert client.get("/api/info").status_code == 200
+    finally:
+        synth.close()
+
+
+def test_serve_on_a_busy_port_fails_before_saying_open(shared_serve_work, capsys):
+    import socket
+
+    work, _ = shared_serve_work
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert main(["serve", str(work), "--run", "tiny", "--port", str(port)]) == 1
+    captured = capsys.readouterr()
+    assert "open http://" not in captured.out
+    assert f"--port {port}: cannot listen on 127.0.0.1:{port} (Address already in use)" in captured.err
+

@@ -1,17 +1,21 @@
-"""Segment store: encoding, bit-pack round trips, crops (both codecs) and the streamed reader."""
+"""Segment store: encoding, bit-pack round trips, crops (both codecs), the streamed reader, and a
+damaged store file refused by every reader and rebuilt."""
 
 import h5py
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from builders.checks import rebuild_store
 from builders.formats import write_ade
 from builders.store import write_fake_store
 from resail.common import nearest_torch_legacy
-from resail.errors import InputError, StageError
+from resail.errors import ConfigError, StageError
+from resail.index.retrieval import RetrievalIndex
 from resail.pipeline.decompose import Segment
 from resail.pipeline.segments_stage import SegmentsConfig, build_segments
 from resail.pipeline.store import SegmentStore, decode_crop, decode_mask, encode_segments, rgba_crop
+from resail.workdir import WorkDir
 
 # JPEG q95 (4:4:4) inside the mask, per channel value: the tolerance of the `jpeg` crop codec.
 # benchmarks/crops.py measures a mean of 1.7 and a maximum of 29 on real photos; a mask's edge,
@@ -133,8 +137,9 @@ def test_codec_change_needs_rebuild(tmp_path):
     assert m["params"]["crop_codec"] == "raw"
     with SegmentStore(tmp_path / "w", "val") as st:
         assert st.crop_codec == "raw" and st.h5.attrs["crop_codec"] == "raw"
-    with pytest.raises(InputError, match="--crop-codec"):
+    with pytest.raises(ConfigError, match="crop_codec 'png': choose one of jpeg, raw") as e:
         SegmentsConfig("ade20k", tmp_path / "ade", tmp_path / "w", crop_codec="png")
+    assert e.value.name == "crop_codec"
 
 
 def test_store_written_before_codecs_reads_as_raw(tmp_path):
@@ -151,3 +156,20 @@ def test_store_written_before_codecs_reads_as_raw(tmp_path):
         f.attrs["crop_codec"] = "webp"
     with SegmentStore(tmp_path, "train") as st, pytest.raises(StageError, match="unknown crop codec.*--rebuild"):
         st.crop(0)
+
+
+@pytest.mark.parametrize("victim", ["train.parquet", "train.h5", "val_images.parquet"])
+def test_a_truncated_or_deleted_store_file_is_refused_and_rebuilt(baked_copy, victim):
+    work = baked_copy
+    wd = WorkDir(work)
+    path = wd.segments / victim
+    if victim == "val_images.parquet":
+        path.unlink()
+    else:
+        path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(StageError, match=f"{victim}: .*the segment store is damaged; rerun `resail index build"):
+        wd.require_segments()
+    with pytest.raises(StageError, match="segment store is damaged"):
+        RetrievalIndex(work)
+    rebuild_store(work)  # not "up to date": the store is rebuilt
+    wd.require_index()

@@ -1,4 +1,4 @@
-"""The toy datasets are written in exactly the official on-disk formats (FORMATS.md §5).
+"""The toy datasets are written in exactly the official on-disk formats (docs/decomposition.md, "Dataset layouts").
 
 Every check reads the files back from disk, the way a dataset reader will.
 """

@@ -15,7 +15,7 @@ import torch
 import torch.multiprocessing as mp
 
 from builders.work import baked_work
-from resail.errors import InputError, StageError
+from resail.errors import ConfigError, InputError, StageError
 from resail.pipeline.labels.spaces import LabelChannels
 from resail.synth.checkpoint import load_snapshot
 from resail.synth.config import resolve_config
@@ -52,10 +52,12 @@ def test_resolve_device_is_the_one_place_auto_is_decided():
 
     assert resolve_device("auto") == torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
     assert resolve_device("cpu") == torch.device("cpu")
-    with pytest.raises(InputError, match="'gpu0': not a torch device"):
-        resolve_device("gpu0")
+    for name in ("gpu0", "meta"):  # not a device, or one no command runs on
+        with pytest.raises(ConfigError, match=f"device '{name}': not a torch device") as e:
+            resolve_device(name)
+        assert e.value.name == "device"
     if not torch.cuda.is_available():
-        with pytest.raises(InputError, match="--device cuda:1: CUDA is not available"):
+        with pytest.raises(InputError, match="device cuda:1: CUDA is not available"):
             resolve_device("cuda:1")
 
 
@@ -159,12 +161,12 @@ def test_label_table_must_cover_the_data_and_match_the_segnet(work, tmp_path):
     with pytest.raises(InputError, match="preset 'cityscapes' has no label channel"):
         SynthDataset(work, "train", resolve_config("cityscapes", n_train=6, overrides=dict(
             preprocess="resize_crop", load_size=(104, 104)), network={**TINY, "upsampling": "normal"}))
-    from resail.synth.segnet import SegNet, SegnetTrainConfig, save_checkpoint
+    from resail.synth.segnet import SegNet, SegnetTrainConfig, save_segnet
     from resail.synth.train import build_losses
 
     n = get_preset("toy").semantic_nc
     other = tuple(range(n))  # as many channels as the toy table, other classes
-    save_checkpoint(tmp_path / "seg.pt", SegNet(n, (4,) * 5, label_ids=other), None, 0, SegnetTrainConfig())
+    save_segnet(tmp_path / "seg.pt", SegNet(n, (4,) * 5, label_ids=other), None, 0, SegnetTrainConfig())
     with pytest.raises(InputError, match="another label table"):
         build_losses(tiny_config("seg", segnet=str(tmp_path / "seg.pt"), vgg=False), torch.device("cpu"))
 
@@ -193,8 +195,9 @@ def test_dry_run_writes_config_only_and_missing_cache_is_named(work, tmp_path, c
     assert path.read_bytes() == saved and sorted(p.name for p in path.parent.iterdir()) == ["config.json"]
     with pytest.raises(InputError, match="--no-vgg"):
         train(tiny_config("vgg", vgg=True, vgg_weights=str(tmp_path / "missing.pth")), work, progress=False)
-    with pytest.raises(InputError, match="--segnet"):
+    with pytest.raises(ConfigError, match="the segmentation loss needs a trained segmentation network") as e:
         tiny_config("seg", seg_loss=True)
+    assert e.value.name == "segnet"
     from resail.synth.data import count_images
     with pytest.raises(StageError, match="guidance bake"):
         count_images(work, "val")

@@ -27,13 +27,6 @@ import numpy as np
 
 from ...errors import InputError
 
-# The dataset readers (pipeline/datasets.py) and the formats the toy generator writes
-# (pipeline/toy.py): defined here, light to import, so the CLI's choices come from one place.
-DATASETS = ("ade20k", "ade20k-outdoor", "cityscapes", "cocostuff", "folder")
-TOY_FORMATS = ("ade20k", "cityscapes", "cocostuff")
-COCO_LAYOUTS = ("coco", "spade")  # COCO-Stuff as downloaded, or as SPADE's README has users prepare it
-UNCOVERED_CHOICES = ("official", "components")  # thing pixels no instance covers: the dataset's rule, or components
-
 
 @dataclass(frozen=True)
 class ClassTable:

@@ -60,13 +60,12 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from ...errors import InputError
+from ...choices import LABEL_FORMATS, LABEL_OUT_FORMATS
+from ...errors import ConfigError, InputError
 from ...workdir import WorkDir
 from .classes import ade20k_palette150, class_table, palette_lut, spread_colors
 from .spaces import ADE20K, cityscapes_space_of, ids_to_native, native_to_ids
 
-LABEL_FORMATS = ("auto", "ids", "trainids", "color")
-LABEL_OUT_FORMATS = ("ids", "color")
 MIN_SIDE = 8
 MAX_SIDE = 4096
 ASPECT_TOLERANCE = 0.02
@@ -177,8 +176,8 @@ def _check_known(native: np.ndarray, dataset: str, class_ids: Sequence[int], whe
     if unknown.size:
         listed = unknown[:12].tolist()
         raise InputError(f"{where}: class ids {listed}{' …' if unknown.size > 12 else ''} are not in the {dataset} "
-                         f"class table (read as {fmt}); write the dataset's class ids (0 = void), or pass "
-                         "--label-format for another id space")
+                         f"class table (read as {fmt}); write the dataset's class ids (0 = void), or name "
+                         "another id space as its label format")
 
 
 # ---------------------------------------------------------------- the one reader
@@ -218,9 +217,10 @@ def read_label_map(source: str | Path | bytes, dataset: str, fmt: str = "auto", 
     `class_ids` (the dataset's classes; 0 = void is always allowed) when given."""
     where = where or ("label map" if isinstance(source, bytes) else str(source))
     if fmt not in LABEL_FORMATS:
-        raise InputError(f"--label-format {fmt!r}: choose one of {', '.join(LABEL_FORMATS)}")
+        raise ConfigError("label_format", f"label format {fmt!r}: choose one of {', '.join(LABEL_FORMATS)}")
     if fmt == "trainids" and dataset != "cityscapes":
-        raise InputError(f"--label-format trainids: only Cityscapes has trainIds; write {dataset} maps as ids or color")
+        raise ConfigError("label_format", f"label format trainids: only Cityscapes has trainIds; write {dataset} "
+                                          "maps as ids or color")
     pixels, mode = _open(source, where, max_side)
     if fmt == "color" and mode == "P":
         pixels = _palette_rgb(source)
@@ -261,11 +261,12 @@ def decode_label_pixels(pixels: np.ndarray, dataset: str, fmt: str = "auto", *, 
             if fmt == "color" or not grey:
                 raise InputError(why)
         elif not grey:
-            raise InputError(f"{where}: an RGB image with colours, not class ids; pass --label-format color (or auto)")
+            raise InputError(f"{where}: an RGB image with colours, not class ids; read it as label format color "
+                             "(or auto)")
         pixels, how = pixels[..., 0].astype(np.int32), "class ids saved as grey RGB"
     elif fmt == "color":
-        raise InputError(f"{where}: a single-channel image holds class ids, not colours; pass --label-format ids "
-                         "(or auto)")
+        raise InputError(f"{where}: a single-channel image holds class ids, not colours; read it as label "
+                         "format ids (or auto)")
     if fmt == "auto":
         fmt, how = cityscapes_space_of(pixels, where) if dataset == "cityscapes" else ("ids", how)
     native = ids_to_native(pixels, dataset, fmt, where)
@@ -284,5 +285,6 @@ def encode_label_map(native: np.ndarray, dataset: str, fmt: str = "ids") -> np.n
     if fmt == "color":
         return palette_lut(dataset, int(native.max(initial=0)) + 1)[native]
     if fmt != "ids":
-        raise InputError(f"--label-out-format {fmt!r}: choose one of {', '.join(LABEL_OUT_FORMATS)}")
+        raise ConfigError("label_out_format", f"label output format {fmt!r}: choose one of "
+                                              f"{', '.join(LABEL_OUT_FORMATS)}")
     return native_to_ids(native, dataset)

@@ -14,7 +14,7 @@ A preset without a label table (`NetworkPreset.label_ids is None`) uses channel 
 so ADE20K needs 151 channels even on data that uses 22 classes. A preset with a table lists the
 native ids it covers, `label_ids[c]` = the native id of channel c, with `label_ids[0] == 0`
 (void); the toy preset covers exactly the classes the toy generator can draw: 23 channels instead
-of 151, and a G+D step at batch 4 about 1.5× faster on 2 CPU threads (BENCHMARKS.md, Networks).
+of 151, and a faster G+D step (BENCHMARKS.md, Networks).
 Every place where a label map enters a network maps it through `LabelChannels.to_channels`: the
 training and segmentation-network datasets, `resail eval`, `resail synthesize` and `resail serve`.
 The table travels with the network: in the run's `config.json` and snapshots (the preset's
@@ -70,8 +70,8 @@ def cityscapes_space_of(values: np.ndarray, where: str) -> tuple[str, str]:
     if above.size:
         return "ids", f"Cityscapes labelIds ({int(above[0])} occurs; trainIds stop at 18)"
     raise InputError(f"{where}: every value is in 0..18 and none is 255, so it reads as Cityscapes labelIds and as "
-                     "trainIds alike (0 is unlabeled in one, road in the other); pass --label-format ids (labelIds) "
-                     "or --label-format trainids")
+                     "trainIds alike (0 is unlabeled in one, road in the other); name its label format: ids "
+                     "(labelIds) or trainids")
 
 
 def ids_to_native(values: np.ndarray, dataset: str, fmt: str, where: str = "label map") -> np.ndarray:

@@ -37,6 +37,7 @@ from ...errors import InputError
 from ..presets import NetworkPreset
 
 SOURCES = ("spade", "clade", "clade-icpe", "resail-official")
+AUTHORS_UPSAMPLING = ("normal", "more", "most")   # SPADE's --num_upsampling_layers
 BASELINE_NORMS = ("clade", "clade-icpe")     # norms whose edge-map default follows the authors
 AUTHORS_EDGE_PRESETS = ("cityscapes", "cocostuff")
 # The resail preset of each dataset whose released generators can be imported.

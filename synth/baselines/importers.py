@@ -43,16 +43,15 @@ from pathlib import Path
 import torch
 
 from ...artifacts import write_json_atomic
-from ...errors import InputError
+from ...errors import ConfigError, InputError
 from ...workdir import WorkDir, check_run_name
 from ..checkpoint import SNAPSHOT_FORMAT, checkpoint_path, list_checkpoints, write_checkpoint
 from ..config import TrainConfig
 from ..generator import Generator, build_generator
 from ..presets import UPSAMPLING, NetworkPreset, get_preset
-from .authors import AUTHORS_SIZE, SOURCES, dataset_preset, label_layout, void_last
+from .authors import AUTHORS_SIZE, AUTHORS_UPSAMPLING, SOURCES, dataset_preset, label_layout, void_last
 
 NUM_BATCHES_TRACKED = "num_batches_tracked"
-AUTHORS_UPSAMPLING = ("normal", "more", "most")   # SPADE's --num_upsampling_layers
 SN_KEYS = {"parametrizations.weight.original": "weight_orig", "parametrizations.weight.0._u": "weight_u",
            "parametrizations.weight.0._v": "weight_v"}
 # resail's norm submodules → the authors' names, per source
@@ -90,10 +89,10 @@ class ImportConfig:
 
     def __post_init__(self):
         if self.source not in SOURCES:
-            raise InputError(f"--from {self.source!r}: choose one of {', '.join(SOURCES)}")
+            raise ConfigError("source", f"source {self.source!r}: choose one of {', '.join(SOURCES)}")
         if self.upsampling is not None and self.upsampling not in AUTHORS_UPSAMPLING:
-            raise InputError(f"--num-upsampling-layers {self.upsampling!r}: choose one of "
-                             f"{', '.join(AUTHORS_UPSAMPLING)} (the authors' generators)")
+            raise ConfigError("upsampling", f"upsampling {self.upsampling!r}: choose one of "
+                                            f"{', '.join(AUTHORS_UPSAMPLING)} (the authors' generators)")
         check_run_name(self.name)
 
 
@@ -199,15 +198,16 @@ def _size(cfg: ImportConfig, dataset: str, most: bool) -> tuple[int, int, str]:
     upsampling = cfg.upsampling or ("most" if most else upsampling)
     if most != (upsampling == "most"):
         has = "has an up_4 block (only 'most' has one)" if most else "has no up_4 block (only 'most' has one)"
-        raise InputError(f"--num-upsampling-layers {upsampling}: {cfg.path} {has}")
+        raise ConfigError("upsampling", f"upsampling {upsampling}: {cfg.path} {has}")
     crop = cfg.crop_size or width
     aspect = cfg.aspect_ratio or width / height
     k = 2 ** UPSAMPLING[upsampling]
     sw = crop // k
     sh = round(sw / aspect)  # SPADE's compute_latent_vector_size
     if sw * k != crop or sh < 1:
-        raise InputError(f"--crop-size {crop}: {upsampling!r} upsampling needs a multiple of {k} with at least "
-                         f"{k / aspect:g} px of height (the authors' generator would not make that size)")
+        raise ConfigError("crop_size", f"crop_size {crop}: {upsampling!r} upsampling needs a multiple of {k} with at "
+                                       f"least {k / aspect:g} px of height (the authors' generator would not make "
+                                       "that size)")
     return crop, sh * k, upsampling
 
 
@@ -215,11 +215,12 @@ def infer_network(state: dict, cfg: ImportConfig, dataset: str) -> tuple[Network
     """The resail network of the file: (preset, label layout, what was inferred, notes)."""
     path, found = cfg.path, _family(state, cfg.path)
     if found != cfg.source and not (cfg.source == "clade-icpe" and found == "clade"):
-        raise InputError(f"{path}: holds a {found} generator (keys like "
-                         f"{next(k for k in state if dict(FAMILY_SIGNS)[found] in k)}); use --from {found}")
+        raise ConfigError("source", f"{path}: holds a {found} generator (keys like "
+                                    f"{next(k for k in state if dict(FAMILY_SIGNS)[found] in k)}); its source is "
+                                    f"{found}")
     if cfg.source == "clade-icpe" and found == "clade":
-        raise InputError(f"{path}: a CLADE generator without the positional-encoding convs (dist_conv_w); "
-                         "use --from clade")
+        raise ConfigError("source", f"{path}: a CLADE generator without the positional-encoding convs (dist_conv_w); "
+                                    "its source is clade")
     fc = state.get("fc.weight")
     if fc is None or fc.dim() != 4:
         what = "fc.weight is missing" if fc is None else "fc is a linear layer (a --use_vae generator, z input)"
@@ -227,7 +228,7 @@ def infer_network(state: dict, cfg: ImportConfig, dataset: str) -> tuple[Network
     ngf, rest = divmod(int(fc.shape[0]), 16)
     if rest:
         raise InputError(f"{path}: fc.weight has {fc.shape[0]} output channels, not 16·ngf")
-    preset_name = dataset_preset(dataset, f"--work {cfg.work}")
+    preset_name = dataset_preset(dataset, str(cfg.work))
     width, height, upsampling = _size(cfg, dataset, any(k.startswith("up_4.") for k in state))
     base = get_preset(preset_name)
     layout, notes = _label_layout(state, cfg, base, dataset)
@@ -247,11 +248,12 @@ def infer_network(state: dict, cfg: ImportConfig, dataset: str) -> tuple[Network
 def _check_given(cfg: ImportConfig, ngf: int, edges: bool, n_in: int) -> None:
     """The authors' options given as flags must agree with what the tensors say."""
     if cfg.ngf is not None and cfg.ngf != ngf:
-        raise InputError(f"--ngf {cfg.ngf}: {cfg.path} has ngf {ngf} (fc.weight has {16 * ngf} output channels)")
+        raise ConfigError("ngf", f"ngf {cfg.ngf}: {cfg.path} has ngf {ngf} (fc.weight has {16 * ngf} output "
+                                 "channels)")
     if cfg.no_instance is not None and cfg.no_instance == edges:
-        raise InputError(f"--{'no-' if cfg.no_instance else ''}instance: {cfg.path} was trained "
-                         f"{'with' if edges else 'without'} the instance edge map (fc.weight takes {n_in} input "
-                         "channels); drop the flag")
+        raise ConfigError("no_instance", f"no_instance {cfg.no_instance}: {cfg.path} was trained "
+                                         f"{'with' if edges else 'without'} the instance edge map (fc.weight takes "
+                                         f"{n_in} input channels); leave it unset")
 
 
 # ---------------------------------------------------------------- the renaming
@@ -286,7 +288,7 @@ def convert(state: dict, G: Generator, cfg: ImportConfig, layout: Layout) -> tup
     unexpected = [k for k in state if k not in ours]
     if unexpected:
         raise InputError(f"{cfg.path}: {len(unexpected)} key(s) that a {cfg.source} generator of this shape does not "
-                         f"have, first {unexpected[0]} {list(state[unexpected[0]].shape)}; check --from and the "
+                         f"have, first {unexpected[0]} {list(state[unexpected[0]].shape)}; check the source and the "
                          "work dir's dataset")
     missing = [k for k in ours if k not in state and not k.endswith(NUM_BATCHES_TRACKED)]
     if missing:
@@ -320,7 +322,7 @@ def _to_ours(key: str, t: torch.Tensor, like: torch.Tensor, layout: Layout, thei
         t = t.reshape(())
     if tuple(t.shape) != tuple(like.shape):
         raise InputError(f"{path}: {theirs} is {list(t.shape)} where this generator needs {list(like.shape)} "
-                         f"(resail {key}); check --from, --num-upsampling-layers and the work dir's dataset")
+                         f"(resail {key}); check the source, the upsampling and the work dir's dataset")
     return t
 
 
@@ -342,7 +344,8 @@ def import_generator(cfg: ImportConfig) -> ImportResult:
     run_dir = wd.run(cfg.name)
     with wd.lock(f"run-{cfg.name}", f"run {cfg.name!r}"):
         if list_checkpoints(run_dir, "snapshot") or list_checkpoints(run_dir, "state"):
-            raise InputError(f"{run_dir} already holds checkpoints; import with another --name (or delete the run)")
+            raise InputError(f"{run_dir} already holds checkpoints; import under another run name (or delete the "
+                             "run)")
         write_json_atomic(run_dir / "config.json", run_cfg.to_dict())
         snapshot = checkpoint_path(run_dir, "snapshot", 0)
         write_checkpoint(snapshot, {"format": SNAPSHOT_FORMAT, "config": run_cfg.to_dict(), "step": 0,

@@ -18,9 +18,8 @@ under the contract in `torchscript.py`.
     ids = seg.predict(rgb)          # H×W×3 uint8 RGB → H×W uint8 ids in the dataset's id space
     seg.protocol                    # name, scales, normalisation, resize, weight files' sha256 …
 
-On a CPU each image costs seconds to minutes (`benchmarks/segmenters.py`, 2 shared threads: UperNet
-12 s single-scale and ~130 s with its five scales at 683×512, DeepLab MSC ~60 s at 640×480, DRN
-~4 min at 2048×1024); segmenting a validation set is a GPU job.
+On a CPU each image costs seconds to minutes (`benchmarks/segmenters.py`; BENCHMARKS.md, Classic
+segmenters), so segmenting a validation set is a GPU job.
 """
 
 from __future__ import annotations
@@ -32,9 +31,11 @@ from typing import Iterable, Sequence
 import torch
 
 from ...artifacts import write_png_atomic
+from ...choices import SEGMENTERS
 from ...common import sha256_file
-from ...errors import InputError
-from .base import Segmenter, resolve_device
+from ...errors import ConfigError, InputError
+from ..distributed import resolve_device
+from .base import Segmenter
 from .deeplab import load_deeplab
 from .drn import load_drn
 from .torchscript import load_torchscript
@@ -42,10 +43,9 @@ from .upernet import load_upernet
 
 log = logging.getLogger(__name__)
 
-SEGMENTERS = ("drn-d-105", "upernet-r101", "deeplabv2-r101")
 TORCHSCRIPT = "torchscript:"
 
-__all__ = ["SEGMENTERS", "Segmenter", "load_segmenter", "resolve_device", "segment_images"]
+__all__ = ["Segmenter", "load_segmenter", "segment_images"]
 
 
 def load_segmenter(name: str, weights: Sequence[str | Path] = (), device: str | torch.device = "cpu", *,
@@ -56,7 +56,8 @@ def load_segmenter(name: str, weights: Sequence[str | Path] = (), device: str | 
     files = [Path(w) for w in weights]
     if name.startswith(TORCHSCRIPT):
         if files:
-            raise InputError(f"{name}: a TorchScript segmenter carries its own weights; pass no weight files")
+            raise ConfigError("weights", f"{name}: a TorchScript segmenter carries its own weights; give no weight "
+                                         "files")
         path = Path(name[len(TORCHSCRIPT):])
         segmenter = load_torchscript(path, device)
         files = [path]
@@ -64,10 +65,11 @@ def load_segmenter(name: str, weights: Sequence[str | Path] = (), device: str | 
         segmenter = load_upernet(files, device, upernet_scales)
     elif name in SEGMENTERS:
         if len(files) != 1:
-            raise InputError(f"{name} takes one weight file; got {len(files)}")
+            raise ConfigError("weights", f"{name} takes one weight file; got {len(files)}")
         segmenter = (load_drn if name == "drn-d-105" else load_deeplab)(files, device)
     else:
-        raise InputError(f"unknown segmenter {name!r}; use one of {', '.join(SEGMENTERS)} or torchscript:PATH")
+        raise ConfigError("segmenter", f"unknown segmenter {name!r}; use one of {', '.join(SEGMENTERS)} or "
+                                       "torchscript:PATH")
     segmenter.protocol["weights"] = [{"file": f.name, "sha256": sha256_file(f)} for f in files]
     return segmenter
 
@@ -81,7 +83,7 @@ def segment_images(segmenter: Segmenter, images: Iterable[Path], out: Path, *, p
     clashes = sorted({s for s in stems if stems.count(s) > 1})
     if clashes:
         raise InputError(f"several images share the stem {clashes[0]!r}; their outputs would overwrite each other "
-                         f"in {out}: segment them into separate --out folders")
+                         f"in {out}: segment them into separate output folders")
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for path in tqdm(images, desc=f"segment ({segmenter.name})", unit="img", disable=not progress):

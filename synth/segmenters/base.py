@@ -1,5 +1,5 @@
 """What the three published segmenters share: the `Segmenter` interface, the exact-key loader of the
-authors' weight files, devices, and which decoder reads its images.
+authors' weight files, and which decoder reads its images.
 
 Each published file is a bare `torch.save(state_dict())` in the legacy (non-zip) format; it is read
 with `weights_only=True` and checked against the *published layout* — the ordered key → shape listing
@@ -115,24 +115,6 @@ def load_published(net: nn.Module, path: Path, spec: Published) -> None:
     # Not strict only because num_batches_tracked may be absent (the DRN file predates it): the layout
     # check above refused every other missing or unexpected key.
     net.load_state_dict(used, strict=False)
-
-
-def resolve_device(name: str) -> torch.device:
-    """`auto` (CUDA when available), `cpu`, `cuda` or `cuda:N`; one clear error when CUDA is absent."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise InputError(f"--device {name}: not a device; use auto, cpu, cuda or cuda:N") from None
-    if device.type not in ("cpu", "cuda"):
-        raise InputError(f"--device {name}: not a device; use auto, cpu, cuda or cuda:N")
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise InputError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise InputError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    return device
 
 
 class Segmenter:

@@ -28,7 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ...errors import InputError
+from ...choices import UPERNET_SCALES
+from ...errors import ConfigError
 from .base import Published, Segmenter, load_published
 from .resnet import bottleneck_layer
 
@@ -168,10 +169,10 @@ def normalize(rgb: np.ndarray) -> Tensor:
 
 
 def load_upernet(weights: list[Path], device: torch.device, scales: str = "multi") -> UperNetSegmenter:
-    if scales not in ("multi", "single"):
-        raise InputError(f"UperNet scales {scales!r}: use multi or single")
+    if scales not in UPERNET_SCALES:
+        raise ConfigError("upernet_scales", f"UperNet scales {scales!r}: choose one of {', '.join(UPERNET_SCALES)}")
     if len(weights) != 2:
-        raise InputError(f"upernet-r101 needs two weight files, the encoder then the decoder "
+        raise ConfigError("weights", f"upernet-r101 needs two weight files, the encoder then the decoder "
                          f"(encoder_epoch_50.pth, decoder_epoch_50.pth from {_URL}); got {len(weights)}")
     net = UperNet()
     load_published(net.encoder, weights[0], ENCODER)

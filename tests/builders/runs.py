@@ -21,9 +21,9 @@ from resail.synth.checkpoint import SNAPSHOT_FORMAT, checkpoint_path, write_chec
 from resail.synth.config import TrainConfig
 from resail.synth.generator import build_generator
 from resail.synth.inception import FIDInception, randomize_
-from resail.synth.init import init_weights
 from resail.synth.presets import NetworkPreset, get_preset
-from resail.synth.segnet import SegnetTrainConfig, build_segnet, save_checkpoint
+from resail.synth.segnet import SegnetTrainConfig, build_segnet, save_segnet
+from resail.synth.weight_init import init_weights
 from resail.workdir import WorkDir
 
 from .work import bake_splits, index_work, toy_dataset
@@ -70,7 +70,7 @@ def tiny_run(base: Path, *, n_train: int = 10, n_val: int = 4) -> TinyRun:
     work = bake_splits(index_work(root, Path(base) / "work"), ("val",), size=TINY_SIZE, k=5)
     cfg = tiny_train_config(n_train=n_train)
     random_snapshot(work, cfg, step=7)
-    save_checkpoint(WorkDir(work).segnet("toy"), build_segnet(cfg.net), None, 0, SegnetTrainConfig())
+    save_segnet(WorkDir(work).segnet("toy"), build_segnet(cfg.net), None, 0, SegnetTrainConfig())
     inception = Path(base) / "inception.pth"
     torch.save(randomize_(FIDInception(), seed=1).state_dict(), inception)
     return TinyRun(work, root, inception)

@@ -11,11 +11,11 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from resail.choices import SPLITS
 from resail.index.build import build_index
 from resail.pipeline.bake import BakeConfig, bake
 from resail.pipeline.segments_stage import SegmentsConfig, build_segments
 from resail.pipeline.toy import ToyConfig, make_toy_dataset
-from resail.workdir import SPLITS
 
 Size = int | tuple[int, int]  # a side, or (W, H)
 
