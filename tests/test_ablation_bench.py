@@ -1,13 +1,20 @@
-"""benchmarks/ablation.py end to end at a toy size: data and judge, one seed's curve, the report."""
+"""benchmarks/ablation.py end to end at a toy size (data and judge, one seed's curve of the five
+variants, the report), and benchmarks/appearance.py's sanity checks on real toy photos."""
 
 import json
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "ablation.py"
+from builders.work import toy_dataset
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+SCRIPT = BENCH / "ablation.py"
+VARIANTS = {"resail", "spade_norm", "no_retrieval_loss", "clade", "clade_icpe"}
 
 
 def run(*args: str) -> dict:
@@ -18,17 +25,62 @@ def run(*args: str) -> dict:
 
 def test_ablation_curve_and_report(tmp_path):
     pytest.importorskip("matplotlib")
-    run("--out", str(tmp_path), "--prepare", "--n-train", "8", "--n-val", "4", "--segnet-steps", "2")
+    prepared = run("--out", str(tmp_path), "--prepare", "--n-train", "8", "--n-val", "4", "--judge-train", "6",
+                   "--segnet-steps", "2")
+    assert prepared["judge_train"] == 6 and prepared["segnet_steps"] == 2
     run("--out", str(tmp_path), "--seed", "0", "--steps", "2,1")
     results = json.loads((tmp_path / "seed0" / "results.json").read_text())
     assert [p["step"] for p in results["points"]] == [1, 2]
     last = results["points"][-1]["variants"]
-    assert set(last) == {"resail", "spade_norm", "no_retrieval_loss"}
-    # SPADE norms never see the guidance: zeroing or swapping it changes nothing, to the bit.
-    assert all(last["spade_norm"]["probe"][k]["mean_abs_change"] == 0.0 for k in ("zero", "swap", "oracle"))
-    assert "mix" not in last["spade_norm"] and 0 < last["resail"]["mix"]["gamma_mean"] < 1
+    assert set(last) == VARIANTS
+    # The judge's ceiling and the appearance measure's floor (the val photos against the judge's own val photos).
+    judge = results["judge"]
+    assert 0 <= judge["real"]["miou"] <= 1 and judge["appearance_floor"]["colour"] > 0
+    assert all(v["appearance"]["colour"] > 0 and v["appearance"]["texture"] >= 0 for v in last.values())
+    # Only RESAIL's norm reads the guidance: zeroing or swapping it changes nothing else's output, to the bit.
+    for name in VARIANTS - {"resail", "no_retrieval_loss"}:
+        assert all(last[name]["probe"][k]["mean_abs_change"] == 0.0 for k in ("zero", "swap", "oracle")), name
+        assert "mix" not in last[name]
+    assert 0 < last["resail"]["mix"]["gamma_mean"] < 1
     assert "G_gan_r" in last["resail"]["loss"] and "G_gan_r" not in last["no_retrieval_loss"]["loss"]
     assert (tmp_path / "seed0" / "comparison_2.png").stat().st_size > 0
     report = run("--out", str(tmp_path), "--report")
-    assert report["final"]["step"] == 2 and len(report["final"]["variants"]["resail"]["miou"]) == 1
+    assert report["final"]["step"] == 2 and len(report["final"]["variants"]["clade_icpe"]["miou"]) == 1
     assert (tmp_path / "curve.png").stat().st_size > 0
+
+
+@pytest.fixture(scope="module")
+def toy_photos(tmp_path_factory):
+    """24 toy photos (128×128) and their label maps (native ids, 0 = void)."""
+    root = toy_dataset(tmp_path_factory.mktemp("appearance"), n_train=24, n_val=1, size=128, seed=3)
+    paths = sorted((root / "images" / "training").glob("*.jpg"))
+    images = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in paths])
+    labels = np.stack([np.asarray(Image.open(root / "annotations" / "training" / f"{p.stem}.png")) for p in paths])
+    return images, labels
+
+
+def test_appearance_measure_sanity(toy_photos):
+    sys.path.insert(0, str(BENCH))
+    import appearance
+
+    images, labels = toy_photos
+
+    def regions(x, lab):
+        r = appearance.RegionStats()
+        r.add(x, lab)
+        return r
+
+    a, lab_a = images[:12], labels[:12]
+    real = regions(a, lab_a)
+    flat = a.copy()  # every region painted with its class's mean colour over the set
+    for c in np.unique(lab_a):
+        flat[lab_a == c] = a[lab_a == c].mean(0).round().astype(np.uint8)
+    same = appearance.distance(real, regions(a.copy(), lab_a))
+    other = appearance.distance(real, regions(images[12:], labels[12:]))   # other real photos: the noise floor
+    shuffled = appearance.distance(real, regions(a[..., [2, 0, 1]], lab_a))  # RGB → BRG: the colours swapped
+    flat = appearance.distance(real, regions(flat, lab_a))
+    assert same["colour"] == 0.0 and same["texture"] == 0.0 and same["missing"] == []
+    assert 0 < other["colour"] and 0 < other["texture"]
+    assert shuffled["colour"] > 3 * other["colour"]
+    assert flat["colour"] > 3 * other["colour"] and flat["texture"] > 3 * other["texture"]
+    assert abs(sum(c["weight"] for c in flat["classes"].values()) - 1) < 1e-9
