@@ -1,25 +1,32 @@
-"""Does the retrieval guidance help? RESAIL vs SPADE norm vs no retrieval loss, as a learning curve.
+"""Does the retrieval guidance help? RESAIL against SPADE norm, no retrieval loss, CLADE and CLADE-ICPE.
 
-The paper's ablation (Table 3) on the toy set, at equal steps, judged at several step counts:
+The paper's ablation (Table 3) and baselines on the toy set, at equal steps, judged at several step counts:
 
   1. Data (`--prepare`, once per OUT): the toy ADE20K-format set (`resail data toy`, 256×256,
      `--n-train`/`--n-val` images; its textures are drawn per object from jittered colour and
      pattern choices, so a class's appearance varies and the guidance carries what the label map
      lacks), decomposed, indexed and baked at the preset's size. The judge: the project's
-     segmentation network (`resail segnet train`'s code at the preset's size) trained on the real
-     train photos for `--segnet-steps` steps (WORK/segnet/PRESET.pt). Its mIoU on the real val
-     photos is the ceiling; the real split-half FID/KID in its feature space is the floor.
-  2. One process per seed (`--seed S`; run the seeds side by side, one core each) trains the three
-     variants in lockstep: every variant advances to the next step of `--steps` (constant lr,
-     same data order and initial weights per seed: the variants differ only in their change),
-     then each is judged, and the results are written (atomically) before the next leg, so an
-     interrupted run keeps every finished point.
+     segmentation network (`resail segnet train`'s code at the preset's size) trained for
+     `--segnet-steps` steps on its own toy photos (`--judge-train` of them, another seed of the
+     generator: more than the variants see, so that it has learnt the photos' textures, not only
+     their layout; OUT/judge/work/segnet/PRESET.pt). Its mIoU on the real val photos is the
+     ceiling; the real split-half FID/KID in its feature space is the floor.
+  2. One process per seed (`--seed S`; run the seeds side by side, one core each) trains the five
+     variants in lockstep on one loader's batches (each batch built once and given to every
+     variant; constant lr, same initial weights per seed: the variants differ only in their
+     change), judges each at every step of `--steps`, and writes the results (atomically) before
+     the next leg, so an interrupted run keeps every finished point.
        resail             the RESAIL generator with both losses (distorted GT and retrieval)
        spade_norm         SPADE norms (`--norm spade`): the guidance never reaches G
        no_retrieval_loss  RESAIL norms, trained on the distorted GT only (`--no-retrieval-loss`)
+       clade              CLADE norms (`--norm clade`, docs/baselines.md)
+       clade_icpe         CLADE with the intra-class positional maps (`--norm clade-icpe`)
   3. At each point, each variant's G_ema makes every val image from its label map and retrieval
      guidance, quantised to uint8 as `resail eval` does; the judge gives val mIoU and pixel
-     accuracy (eval's protocol) and FID/KID in its feature space against the real val photos.
+     accuracy (eval's protocol) and FID/KID in its feature space against the real val photos, and
+     the appearance measure (benchmarks/appearance.py: per-class colour and texture statistics of
+     the generated against the real regions of the same label maps; its floor is the val photos
+     against the judge's own val photos, real photos on other label maps).
      Probes of how G uses the guidance, on the same val images:
        zero     guidance all zeros (mid-grey): mIoU, and the mean |Δ| per pixel and channel (0–255,
                 before quantisation) from the retrieval-guided output
@@ -30,15 +37,15 @@ The paper's ablation (Table 3) on the toy set, at equal steps, judged at several
      and the RESAIL modules' mixing weights sigmoid(mix_gamma), sigmoid(mix_beta) (0.5 at init;
      1 = the guidance branch only), and the mean loss terms over the leg (the retrieval path's
      G_gan_r / D_fake_r against the distorted-GT path's G_gan_d / D_fake_d).
-  4. `--report` gathers every seed's results into OUT/curve.png (val mIoU and segnet-FID against
-     steps, one line per variant and seed) and a Markdown table (mean and each seed).
+  4. `--report` gathers every seed's results into OUT/curve.png (val mIoU and the appearance
+     distances against steps, one line per variant and seed) and a Markdown table (mean and each seed).
 
 Outputs under OUT/seed{S}/: results.json, comparison_{step}.png (label | guidance | real | each
-variant's output, first val images).
+variant's output, first val images). benchmarks/gpu.py's `--ablation` runs the same code on a GPU.
 
     python benchmarks/ablation.py --out DIR --prepare [--preset toy64] [--n-train 200] [--n-val 100]
-        [--segnet-steps 1500]
-    python benchmarks/ablation.py --out DIR --seed S [--steps 100,200,400,800,1600,3200]
+        [--judge-train 800] [--segnet-steps 6000]
+    python benchmarks/ablation.py --out DIR --seed S [--steps 100,200,400,800,1600,3200] [--device cuda --workers 6]
     python benchmarks/ablation.py --out DIR --report
 
 The last line of each command's output is one JSON object.
@@ -93,7 +100,8 @@ def judge_work_dir(out: Path) -> Path:
     return out / "judge" / "work"
 
 
-def prepare(out: Path, preset: str, n_train: int, n_val: int, judge_train: int, segnet_steps: int) -> dict:
+def prepare(out: Path, preset: str, n_train: int, n_val: int, judge_train: int, segnet_steps: int,
+            device: str = "cpu", workers: int = 0) -> dict:
     """The toy data, baked at the preset's size, and the judge (each reused when present).
 
     The judge learns from its own toy images (another seed of the generator: `judge_train` train
@@ -109,7 +117,8 @@ def prepare(out: Path, preset: str, n_train: int, n_val: int, judge_train: int, 
         root = toy_dataset(out / "judge" / "toy", n_train=judge_train, n_val=n_val, size=256, seed=JUDGE_DATA_SEED)
         build_segments(SegmentsConfig(dataset="ade20k", root=root, work=judge_work))
     t0 = time.perf_counter()
-    report = train_segnet_on_work(judge_work, SegnetRunConfig(preset, batch_size=8, workers=0, train=SegnetTrainConfig(
+    report = train_segnet_on_work(judge_work, SegnetRunConfig(preset, batch_size=8, workers=workers, device=device,
+                                                              train=SegnetTrainConfig(
         steps=segnet_steps, checkpoint_every=max(1, segnet_steps // 4))), progress=True)
     return {"work": str(work), "judge_work": str(judge_work), "judge_train": report["n_train"],
             "segnet_steps": report["steps"], "segnet_s": round(time.perf_counter() - t0, 1),
@@ -151,7 +160,7 @@ def variant_config(preset: str, n_train: int, seed: int, change: dict, device: s
     return resolve_config(preset, n_train=n_train, overrides=overrides)
 
 
-def start(work: Path, preset: str, n_train: int, name: str, seed: int, device: str, batch_size: int | None) -> Run:
+def start(preset: str, n_train: int, name: str, seed: int, device: str, batch_size: int | None) -> Run:
     cfg = variant_config(preset, n_train, seed, VARIANTS[name], device, batch_size)
     return Run(name, ResailTrainer(cfg, torch.device(device)))
 
@@ -179,6 +188,7 @@ class Judge:
     class_ids: list[int]
     device: str
     val: SynthDataset                 # val items with the distorted GT (the oracle probe) and the positional maps
+    val_batches: list[dict]           # … built once, in batches of EVAL_BATCH
     real_feats: np.ndarray
     real_shown: np.ndarray
     real_regions: RegionStats         # the val photos' class regions (the appearance measure's reference)
@@ -188,9 +198,6 @@ class Judge:
 
     def scorer(self) -> Segmenter:
         return Segmenter(self.segnet, self.labels, self.class_ids, self.device)
-
-    def batches(self):
-        return torch.utils.data.DataLoader(self.val, batch_size=EVAL_BATCH, shuffle=False, num_workers=0)
 
     def native(self, label: torch.Tensor) -> np.ndarray:
         return self.labels.to_native(label.numpy())
@@ -238,7 +245,8 @@ def make_judge(out: Path, preset: str, device: str = "cpu") -> Judge:
     val = SynthDataset(work, "val", cfg, train=False, with_distorted=True)
     scorer = Segmenter(segnet, labels, class_ids, device)
     feats, shown, regions = [], [], RegionStats()
-    for batch in torch.utils.data.DataLoader(val, batch_size=EVAL_BATCH, shuffle=False, num_workers=0):
+    batches = list(torch.utils.data.DataLoader(val, batch_size=EVAL_BATCH, shuffle=False, num_workers=0))
+    for batch in batches:
         images = to_uint8(batch["image"])
         scorer.add("real", images, batch["label"])
         regions.add(images, labels.to_native(batch["label"].numpy()))
@@ -246,8 +254,8 @@ def make_judge(out: Path, preset: str, device: str = "cpu") -> Judge:
         shown.extend(images[:max(0, GRID_ROWS - len(shown))])
     feats = np.concatenate(feats)
     half = len(feats) // 2
-    return Judge(segnet, labels, class_ids, device, val, feats, np.stack(shown), regions, _scores(scorer, "real"),
-                 _distances(feats[:half], feats[half:]) if half >= 2 else None,
+    return Judge(segnet, labels, class_ids, device, val, batches, feats, np.stack(shown), regions,
+                 _scores(scorer, "real"), _distances(feats[:half], feats[half:]) if half >= 2 else None,
                  _appearance(regions, other_real_regions(out, cfg)))
 
 
@@ -263,7 +271,7 @@ def judge_run(run: Run, judge: Judge) -> tuple[dict, np.ndarray]:
     delta = {m: 0.0 for m in MODES[1:]}
     l1_real = {m: 0.0 for m in MODES}
     n_pix = 0
-    for batch in judge.batches():
+    for batch in judge.val_batches:
         x = run.trainer.inputs(batch)
         m, g = x["label_map"], x["guidance"]
         guid = {"retrieval": g, "zero": torch.zeros_like(g), "swap": g.roll(1, dims=0), "oracle": x["distorted"]}
@@ -321,7 +329,7 @@ def curve(out: Path, preset: str, seed: int, steps: list[int], device: str = "cp
     n_train = count_images(work, "train")
     judge = make_judge(out, preset, device)
     folder = out / f"seed{seed}"
-    runs = [start(work, preset, n_train, name, seed, device, batch_size) for name in VARIANTS]
+    runs = [start(preset, n_train, name, seed, device, batch_size) for name in VARIANTS]
     results = {"preset": preset, "seed": seed, "n_train": n_train, "n_val": len(judge.val), "device": device,
                "batch_size": runs[0].trainer.cfg.batch_size, "threads": torch.get_num_threads(), "steps": steps,
                "judge": {"real": judge.real_scores, "real_split_half": judge.floor,
@@ -457,12 +465,12 @@ def main() -> None:
     ap.add_argument("--n-val", type=int, default=100, help="Toy val images, all judged (--prepare) [default: 100].")
     ap.add_argument("--judge-train", type=int, default=800,
                     help="The judge's own toy training photos (--prepare) [default: 800].")
-    ap.add_argument("--segnet-steps", type=int, default=3000, help="Judge training steps (--prepare) [default: 3000].")
+    ap.add_argument("--segnet-steps", type=int, default=6000, help="Judge training steps (--prepare) [default: 6000].")
     ap.add_argument("--seed", type=int, default=None, help="Train the five variants with this seed.")
     ap.add_argument("--steps", default="100,200,400,800,1600,3200",
                     help="Comma-separated step counts to judge at; the last is the budget [default: %(default)s].")
-    ap.add_argument("--device", default="cpu", help="Where the variants train and are judged [default: cpu].")
-    ap.add_argument("--workers", type=int, default=0, help="Data loader workers of --seed [default: 0].")
+    ap.add_argument("--device", default="cpu", help="Where the judge and the variants train [default: cpu].")
+    ap.add_argument("--workers", type=int, default=0, help="Data loader workers [default: 0].")
     ap.add_argument("--batch-size", type=int, default=None, help="Training batch [default: the preset's].")
     ap.add_argument("--report", action="store_true", help="Gather every seed's results: table and curve.png.")
     ap.add_argument("--threads", type=int, default=1,
@@ -470,7 +478,8 @@ def main() -> None:
     args = ap.parse_args()
     use(threads=args.threads)
     if args.prepare:
-        result = prepare(args.out, args.preset, args.n_train, args.n_val, args.judge_train, args.segnet_steps)
+        result = prepare(args.out, args.preset, args.n_train, args.n_val, args.judge_train, args.segnet_steps,
+                         args.device, args.workers)
     elif args.seed is not None:
         steps = sorted({int(s) for s in args.steps.split(",")})
         r = curve(args.out, args.preset, args.seed, steps, args.device, args.workers, args.batch_size)

@@ -13,26 +13,30 @@ from PIL import Image
 from builders.work import toy_dataset
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
-SCRIPT = BENCH / "ablation.py"
 VARIANTS = {"resail", "spade_norm", "no_retrieval_loss", "clade", "clade_icpe"}
 
 
-def run(*args: str) -> dict:
-    done = subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
+def run(script: Path, *args: str) -> dict:
+    done = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def test_ablation_curve_and_report(tmp_path):
+def test_ablation_gpu_mode_rehearsed_on_the_cpu(tmp_path):
+    """benchmarks/gpu.py --ablation --tiny: the GPU mode's code path (ablation.py's --prepare, one
+    --seed process per seed side by side, --report) at tiny sizes on the CPU."""
     pytest.importorskip("matplotlib")
-    prepared = run("--out", str(tmp_path), "--prepare", "--n-train", "8", "--n-val", "4", "--judge-train", "6",
-                   "--segnet-steps", "2")
-    assert prepared["judge_train"] == 6 and prepared["segnet_steps"] == 2
-    run("--out", str(tmp_path), "--seed", "0", "--steps", "2,1")
-    results = json.loads((tmp_path / "seed0" / "results.json").read_text())
-    assert [p["step"] for p in results["points"]] == [1, 2]
-    last = results["points"][-1]["variants"]
-    assert set(last) == VARIANTS
+    out = tmp_path / "ablation"
+    result = run(BENCH / "gpu.py", "--ablation", "--tiny", "--out", str(out))["ablation"]
+    plan = result["plan"]
+    assert plan["seeds"] == [0, 1] and plan["steps"] == [1, 2] and plan["device"] == "cpu"
+    assert set(result["ms_per_step"]) == VARIANTS and all(v > 0 for v in result["ms_per_step"].values())
+    assert result["judge"]["judge_train"] == 6 and result["judge"]["segnet_steps"] == 2
+    for seed in (0, 1):
+        results = json.loads((out / f"seed{seed}" / "results.json").read_text())
+        assert [p["step"] for p in results["points"]] == [1, 2] and results["batch_size"] == 2
+        last = results["points"][-1]["variants"]
+        assert set(last) == VARIANTS
     # The judge's ceiling and the appearance measure's floor (the val photos against the judge's own val photos).
     judge = results["judge"]
     assert 0 <= judge["real"]["miou"] <= 1 and judge["appearance_floor"]["colour"] > 0
@@ -43,10 +47,10 @@ def test_ablation_curve_and_report(tmp_path):
         assert "mix" not in last[name]
     assert 0 < last["resail"]["mix"]["gamma_mean"] < 1
     assert "G_gan_r" in last["resail"]["loss"] and "G_gan_r" not in last["no_retrieval_loss"]["loss"]
-    assert (tmp_path / "seed0" / "comparison_2.png").stat().st_size > 0
-    report = run("--out", str(tmp_path), "--report")
-    assert report["final"]["step"] == 2 and len(report["final"]["variants"]["clade_icpe"]["miou"]) == 1
-    assert (tmp_path / "curve.png").stat().st_size > 0
+    assert (out / "seed1" / "comparison_2.png").stat().st_size > 0
+    final = result["final"]
+    assert final["step"] == 2 and len(final["variants"]["clade_icpe"]["appearance_colour"]) == 2
+    assert (out / "curve.png").stat().st_size > 0 and json.loads((out / "ablation.json").read_text()) == result
 
 
 @pytest.fixture(scope="module")
