@@ -75,7 +75,7 @@ from resail.synth.norms import ResailNorm
 from resail.synth.segnet import SegNet, SegnetTrainConfig, load_segnet
 from resail.synth.segnet_data import SegnetRunConfig, train_segnet_on_work
 from resail.synth.train import ResailTrainer
-from resail.threads import use
+from resail.threads import init_worker, use
 from resail.workdir import WorkDir
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the shared fixture builders (tests/builders)
@@ -173,8 +173,8 @@ def seed_batches(work: Path, preset: str, n_train: int, seed: int, last_step: in
     cfg = variant_config(preset, n_train, seed, {"norm": "clade-icpe"}, "cpu", batch_size)
     data = SynthDataset(work, "train", cfg)
     sampler = StepBatchSampler(len(data), cfg.batch_size, seed=cfg.seed, total_steps=last_step)
-    loader = torch.utils.data.DataLoader(data, batch_sampler=sampler, num_workers=workers,
-                                         persistent_workers=False, prefetch_factor=4 if workers else None)
+    loader = torch.utils.data.DataLoader(data, batch_sampler=sampler, num_workers=workers, worker_init_fn=init_worker,
+                                         prefetch_factor=4 if workers else None)
     return data, iter(loader)
 
 
@@ -476,7 +476,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1,
                     help="CPUs for the thread policy (resail/threads.py), one seed a core [default: 1].")
     args = ap.parse_args()
-    use(threads=args.threads)
+    use(args.workers, threads=args.threads)
     if args.prepare:
         result = prepare(args.out, args.preset, args.n_train, args.n_val, args.judge_train, args.segnet_steps,
                          args.device, args.workers)

@@ -349,6 +349,9 @@ def run_seeds(out: Path, plan: dict) -> dict:
 def ablation_section(out: Path, tiny: bool) -> dict:
     """Plan and estimate first, then the data and the judge, the seeds side by side, the report:
     OUT/curve.png, OUT/seed{S}/results.json and OUT/ablation.json."""
+    from resail.threads import use
+
+    use(threads=1)  # this process only times the steps; the seeds' processes and their loaders take the cores
     plan = ablation_plan(tiny, os.cpu_count() or 1)
     ms = calibrate(plan, timed=1 if tiny else 20)
     est = estimate(plan, ms)
