@@ -53,6 +53,17 @@ def test_ablation_gpu_mode_rehearsed_on_the_cpu(tmp_path):
     assert (out / "curve.png").stat().st_size > 0 and json.loads((out / "ablation.json").read_text()) == result
 
 
+def test_ablation_gpu_mode_without_cuda_says_so_and_exits_0():
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is visible: the mode would run")
+    done = subprocess.run([sys.executable, str(BENCH / "gpu.py"), "--ablation"], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "no CUDA device visible" in done.stdout
+    assert json.loads(done.stdout.splitlines()[-1]) == {"bench": "gpu", "cuda": False}
+
+
 @pytest.fixture(scope="module")
 def toy_photos(tmp_path_factory):
     """24 toy photos (128×128) and their label maps (native ids, 0 = void)."""
