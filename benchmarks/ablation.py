@@ -117,9 +117,9 @@ def prepare(out: Path, preset: str, n_train: int, n_val: int, judge_train: int, 
         root = toy_dataset(out / "judge" / "toy", n_train=judge_train, n_val=n_val, size=256, seed=JUDGE_DATA_SEED)
         build_segments(SegmentsConfig(dataset="ade20k", root=root, work=judge_work))
     t0 = time.perf_counter()
-    report = train_segnet_on_work(judge_work, SegnetRunConfig(preset, batch_size=8, workers=workers, device=device,
-                                                              train=SegnetTrainConfig(
-        steps=segnet_steps, checkpoint_every=max(1, segnet_steps // 4))), progress=True)
+    run_cfg = SegnetRunConfig(preset, batch_size=8, workers=workers, device=device,
+                              train=SegnetTrainConfig(steps=segnet_steps, checkpoint_every=max(1, segnet_steps // 4)))
+    report = train_segnet_on_work(judge_work, run_cfg, progress=True)
     return {"work": str(work), "judge_work": str(judge_work), "judge_train": report["n_train"],
             "segnet_steps": report["steps"], "segnet_s": round(time.perf_counter() - t0, 1),
             "segnet_own_val": {k: round(report["val"][k], 4) for k in ("miou", "pixel_acc")}}

@@ -282,7 +282,7 @@ ABLATION_BUDGET_S = 360.0   # the variants' training and judging, after the data
 
 def ablation_plan(tiny: bool, cores: int) -> dict:
     plan = dict(ABLATION["tiny" if tiny else "full"], preset="toy64")
-    # the cores left beside one main process per seed build the batches (one item costs ~50 ms of CPU)
+    # the cores left beside one main process per seed build the batches (one toy64 item: 32 ms of one core)
     plan["workers"] = 0 if tiny else max(1, (cores - len(plan["seeds"])) // len(plan["seeds"]))
     return plan
 
