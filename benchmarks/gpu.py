@@ -22,7 +22,17 @@ Sections, in this order, each skipped (and said so in the JSON) when the time bu
 
     python benchmarks/gpu.py [--out DIR] [--budget-s 470] [--toy-seconds 180] [--skip SECTION ...]
 
-Without CUDA it prints that, then a JSON line, and exits 0. Figures go to BENCHMARKS.md by hand.
+`--ablation` runs, instead of the sections, the toy ablation (benchmarks/ablation.py: RESAIL,
+SPADE norm, no retrieval loss, CLADE, CLADE-ICPE) × 2 seeds to 5,000 steps on the GPU, judged at
+six step counts: it prints its plan and the training time estimated from each variant's measured
+step time first, then makes the data and the judge, and writes OUT/curve.png (PNG) and
+OUT/ablation.json (budget: ~6 minutes of training and judging on one H200-class GPU).
+`--ablation --tiny` rehearses the same code path on the CPU at tiny sizes and step counts.
+
+    python benchmarks/gpu.py --ablation [--tiny] [--out DIR]
+
+Without CUDA (and without --tiny) it prints that, then a JSON line, and exits 0. Figures go to
+BENCHMARKS.md by hand.
 """
 
 from __future__ import annotations
@@ -41,6 +51,9 @@ import time
 from pathlib import Path
 
 import torch
+
+from resail.artifacts import write_json_atomic
+from resail.errors import StageError
 
 HERE = Path(__file__).resolve().parent
 SECTIONS = ("steps", "compile", "faiss", "toy", "torchrun")
@@ -151,7 +164,7 @@ def compile_section() -> dict:
 
 
 def _segments(args) -> tuple:
-    from retrieval import make_segments  # benchmarks/retrieval.py
+    from resail.benchmarks.retrieval import make_segments
 
     return make_segments(*args)
 
@@ -168,7 +181,7 @@ def faiss_section(n: int = 100_000, n_queries: int = 1000) -> dict:
 
     if not gpu_available():
         return {"skipped": "faiss-gpu is not installed (or sees no GPU)"}
-    from builders.store import write_fake_store
+    from resail.tests.builders.store import write_fake_store
 
     chunks = 32
     with multiprocessing.get_context("spawn").Pool(min(16, os.cpu_count() or 1)) as pool:  # CPU work: all cores
@@ -202,7 +215,7 @@ def faiss_section(n: int = 100_000, n_queries: int = 1000) -> dict:
 
 
 def toy_work_dir(base: Path) -> Path:
-    from train import toy_work  # benchmarks/train.py: 24 + 6 toy images, guidance at 128×128
+    from resail.benchmarks.train import toy_work  # 24 + 6 toy images, guidance at 128×128
 
     return toy_work(base, 24, 6)
 
@@ -253,6 +266,121 @@ def torchrun_section(base: Path, gpus: int, steps: int = 200) -> dict:
     return out
 
 
+# ---------------------------------------------------------------- the toy ablation (--ablation)
+
+# The full run (five variants × 2 seeds to 5,000 steps on one GPU) and its `--tiny` rehearsal on
+# the CPU: the same code path (benchmarks/ablation.py's --prepare, one --seed process per seed side
+# by side, --report), with the sizes cut down.
+ABLATION = {
+    "full": {"device": "cuda", "seeds": (0, 1), "steps": (250, 500, 1000, 2000, 3500, 5000), "batch_size": 4,
+             "n_train": 200, "n_val": 100, "judge_train": 800, "segnet_steps": 6000},
+    "tiny": {"device": "cpu", "seeds": (0, 1), "steps": (1, 2), "batch_size": 2,
+             "n_train": 8, "n_val": 4, "judge_train": 6, "segnet_steps": 2},
+}
+ABLATION_BUDGET_S = 360.0   # the variants' training and judging, after the data and the judge are made
+
+
+def ablation_plan(tiny: bool, cores: int) -> dict:
+    plan = dict(ABLATION["tiny" if tiny else "full"], preset="toy64")
+    # the cores left beside one main process per seed build the batches (one toy64 item: 32 ms of one core)
+    plan["workers"] = 0 if tiny else max(1, (cores - len(plan["seeds"])) // len(plan["seeds"]))
+    return plan
+
+
+def calibrate(plan: dict, timed: int) -> dict:
+    """ms per training step of each variant on the plan's device: a random batch of the plan's
+    shapes, one warm-up step, then the mean of `timed` steps."""
+    from resail.benchmarks import ablation
+
+    ms = {}
+    for name in ablation.VARIANTS:
+        run = ablation.start(plan["preset"], plan["n_train"], name, 0, plan["device"], plan["batch_size"])
+        batch = fake_batch(run.trainer.cfg, plan["batch_size"])
+        batch["dist"] = batch["image"][:, :2].clone()  # CLADE-ICPE's positional maps: any values in (−1, 1)
+        run.advance(batch)
+        run.train_s = 0.0
+        for _ in range(timed):
+            run.advance(batch)
+        ms[name] = round(run.train_s * 1000 / timed, 2)
+        del run
+    return ms
+
+
+def estimate(plan: dict, ms: dict) -> dict:
+    """Training seconds: each seed's process steps its variants one after the other; the seeds'
+    processes share the GPU, between fully overlapped (launch-bound small kernels) and serialised."""
+    one_seed = plan["steps"][-1] * sum(ms.values()) / 1000
+    return {"train_s_overlapped": round(one_seed, 1), "train_s_serialised": round(one_seed * len(plan["seeds"]), 1)}
+
+
+def _ablation_cmd(out: Path, *args) -> list[str]:
+    return [sys.executable, str(HERE / "ablation.py"), "--out", str(out), *map(str, args)]
+
+
+def _last_json(cmd: list[str], log: Path) -> dict:
+    """Run benchmarks/ablation.py, its output to `log`; the JSON of its last line."""
+    with open(log, "w") as f:
+        done = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, text=True)
+    lines = log.read_text().strip().splitlines()
+    if done.returncode:
+        raise StageError(f"{log}: benchmarks/ablation.py {cmd[4]} failed (exit {done.returncode}): {lines[-1:]}")
+    return json.loads(lines[-1])
+
+
+def run_seeds(out: Path, plan: dict) -> dict:
+    """One `ablation.py --seed S` process per seed, side by side; their logs in OUT/seed{S}.log."""
+    procs = {}
+    for seed in plan["seeds"]:
+        log = open(out / f"seed{seed}.log", "w")
+        procs[seed] = (subprocess.Popen(_ablation_cmd(
+            out, "--seed", seed, "--steps", ",".join(map(str, plan["steps"])), "--device", plan["device"],
+            "--workers", plan["workers"], "--batch-size", plan["batch_size"], "--threads", 1),
+            stdout=log, stderr=subprocess.STDOUT), log)
+    codes = {}
+    for seed, (proc, log) in procs.items():
+        codes[seed] = proc.wait()
+        log.close()
+    failed = [s for s, c in codes.items() if c]
+    if failed:
+        raise StageError(f"ablation seeds {failed} failed; see {out}/seed{failed[0]}.log")
+    return {s: json.loads((out / f"seed{s}.log").read_text().strip().splitlines()[-1]) for s in plan["seeds"]}
+
+
+def ablation_section(out: Path, tiny: bool) -> dict:
+    """Plan and estimate first, then the data and the judge, the seeds side by side, the report:
+    OUT/curve.png, OUT/seed{S}/results.json and OUT/ablation.json."""
+    from resail.threads import use
+
+    use(threads=1)  # this process only times the steps; the seeds' processes and their loaders take the cores
+    plan = ablation_plan(tiny, os.cpu_count() or 1)
+    ms = calibrate(plan, timed=1 if tiny else 20)
+    est = estimate(plan, ms)
+    print(f"ablation plan: {plan['preset']}, batch {plan['batch_size']}, seeds {list(plan['seeds'])}, five variants "
+          f"to {plan['steps'][-1]} steps, judged at {list(plan['steps'])} on {plan['device']}, {plan['workers']} "
+          f"data workers per seed; ms per step {ms}; estimated training {est['train_s_overlapped']:.0f}–"
+          f"{est['train_s_serialised']:.0f} s (seeds overlapped – serialised), plus judging; budget "
+          f"{ABLATION_BUDGET_S:.0f} s", flush=True)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    prepared = _last_json(_ablation_cmd(
+        out, "--prepare", "--n-train", plan["n_train"], "--n-val", plan["n_val"], "--judge-train", plan["judge_train"],
+        "--segnet-steps", plan["segnet_steps"], "--device", plan["device"], "--workers", plan["workers"]),
+        out / "prepare.log")
+    prepare_s = time.perf_counter() - t0
+    print(f"ablation data and judge: {prepare_s:.0f} s, {prepared}", flush=True)
+    t0 = time.perf_counter()
+    seeds = run_seeds(out, plan)
+    seeds_s = time.perf_counter() - t0
+    report = _last_json(_ablation_cmd(out, "--report"), out / "report.log")
+    result = {"plan": {k: list(v) if isinstance(v, tuple) else v for k, v in plan.items()}, "ms_per_step": ms,
+              "estimate": est, "prepare_s": round(prepare_s, 1), "seeds_s": round(seeds_s, 1),
+              "train_s": {s: {n: v["train_s"] for n, v in r["last"]["variants"].items()} for s, r in seeds.items()},
+              "judge": prepared, "final": report["final"], "curve": report["curve"]}
+    write_json_atomic(out / "ablation.json", result)
+    print(f"ablation: seeds {seeds_s:.0f} s against the estimate; {out / 'ablation.json'}", flush=True)
+    return result
+
+
 # ---------------------------------------------------------------- main
 
 
@@ -262,13 +390,23 @@ def main(argv=None) -> int:
     ap.add_argument("--budget-s", type=float, default=470.0, help="wall-clock budget for everything")
     ap.add_argument("--toy-seconds", type=float, default=180.0)
     ap.add_argument("--skip", nargs="*", choices=SECTIONS, default=[])
+    ap.add_argument("--ablation", action="store_true",
+                    help="instead of the sections: the toy ablation, five variants × 2 seeds to 5,000 steps")
+    ap.add_argument("--tiny", action="store_true",
+                    help="with --ablation: rehearse it on the CPU at tiny sizes and step counts (the test's mode)")
     args = ap.parse_args(argv)
+    if args.tiny and not args.ablation:
+        ap.error("--tiny rehearses --ablation; give both")
+    if args.ablation and (args.tiny or torch.cuda.is_available()):
+        result = {"bench": "gpu", "cuda": torch.cuda.is_available(), "tiny": args.tiny,
+                  "ablation": ablation_section(args.out, args.tiny)}
+        print(json.dumps(result))
+        return 0
     if not torch.cuda.is_available():
         print("no CUDA device visible: nothing to measure here; run this on a machine with a GPU")
         print(json.dumps({"bench": "gpu", "cuda": False}))
         return 0
     budget = Budget(args.budget_s)
-    sys.path[:0] = [str(HERE), str(HERE.parent / "tests")]  # benchmarks/train.py, retrieval.py; tests/builders
     args.out.mkdir(parents=True, exist_ok=True)
     gpus = torch.cuda.device_count()
     result = {"bench": "gpu", "cuda": True, "gpu": torch.cuda.get_device_name(), "gpus": gpus,
