@@ -317,14 +317,19 @@ def _ablation_cmd(out: Path, *args) -> list[str]:
     return [sys.executable, str(HERE / "ablation.py"), "--out", str(out), *map(str, args)]
 
 
+def _log_json(log: Path) -> dict:
+    """The JSON line benchmarks/ablation.py prints last, from its log."""
+    return json.loads(log.read_text().strip().splitlines()[-1])
+
+
 def _last_json(cmd: list[str], log: Path) -> dict:
     """Run benchmarks/ablation.py, its output to `log`; the JSON of its last line."""
     with open(log, "w") as f:
         done = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, text=True)
-    lines = log.read_text().strip().splitlines()
     if done.returncode:
-        raise StageError(f"{log}: benchmarks/ablation.py {cmd[4]} failed (exit {done.returncode}): {lines[-1:]}")
-    return json.loads(lines[-1])
+        tail = log.read_text().strip().splitlines()[-1:]
+        raise StageError(f"{log}: benchmarks/ablation.py {cmd[4]} failed (exit {done.returncode}): {tail}")
+    return _log_json(log)
 
 
 def run_seeds(out: Path, plan: dict) -> dict:
@@ -343,7 +348,7 @@ def run_seeds(out: Path, plan: dict) -> dict:
     failed = [s for s, c in codes.items() if c]
     if failed:
         raise StageError(f"ablation seeds {failed} failed; see {out}/seed{failed[0]}.log")
-    return {s: json.loads((out / f"seed{s}.log").read_text().strip().splitlines()[-1]) for s in plan["seeds"]}
+    return {s: _log_json(out / f"seed{s}.log") for s in plan["seeds"]}
 
 
 def ablation_section(out: Path, tiny: bool) -> dict:
